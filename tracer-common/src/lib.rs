@@ -1,0 +1,358 @@
+//! Types shared by the kernel programs (`tracer-ebpf`) and userspace (`tracer`).
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel writes these bytes into the ring
+//! buffer or reads them from the config map, and userspace reads or writes the same layout.
+//! Field order is chosen so no implicit padding exists (explicit `_pad` fields instead).
+#![no_std]
+
+/// Stable event kinds. The numbers are part of the wire format between the two halves; never
+/// renumber, only append.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP attempt left SYN_SENT for CLOSE: it failed (refused, reset, timed out, or the
+    /// client gave up). `TcpEvent.sk_err` holds the socket error at that moment.
+    TcpAttemptFailed = 1,
+    /// A SYN was retransmitted by a socket in SYN_SENT: nobody answered (yet).
+    TcpSynRetransmit = 2,
+    /// A SYN_SENT socket that had retransmitted reached ESTABLISHED: it was delayed, not lost.
+    TcpAttemptDelayed = 3,
+    /// The kernel answered a segment with an RST from no socket (`tcp:tcp_send_reset` with a
+    /// NULL sk): nothing listens on the flow's `sport` (the flow is reversed to client->target).
+    TcpRstSentNoSocket = 4,
+    /// An skb was freed with one of the interesting drop reasons (`skb:kfree_skb`); `reason`
+    /// holds the raw kernel value, named in userspace from BTF.
+    SkbDropped = 5,
+    /// The kernel sent an ICMP error (`icmp:icmp_send`); `reason` = type << 8 | code.
+    IcmpSent = 6,
+    /// A TCP socket entered LISTEN (in `listen()`, process context: the owner is current).
+    TcpListenStart = 7,
+    /// A TCP listener closed. `header.task` is the recorded owner, `actor` who closed it.
+    TcpListenStop = 8,
+    /// `connect()` on an AF_UNIX socket returned an error (`UnixEvent.errno`).
+    UnixConnectFailed = 9,
+    /// `bind()` on an AF_UNIX socket with a path (who created the socket file).
+    UnixBind = 10,
+    /// A SYN_SENT socket received an RST (`tcp:tcp_receive_reset`).
+    TcpRstReceived = 11,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        EventKind::TcpAttemptFailed,
+        EventKind::TcpSynRetransmit,
+        EventKind::TcpAttemptDelayed,
+        EventKind::TcpRstSentNoSocket,
+        EventKind::SkbDropped,
+        EventKind::IcmpSent,
+        EventKind::TcpListenStart,
+        EventKind::TcpListenStop,
+        EventKind::UnixConnectFailed,
+        EventKind::UnixBind,
+        EventKind::TcpRstReceived,
+    ];
+
+    pub fn from_u32(v: u32) -> Option<EventKind> {
+        Self::ALL.iter().copied().find(|k| *k as u32 == v)
+    }
+}
+
+/// Number of slots in the per-CPU counter arrays indexed by `EventKind as u32`.
+pub const KIND_SLOTS: u32 = 16;
+
+pub const TASK_COMM_LEN: usize = 16;
+pub const UNIX_PATH_MAX: usize = 108;
+
+/// A task as seen by the kernel at one moment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    /// Process id (tgid in kernel terms).
+    pub pid: u32,
+    /// Thread id (pid in kernel terms).
+    pub tid: u32,
+    pub uid: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// The header every event starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// `EventKind as u32`.
+    pub kind: u32,
+    /// Network namespace inode of the socket (0 when unknown).
+    pub netns: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock` the event is about; the identity of a connection
+    /// attempt (0 when the event has no socket, e.g. a drop of an orphaned skb).
+    pub sock: u64,
+    /// For attempt events: the socket's owner recorded in process context at connect time.
+    /// For listener events: the listener's owner recorded at listen time.
+    /// For syscall events (Unix): the calling task.
+    /// For packet events with no socket: whatever task was current (not meaningful).
+    pub task: Task,
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A TCP flow, oriented client -> target whenever the kernel side knows the orientation.
+/// IPv4 addresses are stored in the first 4 bytes of `saddr`/`daddr`, network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow {
+    /// AF_INET or AF_INET6 (UAPI constants).
+    pub family: u16,
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Payload of every TCP / packet event kind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpEvent {
+    pub header: EventHeader,
+    pub flow: Flow,
+    /// Raw kernel value: skb_drop_reason for `SkbDropped`, sk_rst_reason for
+    /// `TcpRstSentNoSocket` (when the tracepoint has it), type<<8|code for `IcmpSent`.
+    pub reason: u32,
+    /// `sk->sk_err` when a SYN_SENT attempt closed (positive errno, 0 = closed by its owner).
+    pub sk_err: i32,
+    /// SYN retransmits seen for this attempt so far.
+    pub syn_retransmits: u32,
+    /// 1 when this attempt received an RST while in SYN_SENT.
+    pub rst_received: u32,
+    /// Accept queue of the local listener on the target port, read in the kernel at the time
+    /// of the event (`sk_ack_backlog`, `sk_max_ack_backlog`); valid when `queue_known` = 1.
+    pub queue_len: u32,
+    pub queue_max: u32,
+    pub queue_known: u32,
+    /// For skb events: 1 when the flow was parsed from packet headers (orientation is that of
+    /// the packet, not necessarily client->target).
+    pub from_packet: u32,
+    /// When the attempt (or listener) started, `bpf_ktime_get_ns()`; 0 when unknown.
+    pub start_ns: u64,
+    /// The task current when the event fired (e.g. who closed a listener).
+    pub actor: Task,
+    /// Listener owner at the time of the event (for SYN retransmits to a known local listener).
+    pub listener: Task,
+}
+
+/// Payload of Unix socket events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixEvent {
+    pub header: EventHeader,
+    /// Positive errno returned by connect() (0 for `UnixBind`).
+    pub errno: i32,
+    /// Length of the valid bytes in `path` (abstract sockets start with a NUL byte).
+    pub path_len: u32,
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad: [u8; 4],
+}
+
+impl Default for UnixEvent {
+    fn default() -> Self {
+        UnixEvent { header: EventHeader::default(), errno: 0, path_len: 0, path: [0; UNIX_PATH_MAX], _pad: [0; 4] }
+    }
+}
+
+/// Marks a tracepoint field absent on this kernel (the program then skips it).
+pub const FIELD_ABSENT: u32 = u32::MAX;
+
+/// Offsets (bytes from the start of the tracepoint record) of the fields a classic tracepoint
+/// program reads, taken from `/sys/kernel/tracing/events/<cat>/<name>/format` at start-up.
+/// `FIELD_ABSENT` for a field this kernel's tracepoint does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpSockFields {
+    pub skaddr: u32,
+    pub skbaddr: u32,
+    pub oldstate: u32,
+    pub newstate: u32,
+    pub state: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub family: u32,
+    pub protocol: u32,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub saddr_v6: u32,
+    pub daddr_v6: u32,
+    pub reason: u32,
+}
+
+impl TpSockFields {
+    pub const ABSENT: TpSockFields = TpSockFields {
+        skaddr: FIELD_ABSENT,
+        skbaddr: FIELD_ABSENT,
+        oldstate: FIELD_ABSENT,
+        newstate: FIELD_ABSENT,
+        state: FIELD_ABSENT,
+        sport: FIELD_ABSENT,
+        dport: FIELD_ABSENT,
+        family: FIELD_ABSENT,
+        protocol: FIELD_ABSENT,
+        saddr: FIELD_ABSENT,
+        daddr: FIELD_ABSENT,
+        saddr_v6: FIELD_ABSENT,
+        daddr_v6: FIELD_ABSENT,
+        reason: FIELD_ABSENT,
+    };
+}
+
+/// `skb:kfree_skb` fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpKfreeSkbFields {
+    pub skbaddr: u32,
+    pub protocol: u32,
+    pub reason: u32,
+    pub _pad: u32,
+}
+
+/// `syscalls:sys_enter_connect` / `sys_enter_bind` (fd, address, length) and the `ret` of the
+/// matching exit tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TpSyscallFields {
+    pub fd: u32,
+    pub addr: u32,
+    pub addrlen: u32,
+    pub ret: u32,
+}
+
+/// Kernel struct member offsets (bytes) read from `/sys/kernel/btf/vmlinux`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct sock`: `sk_err` (int).
+    pub sock_sk_err: u32,
+    /// `struct sock`: `sk_ack_backlog` (u32).
+    pub sock_sk_ack_backlog: u32,
+    /// `struct sock`: `sk_max_ack_backlog` (u32).
+    pub sock_sk_max_ack_backlog: u32,
+    /// `struct sock`: `__sk_common.skc_net` (possible_net_t, whose first member is `struct net *`).
+    pub sock_skc_net: u32,
+    /// `struct net`: `ns.inum` (unsigned int).
+    pub net_ns_inum: u32,
+    /// `struct sk_buff`: `sk`, `head`, `network_header` (u16), `transport_header` (u16).
+    pub skb_sk: u32,
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub _pad: u32,
+}
+
+/// Enum values read from BTF (never constants: they are renumbered between kernels).
+/// `FIELD_ABSENT` where the running kernel does not have the value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelEnums {
+    pub tcp_established: u32,
+    pub tcp_syn_sent: u32,
+    pub tcp_close: u32,
+    pub tcp_listen: u32,
+    /// skb_drop_reason values that are forwarded to userspace.
+    pub drop_no_socket: u32,
+    pub drop_netfilter_drop: u32,
+    pub drop_tcp_listen_overflow: u32,
+    /// IPPROTO_TCP (UAPI; kept here so the kernel side has one source for every number).
+    pub ipproto_tcp: u32,
+}
+
+/// Everything the kernel programs need to know about the running kernel. Userspace writes it
+/// into the single slot of the `CONFIG` array map before any program is attached; a program
+/// that finds no config does nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// `sock:inet_sock_set_state`.
+    pub set_state: TpSockFields,
+    /// `tcp:tcp_retransmit_skb`.
+    pub retransmit: TpSockFields,
+    /// `tcp:tcp_receive_reset`.
+    pub receive_reset: TpSockFields,
+    /// `tcp:tcp_send_reset`.
+    pub send_reset: TpSockFields,
+    /// `icmp:icmp_send` (skbaddr, saddr, daddr as u8[4]; type in `state`, code in `reason`).
+    pub icmp_send: TpSockFields,
+    pub kfree_skb: TpKfreeSkbFields,
+    pub connect_enter: TpSyscallFields,
+    pub connect_exit: TpSyscallFields,
+    pub bind_enter: TpSyscallFields,
+    pub offsets: KernelOffsets,
+    pub enums: KernelEnums,
+    /// 1 to emit aya-log debug lines from the kernel programs.
+    pub debug: u32,
+    pub _pad: u32,
+}
+
+/// Attempt state kept in the kernel (LRU hash keyed by `struct sock *`) from connect until the
+/// attempt is resolved, so failures are attributed to the owner recorded in process context.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttemptState {
+    pub owner: Task,
+    pub start_ns: u64,
+    pub netns: u32,
+    pub syn_retransmits: u32,
+    pub rst_received: u32,
+    pub _pad: u32,
+}
+
+/// Key of the kernel's listener table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Value of the kernel's listener table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListenerState {
+    pub sock: u64,
+    pub owner: Task,
+    pub start_ns: u64,
+}
+
+/// Per-CPU counter slots (index into the `COUNTERS` per-CPU array): 0..KIND_SLOTS are events
+/// emitted per kind, `LOST_BASE + kind` events lost because the ring buffer was full.
+pub const LOST_BASE: u32 = KIND_SLOTS;
+pub const COUNTER_SLOTS: u32 = KIND_SLOTS * 2;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for AttemptState {}
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerState {}
+    unsafe impl aya::Pod for Task {}
+}
+
+impl Task {
+    /// The command name up to its first NUL.
+    pub fn comm_bytes(&self) -> &[u8] {
+        let end = self.comm.iter().position(|b| *b == 0).unwrap_or(TASK_COMM_LEN);
+        &self.comm[..end]
+    }
+}
+
+impl UnixEvent {
+    pub fn path_bytes(&self) -> &[u8] {
+        let len = (self.path_len as usize).min(UNIX_PATH_MAX);
+        &self.path[..len]
+    }
+}

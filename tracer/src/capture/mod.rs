@@ -1,0 +1,1 @@
+//! Load the kernel programs, attach them, read the ring buffer, decode events. (To be written.)

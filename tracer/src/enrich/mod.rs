@@ -1,0 +1,2 @@
+//! Userspace measurements: listeners and queues via sock_diag (in each netns), owners via
+//! /proc, ListenOverflows. (To be written.)

@@ -1,0 +1,141 @@
+//! Decoded events: what the explanation engine consumes.
+//!
+//! `capture` turns the raw `#[repr(C)]` records from the ring buffer into these values (kernel
+//! enum numbers already resolved to names through BTF); `enrich` adds facts it measured in
+//! userspace (listeners seen through sock_diag, ListenOverflows counters) as events of the same
+//! stream, so the engine has one ordered input and stays pure. These types serialize, so unit
+//! tests can replay recorded streams.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A task (process) as recorded by the kernel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub pid: u32,
+    #[serde(default)]
+    pub tid: u32,
+    #[serde(default)]
+    pub uid: u32,
+    pub comm: String,
+}
+
+/// A TCP flow, oriented client -> target when known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FlowAddr {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+impl FlowAddr {
+    pub fn reversed(&self) -> FlowAddr {
+        FlowAddr { src: self.dst, dst: self.src }
+    }
+}
+
+/// The upstream a client tried to reach.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Target {
+    Tcp(SocketAddr),
+    /// A Unix socket path; abstract names are written with a leading '@'.
+    Unix(String),
+}
+
+impl fmt::Display for Target {
+    /// `127.0.0.1:8000`, `[::1]:8000`, `unix:/run/app.sock`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Tcp(a) => write!(f, "{a}"),
+            Target::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+/// An accept queue measurement: current length and maximum (the listen backlog).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Queue {
+    pub len: u32,
+    pub max: u32,
+}
+
+impl Queue {
+    /// The kernel's own test (`sk_acceptq_is_full`): full when len > max; a queue at exactly
+    /// its maximum also refuses the next connection, so treat len >= max as full.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.max
+    }
+}
+
+/// One event, kernel-made or measured by tracer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds (the kernel's `bpf_ktime_get_ns`).
+    pub ts_ns: u64,
+    /// Network namespace inode (0 when unknown).
+    #[serde(default)]
+    pub netns: u32,
+    /// Kernel address of the socket: the identity of one connection attempt or listener.
+    #[serde(default)]
+    pub sock: u64,
+    /// See `tracer_common::EventHeader::task`: the owner recorded at connect/listen time for
+    /// socket events, the caller for syscall events.
+    pub task: TaskInfo,
+    pub body: EventBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventBody {
+    /// SYN_SENT -> CLOSE. `sk_err` is the positive errno on the socket (111 refused, 110 timed
+    /// out, 113 host unreachable ...), 0 when its owner closed it before the kernel gave up.
+    TcpAttemptFailed { flow: FlowAddr, sk_err: i32, syn_retransmits: u32, rst_received: bool, start_ns: u64 },
+    /// A SYN retransmit by a SYN_SENT socket. `queue`/`listener`: the local listener on the
+    /// destination port as read in the kernel at that moment, when tracer knows it.
+    TcpSynRetransmit { flow: FlowAddr, syn_retransmits: u32, queue: Option<Queue>, listener: Option<TaskInfo> },
+    /// SYN_SENT -> ESTABLISHED after at least one SYN retransmit.
+    TcpAttemptDelayed { flow: FlowAddr, syn_retransmits: u32, start_ns: u64 },
+    /// The attempt's socket received an RST while in SYN_SENT.
+    TcpRstReceived { flow: FlowAddr },
+    /// This host's TCP stack answered with an RST because no socket matched: nothing listens
+    /// on `flow.dst` (flow oriented client -> target). `reason`: kernel sk_rst_reason name.
+    TcpRstSentNoSocket { flow: FlowAddr, reason: Option<String> },
+    /// A packet freed with a drop reason tracer watches (`NO_SOCKET`, `NETFILTER_DROP`,
+    /// `TCP_LISTEN_OVERFLOW`). `flow` in the packet's own direction.
+    SkbDropped { flow: Option<FlowAddr>, reason: String },
+    /// This host sent an ICMP error (e.g. nft `reject with icmp`). Ports are unknown (0); the
+    /// addresses are those of the offending packet (`src` = who sent it).
+    IcmpSent { flow: FlowAddr, icmp_type: u8, code: u8 },
+    /// A TCP socket entered LISTEN on `addr`; `task` is the process that called listen().
+    TcpListenStart { addr: SocketAddr },
+    /// A TCP listener on `addr` closed; `task` is its recorded owner, `actor` who closed it.
+    TcpListenStop { addr: SocketAddr, actor: TaskInfo },
+    /// connect() on an AF_UNIX socket failed with `errno` (positive).
+    UnixConnectFailed { path: String, errno: i32 },
+    /// bind() of an AF_UNIX socket to `path` (who created the socket file).
+    UnixBind { path: String },
+    /// Measured by tracer (sock_diag + /proc): a listener exists on `target` now, owned by
+    /// `task` (pid 0 when the owner could not be found), with this accept queue.
+    ListenerSeen { target: Target, queue: Queue },
+    /// Measured by tracer: TcpExtListenOverflows rose by `delta` in `netns` since last read.
+    ListenOverflows { delta: u64 },
+    /// The kernel lost `count` events of `kind` (ring buffer full); reported, never silent.
+    Lost { kind: String, count: u64 },
+}
+
+impl Event {
+    /// The flow a TCP event is about, if any.
+    pub fn flow(&self) -> Option<FlowAddr> {
+        match &self.body {
+            EventBody::TcpAttemptFailed { flow, .. }
+            | EventBody::TcpSynRetransmit { flow, .. }
+            | EventBody::TcpAttemptDelayed { flow, .. }
+            | EventBody::TcpRstReceived { flow }
+            | EventBody::TcpRstSentNoSocket { flow, .. }
+            | EventBody::IcmpSent { flow, .. } => Some(*flow),
+            EventBody::SkbDropped { flow, .. } => *flow,
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! PURE explanation engine: decoded events in, findings out. Never touches the kernel, the
+//! clock or /proc. (To be written.)

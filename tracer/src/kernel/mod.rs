@@ -1,0 +1,2 @@
+//! What the running kernel offers: BTF offsets and enum values, tracefs formats, doctor.
+//! (To be written.)

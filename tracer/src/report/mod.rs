@@ -1,0 +1,1 @@
+//! Text and JSON-lines rendering of attempts and findings. (To be written.)
