@@ -1,0 +1,66 @@
+//! The maps shared by the probes. Per-socket state lives in LRU maps so that sockets that never
+//! finish connecting (or listeners that vanish unseen) can never exhaust them.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracer_common::{AttemptState, Config, ListenerKey, ListenerState, COUNTER_SLOTS, LOST_BASE};
+
+/// One slot: the running kernel's facts, written by userspace before any attach.
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Events for userspace. Userspace may resize it before load.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
+
+/// In-flight TCP connection attempts keyed by `struct sock *`, with the owner recorded in
+/// process context at connect time.
+#[map]
+pub static ATTEMPTS: LruHashMap<u64, AttemptState> = LruHashMap::with_max_entries(262_144, 0);
+
+/// TCP listeners seen entering LISTEN while tracing, keyed by (netns, port, family).
+#[map]
+pub static LISTENERS: LruHashMap<ListenerKey, ListenerState> = LruHashMap::with_max_entries(65_536, 0);
+
+/// AF_UNIX connect() arguments between sys_enter and sys_exit, keyed by pid_tgid:
+/// (user address of the sockaddr, its length).
+#[map]
+pub static UNIX_CONNECTS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Per-CPU counters: events emitted per kind, then events lost per kind (ring buffer full).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
+#[inline(always)]
+fn bump(slot: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU here.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Reserves a zeroed event of kind `kind` directly in the ring buffer (events are too large
+/// to build on the 512-byte BPF stack next to everything else), lets `fill` write it, and
+/// submits it. A full ring buffer is counted as a lost event of that kind.
+#[inline(always)]
+pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) {
+    match EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            let event = unsafe {
+                let p = entry.as_mut_ptr();
+                core::ptr::write_bytes(p, 0, 1);
+                &mut *p
+            };
+            fill(event);
+            entry.submit(0);
+            bump(kind);
+        }
+        None => bump(LOST_BASE + kind),
+    }
+}

@@ -1,0 +1,10 @@
+//! One file per hook. Each `#[tracepoint]` function is a thin `try_` wrapper: a program never
+//! fails loudly in the kernel, it just returns.
+mod bind;
+mod connect;
+mod icmp_send;
+mod kfree_skb;
+mod receive_reset;
+mod retransmit;
+mod send_reset;
+mod set_state;

@@ -1,0 +1,113 @@
+//! sock:inet_sock_set_state: the life of TCP connection attempts and listeners.
+//!
+//! CLOSE->SYN_SENT happens inside connect() (process context): the owner is recorded here, so
+//! failures that arrive later in softirq context are attributed to it, not to whatever task
+//! the softirq interrupted.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::debug;
+use tracer_common::{
+    AttemptState, EventKind, ListenerKey, ListenerState, TcpEvent,
+};
+
+use crate::{
+    maps::{config, emit_with, ATTEMPTS, LISTENERS},
+    read::{current_task, field, kernel, netns_of, sock_flow},
+};
+
+#[tracepoint]
+pub fn tracer_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let f = &cfg.set_state;
+    let protocol: u16 = field(ctx, f.protocol)?;
+    if protocol as u32 != cfg.enums.ipproto_tcp {
+        return None;
+    }
+    let old: i32 = field(ctx, f.oldstate)?;
+    let new: i32 = field(ctx, f.newstate)?;
+    let (old, new) = (old as u32, new as u32);
+    let e = &cfg.enums;
+    let sk: u64 = field(ctx, f.skaddr)?;
+
+    if old == e.tcp_close && new == e.tcp_syn_sent {
+        let state = AttemptState {
+            owner: current_task(),
+            start_ns: unsafe { bpf_ktime_get_ns() },
+            netns: netns_of(cfg, sk),
+            ..AttemptState::default()
+        };
+        let _ = ATTEMPTS.insert(&sk, &state, 0);
+        return Some(());
+    }
+
+    if old == e.tcp_syn_sent {
+        // Only attempts that started while tracing are known; the rest are not ours to judge.
+        let attempt = unsafe { ATTEMPTS.get(&sk) }.copied()?;
+        let _ = ATTEMPTS.remove(&sk);
+        let kind = if new == e.tcp_close {
+            EventKind::TcpAttemptFailed
+        } else if new == e.tcp_established && attempt.syn_retransmits > 0 {
+            EventKind::TcpAttemptDelayed
+        } else {
+            // Connected at the first try: healthy traffic, nothing to report.
+            return None;
+        };
+        let sk_err: i32 = if kind == EventKind::TcpAttemptFailed { kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0) } else { 0 };
+        if cfg.debug != 0 {
+            debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
+        }
+        emit_with(kind as u32, |ev: &mut TcpEvent| {
+            ev.header.kind = kind as u32;
+            ev.header.netns = attempt.netns;
+            ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+            ev.header.sock = sk;
+            ev.header.task = attempt.owner;
+            ev.flow = sock_flow(ctx, f);
+            ev.sk_err = sk_err;
+            ev.syn_retransmits = attempt.syn_retransmits;
+            ev.rst_received = attempt.rst_received;
+            ev.start_ns = attempt.start_ns;
+            ev.actor = current_task();
+        });
+        return Some(());
+    }
+
+    if new == e.tcp_listen || old == e.tcp_listen {
+        let flow = sock_flow(ctx, f);
+        let netns = netns_of(cfg, sk);
+        let key = ListenerKey { netns, port: flow.sport, family: flow.family };
+        let now = unsafe { bpf_ktime_get_ns() };
+        let (kind, owner, start_ns) = if new == e.tcp_listen {
+            // listen() runs in process context: current is the owner.
+            let owner = current_task();
+            let _ = LISTENERS.insert(&key, &ListenerState { sock: sk, owner, start_ns: now }, 0);
+            (EventKind::TcpListenStart, owner, now)
+        } else {
+            let known = unsafe { LISTENERS.get(&key) }.copied();
+            match known {
+                Some(l) if l.sock == sk => {
+                    let _ = LISTENERS.remove(&key);
+                    (EventKind::TcpListenStop, l.owner, l.start_ns)
+                }
+                // A listener from before tracing: the closer is the best owner guess we have.
+                _ => (EventKind::TcpListenStop, current_task(), 0),
+            }
+        };
+        emit_with(kind as u32, |ev: &mut TcpEvent| {
+            ev.header.kind = kind as u32;
+            ev.header.netns = netns;
+            ev.header.ts_ns = now;
+            ev.header.sock = sk;
+            ev.header.task = owner;
+            ev.flow = flow;
+            ev.start_ns = start_ns;
+            ev.actor = current_task();
+        });
+    }
+    Some(())
+}

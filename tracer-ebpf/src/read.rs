@@ -1,0 +1,86 @@
+//! Reading tracepoint fields and kernel memory at offsets that userspace supplied.
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel},
+    programs::TracePointContext,
+};
+use tracer_common::{Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT};
+
+/// Reads a `T` at `offset` in the tracepoint record, `None` when the field is absent.
+#[inline(always)]
+pub fn field<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    unsafe { ctx.read_at::<T>(offset as usize) }.ok()
+}
+
+/// Reads a `T` from kernel memory at `base + offset`.
+#[inline(always)]
+pub fn kernel<T>(base: u64, offset: u32) -> Option<T> {
+    if base == 0 || offset == FIELD_ABSENT {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) }.ok()
+}
+
+/// The task running now.
+#[inline(always)]
+pub fn current_task() -> Task {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+/// Network namespace inode of a socket: sk->__sk_common.skc_net.net->ns.inum.
+#[inline(always)]
+pub fn netns_of(cfg: &Config, sk: u64) -> u32 {
+    let net: u64 = kernel(sk, cfg.offsets.sock_skc_net).unwrap_or(0);
+    kernel(net, cfg.offsets.net_ns_inum).unwrap_or(0)
+}
+
+/// The flow of a socket-based TCP tracepoint (saddr/sport = this socket's side).
+#[inline(always)]
+pub fn sock_flow(ctx: &TracePointContext, f: &TpSockFields) -> Flow {
+    let family: u16 = field(ctx, f.family).unwrap_or(0);
+    let mut flow = Flow {
+        family,
+        sport: field(ctx, f.sport).unwrap_or(0),
+        dport: field(ctx, f.dport).unwrap_or(0),
+        ..Flow::default()
+    };
+    if family == AF_INET6 {
+        flow.saddr = field(ctx, f.saddr_v6).unwrap_or([0; 16]);
+        flow.daddr = field(ctx, f.daddr_v6).unwrap_or([0; 16]);
+    } else if family == AF_INET {
+        let s: [u8; 4] = field(ctx, f.saddr).unwrap_or([0; 4]);
+        let d: [u8; 4] = field(ctx, f.daddr).unwrap_or([0; 4]);
+        flow.saddr[..4].copy_from_slice(&s);
+        flow.daddr[..4].copy_from_slice(&d);
+    }
+    flow
+}
+
+/// Fills one side of a flow from a `struct sockaddr_in`/`sockaddr_in6` image as stored by
+/// tracepoints that record addresses that way (tcp_send_reset since 6.10): family, port (big
+/// endian), then the IPv4 address at +4 or the IPv6 address at +8. UAPI layouts, not kernel ones.
+#[inline(always)]
+pub fn sockaddr_side(ctx: &TracePointContext, offset: u32) -> Option<(u16, u16, [u8; 16])> {
+    let family: u16 = field(ctx, offset)?;
+    let port_be: u16 = field(ctx, offset + 2)?;
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let a: [u8; 4] = field(ctx, offset + 4)?;
+        addr[..4].copy_from_slice(&a);
+    } else if family == AF_INET6 {
+        addr = field(ctx, offset + 8)?;
+    } else {
+        return None;
+    }
+    Some((family, u16::from_be(port_be), addr))
+}
