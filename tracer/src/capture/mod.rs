@@ -1,1 +1,186 @@
-//! Load the kernel programs, attach them, read the ring buffer, decode events. (To be written.)
+//! Load the kernel programs, hand them this kernel's facts, attach them, and read their events.
+//!
+//! Everything attached here is owned by `Capture`; dropping it (normal exit, Ctrl-C, SIGTERM,
+//! an error on the way up) closes the program and link fds, which detaches every program.
+pub mod decode;
+pub mod programs;
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use tokio::io::unix::AsyncFd;
+use tracer_common::{Config, EventKind, KIND_SLOTS, LOST_BASE};
+
+use crate::event::Event;
+use decode::ReasonNames;
+use programs::{Backend, PROGRAMS};
+
+/// The kernel object built by tracer/build.rs from tracer-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// One hook's state after start-up, for the `tracing:` line, the summary and `doctor`.
+#[derive(Clone, Debug)]
+pub struct HookState {
+    pub hook: String,
+    pub active: bool,
+    pub why_not: Option<String>,
+    pub serves: &'static str,
+}
+
+/// Whether a tracepoint is usable on this kernel, as found by `kernel::facts`.
+pub struct Availability<'a> {
+    pub category: &'a str,
+    pub name: &'a str,
+    pub available: bool,
+    pub why_not: Option<String>,
+}
+
+pub struct Capture {
+    // Field order matters for drop order: the ring and logger borrow nothing, but keep the
+    // object (which owns programs and links) last so readers go first.
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    pub hooks: Vec<HookState>,
+    pub backend: Backend,
+    _ebpf: Ebpf,
+}
+
+impl Capture {
+    /// Loads and attaches. `available` says which tracepoints exist with the fields we need.
+    /// On any error nothing stays attached (the partially set-up object is dropped).
+    pub fn start(config: &Config, available: &[Availability<'_>], debug: bool) -> Result<Capture> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP=1): rebuild with `cargo xtask build`");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(|e| anyhow!("loading tracer's eBPF object failed: {e} (is this kernel >= 5.8 with BPF ring buffers, and are you root?)"))?;
+
+        let mut config = *config;
+        config.debug = debug as u32;
+        {
+            let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
+            let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
+            cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")?;
+        }
+
+        let logger = if debug {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(AsyncFd::new(l).context("polling the aya-log buffer")?),
+                Err(e) => {
+                    log::warn!("kernel debug log unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut hooks = Vec::new();
+        for spec in PROGRAMS {
+            let avail = available.iter().find(|a| a.category == spec.category && a.name == spec.tracepoint);
+            let why_not = match avail {
+                Some(a) if a.available => attach(&mut ebpf, spec.program, spec.category, spec.tracepoint).err().map(|e| format!("{e:#}")),
+                Some(a) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
+                None => Some("not probed".into()),
+            };
+            if spec.required {
+                if let Some(why) = &why_not {
+                    bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", spec.hook());
+                }
+            }
+            hooks.push(HookState { hook: spec.hook(), active: why_not.is_none(), why_not, serves: spec.serves });
+        }
+
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?)?;
+        let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
+        Ok(Capture { ring, counters, logger, hooks, backend: Backend::Tracepoints, _ebpf: ebpf })
+    }
+
+    /// The `tracing:` line's content: which hooks are active, on which backend.
+    pub fn describe(&self) -> String {
+        let active: Vec<&str> = self.hooks.iter().filter(|h| h.active).map(|h| h.hook.as_str()).collect();
+        let inactive: Vec<String> = self
+            .hooks
+            .iter()
+            .filter(|h| !h.active)
+            .map(|h| format!("{} ({})", h.hook, h.why_not.as_deref().unwrap_or("?")))
+            .collect();
+        let mut s = format!("backend={} hooks={}", self.backend.describe(), active.join(","));
+        if !inactive.is_empty() {
+            s.push_str(&format!(" inactive={}", inactive.join("; ")));
+        }
+        s
+    }
+
+    /// Waits until the kernel has written something (or the logger has lines), then decodes
+    /// every record available into `out`.
+    pub async fn wait_and_drain(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) -> Result<()> {
+        match &mut self.logger {
+            Some(logger) => {
+                tokio::select! {
+                    guard = self.ring.readable_mut() => { guard?.clear_ready(); }
+                    guard = logger.readable_mut() => {
+                        let mut guard = guard?;
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                }
+            }
+            None => {
+                let mut guard = self.ring.readable_mut().await?;
+                guard.clear_ready();
+            }
+        }
+        self.drain(out, names);
+        Ok(())
+    }
+
+    /// Decodes every record now in the ring buffer (no waiting).
+    pub fn drain(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Some(ev) = decode::decode(&item, names) {
+                out.push(ev);
+            }
+        }
+    }
+
+    /// Events emitted and lost (ring buffer full) per kind, summed over CPUs.
+    pub fn counters(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
+        let mut emitted = BTreeMap::new();
+        let mut lost = BTreeMap::new();
+        for kind in EventKind::ALL {
+            let k = kind as u32;
+            debug_assert!(k < KIND_SLOTS);
+            let sum = |slot: u32| -> Result<u64> { Ok(self.counters.get(&slot, 0)?.iter().sum()) };
+            let name = format!("{kind:?}");
+            let e = sum(k)?;
+            let l = sum(LOST_BASE + k)?;
+            if e > 0 {
+                emitted.insert(name.clone(), e);
+            }
+            if l > 0 {
+                lost.insert(name, l);
+            }
+        }
+        Ok((emitted, lost))
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
+        .try_into()?;
+    prog.load().map_err(|e| anyhow!("load refused: {e}"))?;
+    prog.attach(category, name).map_err(|e| anyhow!("attach refused: {e}"))?;
+    Ok(())
+}

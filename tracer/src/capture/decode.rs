@@ -1,0 +1,198 @@
+//! Raw ring-buffer records -> decoded `Event`s. Kernel enum numbers become names here (through
+//! BTF), so nothing after this point knows a kernel number.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tracer_common::{EventHeader, EventKind, Flow, Task, TcpEvent, UnixEvent, AF_INET6};
+
+use crate::event::{Event, EventBody, FlowAddr, Queue, TaskInfo};
+
+/// Names for raw kernel enum values (implemented from BTF; a table in tests).
+pub trait ReasonNames {
+    fn drop_reason(&self, value: u32) -> Option<String>;
+    fn rst_reason(&self, value: u32) -> Option<String>;
+}
+
+pub fn task_info(t: &Task) -> TaskInfo {
+    TaskInfo { pid: t.pid, tid: t.tid, uid: t.uid, comm: String::from_utf8_lossy(t.comm_bytes()).into_owned() }
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        let v6 = Ipv6Addr::from(*raw);
+        // An IPv4 peer of an IPv6 socket: show it as the IPv4 address it is.
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+pub fn flow_addr(f: &Flow) -> FlowAddr {
+    FlowAddr {
+        src: SocketAddr::new(ip(f.family, &f.saddr), f.sport),
+        dst: SocketAddr::new(ip(f.family, &f.daddr), f.dport),
+    }
+}
+
+/// A Unix socket path as users write it: abstract names (leading NUL) as `@name`.
+pub fn unix_path(bytes: &[u8]) -> String {
+    if let Some((&0, rest)) = bytes.split_first() {
+        let end = rest.iter().rposition(|b| *b != 0).map(|i| i + 1).unwrap_or(0);
+        return format!("@{}", String::from_utf8_lossy(&rest[..end]));
+    }
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn read<T: Copy>(data: &[u8]) -> Option<T> {
+    if data.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // The ring buffer gives no alignment guarantee beyond 8 bytes; read unaligned anyway.
+    Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one record; `None` for a record too short or of an unknown kind (never panics).
+pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
+    let header: EventHeader = read(data)?;
+    let kind = EventKind::from_u32(header.kind)?;
+    let base = |body: EventBody| Event {
+        ts_ns: header.ts_ns,
+        netns: header.netns,
+        sock: header.sock,
+        task: task_info(&header.task),
+        body,
+    };
+    if matches!(kind, EventKind::UnixConnectFailed | EventKind::UnixBind) {
+        let ev: UnixEvent = read(data)?;
+        let path = unix_path(ev.path_bytes());
+        let body = match kind {
+            EventKind::UnixConnectFailed => EventBody::UnixConnectFailed { path, errno: ev.errno },
+            _ => EventBody::UnixBind { path },
+        };
+        return Some(base(body));
+    }
+    let ev: TcpEvent = read(data)?;
+    let flow = flow_addr(&ev.flow);
+    let body = match kind {
+        EventKind::TcpAttemptFailed => EventBody::TcpAttemptFailed {
+            flow,
+            sk_err: ev.sk_err,
+            syn_retransmits: ev.syn_retransmits,
+            rst_received: ev.rst_received != 0,
+            start_ns: ev.start_ns,
+        },
+        EventKind::TcpSynRetransmit => EventBody::TcpSynRetransmit {
+            flow,
+            syn_retransmits: ev.syn_retransmits,
+            queue: (ev.queue_known != 0).then_some(Queue { len: ev.queue_len, max: ev.queue_max }),
+            listener: (ev.queue_known != 0 && ev.listener.pid != 0).then(|| task_info(&ev.listener)),
+        },
+        EventKind::TcpAttemptDelayed => {
+            EventBody::TcpAttemptDelayed { flow, syn_retransmits: ev.syn_retransmits, start_ns: ev.start_ns }
+        }
+        EventKind::TcpRstReceived => EventBody::TcpRstReceived { flow },
+        EventKind::TcpRstSentNoSocket => EventBody::TcpRstSentNoSocket {
+            flow,
+            reason: (ev.reason != u32::MAX).then(|| names.rst_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string())),
+        },
+        EventKind::SkbDropped => EventBody::SkbDropped {
+            flow: Some(flow),
+            reason: names.drop_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string()),
+        },
+        EventKind::IcmpSent => {
+            EventBody::IcmpSent { flow, icmp_type: (ev.reason >> 8) as u8, code: (ev.reason & 0xff) as u8 }
+        }
+        EventKind::TcpListenStart => EventBody::TcpListenStart { addr: flow.src },
+        EventKind::TcpListenStop => EventBody::TcpListenStop { addr: flow.src, actor: task_info(&ev.actor) },
+        EventKind::UnixConnectFailed | EventKind::UnixBind => return None,
+    };
+    Some(base(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoNames;
+    impl ReasonNames for NoNames {
+        fn drop_reason(&self, v: u32) -> Option<String> {
+            (v == 3).then(|| "NO_SOCKET".to_string())
+        }
+        fn rst_reason(&self, _: u32) -> Option<String> {
+            None
+        }
+    }
+
+    fn bytes<T>(v: &T) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_failed_ipv4_attempt_with_its_owner() {
+        let mut ev = TcpEvent::default();
+        ev.header.kind = EventKind::TcpAttemptFailed as u32;
+        ev.header.sock = 0xffff_8880_1234_5678;
+        ev.header.task.pid = 812;
+        ev.header.task.comm[..5].copy_from_slice(b"nginx");
+        ev.flow = Flow { family: 2, sport: 40000, dport: 8000, _pad: 0, saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        ev.sk_err = 111;
+        ev.rst_received = 1;
+        let decoded = decode(&bytes(&ev), &NoNames).expect("decodes");
+        assert_eq!(decoded.task.pid, 812);
+        assert_eq!(decoded.task.comm, "nginx");
+        match decoded.body {
+            EventBody::TcpAttemptFailed { flow, sk_err, rst_received, .. } => {
+                assert_eq!(flow.dst, "127.0.0.1:8000".parse().unwrap());
+                assert_eq!(flow.src, "127.0.0.1:40000".parse().unwrap());
+                assert_eq!(sk_err, 111);
+                assert!(rst_received);
+            }
+            other => panic!("wrong body {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_ipv6_and_mapped_ipv4() {
+        let mut f = Flow { family: AF_INET6, sport: 1, dport: 2, ..Flow::default() };
+        f.daddr[15] = 1; // ::1
+        f.saddr[10] = 0xff;
+        f.saddr[11] = 0xff;
+        f.saddr[12..].copy_from_slice(&[10, 0, 0, 1]);
+        let fa = flow_addr(&f);
+        assert_eq!(fa.dst.to_string(), "[::1]:2");
+        assert_eq!(fa.src.to_string(), "10.0.0.1:1");
+    }
+
+    #[test]
+    fn decodes_unix_paths_and_drop_reasons() {
+        let mut ev = UnixEvent::default();
+        ev.header.kind = EventKind::UnixConnectFailed as u32;
+        ev.errno = 2;
+        let p = b"/run/app.sock\0";
+        ev.path[..p.len()].copy_from_slice(p);
+        ev.path_len = p.len() as u32;
+        let d = decode(&bytes(&ev), &NoNames).unwrap();
+        assert_eq!(d.body, EventBody::UnixConnectFailed { path: "/run/app.sock".into(), errno: 2 });
+        assert_eq!(unix_path(b"\0abstract\0\0"), "@abstract");
+
+        let mut drop = TcpEvent::default();
+        drop.header.kind = EventKind::SkbDropped as u32;
+        drop.reason = 3;
+        drop.flow.family = 2;
+        match decode(&bytes(&drop), &NoNames).unwrap().body {
+            EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "NO_SOCKET"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_or_unknown_records_are_ignored() {
+        assert!(decode(&[1, 2, 3], &NoNames).is_none());
+        let mut ev = TcpEvent::default();
+        ev.header.kind = 999;
+        assert!(decode(&bytes(&ev), &NoNames).is_none());
+    }
+}
