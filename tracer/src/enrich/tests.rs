@@ -1,0 +1,272 @@
+//! Enricher tests. Those that need root (sock_diag of other namespaces, `ip netns`) skip with
+//! a printed reason otherwise.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn is_root(test: &str) -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("skipped {test}: needs root");
+    }
+    root
+}
+
+fn set_backlog(fd: RawFd, backlog: i32) {
+    // Calling listen() again on a listening socket only updates its backlog.
+    // SAFETY: fd is an open listening socket owned by the caller.
+    assert_eq!(unsafe { libc::listen(fd, backlog) }, 0, "listen: {}", std::io::Error::last_os_error());
+}
+
+/// A non-blocking connect to an IPv4 address (returns at once; the handshake goes on).
+fn start_connect(addr: SocketAddr) -> OwnedFd {
+    let SocketAddr::V4(v4) = addr else { panic!("IPv4 only") };
+    // SAFETY: plain socket calls on a fresh fd; sockaddr_in fully initialized.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let owned = OwnedFd::from_raw_fd(fd);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let err = std::io::Error::last_os_error();
+        assert!(rc == 0 || err.raw_os_error() == Some(libc::EINPROGRESS), "connect: {err}");
+        owned
+    }
+}
+
+/// A fresh directory for socket files, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("tracer-enrich-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn listener_seen<'a>(events: &'a [Event], netns: u32, target: &Target) -> Option<&'a Event> {
+    events.iter().find(|e| {
+        e.netns == netns && matches!(&e.body, EventBody::ListenerSeen { target: t, .. } if t == target)
+    })
+}
+
+fn queue_of(event: &Event) -> Queue {
+    match &event.body {
+        EventBody::ListenerSeen { queue, .. } => *queue,
+        other => panic!("not a ListenerSeen: {other:?}"),
+    }
+}
+
+#[test]
+fn monotonic_clock_moves_forward() {
+    let a = monotonic_ns();
+    std::thread::sleep(Duration::from_millis(2));
+    let b = monotonic_ns();
+    assert!(a > 0 && b >= a + 1_000_000, "{a} {b}");
+}
+
+#[test]
+fn reads_netstat_counters() {
+    let text = "TcpExt: SyncookiesSent SyncookiesRecv ListenOverflows ListenDrops\n\
+                TcpExt: 0 0 17 20\n\
+                IpExt: InNoRoutes ListenOverflows\n\
+                IpExt: 1 99\n";
+    assert_eq!(netstat_value(text, "TcpExt", "ListenOverflows"), Some(17));
+    assert_eq!(netstat_value(text, "TcpExt", "ListenDrops"), Some(20));
+    assert_eq!(netstat_value(text, "IpExt", "ListenOverflows"), Some(99));
+    assert_eq!(netstat_value(text, "TcpExt", "Nope"), None);
+    assert_eq!(netstat_value("TcpExt: ListenOverflows\n", "TcpExt", "ListenOverflows"), None);
+    let own = fs::read_to_string("/proc/self/net/netstat").unwrap();
+    assert!(netstat_value(&own, "TcpExt", "ListenOverflows").is_some());
+}
+
+#[test]
+fn snapshot_finds_own_tcp_and_unix_listeners() {
+    if !is_root("snapshot_finds_own_tcp_and_unix_listeners") {
+        return;
+    }
+    let own_netns = netns_inode_of_pid(std::process::id()).unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    set_backlog(tcp.as_raw_fd(), 7);
+    let dir = TempDir::new("snapshot");
+    let path = dir.0.join("app.sock");
+    let unix = UnixListener::bind(&path).unwrap();
+    set_backlog(unix.as_raw_fd(), 7);
+
+    let mut enricher = Enricher::new();
+    let events = enricher.snapshot_listeners();
+    let tcp_target = Target::Tcp(tcp.local_addr().unwrap());
+    let unix_target = Target::Unix(path.to_str().unwrap().to_string());
+    for target in [&tcp_target, &unix_target] {
+        let e = listener_seen(&events, own_netns, target)
+            .unwrap_or_else(|| panic!("{target} not in {events:#?}"));
+        assert_eq!(e.task.pid, std::process::id(), "{e:?}");
+        assert!(!e.task.comm.is_empty());
+        assert_eq!(queue_of(e), Queue { len: 0, max: 7 }, "{target}");
+        assert!(e.ts_ns > 0);
+    }
+
+    // The same listeners, asked for one at a time.
+    let e = enricher.probe_target(own_netns, &unix_target).expect("unix listener");
+    assert_eq!((e.task.pid, queue_of(&e).max), (std::process::id(), 7));
+    let port = tcp.local_addr().unwrap().port();
+    let e = enricher.probe_target(own_netns, &tcp_target).expect("tcp listener");
+    assert_eq!(
+        e.body,
+        EventBody::ListenerSeen { target: tcp_target.clone(), queue: Queue { len: 0, max: 7 } }
+    );
+    // 127.0.0.2 is not the address the listener is bound to.
+    let other = Target::Tcp(SocketAddr::from(([127, 0, 0, 2], port)));
+    assert!(enricher.probe_target(own_netns, &other).is_none());
+    assert!(enricher.probe_target(own_netns, &Target::Unix("/nonexistent/x.sock".into())).is_none());
+    assert!(enricher.probe_target(1, &tcp_target).is_none(), "no namespace has inode 1");
+}
+
+#[test]
+fn full_accept_queue_and_overflows_are_measured() {
+    if !is_root("full_accept_queue_and_overflows_are_measured") {
+        return;
+    }
+    let own_netns = netns_inode_of_pid(std::process::id()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    set_backlog(listener.as_raw_fd(), 1);
+    let addr = listener.local_addr().unwrap();
+    let wildcard_listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let wildcard_port = wildcard_listener.local_addr().unwrap().port();
+
+    let mut enricher = Enricher::new();
+    assert!(enricher.poll_overflows().is_empty(), "the first call only primes");
+
+    // Never accepted: two fit (the kernel refuses only when len > max), the third SYN is
+    // dropped and counted in ListenOverflows.
+    let _clients: Vec<OwnedFd> = (0..3).map(|_| start_connect(addr)).collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut overflow_delta = 0;
+    let mut queue = None;
+    while Instant::now() < deadline {
+        let event = enricher.probe_target(own_netns, &Target::Tcp(addr)).expect("listener");
+        assert_eq!(event.task.pid, std::process::id());
+        queue = Some(queue_of(&event));
+        overflow_delta += enricher
+            .poll_overflows()
+            .iter()
+            .filter(|e| e.netns == own_netns)
+            .map(|e| match e.body {
+                EventBody::ListenOverflows { delta } => delta,
+                _ => 0,
+            })
+            .sum::<u64>();
+        if queue.is_some_and(|q| q.is_full()) && overflow_delta > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let queue = queue.unwrap();
+    assert_eq!(queue.max, 1);
+    assert!(queue.len >= queue.max, "{queue:?}");
+    assert!(overflow_delta > 0, "ListenOverflows did not rise");
+
+    // A wildcard listener serves a loopback target.
+    let target = Target::Tcp(SocketAddr::from(([127, 0, 0, 1], wildcard_port)));
+    let event = enricher.probe_target(own_netns, &target).expect("wildcard listener");
+    assert_eq!(event.task.pid, std::process::id());
+}
+
+/// Removes the test namespace (and kills its listener) however the test ends.
+struct NetnsGuard {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", self.name]).stderr(Stdio::null()).status();
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false)
+}
+
+#[test]
+fn finds_listener_in_another_namespace() {
+    if !is_root("finds_listener_in_another_namespace") {
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped finds_listener_in_another_namespace: no `ip` command (iproute2)");
+        return;
+    }
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("-V").output().is_ok_and(|o| o.status.success()));
+    let Some(python) = python else {
+        eprintln!("skipped finds_listener_in_another_namespace: no python3");
+        return;
+    };
+    const NAME: &str = "tracer-enrich-test";
+    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
+    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
+    let mut guard = NetnsGuard { name: NAME, child: None };
+    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+
+    // `ip netns exec` execs the command, so the child's pid is python's.
+    let script = "import socket,time\n\
+                  s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(5)\n\
+                  print(s.getsockname()[1], flush=True)\n\
+                  time.sleep(120)\n";
+    let child = Command::new("ip")
+        .args(["netns", "exec", NAME, python, "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn ip netns exec");
+    let pid = child.id();
+    let child = guard.child.insert(child);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("python printed {line:?}"));
+
+    let netns = netns_inode_of_pid(pid).expect("python's netns");
+    assert_ne!(Some(netns), netns_inode_of_pid(std::process::id()));
+    let target = Target::Tcp(SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut enricher = Enricher::new();
+    let event = enricher.probe_target(netns, &target).expect("listener in the test namespace");
+    assert_eq!(event.netns, netns);
+    assert_eq!(event.task.pid, pid, "{event:?}");
+    assert!(event.task.comm.starts_with("python"), "{event:?}");
+    assert_eq!(queue_of(&event), Queue { len: 0, max: 5 });
+
+    let events = enricher.snapshot_listeners();
+    let seen = listener_seen(&events, netns, &target).expect("snapshot covers the test namespace");
+    assert_eq!(seen.task.pid, pid);
+    drop(guard);
+    assert!(!fs::read_dir("/run/netns").map(|d| d.flatten().any(|e| e.file_name() == NAME)).unwrap_or(false));
+}

@@ -1,0 +1,360 @@
+//! `tracer doctor`: what this kernel offers, what tracer will use, and therefore which causes
+//! of a 502 it will see. Reads BTF, tracefs and /proc only; attaches nothing. It may mount
+//! tracefs (and says so), as tracer itself would.
+
+use std::io::Write;
+
+use tracer_common::{KernelEnums, KernelOffsets, FIELD_ABSENT};
+
+use super::btf::{KernelBtf, VMLINUX_BTF};
+use super::facts::{
+    fentry_availability, kernel_release, kprobes_availability, privileges, tracepoint_config, Availability,
+    TracepointInfo,
+};
+use super::tracefs::locate_or_mount_tracefs;
+
+/// The backend v1 uses.
+pub const BACKEND: &str = "tracepoints (classic, fields from tracefs formats)";
+
+/// Writes the report; returns whether tracer can run here.
+pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
+    let mut blockers: Vec<String> = Vec::new();
+    let release = kernel_release();
+    writeln!(w, "tracer doctor")?;
+    writeln!(w, "kernel:      {release}")?;
+
+    // BTF: offsets and enum values for the kernel programs.
+    let mut kernel_values: Option<(KernelOffsets, KernelEnums)> = None;
+    match KernelBtf::load() {
+        Ok(btf) => match (btf.offsets(), btf.enums()) {
+            (Ok(offsets), Ok(enums)) => {
+                writeln!(w, "BTF:         ok ({VMLINUX_BTF})")?;
+                let names = btf.names();
+                writeln!(
+                    w,
+                    "             {} drop reasons, {} RST reasons; struct sock: sk_err at {}, sk_ack_backlog at {}, sk_max_ack_backlog at {}",
+                    names.drop_reason_count(),
+                    names.rst_reason_count(),
+                    offsets.sock_sk_err,
+                    offsets.sock_sk_ack_backlog,
+                    offsets.sock_sk_max_ack_backlog
+                )?;
+                kernel_values = Some((offsets, enums));
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                writeln!(w, "BTF:         unusable: {e:#}")?;
+                blockers.push(format!("{e:#}"));
+            }
+        },
+        Err(e) => {
+            writeln!(w, "BTF:         missing: {e:#}")?;
+            blockers.push(format!("{e:#}"));
+        }
+    }
+
+    let tracefs = match locate_or_mount_tracefs() {
+        Ok(m) => {
+            let how = if m.mounted_now { "mounted by doctor" } else { "already mounted" };
+            writeln!(w, "tracefs:     {} ({how})", m.path.display())?;
+            Some(m.path)
+        }
+        Err(e) => {
+            writeln!(w, "tracefs:     missing: {e:#}")?;
+            blockers.push(format!("{e:#}"));
+            None
+        }
+    };
+
+    let p = privileges();
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    writeln!(
+        w,
+        "privileges:  euid {}, CAP_BPF {}, CAP_PERFMON {}, CAP_SYS_ADMIN {}, CAP_NET_ADMIN {}",
+        p.euid,
+        yes_no(p.cap_bpf),
+        yes_no(p.cap_perfmon),
+        yes_no(p.cap_sys_admin),
+        yes_no(p.cap_net_admin)
+    )?;
+    if !p.can_load_tracepoints() {
+        blockers.push("loading tracepoint programs needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN): run tracer as root".to_string());
+    }
+    if !p.cap_sys_admin {
+        writeln!(
+            w,
+            "             without CAP_SYS_ADMIN, listeners in other network namespaces are not measured"
+        )?;
+    }
+
+    // Tracepoints: their formats do not depend on BTF; placeholder kernel values are enough
+    // to tell which are usable when BTF failed.
+    let tracepoints: Vec<TracepointInfo> = match &tracefs {
+        Some(path) => {
+            let (offsets, enums) = kernel_values.unwrap_or((KernelOffsets::default(), absent_enums()));
+            tracepoint_config(path, offsets, enums).1
+        }
+        None => Vec::new(),
+    };
+    writeln!(w)?;
+    writeln!(w, "tracepoints:")?;
+    if tracepoints.is_empty() {
+        writeln!(w, "  (not read: no tracefs)")?;
+    }
+    for tp in &tracepoints {
+        let state = if tp.available {
+            "available".to_string()
+        } else {
+            format!("missing ({})", tp.why_not.as_deref().unwrap_or("unknown"))
+        };
+        writeln!(w, "  {:<30} {state}", tp.full_name())?;
+        writeln!(w, "  {:<30} serves: {}", "", tp.serves)?;
+        for note in &tp.notes {
+            writeln!(w, "  {:<30} note: {note}", "")?;
+        }
+    }
+    if tracefs.is_some() && !tracepoints.iter().any(|t| t.available) {
+        blockers.push("none of the tracepoints tracer uses is available".to_string());
+    }
+
+    writeln!(w)?;
+    writeln!(w, "kprobes:     {}", availability_text(&kprobes_availability(tracefs.as_deref(), &release)))?;
+    writeln!(w, "fentry:      {}", availability_text(&fentry_availability()))?;
+    writeln!(w, "backend:     {BACKEND}")?;
+
+    writeln!(w)?;
+    writeln!(w, "what tracer will therefore see:")?;
+    let available = |name: &str| tracepoints.iter().any(|t| t.available && t.full_name() == name);
+    let listen_overflow_reason =
+        kernel_values.map(|(_, e)| e.drop_tcp_listen_overflow != FIELD_ABSENT).unwrap_or(false);
+    for row in cause_visibility(&available, listen_overflow_reason) {
+        writeln!(w, "  {:<23} {:<8} {}", row.cause, row.seen.word(), row.how)?;
+    }
+
+    writeln!(w)?;
+    if blockers.is_empty() {
+        writeln!(w, "tracer can run here.")?;
+    } else {
+        writeln!(w, "tracer cannot run here:")?;
+        for b in &blockers {
+            writeln!(w, "  - {b}")?;
+        }
+    }
+    Ok(blockers.is_empty())
+}
+
+fn availability_text(a: &Availability) -> String {
+    match a {
+        Availability::Yes => "yes".to_string(),
+        Availability::No(why) => format!("no ({why})"),
+        Availability::Unknown(why) => format!("unknown ({why})"),
+    }
+}
+
+fn absent_enums() -> KernelEnums {
+    KernelEnums {
+        tcp_established: FIELD_ABSENT,
+        tcp_syn_sent: FIELD_ABSENT,
+        tcp_close: FIELD_ABSENT,
+        tcp_listen: FIELD_ABSENT,
+        drop_no_socket: FIELD_ABSENT,
+        drop_netfilter_drop: FIELD_ABSENT,
+        drop_tcp_listen_overflow: FIELD_ABSENT,
+        ipproto_tcp: FIELD_ABSENT,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Yes,
+    Partly,
+    No,
+}
+
+impl Seen {
+    pub fn word(self) -> &'static str {
+        match self {
+            Seen::Yes => "seen",
+            Seen::Partly => "partly",
+            Seen::No => "not seen",
+        }
+    }
+}
+
+/// How well one cause of a 502 is seen with the available tracepoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CauseVisibility {
+    pub cause: &'static str,
+    pub seen: Seen,
+    pub how: String,
+}
+
+const SET_STATE: &str = "sock:inet_sock_set_state";
+const RETRANSMIT: &str = "tcp:tcp_retransmit_skb";
+const RECEIVE_RESET: &str = "tcp:tcp_receive_reset";
+const SEND_RESET: &str = "tcp:tcp_send_reset";
+const ICMP_SEND: &str = "icmp:icmp_send";
+const KFREE_SKB: &str = "skb:kfree_skb";
+const CONNECT_ENTER: &str = "syscalls:sys_enter_connect";
+const CONNECT_EXIT: &str = "syscalls:sys_exit_connect";
+
+/// Per cause: which evidence (KERNEL-NOTES.md) the available tracepoints give.
+/// `available("cat:name")` says whether a tracepoint is usable.
+pub fn cause_visibility(
+    available: &dyn Fn(&str) -> bool,
+    listen_overflow_reason: bool,
+) -> Vec<CauseVisibility> {
+    let row = |cause, seen, how: &str| CauseVisibility { cause, seen, how: how.to_string() };
+    let attempts = available(SET_STATE);
+    let mut rows = Vec::new();
+
+    rows.push(match (attempts, available(SEND_RESET) || available(KFREE_SKB)) {
+        (true, true) => row("dead_listener", Seen::Yes, "refused attempts, and the RST this host sent because no socket listens"),
+        (true, false) => row("dead_listener", Seen::Partly, "refused attempts only: not told from a firewall reject (needs tcp:tcp_send_reset or skb:kfree_skb)"),
+        (false, true) => row("dead_listener", Seen::Partly, "RSTs from no socket, without the attempts they answer (needs sock:inet_sock_set_state)"),
+        (false, false) => row("dead_listener", Seen::No, "needs sock:inet_sock_set_state and tcp:tcp_send_reset"),
+    });
+
+    let overflow = if listen_overflow_reason { "; drops with TCP_LISTEN_OVERFLOW" } else { "" };
+    rows.push(if attempts && available(RETRANSMIT) {
+        row("backlog_full", Seen::Yes, &format!("SYN retransmits with the listener's accept queue read in the kernel{overflow}; ListenOverflows counters"))
+    } else {
+        row("backlog_full", Seen::Partly, "only the ListenOverflows counters and queue snapshots from sock_diag (needs sock:inet_sock_set_state and tcp:tcp_retransmit_skb)")
+    });
+
+    rows.push(match (available(KFREE_SKB), available(RETRANSMIT)) {
+        (true, true) => {
+            row("firewall_drop", Seen::Yes, "NETFILTER_DROP drops of the SYN and its retransmits")
+        }
+        (true, false) => row(
+            "firewall_drop",
+            Seen::Partly,
+            "NETFILTER_DROP drops, without the retransmitting attempt (needs tcp:tcp_retransmit_skb)",
+        ),
+        (false, true) => row(
+            "firewall_drop",
+            Seen::Partly,
+            "unanswered SYNs only: not told from a lost or overloaded peer (needs skb:kfree_skb)",
+        ),
+        (false, false) => row("firewall_drop", Seen::No, "needs skb:kfree_skb and tcp:tcp_retransmit_skb"),
+    });
+
+    let tcp_reset = available(KFREE_SKB) && available(RECEIVE_RESET);
+    let icmp = available(ICMP_SEND);
+    rows.push(match (tcp_reset, icmp) {
+        (true, true) => row(
+            "firewall_reject",
+            Seen::Yes,
+            "reject with tcp reset (NETFILTER_DROP + RST received) and with icmp (ICMP sent)",
+        ),
+        (true, false) => row(
+            "firewall_reject",
+            Seen::Partly,
+            "reject with tcp reset only (needs icmp:icmp_send for reject with icmp)",
+        ),
+        (false, true) => row(
+            "firewall_reject",
+            Seen::Partly,
+            "reject with icmp only (needs skb:kfree_skb and tcp:tcp_receive_reset for tcp reset)",
+        ),
+        (false, false) => {
+            row("firewall_reject", Seen::No, "needs skb:kfree_skb, tcp:tcp_receive_reset, icmp:icmp_send")
+        }
+    });
+
+    rows.push(match (attempts, available(RECEIVE_RESET)) {
+        (true, true) => {
+            row("remote_refused", Seen::Yes, "attempts closed with ECONNREFUSED after an RST from the peer")
+        }
+        (true, false) => row(
+            "remote_refused",
+            Seen::Partly,
+            "attempts closed with ECONNREFUSED, the RST itself not seen (needs tcp:tcp_receive_reset)",
+        ),
+        (false, _) => row("remote_refused", Seen::No, "needs sock:inet_sock_set_state"),
+    });
+
+    rows.push(match (attempts, available(RETRANSMIT)) {
+        (true, true) => row(
+            "no_response",
+            Seen::Yes,
+            "attempts that time out after SYN retransmits with no drop, reset or ICMP on this host",
+        ),
+        (true, false) => row(
+            "no_response",
+            Seen::Partly,
+            "attempts that time out, without their retransmits (needs tcp:tcp_retransmit_skb)",
+        ),
+        (false, _) => row("no_response", Seen::No, "needs sock:inet_sock_set_state"),
+    });
+
+    let unix = available(CONNECT_ENTER) && available(CONNECT_EXIT);
+    for (cause, errno) in [
+        ("unix_missing", "ENOENT: the socket path does not exist"),
+        ("unix_stale", "ECONNREFUSED: a stale socket file, nobody listening"),
+        ("unix_backlog_full", "EAGAIN: the listener's queue is full"),
+        ("unix_permission_denied", "EACCES/EPERM: the caller may not use the socket file"),
+    ] {
+        rows.push(if unix {
+            row(cause, Seen::Yes, &format!("connect() failing with {errno}"))
+        } else {
+            row(cause, Seen::No, "needs syscalls:sys_enter_connect and syscalls:sys_exit_connect")
+        });
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_available_sees_every_cause() {
+        let rows = cause_visibility(&|_| true, true);
+        assert_eq!(rows.len(), 10);
+        assert!(rows.iter().all(|r| r.seen == Seen::Yes), "{rows:?}");
+        assert!(rows[1].how.contains("TCP_LISTEN_OVERFLOW"));
+    }
+
+    #[test]
+    fn missing_tracepoints_degrade_causes() {
+        let rows = cause_visibility(&|name| name == SET_STATE, false);
+        let seen = |cause: &str| rows.iter().find(|r| r.cause == cause).unwrap().seen;
+        assert_eq!(seen("dead_listener"), Seen::Partly);
+        assert_eq!(seen("backlog_full"), Seen::Partly);
+        assert_eq!(seen("firewall_drop"), Seen::No);
+        assert_eq!(seen("firewall_reject"), Seen::No);
+        assert_eq!(seen("remote_refused"), Seen::Partly);
+        assert_eq!(seen("unix_missing"), Seen::No);
+        assert_eq!(seen("unix_stale"), Seen::No);
+        assert_eq!(seen("no_response"), Seen::Partly);
+    }
+
+    /// Runs the whole report on this machine; it must not fail, and names every section.
+    #[test]
+    fn report_on_this_machine() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: doctor may need to mount tracefs, which needs root");
+            return;
+        }
+        let mut out = Vec::new();
+        let can_run = doctor_report(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        println!("{text}");
+        for section in [
+            "kernel:",
+            "BTF:",
+            "tracefs:",
+            "privileges:",
+            "tracepoints:",
+            "kprobes:",
+            "fentry:",
+            "backend:",
+            "what tracer will therefore see:",
+        ] {
+            assert!(text.contains(section), "missing {section}");
+        }
+        if std::path::Path::new(VMLINUX_BTF).exists() {
+            assert!(can_run, "{text}");
+        }
+    }
+}

@@ -1,0 +1,758 @@
+//! What the running kernel offers tracer, gathered once at start-up: the `Config` the kernel
+//! programs need (tracepoint field offsets from tracefs, struct offsets and enum values from
+//! BTF), which tracepoints exist, and whether other hook kinds would work.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tracer_common::{
+    Config, KernelEnums, KernelOffsets, TpKfreeSkbFields, TpSockFields, TpSyscallFields, FIELD_ABSENT,
+};
+
+use super::btf::{BtfNames, KernelBtf};
+use super::tracefs::{self, TracepointFormat};
+
+/// Everything tracer learned about the running kernel.
+#[derive(Clone, Debug)]
+pub struct KernelFacts {
+    pub config: Config,
+    pub tracepoints: Vec<TracepointInfo>,
+    pub names: BtfNames,
+    pub tracefs: PathBuf,
+    pub kprobes: Availability,
+    pub fentry: Availability,
+    pub kernel_release: String,
+}
+
+/// One tracepoint tracer uses, and whether this kernel has it in a form tracer can read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TracepointInfo {
+    pub category: &'static str,
+    pub name: &'static str,
+    pub available: bool,
+    /// Why it cannot be used (missing, or a required field missing or of another size).
+    pub why_not: Option<String>,
+    /// Which causes it proves, in words.
+    pub serves: &'static str,
+    /// Remarks on an available tracepoint: optional fields this kernel lacks, or the layout
+    /// variant in use.
+    pub notes: Vec<String>,
+}
+
+impl TracepointInfo {
+    /// `category:name`.
+    pub fn full_name(&self) -> String {
+        format!("{}:{}", self.category, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    Yes,
+    No(String),
+    Unknown(String),
+}
+
+/// Probes the running kernel: BTF, tracefs (mounting it if needed), tracepoint formats,
+/// kprobes. Fails with a one-line explanation when BTF or tracefs is missing.
+pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
+    let kernel_release = kernel_release();
+    let btf = KernelBtf::load()?;
+    let offsets = btf.offsets()?;
+    let enums = btf.enums()?;
+    let names = btf.names();
+    let tracefs = tracefs::ensure_tracefs()?;
+    let (config, tracepoints) = tracepoint_config(&tracefs, offsets, enums);
+    Ok(KernelFacts {
+        config,
+        tracepoints,
+        names,
+        kprobes: kprobes_availability(Some(&tracefs), &kernel_release),
+        fentry: fentry_availability(),
+        tracefs,
+        kernel_release,
+    })
+}
+
+/// `uname -r`, from /proc (no libc call needed).
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// A `Config` with every field absent (programs given it do nothing).
+pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
+    Config {
+        set_state: TpSockFields::ABSENT,
+        retransmit: TpSockFields::ABSENT,
+        receive_reset: TpSockFields::ABSENT,
+        send_reset: TpSockFields::ABSENT,
+        icmp_send: TpSockFields::ABSENT,
+        kfree_skb: TpKfreeSkbFields {
+            skbaddr: FIELD_ABSENT,
+            protocol: FIELD_ABSENT,
+            reason: FIELD_ABSENT,
+            _pad: 0,
+        },
+        connect_enter: SYSCALL_ABSENT,
+        connect_exit: SYSCALL_ABSENT,
+        bind_enter: SYSCALL_ABSENT,
+        offsets,
+        enums,
+        debug: 0,
+        _pad: 0,
+    }
+}
+
+const SYSCALL_ABSENT: TpSyscallFields =
+    TpSyscallFields { fd: FIELD_ABSENT, addr: FIELD_ABSENT, addrlen: FIELD_ABSENT, ret: FIELD_ABSENT };
+
+/// Where a format field's offset goes in `Config`.
+type Slot = fn(&mut Config) -> &mut u32;
+
+/// One field tracer reads: its name in the format file, where its offset goes, whether the
+/// tracepoint is useless without it, and the size tracer reads (None: any size).
+struct FieldSpec {
+    name: &'static str,
+    slot: Slot,
+    required: bool,
+    size: Option<u32>,
+}
+
+/// A field layout a tracepoint may have; kernels changed some (tcp_send_reset in 6.10).
+struct Layout {
+    /// Said in `notes` when this layout is not the first one.
+    label: &'static str,
+    fields: Vec<FieldSpec>,
+}
+
+struct TracepointSpec {
+    category: &'static str,
+    name: &'static str,
+    serves: &'static str,
+    /// Tried in order; the first whose required fields all match is used.
+    layouts: Vec<Layout>,
+}
+
+fn req(name: &'static str, size: u32, slot: Slot) -> FieldSpec {
+    FieldSpec { name, slot, required: true, size: Some(size) }
+}
+
+fn opt(name: &'static str, size: u32, slot: Slot) -> FieldSpec {
+    FieldSpec { name, slot, required: false, size: Some(size) }
+}
+
+/// Sizes tracer reads. Pointers are 8 bytes: tracer supports 64-bit kernels only.
+const PTR: u32 = 8;
+const INT: u32 = 4;
+const U16: u32 = 2;
+const V4: u32 = 4;
+const V6: u32 = 16;
+/// `sizeof(struct sockaddr_in6)`: tracepoints that store addresses as sockaddr images.
+const SOCKADDR_IN6: u32 = 28;
+/// Syscall tracepoint arguments are stored as longs whatever their C type.
+const SYSCALL_ARG: u32 = 8;
+
+/// The standard address block of TCP tracepoints (TP_STORE_ADDR_PORTS), all required.
+macro_rules! addr_ports {
+    ($group:ident) => {
+        vec![
+            req("sport", U16, |c| &mut c.$group.sport),
+            req("dport", U16, |c| &mut c.$group.dport),
+            req("family", U16, |c| &mut c.$group.family),
+            req("saddr", V4, |c| &mut c.$group.saddr),
+            req("daddr", V4, |c| &mut c.$group.daddr),
+            req("saddr_v6", V6, |c| &mut c.$group.saddr_v6),
+            req("daddr_v6", V6, |c| &mut c.$group.daddr_v6),
+        ]
+    };
+}
+
+fn with(mut head: Vec<FieldSpec>, tail: Vec<FieldSpec>) -> Vec<FieldSpec> {
+    head.extend(tail);
+    head
+}
+
+fn tracepoint_specs() -> Vec<TracepointSpec> {
+    vec![
+        TracepointSpec {
+            category: "sock",
+            name: "inet_sock_set_state",
+            serves: "TCP attempts failing (SYN_SENT->CLOSE with the socket error) and listeners opening/closing: remote_refused, dead_listener, no_response",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: with(
+                    vec![
+                        req("skaddr", PTR, |c| &mut c.set_state.skaddr),
+                        req("oldstate", INT, |c| &mut c.set_state.oldstate),
+                        req("newstate", INT, |c| &mut c.set_state.newstate),
+                        req("protocol", U16, |c| &mut c.set_state.protocol),
+                    ],
+                    addr_ports!(set_state),
+                ),
+            }],
+        },
+        TracepointSpec {
+            category: "tcp",
+            name: "tcp_retransmit_skb",
+            serves: "SYN retransmits (nobody answers): backlog_full (queue read from the listener), firewall_drop, no_response",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: with(
+                    vec![
+                        opt("skbaddr", PTR, |c| &mut c.retransmit.skbaddr),
+                        req("skaddr", PTR, |c| &mut c.retransmit.skaddr),
+                        req("state", INT, |c| &mut c.retransmit.state),
+                    ],
+                    addr_ports!(retransmit),
+                ),
+            }],
+        },
+        TracepointSpec {
+            category: "tcp",
+            name: "tcp_receive_reset",
+            serves: "RSTs received by connecting sockets: remote_refused, firewall_reject (tcp reset)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: with(
+                    vec![req("skaddr", PTR, |c| &mut c.receive_reset.skaddr)],
+                    addr_ports!(receive_reset),
+                ),
+            }],
+        },
+        TracepointSpec {
+            category: "tcp",
+            name: "tcp_send_reset",
+            serves: "RSTs this host sends because no socket matched: dead_listener (tells it from firewall_reject)",
+            layouts: vec![
+                Layout {
+                    label: "sport/dport/saddr fields",
+                    fields: with(
+                        vec![
+                            opt("skbaddr", PTR, |c| &mut c.send_reset.skbaddr),
+                            req("skaddr", PTR, |c| &mut c.send_reset.skaddr),
+                            opt("state", INT, |c| &mut c.send_reset.state),
+                            opt("reason", INT, |c| &mut c.send_reset.reason),
+                        ],
+                        addr_ports!(send_reset),
+                    ),
+                },
+                // Since 6.10 the addresses are `struct sockaddr_in6`-sized images of a
+                // sockaddr_in/sockaddr_in6 (family, port, address) in saddr/daddr, and
+                // sport/dport/family/saddr_v6/daddr_v6 do not exist. The kernel programs see
+                // this layout as: family == FIELD_ABSENT while saddr != FIELD_ABSENT.
+                Layout {
+                    label: "addresses as sockaddr images in saddr/daddr (no sport/dport/family fields)",
+                    fields: vec![
+                        opt("skbaddr", PTR, |c| &mut c.send_reset.skbaddr),
+                        req("skaddr", PTR, |c| &mut c.send_reset.skaddr),
+                        opt("state", INT, |c| &mut c.send_reset.state),
+                        opt("reason", INT, |c| &mut c.send_reset.reason),
+                        req("saddr", SOCKADDR_IN6, |c| &mut c.send_reset.saddr),
+                        req("daddr", SOCKADDR_IN6, |c| &mut c.send_reset.daddr),
+                    ],
+                },
+            ],
+        },
+        TracepointSpec {
+            category: "icmp",
+            name: "icmp_send",
+            serves: "ICMP errors this host sends: firewall_reject (with icmp port-unreachable)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![
+                    req("skbaddr", PTR, |c| &mut c.icmp_send.skbaddr),
+                    req("type", INT, |c| &mut c.icmp_send.state),
+                    req("code", INT, |c| &mut c.icmp_send.reason),
+                    req("saddr", V4, |c| &mut c.icmp_send.saddr),
+                    req("daddr", V4, |c| &mut c.icmp_send.daddr),
+                    opt("sport", U16, |c| &mut c.icmp_send.sport),
+                    opt("dport", U16, |c| &mut c.icmp_send.dport),
+                ],
+            }],
+        },
+        TracepointSpec {
+            category: "skb",
+            name: "kfree_skb",
+            serves: "packets dropped with a reason: NO_SOCKET (dead_listener), NETFILTER_DROP (firewall_drop, firewall_reject), TCP_LISTEN_OVERFLOW (backlog_full)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![
+                    req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr),
+                    req("protocol", U16, |c| &mut c.kfree_skb.protocol),
+                    req("reason", INT, |c| &mut c.kfree_skb.reason),
+                ],
+            }],
+        },
+        TracepointSpec {
+            category: "syscalls",
+            name: "sys_enter_connect",
+            serves: "connect() calls (the Unix socket path asked for): unix_missing, unix_stale, unix_backlog_full, unix_permission_denied",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![
+                    req("fd", SYSCALL_ARG, |c| &mut c.connect_enter.fd),
+                    req("uservaddr", SYSCALL_ARG, |c| &mut c.connect_enter.addr),
+                    req("addrlen", SYSCALL_ARG, |c| &mut c.connect_enter.addrlen),
+                ],
+            }],
+        },
+        TracepointSpec {
+            category: "syscalls",
+            name: "sys_exit_connect",
+            serves: "connect() results (errno): unix_missing (ENOENT), unix_stale (ECONNREFUSED), unix_backlog_full (EAGAIN), unix_permission_denied (EACCES)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![req("ret", SYSCALL_ARG, |c| &mut c.connect_exit.ret)],
+            }],
+        },
+        TracepointSpec {
+            category: "syscalls",
+            name: "sys_enter_bind",
+            serves: "bind() of Unix socket paths: who created a socket file (unix listener history)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![
+                    req("fd", SYSCALL_ARG, |c| &mut c.bind_enter.fd),
+                    req("umyaddr", SYSCALL_ARG, |c| &mut c.bind_enter.addr),
+                    req("addrlen", SYSCALL_ARG, |c| &mut c.bind_enter.addrlen),
+                ],
+            }],
+        },
+    ]
+}
+
+/// Why `layout` cannot be used with `format`, if it cannot.
+fn layout_mismatch(format: &TracepointFormat, layout: &Layout) -> Option<String> {
+    for spec in layout.fields.iter().filter(|s| s.required) {
+        match format.field(spec.name) {
+            None => return Some(format!("has no field `{}`", spec.name)),
+            Some(f) => {
+                if let Some(size) = spec.size {
+                    if f.size != size {
+                        return Some(format!(
+                            "field `{}` is {} bytes, tracer reads {size}",
+                            spec.name, f.size
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Writes the offsets of `layout`'s fields into `config`; returns notes on optional fields
+/// this kernel lacks or has in another size (those stay FIELD_ABSENT).
+fn apply_layout(config: &mut Config, format: &TracepointFormat, layout: &Layout) -> Vec<String> {
+    let mut notes = Vec::new();
+    for spec in &layout.fields {
+        match format.field(spec.name) {
+            Some(f) if spec.size.is_none_or(|s| s == f.size) => *(spec.slot)(config) = f.offset,
+            Some(f) => notes.push(format!(
+                "optional field `{}` is {} bytes (tracer reads {}): not read",
+                spec.name,
+                f.size,
+                spec.size.unwrap_or(0)
+            )),
+            None => notes.push(format!("optional field `{}` absent: not read", spec.name)),
+        }
+    }
+    notes
+}
+
+/// Resolves one tracepoint against its format file, filling `config` when usable.
+fn resolve_tracepoint(
+    config: &mut Config,
+    spec: &TracepointSpec,
+    format: anyhow::Result<TracepointFormat>,
+) -> TracepointInfo {
+    let mut info = TracepointInfo {
+        category: spec.category,
+        name: spec.name,
+        available: false,
+        why_not: None,
+        serves: spec.serves,
+        notes: Vec::new(),
+    };
+    let format = match format {
+        Ok(f) => f,
+        Err(e) => {
+            info.why_not = Some(format!("{e:#}"));
+            return info;
+        }
+    };
+    let mut first_mismatch = None;
+    for (i, layout) in spec.layouts.iter().enumerate() {
+        match layout_mismatch(&format, layout) {
+            None => {
+                info.available = true;
+                info.notes = apply_layout(config, &format, layout);
+                if i > 0 {
+                    info.notes.insert(0, format!("layout: {}", layout.label));
+                }
+                return info;
+            }
+            Some(why) => {
+                first_mismatch.get_or_insert(why);
+            }
+        }
+    }
+    info.why_not = first_mismatch.map(|why| format!("{}:{} {why}", spec.category, spec.name));
+    info
+}
+
+/// Reads every tracepoint's format under `tracefs` and builds the `Config` (debug off).
+/// Tracepoints that are missing or unusable are reported, their fields left FIELD_ABSENT.
+pub fn tracepoint_config(
+    tracefs: &Path,
+    offsets: KernelOffsets,
+    enums: KernelEnums,
+) -> (Config, Vec<TracepointInfo>) {
+    tracepoint_config_with(offsets, enums, |category, name| {
+        if !tracefs::tracepoint_exists(tracefs, category, name) {
+            anyhow::bail!("this kernel has no tracepoint {category}:{name}");
+        }
+        tracefs::read_format(tracefs, category, name)
+    })
+}
+
+/// `tracepoint_config` with the format source given (tests feed recorded texts).
+fn tracepoint_config_with(
+    offsets: KernelOffsets,
+    enums: KernelEnums,
+    mut read: impl FnMut(&str, &str) -> anyhow::Result<TracepointFormat>,
+) -> (Config, Vec<TracepointInfo>) {
+    let mut config = empty_config(offsets, enums);
+    let infos = tracepoint_specs()
+        .iter()
+        .map(|spec| resolve_tracepoint(&mut config, spec, read(spec.category, spec.name)))
+        .collect();
+    (config, infos)
+}
+
+/// Whether kprobe programs can attach here. Config from /boot/config-<release> when present,
+/// else the symbol table: `register_kprobe` exists exactly when CONFIG_KPROBES=y.
+/// (/proc/config.gz is not read: that needs a gzip decoder tracer does not carry.)
+pub fn kprobes_availability(tracefs: Option<&Path>, release: &str) -> Availability {
+    const NOT_SET: &str = "CONFIG_KPROBES is not set";
+    let built = match fs::read_to_string(format!("/boot/config-{release}")) {
+        Ok(text) => kconfig_value(&text, "CONFIG_KPROBES").as_deref() == Some("y"),
+        Err(_) => match kallsyms_has("register_kprobe") {
+            Ok(found) => found,
+            Err(e) => {
+                return Availability::Unknown(format!("cannot read kernel config or /proc/kallsyms: {e}"))
+            }
+        },
+    };
+    if !built {
+        return Availability::No(NOT_SET.to_string());
+    }
+    // aya attaches kprobes through the perf kprobe PMU, older tools through kprobe_events.
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let events = tracefs.is_some_and(|t| t.join("kprobe_events").exists());
+    if pmu || events {
+        Availability::Yes
+    } else {
+        Availability::No(
+            "kprobes are built in but neither the kprobe PMU nor kprobe_events exists".to_string(),
+        )
+    }
+}
+
+/// fentry/fexit are not probed in v1: tracer uses tracepoints only.
+pub fn fentry_availability() -> Availability {
+    Availability::Unknown(
+        "not probed: the function-hook backend is not built yet (a later issue)".to_string(),
+    )
+}
+
+/// `CONFIG_X=value` from a kernel config text; "n" for `# CONFIG_X is not set`.
+fn kconfig_value(text: &str, key: &str) -> Option<String> {
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix(key) {
+            if let Some(value) = rest.strip_prefix('=') {
+                return Some(value.trim().to_string());
+            }
+        }
+        if line.trim() == format!("# {key} is not set") {
+            return Some("n".to_string());
+        }
+    }
+    None
+}
+
+/// Whether /proc/kallsyms lists a symbol (names are listed even when addresses are hidden).
+fn kallsyms_has(symbol: &str) -> anyhow::Result<bool> {
+    let file = fs::File::open("/proc/kallsyms").context("/proc/kallsyms")?;
+    let mut lines = 0usize;
+    for line in BufReader::new(file).lines() {
+        let line = line.context("/proc/kallsyms")?;
+        lines += 1;
+        // "ffffffff81000000 T name [module]"
+        if line.split_whitespace().nth(2) == Some(symbol) {
+            return Ok(true);
+        }
+    }
+    if lines == 0 {
+        anyhow::bail!("/proc/kallsyms is empty");
+    }
+    Ok(false)
+}
+
+/// The privileges of this process that matter to tracer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Privileges {
+    pub euid: u32,
+    pub cap_bpf: bool,
+    pub cap_perfmon: bool,
+    pub cap_sys_admin: bool,
+    pub cap_net_admin: bool,
+}
+
+impl Privileges {
+    /// Loading tracepoint programs needs CAP_BPF + CAP_PERFMON, or CAP_SYS_ADMIN.
+    pub fn can_load_tracepoints(&self) -> bool {
+        self.cap_sys_admin || (self.cap_bpf && self.cap_perfmon)
+    }
+}
+
+// UAPI capability numbers (linux/capability.h): stable ABI, not kernel internals.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// This process's effective uid and capabilities (CapEff in /proc/self/status).
+pub fn privileges() -> Privileges {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    privileges_from_status(&status, nix::unistd::geteuid().as_raw())
+}
+
+fn privileges_from_status(status: &str, euid: u32) -> Privileges {
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| cap_eff & (1u64 << cap) != 0;
+    Privileges {
+        euid,
+        cap_bpf: has(CAP_BPF),
+        cap_perfmon: has(CAP_PERFMON),
+        cap_sys_admin: has(CAP_SYS_ADMIN),
+        cap_net_admin: has(CAP_NET_ADMIN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const KFREE_SKB_6_18: &str = "name: kfree_skb
+ID: 2310
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+";
+
+    const TCP_SEND_RESET_6_18: &str = "name: tcp_send_reset
+format:
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
+\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
+";
+
+    /// tcp_send_reset before 6.10 (TP_STORE_ADDR_PORTS, no reason), e.g. 6.1.
+    const TCP_SEND_RESET_6_1: &str = "name: tcp_send_reset
+format:
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:34;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:38;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:42;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:58;\tsize:16;\tsigned:0;
+";
+
+    fn config_from(texts: &HashMap<&str, &str>) -> (Config, Vec<TracepointInfo>) {
+        tracepoint_config_with(KernelOffsets::default(), zero_enums(), |cat, name| {
+            let key = format!("{cat}:{name}");
+            match texts.get(key.as_str()) {
+                Some(t) => TracepointFormat::parse(t),
+                None => anyhow::bail!("this kernel has no tracepoint {key}"),
+            }
+        })
+    }
+
+    fn zero_enums() -> KernelEnums {
+        KernelEnums {
+            tcp_established: 1,
+            tcp_syn_sent: 2,
+            tcp_close: 7,
+            tcp_listen: 10,
+            drop_no_socket: FIELD_ABSENT,
+            drop_netfilter_drop: FIELD_ABSENT,
+            drop_tcp_listen_overflow: FIELD_ABSENT,
+            ipproto_tcp: 6,
+        }
+    }
+
+    fn info<'a>(infos: &'a [TracepointInfo], name: &str) -> &'a TracepointInfo {
+        infos.iter().find(|i| i.name == name).unwrap()
+    }
+
+    #[test]
+    fn fills_set_state_and_kfree_skb_from_recorded_formats() {
+        let texts = HashMap::from([
+            ("sock:inet_sock_set_state", super::super::tracefs::tests::INET_SOCK_SET_STATE_6_18),
+            ("skb:kfree_skb", KFREE_SKB_6_18),
+        ]);
+        let (config, infos) = config_from(&texts);
+        let s = config.set_state;
+        assert_eq!((s.skaddr, s.oldstate, s.newstate), (8, 16, 20));
+        assert_eq!((s.sport, s.dport, s.family, s.protocol), (24, 26, 28, 30));
+        assert_eq!((s.saddr, s.daddr, s.saddr_v6, s.daddr_v6), (32, 36, 40, 56));
+        assert_eq!((s.skbaddr, s.state, s.reason), (FIELD_ABSENT, FIELD_ABSENT, FIELD_ABSENT));
+        assert_eq!(
+            (config.kfree_skb.skbaddr, config.kfree_skb.protocol, config.kfree_skb.reason),
+            (8, 32, 36)
+        );
+        assert!(info(&infos, "inet_sock_set_state").available);
+        assert!(info(&infos, "kfree_skb").available);
+        let missing = info(&infos, "tcp_retransmit_skb");
+        assert!(!missing.available);
+        assert!(missing.why_not.as_deref().unwrap().contains("no tracepoint tcp:tcp_retransmit_skb"));
+        assert_eq!(config.retransmit, TpSockFields::ABSENT);
+        assert_eq!(config.debug, 0);
+    }
+
+    #[test]
+    fn send_reset_sockaddr_layout_since_6_10() {
+        let texts = HashMap::from([("tcp:tcp_send_reset", TCP_SEND_RESET_6_18)]);
+        let (config, infos) = config_from(&texts);
+        let r = config.send_reset;
+        assert!(info(&infos, "tcp_send_reset").available);
+        assert_eq!((r.skbaddr, r.skaddr, r.state, r.reason), (8, 16, 24, 28));
+        assert_eq!((r.saddr, r.daddr), (32, 60));
+        assert_eq!(
+            (r.sport, r.dport, r.family, r.saddr_v6),
+            (FIELD_ABSENT, FIELD_ABSENT, FIELD_ABSENT, FIELD_ABSENT)
+        );
+        assert!(info(&infos, "tcp_send_reset").notes[0].starts_with("layout: addresses as sockaddr"));
+    }
+
+    #[test]
+    fn send_reset_port_layout_before_6_10() {
+        let texts = HashMap::from([("tcp:tcp_send_reset", TCP_SEND_RESET_6_1)]);
+        let (config, infos) = config_from(&texts);
+        let r = config.send_reset;
+        let i = info(&infos, "tcp_send_reset");
+        assert!(i.available);
+        assert_eq!((r.sport, r.dport, r.family, r.saddr, r.daddr_v6), (28, 30, 32, 34, 58));
+        assert_eq!(r.reason, FIELD_ABSENT);
+        assert!(i.notes.iter().any(|n| n.contains("`reason` absent")), "{:?}", i.notes);
+    }
+
+    #[test]
+    fn wrong_size_of_required_field_makes_tracepoint_unavailable() {
+        let bad = KFREE_SKB_6_18.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2");
+        let texts = HashMap::from([("skb:kfree_skb", bad.as_str())]);
+        let (config, infos) = config_from(&texts);
+        let i = info(&infos, "kfree_skb");
+        assert!(!i.available);
+        assert!(i.why_not.as_deref().unwrap().contains("`reason` is 2 bytes"), "{:?}", i.why_not);
+        assert_eq!(config.kfree_skb.reason, FIELD_ABSENT);
+        assert_eq!(config.kfree_skb.skbaddr, FIELD_ABSENT, "nothing written for an unusable tracepoint");
+    }
+
+    #[test]
+    fn missing_required_field_makes_tracepoint_unavailable() {
+        // kfree_skb before 5.17 has no reason.
+        let old = KFREE_SKB_6_18.lines().filter(|l| !l.contains("reason")).collect::<Vec<_>>().join("\n");
+        let texts = HashMap::from([("skb:kfree_skb", old.as_str())]);
+        let (_, infos) = config_from(&texts);
+        assert_eq!(info(&infos, "kfree_skb").why_not.as_deref(), Some("skb:kfree_skb has no field `reason`"));
+    }
+
+    #[test]
+    fn parses_capabilities() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        let p = privileges_from_status(status, 0);
+        assert!(p.cap_bpf && p.cap_perfmon && p.cap_sys_admin && p.cap_net_admin);
+        let p = privileges_from_status("CapEff:\t0000000000001000\n", 1000);
+        assert!(p.cap_net_admin && !p.cap_sys_admin && !p.cap_bpf);
+        assert!(!p.can_load_tracepoints());
+        assert_eq!(p.euid, 1000);
+    }
+
+    #[test]
+    fn reads_kconfig_values() {
+        let text = "CONFIG_KPROBES_ON_FTRACE=y\n# CONFIG_KPROBES is not set\nCONFIG_BPF=y\n";
+        assert_eq!(kconfig_value(text, "CONFIG_KPROBES").as_deref(), Some("n"));
+        assert_eq!(kconfig_value(text, "CONFIG_BPF").as_deref(), Some("y"));
+        assert_eq!(kconfig_value(text, "CONFIG_NOPE"), None);
+    }
+
+    /// On this machine (see TOOLCHAIN.md) kprobes are compiled out.
+    #[test]
+    fn kprobes_on_this_machine() {
+        let avail = kprobes_availability(Some(Path::new("/sys/kernel/tracing")), &kernel_release());
+        println!("kprobes: {avail:?}");
+        let config_says_off = fs::read("/proc/config.gz").is_ok()
+            && !Path::new("/sys/bus/event_source/devices/kprobe").exists()
+            && kallsyms_has("register_kprobe").ok() == Some(false);
+        if config_says_off {
+            assert_eq!(avail, Availability::No("CONFIG_KPROBES is not set".to_string()));
+        }
+    }
+
+    #[test]
+    fn probes_this_kernel() {
+        if super::super::btf::tests::kernel_btf().is_none() {
+            return;
+        }
+        if !nix::unistd::geteuid().is_root() && tracefs::find_tracefs().is_none() {
+            eprintln!("skipped: tracefs not mounted and not root");
+            return;
+        }
+        let facts = probe_kernel().unwrap();
+        for tp in &facts.tracepoints {
+            println!(
+                "{} available={} why_not={:?} notes={:?}",
+                tp.full_name(),
+                tp.available,
+                tp.why_not,
+                tp.notes
+            );
+        }
+        // Every tracepoint of KERNEL-NOTES.md exists on the project's 6.18 machines.
+        if facts.kernel_release.starts_with("6.18") {
+            assert!(facts.tracepoints.iter().all(|t| t.available));
+            assert_eq!(facts.config.send_reset.family, FIELD_ABSENT);
+            assert_ne!(facts.config.send_reset.reason, FIELD_ABSENT);
+        }
+        assert_eq!(facts.config.debug, 0);
+        let btf = super::super::btf::tests::kernel_btf().unwrap();
+        assert_eq!(facts.config.offsets, btf.offsets().unwrap());
+        assert_eq!(facts.config.enums, btf.enums().unwrap());
+    }
+}
