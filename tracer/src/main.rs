@@ -1,5 +1,7 @@
 //! tracer: explains, from inside the kernel, why Nginx answers 502 Bad Gateway.
-#![allow(dead_code)]
+//!
+//! Data flows one way: kernel programs -> `capture` (decode) -> `explain` (pure) -> `report`.
+//! `enrich` adds userspace measurements (sock_diag, /proc) to the same event stream.
 
 mod capture;
 mod enrich;
@@ -8,6 +10,379 @@ mod explain;
 mod kernel;
 mod report;
 
-fn main() {
-    println!("tracer: under construction");
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use crate::capture::{decode::ReasonNames, Availability, Capture};
+use crate::enrich::{monotonic_ns, Enricher};
+use crate::event::{Event, EventBody, Target};
+use crate::explain::{Engine, EngineOptions, Finding, Update};
+use crate::report::{Clock, Summary};
+
+#[derive(Parser)]
+#[command(name = "tracer", version, about = "Explains, from inside the kernel, why Nginx answers 502 Bad Gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trace for a while (or until Ctrl-C), then print one finding per cause and upstream.
+    Diagnose(TraceArgs),
+    /// Print each failed upstream connection as it happens, and findings as they open or change.
+    Watch(TraceArgs),
+    /// Show what this kernel offers and what tracer will therefore see; attaches nothing.
+    Doctor,
+}
+
+#[derive(Args, Clone)]
+struct TraceArgs {
+    /// How long to trace (e.g. 30s, 2m, 500ms); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Only upstream TCP targets on this port (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
+    ports: Vec<u16>,
+    /// Only this Unix socket path (repeatable).
+    #[arg(long = "unix", value_name = "PATH", value_parser = parse_unix_path)]
+    unix_paths: Vec<String>,
+    /// Only attempts made by processes with this command name, e.g. nginx (repeatable).
+    #[arg(long = "client-comm", value_name = "NAME", value_parser = parse_comm)]
+    client_comms: Vec<String>,
+    /// Print the kernel programs' debug log (aya-log) to stderr.
+    #[arg(long)]
+    debug_kernel: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (use e.g. 30s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if !(secs > 0.0 && secs < 365.0 * 86400.0) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("'{s}' is not a TCP port (1-65535)")),
+        Ok(p) => Ok(p),
+    }
+}
+
+fn parse_unix_path(s: &str) -> Result<String, String> {
+    let p = s.strip_prefix("unix:").unwrap_or(s);
+    if p.is_empty() {
+        return Err("an empty Unix socket path names nothing".into());
+    }
+    if p.len() > 107 {
+        return Err(format!("'{p}' is longer than a Unix socket path can be (107 bytes)"));
+    }
+    Ok(p.to_string())
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty command name matches nothing".into());
+    }
+    // The kernel keeps 15 bytes of a command name.
+    Ok(s.chars().take(15).collect())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+            // One line: what is wrong; the usage is one `--help` away.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("tracer: {} (see `tracer --help`)", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).format_timestamp(None).init();
+
+    let result = match cli.command {
+        Command::Doctor => doctor(),
+        Command::Diagnose(args) => run_trace(args, Mode::Diagnose),
+        Command::Watch(args) => run_trace(args, Mode::Watch),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tracer: error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor() -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let ok = kernel::doctor::doctor_report(&mut out)?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Diagnose,
+    Watch,
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("tracer must run as root (it loads eBPF programs and reads other processes' sockets): run it with sudo");
+    }
+    Ok(())
+}
+
+impl ReasonNames for kernel::btf::BtfNames {
+    fn drop_reason(&self, value: u32) -> Option<String> {
+        self.drop_reason_name(value)
+    }
+    fn rst_reason(&self, value: u32) -> Option<String> {
+        self.rst_reason_name(value)
+    }
+}
+
+/// Which findings and attempts the user asked to see.
+struct Filter {
+    ports: Vec<u16>,
+    unix_paths: Vec<String>,
+    comms: Vec<String>,
+}
+
+impl Filter {
+    fn target(&self, t: &Target) -> bool {
+        if self.ports.is_empty() && self.unix_paths.is_empty() {
+            return true;
+        }
+        match t {
+            Target::Tcp(a) => self.ports.contains(&a.port()),
+            Target::Unix(p) => self.unix_paths.iter().any(|u| u == p),
+        }
+    }
+    fn comm(&self, comm: &str) -> bool {
+        self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
+    }
+    fn finding(&self, f: &Finding) -> bool {
+        self.target(&f.target) && (self.comms.is_empty() || f.clients.iter().any(|c| self.comm(&c.comm)))
+    }
+}
+
+fn run_trace(args: TraceArgs, mode: Mode) -> Result<ExitCode> {
+    require_root()?;
+    let facts = kernel::facts::probe_kernel()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(trace(args, mode, facts))
+}
+
+/// How often pending attempts are concluded and counters read.
+const TICK: Duration = Duration::from_millis(250);
+/// Do not ask sock_diag about the same target more often than this.
+const PROBE_EVERY_NS: u64 = 200_000_000;
+
+async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -> Result<ExitCode> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let filter = Filter { ports: args.ports.clone(), unix_paths: args.unix_paths.clone(), comms: args.client_comms.clone() };
+    let available: Vec<Availability<'_>> = facts
+        .tracepoints
+        .iter()
+        .map(|t| Availability { category: t.category, name: t.name, available: t.available, why_not: t.why_not.clone() })
+        .collect();
+
+    // Signals first, so a Ctrl-C during start-up still goes through the orderly exit below.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+
+    let mut capture = Capture::start(&facts.config, &available, args.debug_kernel)?;
+    let clock = wall_clock();
+    let mut engine = Engine::new(EngineOptions::default());
+    let mut enricher = Enricher::new();
+    // Who listens where right now, so a listener that dies a second from now is still named.
+    for ev in enricher.snapshot_listeners() {
+        engine.push(&ev);
+    }
+    let _ = enricher.poll_overflows();
+
+    let started_ns = monotonic_ns();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    eprintln!("tracing: {}", capture.describe());
+
+    let mut out = std::io::stdout().lock();
+    let mut batch: Vec<Event> = Vec::with_capacity(1024);
+    let mut last_probe: HashMap<(u32, Target), u64> = HashMap::new();
+    let mut ticker = tokio::time::interval(TICK);
+    let mut ticks: u64 = 0;
+    let mut reported_lost: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let sleep_until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = capture.wait_and_drain(&mut batch, &facts.names) => { r?; }
+            _ = ticker.tick() => {
+                ticks += 1;
+                let now = monotonic_ns();
+                if ticks % 4 == 0 {
+                    for ev in enricher.poll_overflows() { engine.push(&ev); }
+                }
+                lost_events(&capture, &mut reported_lost, now, &mut engine);
+                let updates = engine.tick(now);
+                if mode == Mode::Watch { print_updates(&mut out, &updates, &filter, &clock, args.json)?; }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep_until_deadline => break,
+        }
+        if !batch.is_empty() {
+            absorb(&mut batch, &mut engine, &mut enricher, &mut last_probe);
+        }
+    }
+
+    // Orderly end: take what the kernel already wrote, then conclude everything.
+    capture.drain(&mut batch, &facts.names);
+    absorb(&mut batch, &mut engine, &mut enricher, &mut last_probe);
+    let now = monotonic_ns();
+    lost_events(&capture, &mut reported_lost, now, &mut engine);
+    let updates = engine.finish();
+    let (emitted, lost) = capture.counters()?;
+    let hooks: Vec<String> = capture.hooks.iter().filter(|h| h.active).map(|h| h.hook.clone()).collect();
+    drop(capture); // detaches every program before we print
+
+    let findings: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f)).collect();
+    let summary = Summary {
+        duration_s: (now.saturating_sub(started_ns)) as f64 / 1e9,
+        events: emitted.values().sum(),
+        lost_events: lost,
+        hooks,
+        findings: findings.len() as u64,
+    };
+    match mode {
+        Mode::Watch => {
+            print_updates(&mut out, &updates, &filter, &clock, args.json)?;
+            if args.json {
+                writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
+            } else {
+                report::text::write_findings(&mut out, &findings, &summary, &clock)?;
+            }
+        }
+        Mode::Diagnose => {
+            if args.json {
+                for f in &findings {
+                    writeln!(out, "{}", report::json::finding_json(f, &clock))?;
+                }
+                writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
+            } else {
+                report::text::write_findings(&mut out, &findings, &summary, &clock)?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Maps the kernel's monotonic clock to wall-clock time (measured once, at start).
+fn wall_clock() -> Clock {
+    let mono = monotonic_ns() as i128;
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
+    Clock::fixed(wall - mono)
+}
+
+/// Feeds a batch to the engine in time order, asking sock_diag about listeners where the
+/// kernel could not measure them itself (listeners older than tracer, Unix listeners).
+fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, last_probe: &mut HashMap<(u32, Target), u64>) {
+    // Records from different CPUs interleave in the ring: restore time order.
+    batch.sort_by_key(|e| e.ts_ns);
+    for ev in batch.drain(..) {
+        let mut ev = ev;
+        let probe = match &ev.body {
+            EventBody::TcpSynRetransmit { flow, queue: None, .. } => Some((ev.netns, Target::Tcp(flow.dst))),
+            EventBody::UnixConnectFailed { path, errno } if *errno == libc::EAGAIN || *errno == libc::ECONNREFUSED => {
+                // Unix events come from the syscall; the caller's netns decides which sock_diag.
+                ev.netns = enrich::netns_inode_of_pid(ev.task.pid).unwrap_or(0);
+                Some((ev.netns, Target::Unix(path.clone())))
+            }
+            _ => None,
+        };
+        engine.push(&ev);
+        if let Some(key) = probe {
+            let due = last_probe.get(&key).is_none_or(|t| ev.ts_ns.saturating_sub(*t) >= PROBE_EVERY_NS);
+            if due {
+                last_probe.insert(key.clone(), ev.ts_ns);
+                if let Some(seen) = enricher.probe_target(key.0, &key.1) {
+                    engine.push(&seen);
+                }
+            }
+        }
+    }
+    if last_probe.len() > 10_000 {
+        last_probe.clear();
+    }
+}
+
+/// Turns kernel lost-event counters into `Lost` events (only the increase since last time).
+fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64, engine: &mut Engine) {
+    let Ok((_, lost)) = capture.counters() else { return };
+    for (kind, count) in lost {
+        let before = reported.get(&kind).copied().unwrap_or(0);
+        if count > before {
+            eprintln!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
+            engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind: kind.clone(), count: count - before } });
+            reported.insert(kind, count);
+        }
+    }
+}
+
+fn print_updates(out: &mut impl Write, updates: &[Update], filter: &Filter, clock: &Clock, json: bool) -> Result<()> {
+    for u in updates {
+        match u {
+            Update::Attempt(a) => {
+                if !filter.target(&a.target) || !filter.comm(&a.client.comm) {
+                    continue;
+                }
+                if json {
+                    writeln!(out, "{}", report::json::attempt_json(a, clock))?;
+                } else {
+                    report::text::write_attempt(out, a, clock)?;
+                }
+            }
+            Update::Finding(f) => {
+                if !filter.finding(f) {
+                    continue;
+                }
+                if json {
+                    writeln!(out, "{}", report::json::finding_json(f, clock))?;
+                } else {
+                    report::text::write_finding(out, f, clock)?;
+                }
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
 }

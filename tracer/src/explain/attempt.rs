@@ -1,0 +1,238 @@
+//! One TCP connection attempt (a socket in SYN_SENT) and the evidence matched to it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::event::{FlowAddr, Queue, TaskInfo};
+
+use super::rules::errno_name;
+
+/// Identity of an attempt: the kernel socket address plus its flow (socket memory is reused,
+/// so the address alone could merge two attempts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptKey {
+    pub sock: u64,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+impl AttemptKey {
+    pub fn new(sock: u64, flow: &FlowAddr) -> AttemptKey {
+        AttemptKey { sock, src: flow.src, dst: flow.dst }
+    }
+}
+
+/// A flow with its two endpoints in a fixed order, so a packet and its answer share one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey(SocketAddr, SocketAddr);
+
+impl FlowKey {
+    pub fn of(flow: &FlowAddr) -> FlowKey {
+        if flow.src <= flow.dst {
+            FlowKey(flow.src, flow.dst)
+        } else {
+            FlowKey(flow.dst, flow.src)
+        }
+    }
+}
+
+/// Evidence about a flow from an event that has no socket (the packet's socket is gone or
+/// never existed): matched to attempts by flow.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowEvidence {
+    pub ts_ns: u64,
+    /// As the event gave it: client->target for resets, the packet's direction for drops.
+    pub flow: FlowAddr,
+    pub kind: FlowEvidenceKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FlowEvidenceKind {
+    /// tcp_send_reset with no socket: nothing listened on `flow.dst`.
+    ResetFromNoSocket { reason: Option<String> },
+    /// kfree_skb with a drop reason (name without the SKB_DROP_REASON_ prefix).
+    Dropped { reason: String },
+}
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// SYN_SENT -> CLOSE with this socket error (0: closed by its owner).
+    Failed { ts_ns: u64, sk_err: i32 },
+    /// SYN_SENT -> ESTABLISHED after retransmits.
+    Delayed { ts_ns: u64 },
+}
+
+impl Close {
+    pub fn ts_ns(&self) -> u64 {
+        match *self {
+            Close::Failed { ts_ns, .. } | Close::Delayed { ts_ns } => ts_ns,
+        }
+    }
+}
+
+/// One attempt being followed.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub key: AttemptKey,
+    pub flow: FlowAddr,
+    pub netns: u32,
+    /// The socket's owner recorded at connect time.
+    pub client: TaskInfo,
+    /// connect() time when the kernel told us; else the first event's time.
+    pub start_ns: u64,
+    pub start_known: bool,
+    pub last_event_ns: u64,
+    pub close: Option<Close>,
+    pub syn_retransmits: u32,
+    pub rst_received: bool,
+    /// Accept queue samples read in the kernel at SYN retransmits.
+    pub kernel_queue_full_samples: u64,
+    pub fullest_queue: Option<Queue>,
+    /// The local listener on the target, as read in the kernel at a SYN retransmit.
+    pub kernel_listener: Option<TaskInfo>,
+    pub netfilter_drops: u64,
+    /// Resets / NO_SOCKET drops for packets going TO the target: nothing listened there.
+    pub no_socket_to_target: u64,
+    pub resets_sent_to_target: u64,
+    pub listen_overflow_drops: u64,
+    /// Counters named after what fired, for the report.
+    pub flow_labels: BTreeMap<String, u64>,
+}
+
+impl Attempt {
+    pub fn new(key: AttemptKey, flow: FlowAddr, netns: u32, client: TaskInfo, ts_ns: u64) -> Attempt {
+        Attempt {
+            key,
+            flow,
+            netns,
+            client,
+            start_ns: ts_ns,
+            start_known: false,
+            last_event_ns: ts_ns,
+            close: None,
+            syn_retransmits: 0,
+            rst_received: false,
+            kernel_queue_full_samples: 0,
+            fullest_queue: None,
+            kernel_listener: None,
+            netfilter_drops: 0,
+            no_socket_to_target: 0,
+            resets_sent_to_target: 0,
+            listen_overflow_drops: 0,
+            flow_labels: BTreeMap::new(),
+        }
+    }
+
+    /// Records the connect() time when an event carries it.
+    pub fn set_start(&mut self, start_ns: u64) {
+        if start_ns != 0 && (!self.start_known || start_ns < self.start_ns) {
+            self.start_ns = start_ns;
+            self.start_known = true;
+        }
+    }
+
+    /// Events of the same socket may carry an owner only later (pid 0 = unknown).
+    pub fn set_client(&mut self, task: &TaskInfo) {
+        if self.client.pid == 0 && task.pid != 0 {
+            self.client = task.clone();
+        }
+    }
+
+    pub fn touch(&mut self, ts_ns: u64) {
+        self.last_event_ns = self.last_event_ns.max(ts_ns);
+        if !self.start_known {
+            self.start_ns = self.start_ns.min(ts_ns);
+        }
+    }
+
+    /// The moment the attempt ended (close), or its last sign of life when still open.
+    pub fn end_ns(&self) -> u64 {
+        self.close.map(|c| c.ts_ns()).unwrap_or(self.last_event_ns)
+    }
+
+    pub fn note_queue(&mut self, q: Queue) {
+        if q.is_full() {
+            self.kernel_queue_full_samples += 1;
+        }
+        self.fullest_queue = Some(fuller(self.fullest_queue, q));
+    }
+
+    /// Adds one socket-less event matched to this attempt by flow.
+    pub fn apply_flow_evidence(&mut self, ev: &FlowEvidence) {
+        // A reset or NO_SOCKET drop of a packet going to the client (e.g. a late SYN-ACK after
+        // the client gave up) says nothing about the target's listener.
+        let to_target = ev.flow.dst == self.flow.dst && ev.flow.src == self.flow.src;
+        let suffix = if to_target { "" } else { " (to client)" };
+        let label = match &ev.kind {
+            FlowEvidenceKind::ResetFromNoSocket { reason } => {
+                if to_target {
+                    self.no_socket_to_target += 1;
+                    self.resets_sent_to_target += 1;
+                }
+                let reason = reason.as_deref().map(|r| r.trim_start_matches("SK_RST_REASON_")).unwrap_or("NO_SOCKET");
+                format!("tcp:tcp_send_reset {reason}{suffix}")
+            }
+            FlowEvidenceKind::Dropped { reason } => {
+                match reason.as_str() {
+                    // Netfilter drops count in either direction: a dropped SYN or a dropped answer.
+                    "NETFILTER_DROP" => self.netfilter_drops += 1,
+                    "NO_SOCKET" if to_target => self.no_socket_to_target += 1,
+                    "TCP_LISTEN_OVERFLOW" => self.listen_overflow_drops += 1,
+                    _ => {}
+                }
+                let sfx = if reason == "NETFILTER_DROP" { "" } else { suffix };
+                format!("skb:kfree_skb {reason}{sfx}")
+            }
+        };
+        *self.flow_labels.entry(label).or_insert(0) += 1;
+    }
+
+    /// The socket error it closed with (0 when closed by its owner or still open).
+    pub fn sk_err(&self) -> i32 {
+        match self.close {
+            Some(Close::Failed { sk_err, .. }) => sk_err,
+            _ => 0,
+        }
+    }
+
+    /// Counters named after what fired, for this attempt alone.
+    pub fn evidence_labels(&self) -> BTreeMap<String, u64> {
+        let mut e = self.flow_labels.clone();
+        if self.rst_received {
+            e.insert("tcp:tcp_receive_reset".into(), 1);
+        }
+        if self.syn_retransmits > 0 {
+            e.insert("tcp:tcp_retransmit_skb SYN_SENT".into(), self.syn_retransmits as u64);
+        }
+        if self.kernel_queue_full_samples > 0 {
+            e.insert("accept queue full (read in kernel)".into(), self.kernel_queue_full_samples);
+        }
+        let sk_err = self.sk_err();
+        if sk_err != 0 {
+            e.insert(format!("connect() {}", errno_name(sk_err)), 1);
+        }
+        e
+    }
+}
+
+/// The fuller of two queue samples (higher len/max; ties: the longer queue).
+pub fn fuller(a: Option<Queue>, b: Queue) -> Queue {
+    match a {
+        None => b,
+        Some(a) => {
+            // Compare len/max without division: a.len * b.max vs b.len * a.max.
+            let (fa, fb) = (a.len as u64 * b.max.max(1) as u64, b.len as u64 * a.max.max(1) as u64);
+            if fb > fa || (fb == fa && b.len > a.len) {
+                b
+            } else {
+                a
+            }
+        }
+    }
+}
+
+/// Strips the kernel enum prefix from a drop reason name.
+pub fn drop_reason_name(reason: &str) -> String {
+    reason.trim_start_matches("SKB_DROP_REASON_").to_string()
+}
