@@ -151,12 +151,24 @@ const LABEL_LISTEN_OVERFLOWS: &str = "ListenOverflows";
 const LABEL_SOCK_DIAG_FULL: &str = "attempts while sock_diag saw the queue full";
 const LABEL_LISTENER_PRESENT: &str = "attempts to a live local listener";
 
-/// An ICMP error this host sent; matched to an attempt by addresses (its ports are unknown).
+/// An ICMP error this host sent; matched to an attempt by addresses, and by ports when the
+/// kernel could read them from the offending packet (0 when unknown).
 #[derive(Clone, Debug)]
 struct IcmpSeen {
     ts_ns: u64,
     icmp_type: u8,
     code: u8,
+    ports: (u16, u16),
+}
+
+impl IcmpSeen {
+    /// Whether this ICMP can be about `flow`: ports unknown, or the same ports either way round.
+    fn ports_match(&self, flow: &FlowAddr) -> bool {
+        let (a, b) = self.ports;
+        (a == 0 && b == 0)
+            || (a, b) == (flow.src.port(), flow.dst.port())
+            || (a, b) == (flow.dst.port(), flow.src.port())
+    }
 }
 
 /// The two addresses of a packet in a fixed order (an ICMP may be about either direction).
@@ -355,7 +367,12 @@ impl Engine {
             EventBody::IcmpSent { flow, icmp_type, code } => {
                 self.icmp_buffer.push(
                     address_pair(flow.src.ip(), flow.dst.ip()),
-                    IcmpSeen { ts_ns: ev.ts_ns, icmp_type: *icmp_type, code: *code },
+                    IcmpSeen {
+                        ts_ns: ev.ts_ns,
+                        icmp_type: *icmp_type,
+                        code: *code,
+                        ports: (flow.src.port(), flow.dst.port()),
+                    },
                 );
             }
             EventBody::TcpListenStart { addr } => {
@@ -516,7 +533,7 @@ impl Engine {
             .icmp_buffer
             .get(&address_pair(a.flow.src.ip(), a.flow.dst.ip()))
             .into_iter()
-            .filter(|(_, i)| i.ts_ns >= from && i.ts_ns <= to_ns)
+            .filter(|(_, i)| i.ts_ns >= from && i.ts_ns <= to_ns && i.ports_match(&a.flow))
             // Prefer one sent before the close (it caused it), closest to it.
             .min_by_key(|(_, i)| (i.ts_ns > end, i.ts_ns.abs_diff(end)))
             .map(|(seq, _)| seq)?;

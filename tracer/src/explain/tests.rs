@@ -393,6 +393,35 @@ fn icmp_reject_is_a_firewall_reject() {
 }
 
 #[test]
+fn icmp_with_ports_is_claimed_only_by_the_attempt_it_is_about() {
+    // Two rejects to the same address at the same moment, one by RST and one by ICMP: the
+    // kernel read the ICMP's ports from the offending SYN, so only the second attempt owns it.
+    let by_rst = flow("127.0.0.1:40001", "127.0.0.1:8005");
+    let by_icmp = flow("127.0.0.1:40002", "127.0.0.1:8006");
+    let events = vec![
+        dropped(S + 1_000, by_rst, "NETFILTER_DROP"),
+        rst_received(S + 2_000, 0x1, &nginx(812), by_rst),
+        dropped(S + 3_000, by_icmp, "NETFILTER_DROP"),
+        packet(S + 4_000, EventBody::IcmpSent { flow: by_icmp, icmp_type: 3, code: 3 }),
+        failed(S + 5_000, 0x1, &nginx(812), by_rst, 111, 0, true, S),
+        failed(S + 6_000, 0x2, &nginx(812), by_icmp, 111, 0, false, S),
+    ];
+    let (e, _) = run(&events);
+    let findings = e.findings();
+    assert_eq!(findings.len(), 2);
+    for f in &findings {
+        assert_eq!(f.cause, Cause::FirewallReject);
+        assert_eq!(f.count, 1);
+        let icmp = f.evidence.get("icmp:icmp_send 3/3").copied().unwrap_or(0);
+        match &f.target {
+            Target::Tcp(a) if a.port() == 8005 => assert_eq!(icmp, 0, "RST reject got the ICMP: {:?}", f.evidence),
+            Target::Tcp(a) if a.port() == 8006 => assert_eq!(icmp, 1, "{:?}", f.evidence),
+            other => panic!("unexpected target {other}"),
+        }
+    }
+}
+
+#[test]
 fn reset_without_local_no_socket_is_remote_refused() {
     let f1 = flow("10.0.0.1:40001", "10.0.0.5:8000");
     let events =
