@@ -282,25 +282,18 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
         hooks,
         findings: findings.len() as u64,
     };
-    match mode {
-        Mode::Watch => {
-            print_updates(&mut out, &updates, &filter, &clock, args.json)?;
-            if args.json {
-                writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
-            } else {
-                report::text::write_findings(&mut out, &findings, &summary, &clock)?;
-            }
+    if mode == Mode::Watch {
+        // The last attempts as lines; the findings they changed come once, in the report below.
+        let attempts: Vec<Update> = updates.into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
+        print_updates(&mut out, &attempts, &filter, &clock, args.json)?;
+    }
+    if args.json {
+        for f in &findings {
+            writeln!(out, "{}", report::json::finding_json(f, &clock))?;
         }
-        Mode::Diagnose => {
-            if args.json {
-                for f in &findings {
-                    writeln!(out, "{}", report::json::finding_json(f, &clock))?;
-                }
-                writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
-            } else {
-                report::text::write_findings(&mut out, &findings, &summary, &clock)?;
-            }
-        }
+        writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
+    } else {
+        report::text::write_findings(&mut out, &findings, &summary, &clock)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
