@@ -1,0 +1,655 @@
+//! Support for the privileged scenario suite (tests/scenarios.rs): a network namespace guard,
+//! the python3 helpers (tests/helpers/net.py) run inside it, the real tracer binary, and
+//! assertions on tracer's JSON lines.
+//!
+//! Everything here is bounded in time: every wait has a deadline, and every process a test
+//! starts is killed by a Drop guard, also when the test panics.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::{
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+/// How long tracer may take to attach everything and print `tracing:`.
+pub const TRACING_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long tracer may take to print its findings and exit after SIGINT.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a helper may run before the test gives up on it.
+pub const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the suite must not run here, or None when it may.
+pub fn skip_reason() -> Option<String> {
+    match std::env::var("TRACER_INTEGRATION") {
+        Ok(v) if v == "1" => {}
+        _ => return Some("TRACER_INTEGRATION=1 is not set (the privileged suite runs via `cargo xtask test`)".into()),
+    }
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not running as root (tracer needs root to load its eBPF programs)".into());
+    }
+    None
+}
+
+/// First line of every scenario: returns from the test, saying why, when the suite cannot run.
+#[macro_export]
+macro_rules! require_integration {
+    () => {
+        if let Some(reason) = $crate::common::skip_reason() {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+/// The python3 the helpers run with: Debian's when present (what `cargo xtask setup`
+/// installs), else the first python3 on PATH. Its comm is "python3" either way.
+pub fn python3() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+pub fn helper_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/net.py")
+}
+
+pub fn tracer_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tracer")
+}
+
+/// Runs a command to completion (bounded), panicking with its output when it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = output_with_timeout(Command::new(program).args(args), Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}{}",
+        args.join(" "),
+        out.status,
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+pub struct Output {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command with stdin closed, collecting its output; kills it after `timeout`.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = read_all(child.stdout.take().unwrap());
+    let err = read_all(child.stderr.take().unwrap());
+    let status = wait_timeout(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {timeout:?}");
+    });
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn read_all<R: std::io::Read + Send + 'static>(mut r: R) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+/// Polls the child until it exits or the timeout passes.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill_and_reap(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = wait_timeout(child, Duration::from_secs(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Network namespace guard
+// ---------------------------------------------------------------------------------------
+
+/// A fresh network namespace `tracer-t-<name>-<pid>` with loopback up. On drop every process
+/// still inside it is SIGKILLed and the namespace deleted (its nft tables go with it).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let name = format!("tracer-t-{name}-{}", std::process::id());
+        // A leftover from an earlier, killed run of the same test process id: start clean.
+        if Path::new("/run/netns").join(&name).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+        sh("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip netns exec NS program args...`, bounded; panics when it fails.
+    pub fn exec(&self, program: &str, args: &[&str]) -> String {
+        let mut all = vec!["netns", "exec", &self.name, program];
+        all.extend_from_slice(args);
+        sh("ip", &all)
+    }
+
+    /// Runs `nft` inside the namespace.
+    pub fn nft(&self, args: &[&str]) {
+        self.exec("nft", args);
+    }
+
+    /// Starts `python3 net.py <args>` inside the namespace and waits for its `{"pid": N}` line.
+    pub fn helper(&self, args: &[&str]) -> Helper {
+        let script = helper_script();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, python3()])
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start helper {args:?}: {e}"));
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v =
+                    serde_json::from_str::<Value>(&line).unwrap_or_else(|_| serde_json::json!({ "unparsed": line }));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = read_all(child.stderr.take().unwrap());
+        let mut h = Helper {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child,
+            stdin,
+            rx,
+            lines: Vec::new(),
+            stderr: Some(stderr),
+            pid: 0,
+        };
+        let first = h.expect("pid");
+        h.pid = first["pid"].as_u64().expect("helper pid") as u32;
+        h
+    }
+
+    /// The PIDs of every process inside the namespace.
+    fn pids(&self) -> Vec<i32> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for pid in self.pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helper processes (tests/helpers/net.py)
+// ---------------------------------------------------------------------------------------
+
+/// One running `net.py` helper. Its JSON lines arrive through a channel; on drop it is
+/// SIGKILLed if still running.
+pub struct Helper {
+    pub args: Vec<String>,
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    rx: Receiver<Value>,
+    /// Every line received so far.
+    pub lines: Vec<Value>,
+    stderr: Option<thread::JoinHandle<String>>,
+    /// The PID the helper printed first (python3's own).
+    pub pid: u32,
+}
+
+impl Helper {
+    /// Waits (bounded) for the next line having `key`; returns it.
+    pub fn expect(&mut self, key: &str) -> Value {
+        if let Some(v) = self.lines.iter().find(|v| v.get(key).is_some()) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + HELPER_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.lines.push(v.clone());
+                    if v.get(key).is_some() {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    kill_and_reap(&mut self.child);
+                    let err = self.stderr();
+                    panic!(
+                        "helper {:?}: no {key:?} line within {HELPER_TIMEOUT:?}; got {:?}{err}",
+                        self.args, self.lines
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = wait_timeout(&mut self.child, Duration::from_secs(5));
+                    let err = self.stderr();
+                    panic!(
+                        "helper {:?} ended without a {key:?} line; got {:?}{err}",
+                        self.args, self.lines
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) for the helper to exit 0 and returns its `done` line.
+    pub fn finish(&mut self) -> Value {
+        let done = self.expect("done");
+        self.wait_exit(true);
+        done
+    }
+
+    /// Asks a listener to close its socket and exit 0 ("stop" on stdin), and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"stop\n");
+        }
+        self.wait_exit(true);
+    }
+
+    /// SIGKILLs the helper (a crashing upstream) and reaps it.
+    pub fn sigkill(&mut self) {
+        kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL).expect("kill helper");
+        // `ip netns exec` execs python3, so the helper is our child; reap it.
+        let st = wait_timeout(&mut self.child, Duration::from_secs(10)).expect("killed helper exits");
+        assert!(!st.success(), "a SIGKILLed helper cannot exit 0");
+    }
+
+    fn wait_exit(&mut self, must_succeed: bool) {
+        let st = wait_timeout(&mut self.child, HELPER_TIMEOUT).unwrap_or_else(|| {
+            kill_and_reap(&mut self.child);
+            panic!("helper {:?} did not exit within {HELPER_TIMEOUT:?}", self.args)
+        });
+        // Collect what is left on its stdout.
+        while let Ok(v) = self.rx.recv_timeout(Duration::from_millis(200)) {
+            self.lines.push(v);
+        }
+        if must_succeed && !st.success() {
+            let err = self.stderr();
+            panic!("helper {:?} failed ({st}); lines {:?}{err}", self.args, self.lines);
+        }
+    }
+
+    fn stderr(&mut self) -> String {
+        match self.stderr.take() {
+            Some(h) if h.is_finished() => format!("; stderr: {}", h.join().unwrap_or_default()),
+            Some(h) => {
+                self.stderr = Some(h);
+                String::new()
+            }
+            None => String::new(),
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The real tracer binary
+// ---------------------------------------------------------------------------------------
+
+/// A running `tracer` (host network namespace). On drop it is SIGKILLed if still running.
+pub struct Tracer {
+    pub args: Vec<String>,
+    child: Child,
+    stderr_lines: Arc<Mutex<Vec<String>>>,
+    stdout: Option<thread::JoinHandle<String>>,
+}
+
+/// What tracer printed once it exited.
+pub struct TracerRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// Every stdout line parsed as JSON (non-JSON lines fail the run).
+    pub lines: Vec<Value>,
+}
+
+impl Tracer {
+    /// Starts `tracer <args>` and waits (bounded) for its `tracing:` line on stderr.
+    pub fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(tracer_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tracer_bin()));
+        let stdout = read_all(child.stdout.take().unwrap());
+        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<()>();
+        {
+            let lines = Arc::clone(&stderr_lines);
+            let stderr = child.stderr.take().unwrap();
+            thread::spawn(move || {
+                let mut told = false;
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let is_tracing = line.starts_with("tracing:");
+                    lines.lock().unwrap().push(line);
+                    if is_tracing && !told {
+                        told = true;
+                        let _ = tx.send(());
+                    }
+                }
+            });
+        }
+        let mut t = Tracer {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child,
+            stderr_lines,
+            stdout: Some(stdout),
+        };
+        match rx.recv_timeout(TRACING_TIMEOUT) {
+            Ok(()) => t,
+            Err(_) => {
+                let status = t.child.try_wait().ok().flatten();
+                kill_and_reap(&mut t.child);
+                panic!(
+                    "tracer {:?} printed no `tracing:` line within {TRACING_TIMEOUT:?} (exit: {status:?}); stderr:\n{}",
+                    t.args,
+                    t.stderr_text()
+                );
+            }
+        }
+    }
+
+    /// `tracer diagnose --json --duration 60s <filters>`, attached and tracing.
+    pub fn diagnose(filters: &[&str]) -> Tracer {
+        let mut args = vec!["diagnose", "--json", "--duration", "60s"];
+        args.extend_from_slice(filters);
+        Tracer::start(&args)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr_lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends SIGINT (what Ctrl-C does), waits (bounded) for exit 0 and parses stdout.
+    pub fn finish(mut self) -> TracerRun {
+        // A human's Ctrl-C never comes within the same instant as the last failure.
+        thread::sleep(Duration::from_millis(500));
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).expect("SIGINT tracer");
+        let status = wait_timeout(&mut self.child, EXIT_TIMEOUT).unwrap_or_else(|| {
+            kill_and_reap(&mut self.child);
+            panic!(
+                "tracer {:?} did not exit within {EXIT_TIMEOUT:?} of SIGINT; stderr:\n{}",
+                self.args,
+                self.stderr_text()
+            )
+        });
+        let stdout = self.stdout.take().unwrap().join().unwrap();
+        // Let the stderr reader take the last lines.
+        thread::sleep(Duration::from_millis(100));
+        let stderr = self.stderr_text();
+        assert!(
+            status.success(),
+            "tracer {:?} exited with {status} after SIGINT; stderr:\n{stderr}\nstdout:\n{stdout}",
+            self.args
+        );
+        assert!(!stderr.contains("panicked"), "tracer panicked:\n{stderr}");
+        let lines = stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("tracer --json printed a non-JSON line ({e}): {l:?}\nstderr:\n{stderr}"))
+            })
+            .collect();
+        TracerRun {
+            status,
+            stdout,
+            stderr,
+            lines,
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Assertions on tracer's output
+// ---------------------------------------------------------------------------------------
+
+impl TracerRun {
+    pub fn findings(&self) -> Vec<&Value> {
+        self.lines.iter().filter(|v| v["type"] == "finding").collect()
+    }
+
+    pub fn findings_for(&self, target: &str) -> Vec<&Value> {
+        self.findings().into_iter().filter(|f| f["target"] == target).collect()
+    }
+
+    pub fn summary(&self) -> &Value {
+        let sums: Vec<&Value> = self.lines.iter().filter(|v| v["type"] == "summary").collect();
+        assert_eq!(
+            sums.len(),
+            1,
+            "exactly one summary line expected; output:\n{}",
+            self.stdout
+        );
+        let s = sums[0];
+        assert_eq!(
+            s,
+            self.lines.last().unwrap(),
+            "the summary comes last; output:\n{}",
+            self.stdout
+        );
+        s
+    }
+
+    /// The one finding for `target`, which must have `cause`; every other finding for the
+    /// same target (a wrong cause) fails the test.
+    pub fn only_finding(&self, target: &str, cause: &str) -> &Value {
+        let fs = self.findings_for(target);
+        let wrong: Vec<&&Value> = fs.iter().filter(|f| f["cause"] != cause).collect();
+        assert!(
+            wrong.is_empty(),
+            "findings with a wrong cause for {target} (expected only {cause}): {}\nfull output:\n{}\nstderr:\n{}",
+            show(&wrong),
+            self.stdout,
+            self.stderr
+        );
+        assert_eq!(
+            fs.len(),
+            1,
+            "expected exactly one {cause} finding for {target}; output:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        let f = fs[0];
+        check_finding_shape(f);
+        let n = self.summary()["findings"].as_u64().expect("summary.findings");
+        assert_eq!(
+            n as usize,
+            self.findings().len(),
+            "summary.findings counts the findings"
+        );
+        f
+    }
+
+    pub fn assert_no_finding_for(&self, target: &str) {
+        let fs = self.findings_for(target);
+        assert!(
+            fs.is_empty(),
+            "expected no finding for {target}, got {}\nstderr:\n{}",
+            show(&fs),
+            self.stderr
+        );
+        self.summary();
+    }
+}
+
+fn show<T: std::fmt::Debug>(v: &[T]) -> String {
+    v.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The key contract of a finding line.
+pub fn check_finding_shape(f: &Value) {
+    for key in [
+        "type",
+        "cause",
+        "target",
+        "netns",
+        "count",
+        "clients",
+        "listener",
+        "listener_note",
+        "queue",
+        "uids",
+        "hint",
+        "evidence",
+        "detail",
+        "fix",
+        "first_seen",
+        "last_seen",
+        "pending",
+    ] {
+        assert!(f.get(key).is_some(), "finding lacks {key:?}: {f}");
+    }
+    assert!(f["count"].is_u64(), "count is an integer: {f}");
+    assert!(f["clients"].is_array(), "clients is an array: {f}");
+    assert!(f["evidence"].is_object(), "evidence is an object: {f}");
+    assert!(
+        f["fix"].as_str().is_some_and(|s| !s.is_empty()),
+        "fix is a non-empty string: {f}"
+    );
+    for key in ["first_seen", "last_seen"] {
+        let s = f[key].as_str().unwrap_or_else(|| panic!("{key} is a string: {f}"));
+        assert!(
+            s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T',
+            "{key} is RFC 3339: {s:?}"
+        );
+    }
+    if !f["listener"].is_null() {
+        assert!(f["listener"]["pid"].is_u64(), "listener.pid is an integer: {f}");
+    }
+}
+
+pub fn count(f: &Value) -> u64 {
+    f["count"].as_u64().unwrap()
+}
+
+/// The client helper (its pid, comm "python3") is among the finding's clients.
+pub fn assert_client(f: &Value, pid: u32) {
+    let clients = f["clients"].as_array().unwrap();
+    assert!(
+        clients
+            .iter()
+            .any(|c| c["pid"].as_u64() == Some(pid as u64) && c["comm"] == "python3"),
+        "clients should contain {{pid: {pid}, comm: python3}}: {f}"
+    );
+}
+
+pub fn assert_listener(f: &Value, pid: u32) {
+    assert_eq!(
+        f["listener"]["pid"].as_u64(),
+        Some(pid as u64),
+        "listener.pid should be {pid} (the listener helper): {f}"
+    );
+}
+
+/// The helper's `results` summary for one outcome (e.g. "ECONNREFUSED"), 0 when absent.
+pub fn result_count(done: &Value, name: &str) -> u64 {
+    done["results"][name].as_u64().unwrap_or(0)
+}
+
+/// A fresh directory for Unix socket paths, traversable by every user (mode 0755), removed
+/// on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tracer-t-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.0.join(file).to_str().expect("utf-8 temp path").to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,473 @@
+//! `cargo xtask demo` (and `cargo xtask run` without arguments): a short live demo.
+//!
+//! In a fresh network namespace `tracer-demo`: Gunicorn (a tiny WSGI app) on 127.0.0.1:8000
+//! and Nginx on 127.0.0.1:8080 proxying to it. tracer runs in the host namespace (it sees
+//! every namespace). A healthy request, then Gunicorn is SIGKILLed, a request gets 502, and
+//! Nginx's error-log line is shown beside tracer's explanation; SIGINT to tracer shows its
+//! final report. Everything is cleaned up on every exit path, Ctrl-C included (a signal
+//! handler sets a flag every wait checks; a guard's Drop kills and deletes). Every wait has a
+//! timeout.
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use nix::{
+    sys::signal::{kill, killpg, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
+    unistd::Pid,
+};
+
+use crate::{
+    cmd_build::build,
+    util::{probe, run, target_dir, wait_timeout},
+};
+
+const NETNS: &str = "tracer-demo";
+const UPSTREAM: &str = "127.0.0.1:8000";
+const FRONT: &str = "127.0.0.1:8080";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() -> Result<()> {
+    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.with_context(|| format!("cannot handle {sig}"))?;
+    }
+    Ok(())
+}
+
+/// Whether Ctrl-C (or SIGTERM/SIGHUP) arrived during the demo.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted: cleaning up");
+    }
+    Ok(())
+}
+
+/// Sleeps, waking early (with an error) on Ctrl-C.
+fn pause(d: Duration) -> Result<()> {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        check_interrupted()?;
+        thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+    }
+    check_interrupted()
+}
+
+fn color() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal()
+}
+
+fn caption(text: &str) {
+    if color() {
+        println!("\n\x1b[1m==> {text}\x1b[0m");
+    } else {
+        println!("\n==> {text}");
+    }
+}
+
+/// How tracer's lines are shown: `tracer | ` for stdout, `tracer ! ` for stderr.
+fn prefix(stream: char) -> String {
+    if color() {
+        format!("  \x1b[36mtracer {stream}\x1b[0m ")
+    } else {
+        format!("  tracer {stream} ")
+    }
+}
+
+/// Everything the demo started; Drop stops it all and deletes the namespace.
+struct Stack {
+    tmp: PathBuf,
+    netns: bool,
+    tracer: Option<Child>,
+    gunicorn: Option<Child>,
+    nginx: Option<Child>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Stack {
+    fn new(tmp: PathBuf) -> Stack {
+        Stack {
+            tmp,
+            netns: false,
+            tracer: None,
+            gunicorn: None,
+            nginx: None,
+            readers: Vec::new(),
+        }
+    }
+
+    /// SIGINT to tracer (it prints its final report), bounded; SIGKILL after that.
+    fn stop_tracer(&mut self) -> bool {
+        let Some(mut t) = self.tracer.take() else { return true };
+        if let Ok(Some(_)) = t.try_wait() {
+            return true;
+        }
+        let _ = kill(Pid::from_raw(t.id() as i32), Signal::SIGINT);
+        let clean = match wait_timeout(&mut t, Duration::from_secs(20)) {
+            Some(st) => st.success(),
+            None => {
+                eprintln!("demo: tracer did not exit within 20 s of SIGINT; killing it");
+                let _ = t.kill();
+                let _ = t.wait();
+                false
+            }
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        clean
+    }
+}
+
+/// Stops a process group leader and its group: `sig`, then SIGKILL after a grace period.
+fn stop_group(child: &mut Child, sig: Signal) {
+    let pgid = Pid::from_raw(child.id() as i32);
+    if let Ok(None) = child.try_wait() {
+        let _ = killpg(pgid, sig);
+        if wait_timeout(child, Duration::from_secs(5)).is_none() {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            let _ = wait_timeout(child, Duration::from_secs(5));
+        }
+    }
+    // Workers left behind by a killed master.
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+fn netns_pids() -> Vec<i32> {
+    let (_, out) = probe(Command::new("ip").args(["netns", "pids", NETNS]));
+    out.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+fn delete_netns() {
+    for pid in netns_pids() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", NETNS])
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop_tracer();
+        if let Some(mut n) = self.nginx.take() {
+            stop_group(&mut n, Signal::SIGTERM);
+        }
+        if let Some(mut g) = self.gunicorn.take() {
+            stop_group(&mut g, Signal::SIGTERM);
+        }
+        if self.netns {
+            delete_netns();
+        }
+        let _ = fs::remove_dir_all(&self.tmp);
+        println!("demo: cleaned up (tracer, nginx, gunicorn stopped; netns {NETNS} deleted)");
+    }
+}
+
+/// Gunicorn from PyPI in a venv under target/ (idempotent).
+fn venv() -> Result<PathBuf> {
+    let venv = target_dir().join("demo-venv");
+    let python = venv.join("bin/python");
+    let gunicorn = venv.join("bin/gunicorn");
+    if !python.exists() {
+        let py = if Path::new("/usr/bin/python3").exists() {
+            "/usr/bin/python3"
+        } else {
+            "python3"
+        };
+        run(Command::new(py).args(["-m", "venv"]).arg(&venv))?;
+    }
+    if gunicorn.exists() {
+        println!("setup: gunicorn in {} (present)", venv.display());
+    } else {
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "gunicorn",
+        ]))?;
+        println!("setup: gunicorn in {} (installed)", venv.display());
+    }
+    Ok(gunicorn)
+}
+
+const APP: &str = r#"def app(environ, start_response):
+    body = b"hello from gunicorn\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"#;
+
+fn nginx_conf(tmp: &Path) -> String {
+    let t = tmp.display();
+    format!(
+        r#"user www-data;
+worker_processes 1;
+daemon off;
+pid {t}/nginx.pid;
+error_log {t}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {t}/client_body;
+    proxy_temp_path {t}/proxy;
+    fastcgi_temp_path {t}/fastcgi;
+    uwsgi_temp_path {t}/uwsgi;
+    scgi_temp_path {t}/scgi;
+    server {{
+        listen {FRONT};
+        location / {{
+            proxy_pass http://{UPSTREAM};
+            proxy_connect_timeout 3s;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// `ip netns exec tracer-demo curl ... URL` → the HTTP status ("000" when none).
+fn curl(url: &str) -> Result<String> {
+    check_interrupted()?;
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            NETNS,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            url,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run curl")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Waits (bounded) until something listens on `port` in the namespace. It asks the kernel
+/// (`ss`, sock_diag) instead of connecting: a probe connect before the listener is up would be
+/// a real refused connection, and tracer would rightly report it.
+fn wait_listening(port: u16, what: &str, child: &mut Child, timeout: Duration) -> Result<()> {
+    let end = Instant::now() + timeout;
+    let filter = format!("sport = :{port}");
+    loop {
+        check_interrupted()?;
+        let (ok, out) = probe(Command::new("ip").args(["netns", "exec", NETNS, "ss", "-Hltn", &filter]));
+        if ok && !out.trim().is_empty() {
+            return Ok(());
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            bail!("{what} exited ({st}) before listening on port {port}");
+        }
+        if Instant::now() >= end {
+            bail!("{what} did not listen on port {port} within {timeout:?}");
+        }
+        pause(Duration::from_millis(100))?;
+    }
+}
+
+/// Starts a command in its own process group (so Ctrl-C reaches only xtask, and the guard
+/// can stop the whole group), output to a log file.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let f = fs::File::create(log)?;
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f);
+    eprintln!("{}", crate::util::show(cmd));
+    cmd.spawn()
+        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn demo() -> Result<()> {
+    install_signal_handlers()?;
+    let bin = match std::env::var_os("TRACER_DEMO_BIN") {
+        // For working on the demo itself: any program that behaves like tracer.
+        Some(b) => {
+            crate::setup::setup()?;
+            PathBuf::from(b)
+        }
+        None => build(true)?,
+    };
+    let gunicorn = venv()?;
+    check_interrupted()?;
+
+    // A namespace left by a demo that was killed hard: start clean.
+    if Path::new("/run/netns").join(NETNS).exists() {
+        delete_netns();
+    }
+    let tmp = std::env::temp_dir().join(format!("tracer-demo-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Nginx's workers (www-data) must reach their temp directories inside.
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+    }
+    let mut stack = Stack::new(tmp.clone());
+    fs::write(tmp.join("app.py"), APP)?;
+    fs::write(tmp.join("nginx.conf"), nginx_conf(&tmp))?;
+    fs::write(tmp.join("error.log"), "")?;
+
+    run(Command::new("ip").args(["netns", "add", NETNS]))?;
+    stack.netns = true;
+    run(Command::new("ip").args(["-n", NETNS, "link", "set", "lo", "up"]))?;
+
+    caption("starting tracer in the host namespace (it sees every network namespace)");
+    let mut tcmd = Command::new(&bin);
+    tcmd.args(["watch", "--port", "8000"]);
+    eprintln!("{}", crate::util::show(&tcmd));
+    let mut tracer = {
+        use std::os::unix::process::CommandExt;
+        tcmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    }
+    .with_context(|| format!("cannot start {}", bin.display()))?;
+    let (tx, rx) = mpsc::channel::<()>();
+    let out = tracer.stdout.take().unwrap();
+    let err = tracer.stderr.take().unwrap();
+    stack.tracer = Some(tracer);
+    stack.readers.push(thread::spawn(move || {
+        let p = prefix('|');
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{p}{line}");
+        }
+    }));
+    stack.readers.push(thread::spawn(move || {
+        let p = prefix('!');
+        let mut told = false;
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            println!("{p}{line}");
+            if !told && line.starts_with("tracing:") {
+                told = true;
+                let _ = tx.send(());
+            }
+        }
+    }));
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        check_interrupted()?;
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            break;
+        }
+        if let Some(Ok(Some(st))) = stack.tracer.as_mut().map(|t| t.try_wait()) {
+            bail!("tracer exited ({st}) before it was tracing");
+        }
+        if Instant::now() >= end {
+            bail!("tracer printed no `tracing:` line within 60 s");
+        }
+    }
+
+    caption(&format!(
+        "starting Gunicorn on {UPSTREAM} and Nginx on {FRONT} -> {UPSTREAM} (netns {NETNS})"
+    ));
+    let mut g = spawn_logged(
+        Command::new("ip")
+            .args(["netns", "exec", NETNS])
+            .arg(&gunicorn)
+            .args(["--bind", UPSTREAM, "--workers", "1", "--chdir"])
+            .arg(&tmp)
+            .arg("app:app"),
+        &tmp.join("gunicorn.log"),
+    )?;
+    let gpid = g.id();
+    let waited = wait_listening(8000, "gunicorn", &mut g, Duration::from_secs(30));
+    stack.gunicorn = Some(g);
+    waited.map_err(|e| e.context(format!("see {}", tmp.join("gunicorn.log").display())))?;
+
+    let mut n = spawn_logged(
+        Command::new("ip")
+            .args(["netns", "exec", NETNS, "nginx", "-c"])
+            .arg(tmp.join("nginx.conf"))
+            .arg("-p")
+            .arg(&tmp)
+            .arg("-e")
+            .arg(tmp.join("error.log")),
+        &tmp.join("nginx.out"),
+    )?;
+    let npid = n.id();
+    let waited = wait_listening(8080, "nginx", &mut n, Duration::from_secs(30));
+    stack.nginx = Some(n);
+    waited?;
+    let workers = children_of(npid);
+    println!(
+        "Gunicorn master PID {gpid} (workers {:?}); Nginx master PID {npid}, worker PID(s) {workers:?}",
+        children_of(gpid)
+    );
+
+    caption("healthy request: curl http://127.0.0.1:8080/ (through Nginx)");
+    println!("Nginx answered {}", curl(&format!("http://{FRONT}/"))?);
+    pause(Duration::from_secs(1))?;
+
+    caption(&format!(
+        "now killing Gunicorn (SIGKILL to PID {gpid} and its workers)..."
+    ));
+    if let Some(g) = stack.gunicorn.as_mut() {
+        let _ = killpg(Pid::from_raw(gpid as i32), Signal::SIGKILL);
+        let _ = wait_timeout(g, Duration::from_secs(5));
+    }
+    let log_before = fs::read_to_string(tmp.join("error.log")).unwrap_or_default().len();
+    pause(Duration::from_millis(500))?;
+
+    caption("the same request again");
+    let code = curl(&format!("http://{FRONT}/"))?;
+    println!(
+        "Nginx answered {code}{}",
+        if code == "502" { " Bad Gateway" } else { "" }
+    );
+    pause(Duration::from_millis(500))?;
+    let log = fs::read_to_string(tmp.join("error.log")).unwrap_or_default();
+    caption("Nginx's error log says:");
+    let new = log.get(log_before..).unwrap_or("");
+    for line in new.lines().filter(|l| l.contains("upstream")).take(3) {
+        println!("  {line}");
+    }
+    println!("\n(and tracer, above, says why, from inside the kernel)");
+    pause(Duration::from_secs(2))?;
+
+    caption("stopping tracer (SIGINT): its final report");
+    let clean = stack.stop_tracer();
+    if !clean {
+        bail!("tracer did not exit cleanly after SIGINT");
+    }
+    caption("demo finished");
+    Ok(())
+}

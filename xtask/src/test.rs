@@ -1,0 +1,40 @@
+//! `cargo xtask test`: setup, the unit tests of the workspace (no root needed), then the
+//! privileged scenario suite (real tracer, real kernel, one network namespace per test).
+use anyhow::{bail, Result};
+
+use crate::{
+    setup::setup,
+    util::{cargo, run_status},
+};
+
+pub fn test() -> Result<()> {
+    setup()?;
+
+    // tracer-ebpf is a no_std bpfel-unknown-none program: it has no host tests, and tracer's
+    // build.rs builds it for the kernel.
+    println!("test: unit tests (cargo test --workspace)");
+    let mut unit = cargo();
+    unit.args(["test", "--workspace", "--exclude", "tracer-ebpf"])
+        .env_remove("TRACER_INTEGRATION")
+        .env_remove("AYA_BUILD_SKIP");
+    let unit_ok = run_status(&mut unit)?.success();
+
+    println!("test: privileged scenario suite (TRACER_INTEGRATION=1, one test at a time)");
+    let mut scen = cargo();
+    scen.args(["test", "-p", "tracer", "--test", "scenarios", "--", "--test-threads=1"])
+        .env("TRACER_INTEGRATION", "1")
+        .env_remove("AYA_BUILD_SKIP");
+    let scen_ok = run_status(&mut scen)?.success();
+
+    let word = |ok: bool| if ok { "passed" } else { "FAILED" };
+    println!("test: unit tests {}, scenario suite {}", word(unit_ok), word(scen_ok));
+    if !(unit_ok && scen_ok) {
+        bail!(
+            "tests failed (unit tests {}, scenario suite {})",
+            word(unit_ok),
+            word(scen_ok)
+        );
+    }
+    println!("test: all tests passed");
+    Ok(())
+}
