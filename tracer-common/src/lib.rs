@@ -249,6 +249,10 @@ pub struct KernelOffsets {
     pub skb_head: u32,
     pub skb_network_header: u32,
     pub skb_transport_header: u32,
+    /// `struct task_struct`: `nsproxy` (pointer), and `struct nsproxy`: `net_ns` (pointer):
+    /// the calling task's network namespace, for syscall events that have no socket at hand.
+    pub task_nsproxy: u32,
+    pub nsproxy_net_ns: u32,
     pub _pad: u32,
 }
 

@@ -1,6 +1,6 @@
 //! Reading tracepoint fields and kernel memory at offsets that userspace supplied.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel},
     programs::TracePointContext,
 };
 use tracer_common::{Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT};
@@ -41,6 +41,16 @@ pub fn current_task() -> Task {
 #[inline(always)]
 pub fn netns_of(cfg: &Config, sk: u64) -> u32 {
     let net: u64 = kernel(sk, cfg.offsets.sock_skc_net).unwrap_or(0);
+    kernel(net, cfg.offsets.net_ns_inum).unwrap_or(0)
+}
+
+/// Network namespace inode of the current task: current->nsproxy->net_ns->ns.inum. Read in
+/// the kernel because a short-lived client may be gone before userspace could look.
+#[inline(always)]
+pub fn current_netns(cfg: &Config) -> u32 {
+    let task = unsafe { bpf_get_current_task() };
+    let nsproxy: u64 = kernel(task, cfg.offsets.task_nsproxy).unwrap_or(0);
+    let net: u64 = kernel(nsproxy, cfg.offsets.nsproxy_net_ns).unwrap_or(0);
     kernel(net, cfg.offsets.net_ns_inum).unwrap_or(0)
 }
 

@@ -312,12 +312,10 @@ fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, 
     // Records from different CPUs interleave in the ring: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
     for ev in batch.drain(..) {
-        let mut ev = ev;
         let probe = match &ev.body {
             EventBody::TcpSynRetransmit { flow, queue: None, .. } => Some((ev.netns, Target::Tcp(flow.dst))),
+            // The kernel recorded the caller's netns: it decides which sock_diag to ask.
             EventBody::UnixConnectFailed { path, errno } if *errno == libc::EAGAIN || *errno == libc::ECONNREFUSED => {
-                // Unix events come from the syscall; the caller's netns decides which sock_diag.
-                ev.netns = enrich::netns_inode_of_pid(ev.task.pid).unwrap_or(0);
                 Some((ev.netns, Target::Unix(path.clone())))
             }
             _ => None,

@@ -22,6 +22,6 @@ fn try_bind(ctx: &TracePointContext) -> Option<()> {
     if family != AF_UNIX || len <= 2 {
         return None;
     }
-    emit_unix(EventKind::UnixBind, 0, addr, len);
+    emit_unix(cfg, EventKind::UnixBind, 0, addr, len);
     Some(())
 }

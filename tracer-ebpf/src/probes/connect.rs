@@ -7,11 +7,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{EventKind, UnixEvent, UNIX_PATH_MAX};
+use tracer_common::{Config, EventKind, UnixEvent, UNIX_PATH_MAX};
 
 use crate::{
     maps::{config, emit_with, UNIX_CONNECTS},
-    read::{current_task, field},
+    read::{current_netns, current_task, field},
 };
 
 /// AF_UNIX (UAPI).
@@ -60,17 +60,19 @@ fn try_connect_exit(ctx: &TracePointContext) -> Option<()> {
     if errno != ENOENT && errno != ECONNREFUSED && errno != EAGAIN && errno != EACCES && errno != EPERM {
         return None;
     }
-    emit_unix(EventKind::UnixConnectFailed, errno as i32, addr, len);
+    emit_unix(cfg, EventKind::UnixConnectFailed, errno as i32, addr, len);
     Some(())
 }
 
 /// Sends a Unix event with the path read from the caller's sockaddr_un (still mapped: we are
 /// in the same syscall).
 #[inline(always)]
-pub fn emit_unix(kind: EventKind, errno: i32, addr: u64, len: u64) {
+pub fn emit_unix(cfg: &Config, kind: EventKind, errno: i32, addr: u64, len: u64) {
+    let netns = current_netns(cfg);
     emit_with(kind as u32, |ev: &mut UnixEvent| {
         ev.header.kind = kind as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.header.netns = netns;
         ev.header.task = current_task();
         ev.errno = errno;
         // sun_path follows the 2-byte sun_family.

@@ -61,6 +61,8 @@ impl KernelBtf {
             skb_head: self.offset_of_sized("sk_buff", &["head"], ptr)?,
             skb_network_header: self.offset_of_sized("sk_buff", &["network_header"], 2)?,
             skb_transport_header: self.offset_of_sized("sk_buff", &["transport_header"], 2)?,
+            task_nsproxy: self.offset_of_sized("task_struct", &["nsproxy"], ptr)?,
+            nsproxy_net_ns: self.offset_of_sized("nsproxy", &["net_ns"], ptr)?,
             _pad: 0,
         })
     }
