@@ -515,3 +515,62 @@ fn l5_doctor_reports_hooks() {
     );
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------------------
+// Another host
+// ---------------------------------------------------------------------------------------
+
+/// Two namespaces joined by a veth pair: the client's, and a "wire" namespace where
+/// `rst_responder.py` plays a remote host for 10.77.0.99 (an address no namespace owns, so no
+/// kernel here answers or refuses for it). 10.77.0.98 is a host that never answers.
+fn remote_pair() -> (Netns, Netns) {
+    let client = Netns::new("rclient");
+    let wire = Netns::new("rwire");
+    sh(
+        "ip",
+        &["link", "add", "vc", "netns", &client.name, "type", "veth", "peer", "name", "vr", "netns", &wire.name],
+    );
+    client.exec("ip", &["addr", "add", "10.77.0.1/24", "dev", "vc"]);
+    client.exec("ip", &["link", "set", "vc", "up"]);
+    wire.exec("ip", &["addr", "add", "10.77.0.2/24", "dev", "vr"]);
+    wire.exec("ip", &["link", "set", "vr", "up"]);
+    let link = wire.exec("ip", &["-j", "link", "show", "vr"]);
+    let link: serde_json::Value = serde_json::from_str(&link).expect("ip -j link output");
+    let mac = link[0]["address"].as_str().expect("veth MAC").to_string();
+    for host in ["10.77.0.99", "10.77.0.98"] {
+        client.exec("ip", &["neigh", "add", host, "lladdr", &mac, "dev", "vc", "nud", "permanent"]);
+    }
+    (client, wire)
+}
+
+/// n. An RST from another host (no tcp_send_reset, no NO_SOCKET or netfilter drop here):
+/// remote_refused, never dead_listener; and a host that never answers: no_response, never
+/// firewall_drop.
+#[test]
+fn n_remote_refused_and_no_response() {
+    require_integration!();
+    let (client_ns, wire_ns) = remote_pair();
+    let tracer = Tracer::diagnose(&["--port", "18114", "--port", "18115"]);
+
+    let mut remote = wire_ns.script(&rst_responder_script(), &["vr", "10.77.0.99", "18114", "20"]);
+    remote.expect("ready");
+    let mut refused =
+        client_ns.helper(&["tcp-connect", "--host", "10.77.0.99", "--port", "18114", "--count", "2", "--timeout", "3"]);
+    let done = refused.finish();
+    assert_eq!(result_count(&done, "ECONNREFUSED"), 2, "the remote RSTs refuse both: {done}");
+    let mut silent = client_ns.helper(&[
+        "tcp-connect", "--host", "10.77.0.98", "--port", "18115", "--count", "1", "--nonblock", "--hold", "2.5",
+    ]);
+    silent.finish();
+    // The remote host's job is done; it would otherwise wait out its own time limit.
+    remote.sigkill();
+
+    let run = tracer.finish();
+    let f = run.only_finding("10.77.0.99:18114", "remote_refused");
+    assert_eq!(count(f), 2, "{f}");
+    assert_client(f, refused.pid);
+    assert!(f["detail"].as_str().unwrap_or("").contains("another host"), "{f}");
+    let f = run.only_finding("10.77.0.98:18115", "no_response");
+    assert_eq!(count(f), 1, "{f}");
+    assert_client(f, silent.pid);
+}

@@ -68,6 +68,10 @@ pub fn helper_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/net.py")
 }
 
+pub fn rst_responder_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/rst_responder.py")
+}
+
 pub fn tracer_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tracer")
 }
@@ -182,10 +186,14 @@ impl Netns {
 
     /// Starts `python3 net.py <args>` inside the namespace and waits for its `{"pid": N}` line.
     pub fn helper(&self, args: &[&str]) -> Helper {
-        let script = helper_script();
+        self.script(&helper_script(), args)
+    }
+
+    /// Starts another helper script (same protocol: JSON lines, `{"pid": N}` first).
+    pub fn script(&self, script: &Path, args: &[&str]) -> Helper {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name, python3()])
-            .arg(&script)
+            .arg(script)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
