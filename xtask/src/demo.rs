@@ -28,7 +28,7 @@ use nix::{
 
 use crate::{
     cmd_build::build,
-    util::{probe, run, target_dir, wait_timeout},
+    util::{probe, run, wait_timeout},
 };
 
 const NETNS: &str = "tracer-demo";
@@ -185,33 +185,6 @@ impl Drop for Stack {
     }
 }
 
-/// Gunicorn from PyPI in a venv under target/ (idempotent).
-fn venv() -> Result<PathBuf> {
-    let venv = target_dir().join("demo-venv");
-    let python = venv.join("bin/python");
-    let gunicorn = venv.join("bin/gunicorn");
-    if !python.exists() {
-        let py = if Path::new("/usr/bin/python3").exists() {
-            "/usr/bin/python3"
-        } else {
-            "python3"
-        };
-        run(Command::new(py).args(["-m", "venv"]).arg(&venv))?;
-    }
-    if gunicorn.exists() {
-        println!("setup: gunicorn in {} (present)", venv.display());
-    } else {
-        run(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "gunicorn",
-        ]))?;
-        println!("setup: gunicorn in {} (installed)", venv.display());
-    }
-    Ok(gunicorn)
-}
-
 const APP: &str = r#"def app(environ, start_response):
     body = b"hello from gunicorn\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
@@ -324,7 +297,7 @@ pub fn demo() -> Result<()> {
         }
         None => build(true)?,
     };
-    let gunicorn = venv()?;
+    let gunicorn = crate::setup::gunicorn()?;
     check_interrupted()?;
 
     // A namespace left by a demo that was killed hard: start clean.

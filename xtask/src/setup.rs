@@ -35,7 +35,27 @@ pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     tracefs()?;
+    gunicorn()?;
     Ok(())
+}
+
+/// Gunicorn from PyPI in a venv under target/ (idempotent): the real upstream of the demo and
+/// of the Nginx scenario suite. Returns the path of the `gunicorn` executable.
+pub fn gunicorn() -> Result<std::path::PathBuf> {
+    let venv = crate::util::target_dir().join("venv");
+    let python = venv.join("bin/python");
+    let gunicorn = venv.join("bin/gunicorn");
+    if !python.exists() {
+        let py = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+        run(Command::new(py).args(["-m", "venv"]).arg(&venv))?;
+    }
+    if gunicorn.exists() {
+        println!("setup: gunicorn in {} (present)", venv.display());
+    } else {
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check", "gunicorn"]))?;
+        println!("setup: gunicorn in {} (installed)", venv.display());
+    }
+    Ok(gunicorn)
 }
 
 fn installed_packages(names: &[&str]) -> Vec<String> {
