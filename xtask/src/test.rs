@@ -26,13 +26,29 @@ pub fn test() -> Result<()> {
         .env_remove("AYA_BUILD_SKIP");
     let scen_ok = run_status(&mut scen)?.success();
 
+    println!("test: Nginx + Gunicorn suite (real Nginx, real Gunicorn, one network namespace per test)");
+    let gunicorn = crate::setup::gunicorn()?;
+    let mut stack = cargo();
+    stack
+        .args(["test", "-p", "tracer", "--test", "nginx", "--", "--test-threads=1"])
+        .env("TRACER_INTEGRATION", "1")
+        .env("TRACER_GUNICORN", &gunicorn)
+        .env_remove("AYA_BUILD_SKIP");
+    let stack_ok = run_status(&mut stack)?.success();
+
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
-    println!("test: unit tests {}, scenario suite {}", word(unit_ok), word(scen_ok));
-    if !(unit_ok && scen_ok) {
+    println!(
+        "test: unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}",
+        word(unit_ok),
+        word(scen_ok),
+        word(stack_ok)
+    );
+    if !(unit_ok && scen_ok && stack_ok) {
         bail!(
-            "tests failed (unit tests {}, scenario suite {})",
+            "tests failed (unit tests {}, scenario suite {}, Nginx + Gunicorn suite {})",
             word(unit_ok),
-            word(scen_ok)
+            word(scen_ok),
+            word(stack_ok)
         );
     }
     println!("test: all tests passed");

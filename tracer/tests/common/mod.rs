@@ -6,6 +6,8 @@
 //! starts is killed by a Drop guard, also when the test panics.
 #![allow(dead_code)]
 
+pub mod stack;
+
 use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
@@ -142,7 +144,7 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     }
 }
 
-fn kill_and_reap(child: &mut Child) {
+pub fn kill_and_reap(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
         let _ = wait_timeout(child, Duration::from_secs(5));

@@ -1,0 +1,282 @@
+//! The Nginx + Gunicorn suite: tracer must be right against the real programs, driven the way
+//! production drives them. Each scenario runs in its own network namespace with real Nginx
+//! (Debian package, workers as www-data) proxying to real Gunicorn (PyPI); the test sends real
+//! HTTP through Nginx, checks Nginx's status and error-log line, and asserts tracer's finding:
+//! cause, target, count, the Nginx worker pids as clients, the Gunicorn master as listener.
+//!
+//! Runs only via `cargo xtask test` (TRACER_INTEGRATION=1, root, `--test-threads=1`).
+
+mod common;
+
+use common::{stack::*, *};
+
+/// Skips (printing why) when the privileged suite or the stack cannot run here.
+macro_rules! require_stack {
+    () => {
+        require_integration!();
+        if let Some(reason) = stack_missing() {
+            println!("skipped: {reason}");
+            return;
+        }
+    };
+}
+
+const UPSTREAM: &str = "127.0.0.1:8000";
+
+/// Every client of the finding is an Nginx worker of this stack (comm "nginx").
+fn assert_nginx_clients(f: &serde_json::Value, nginx: &Nginx) {
+    let workers = nginx.workers();
+    let clients = f["clients"].as_array().expect("clients");
+    assert!(!clients.is_empty(), "no clients in {f}");
+    for c in clients {
+        assert_eq!(c["comm"], "nginx", "client is not an nginx worker: {f}");
+        let pid = c["pid"].as_u64().unwrap() as u32;
+        assert!(workers.contains(&pid), "client pid {pid} is not one of nginx's workers {workers:?}: {f}");
+    }
+}
+
+/// 1. Gunicorn crashes (SIGKILL to master and workers) while Nginx keeps proxying to its port:
+/// 502, "connect() failed (111: Connection refused)", dead_listener naming the Gunicorn master.
+#[test]
+fn gunicorn_killed_is_a_dead_listener() {
+    require_stack!();
+    let dir = stack_dir("ngx-killed");
+    let ns = Netns::new("ngxkill");
+    let mut gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "3s");
+    assert_eq!(ns.curl(10), 200, "healthy before the crash");
+    let tracer = Tracer::diagnose(&["--port", "8000", "--client-comm", "nginx"]);
+
+    gunicorn.crash();
+    assert_eq!(ns.curls(3, 10), [502, 502, 502]);
+    let logged = nginx.errors_with("connect() failed (111: Connection refused) while connecting to upstream");
+    assert_eq!(logged.len(), 3, "nginx error log: {:?}", nginx.error_lines());
+
+    let run = tracer.finish();
+    let f = run.only_finding(UPSTREAM, "dead_listener");
+    assert_eq!(count(f), 3, "{f}");
+    assert_nginx_clients(f, &nginx);
+    assert_listener(f, gunicorn.pid);
+}
+
+/// 2. `proxy_pass` names the wrong port while Gunicorn listens on another: dead_listener on
+/// the wrong port, pointing at the port where the same upstream does listen.
+#[test]
+fn wrong_proxy_pass_port_is_a_dead_listener_with_a_hint() {
+    require_stack!();
+    let dir = stack_dir("ngx-wrongport");
+    let ns = Netns::new("ngxport");
+    let gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let tracer = Tracer::diagnose(&["--port", "8001"]);
+    let nginx = ns.nginx(&dir, "http://127.0.0.1:8001", "3s");
+
+    assert_eq!(ns.curls(2, 10), [502, 502]);
+    assert_eq!(nginx.errors_with("(111: Connection refused) while connecting to upstream").len(), 2);
+
+    let run = tracer.finish();
+    let f = run.only_finding("127.0.0.1:8001", "dead_listener");
+    assert_eq!(count(f), 2, "{f}");
+    assert_nginx_clients(f, &nginx);
+    let hint = f["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("8000"), "the hint names the port Gunicorn listens on: {f}");
+    assert!(hint.contains(&gunicorn.pid.to_string()), "the hint names Gunicorn's pid {}: {f}", gunicorn.pid);
+}
+
+/// 3. One sync worker, a slow handler and `--backlog 1` under concurrent load: the accept
+/// queue overflows; SYNs are dropped, Nginx times out connecting (504). backlog_full with the
+/// queue measured full; never a firewall or an unexplained timeout.
+#[test]
+fn small_backlog_under_load_is_backlog_full() {
+    require_stack!();
+    let dir = stack_dir("ngx-backlog");
+    let ns = Netns::new("ngxbacklog");
+    let gunicorn =
+        ns.gunicorn(&dir, &GunicornOpts { workers: 1, backlog: Some(1), slow_s: 2.0, ..GunicornOpts::default() });
+    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "2s");
+    let tracer = Tracer::diagnose(&["--port", "8000"]);
+
+    let summary = ns.wrk(12, 5);
+    let timeouts = nginx.errors_with("upstream timed out (110: Connection timed out) while connecting to upstream");
+    assert!(!timeouts.is_empty(), "nginx must time out connecting; wrk: {summary}; log: {:?}", nginx.error_lines());
+
+    let run = tracer.finish();
+    let f = run.only_finding(UPSTREAM, "backlog_full");
+    let n = count(f);
+    assert!(n >= timeouts.len() as u64, "every connect timeout is an affected attempt: {n} < {}: {f}", timeouts.len());
+    assert!(n <= wrk_requests(&summary) + 12, "no more attempts than requests: {f}");
+    assert_nginx_clients(f, &nginx);
+    assert_listener(f, gunicorn.pid);
+    assert_eq!(f["queue"]["max"], 1, "the measured maximum is Gunicorn's --backlog: {f}");
+    assert!(f["queue"]["len"].as_u64().unwrap() >= 1, "{f}");
+}
+
+fn nft_output_rule(ns: &Netns, rule: &str) {
+    ns.nft(&["add", "table", "inet", "t"]);
+    ns.nft(&["add", "chain", "inet", "t", "out", "{ type filter hook output priority 0; }"]);
+    let mut args = vec!["add", "rule", "inet", "t", "out"];
+    args.extend(rule.split_whitespace());
+    ns.nft(&args);
+}
+
+/// 4. An nftables rule drops traffic to the upstream port: Nginx answers 504 after its short
+/// proxy_connect_timeout; firewall_drop.
+#[test]
+fn nft_drop_is_a_firewall_drop() {
+    require_stack!();
+    let dir = stack_dir("ngx-drop");
+    let ns = Netns::new("ngxdrop");
+    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "1s");
+    nft_output_rule(&ns, "tcp dport 8000 drop");
+    let tracer = Tracer::diagnose(&["--port", "8000"]);
+
+    assert_eq!(ns.curls(2, 10), [504, 504]);
+    assert_eq!(nginx.errors_with("upstream timed out (110: Connection timed out) while connecting to upstream").len(), 2);
+
+    let run = tracer.finish();
+    let f = run.only_finding(UPSTREAM, "firewall_drop");
+    assert_eq!(count(f), 2, "{f}");
+    assert_nginx_clients(f, &nginx);
+}
+
+fn reject_scenario(name: &str, rule: &str, detail_word: &str) {
+    let dir = stack_dir(name);
+    let ns = Netns::new(name);
+    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "3s");
+    nft_output_rule(&ns, rule);
+    let tracer = Tracer::diagnose(&["--port", "8000"]);
+
+    assert_eq!(ns.curls(2, 10), [502, 502]);
+    assert_eq!(nginx.errors_with("(111: Connection refused) while connecting to upstream").len(), 2);
+
+    let run = tracer.finish();
+    // only_finding also fails on any dead_listener finding for the same target.
+    let f = run.only_finding(UPSTREAM, "firewall_reject");
+    assert_eq!(count(f), 2, "{f}");
+    assert_nginx_clients(f, &nginx);
+    assert!(f["detail"].as_str().unwrap_or_default().contains(detail_word), "{f}");
+}
+
+/// 5a. An nftables rule rejecting with a TCP reset: 502 exactly like a dead listener for
+/// Nginx, but firewall_reject for tracer.
+#[test]
+fn nft_reject_with_reset_is_a_firewall_reject() {
+    require_stack!();
+    reject_scenario("ngxrst", "tcp dport 8000 reject with tcp reset", "reset");
+}
+
+/// 5b. The same with ICMP port unreachable.
+#[test]
+fn nft_reject_with_icmp_is_a_firewall_reject() {
+    require_stack!();
+    reject_scenario("ngxicmp", "tcp dport 8000 reject with icmpx type port-unreachable", "ICMP");
+}
+
+/// Gunicorn on a Unix socket, Nginx proxying to it.
+fn unix_stack(name: &str, o: GunicornOpts) -> (TempDir, Netns, Gunicorn, Nginx, String) {
+    let dir = stack_dir(name);
+    let ns = Netns::new(name);
+    let path = dir.path("gunicorn.sock");
+    let bind = format!("unix:{path}");
+    let gunicorn = ns.gunicorn(&dir, &GunicornOpts { bind: &bind, ..o });
+    let nginx = ns.nginx(&dir, &format!("http://unix:{path}:/"), "3s");
+    (dir, ns, gunicorn, nginx, path)
+}
+
+/// 6a. The socket file is deleted while Nginx proxies to it: unix_missing.
+#[test]
+fn unix_socket_deleted_is_unix_missing() {
+    require_stack!();
+    let (_dir, ns, _gunicorn, nginx, path) = unix_stack("ngxumiss", GunicornOpts::default());
+    assert_eq!(ns.curl(10), 200);
+    let tracer = Tracer::diagnose(&["--unix", &path]);
+    std::fs::remove_file(&path).expect("delete the socket file");
+
+    assert_eq!(ns.curls(2, 10), [502, 502]);
+    assert_eq!(nginx.errors_with("(2: No such file or directory) while connecting to upstream").len(), 2);
+
+    let run = tracer.finish();
+    let f = run.only_finding(&format!("unix:{path}"), "unix_missing");
+    assert_eq!(count(f), 2, "{f}");
+    assert_nginx_clients(f, &nginx);
+}
+
+/// 6b. Gunicorn killed, its socket file left behind: unix_stale, naming the dead master.
+#[test]
+fn unix_socket_left_by_a_crash_is_unix_stale() {
+    require_stack!();
+    let (_dir, ns, mut gunicorn, nginx, path) = unix_stack("ngxustale", GunicornOpts::default());
+    let tracer = Tracer::diagnose(&["--unix", &path]);
+    gunicorn.crash();
+    assert!(std::path::Path::new(&path).exists(), "a SIGKILLed Gunicorn leaves its socket file");
+
+    assert_eq!(ns.curls(2, 10), [502, 502]);
+    assert_eq!(nginx.errors_with("(111: Connection refused) while connecting to upstream").len(), 2);
+
+    let run = tracer.finish();
+    let f = run.only_finding(&format!("unix:{path}"), "unix_stale");
+    assert_eq!(count(f), 2, "{f}");
+    assert_nginx_clients(f, &nginx);
+    assert_listener(f, gunicorn.pid);
+}
+
+/// 6c. A full Unix listen queue under load: Nginx's non-blocking connect gets EAGAIN (502,
+/// "11: Resource temporarily unavailable"); unix_backlog_full with the queue measured.
+#[test]
+fn unix_backlog_under_load_is_unix_backlog_full() {
+    require_stack!();
+    let (_dir, ns, gunicorn, nginx, path) =
+        unix_stack("ngxufull", GunicornOpts { workers: 1, backlog: Some(1), slow_s: 2.0, ..GunicornOpts::default() });
+    let tracer = Tracer::diagnose(&["--unix", &path]);
+
+    let summary = ns.wrk(10, 4);
+    let eagain = nginx.errors_with("(11: Resource temporarily unavailable) while connecting to upstream");
+    assert!(!eagain.is_empty(), "nginx must hit EAGAIN; wrk: {summary}; log: {:?}", nginx.error_lines());
+
+    let run = tracer.finish();
+    let f = run.only_finding(&format!("unix:{path}"), "unix_backlog_full");
+    assert_eq!(count(f), eagain.len() as u64, "one attempt per EAGAIN nginx logged: {f}");
+    assert_nginx_clients(f, &nginx);
+    assert_listener(f, gunicorn.pid);
+    assert_eq!(f["queue"]["max"], 1, "{f}");
+}
+
+/// 6d. A socket file Nginx's worker user may not open: unix_permission_denied, with its uid.
+#[test]
+fn unix_socket_without_access_is_permission_denied() {
+    require_stack!();
+    let (_dir, ns, _gunicorn, nginx, path) =
+        unix_stack("ngxuperm", GunicornOpts { umask: Some("077"), ..GunicornOpts::default() });
+    let tracer = Tracer::diagnose(&["--unix", &path]);
+
+    assert_eq!(ns.curls(2, 10), [502, 502]);
+    assert_eq!(nginx.errors_with("(13: Permission denied) while connecting to upstream").len(), 2);
+
+    let run = tracer.finish();
+    let f = run.only_finding(&format!("unix:{path}"), "unix_permission_denied");
+    assert_eq!(count(f), 2, "{f}");
+    assert_nginx_clients(f, &nginx);
+    let www_data = uid_of("www-data") as u64;
+    assert!(f["uids"].as_array().unwrap().iter().any(|u| u.as_u64() == Some(www_data)), "uid of www-data: {f}");
+}
+
+/// 7. A healthy run under load: every request 200, and tracer reports nothing at all.
+#[test]
+fn healthy_load_has_no_findings() {
+    require_stack!();
+    let dir = stack_dir("ngx-healthy");
+    let ns = Netns::new("ngxok");
+    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts { workers: 2, ..GunicornOpts::default() });
+    let _nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "3s");
+    let tracer = Tracer::diagnose(&[]);
+
+    let summary = ns.wrk(4, 3);
+    assert!(wrk_requests(&summary) > 50, "load ran: {summary}");
+    assert_eq!(wrk_non_2xx(&summary), 0, "{summary}");
+
+    let run = tracer.finish();
+    run.assert_no_finding_for(UPSTREAM);
+    run.assert_no_finding_for(&format!("127.0.0.1:{FRONT_PORT}"));
+    assert!(run.summary()["lost_events"].as_object().unwrap().is_empty(), "{}", run.stdout);
+}
