@@ -23,6 +23,17 @@ macro_rules! require_stack {
 
 const UPSTREAM: &str = "127.0.0.1:8000";
 
+/// One line per scenario with what Nginx and tracer said (visible with --nocapture; the
+/// closing notes quote it).
+fn show(scenario: &str, nginx_said: &str, log_line: &str, f: &serde_json::Value) {
+    let log_line = log_line.split(", client:").next().unwrap_or(log_line);
+    let log_line = log_line.split_once(" [error] ").map(|(_, l)| l).unwrap_or(log_line);
+    println!(
+        "SCENARIO {scenario}\n  nginx:  {nginx_said}\n  log:    {log_line}\n  tracer: {} {} count={} clients={} listener={} queue={} hint={}",
+        f["cause"], f["target"], f["count"], f["clients"], f["listener"], f["queue"], f["hint"]
+    );
+}
+
 /// Every client of the finding is an Nginx worker of this stack (comm "nginx").
 fn assert_nginx_clients(f: &serde_json::Value, nginx: &Nginx) {
     let workers = nginx.workers();
@@ -54,6 +65,7 @@ fn gunicorn_killed_is_a_dead_listener() {
 
     let run = tracer.finish();
     let f = run.only_finding(UPSTREAM, "dead_listener");
+    show("gunicorn killed", "502 x3", &logged[0], f);
     assert_eq!(count(f), 3, "{f}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
@@ -71,10 +83,12 @@ fn wrong_proxy_pass_port_is_a_dead_listener_with_a_hint() {
     let nginx = ns.nginx(&dir, "http://127.0.0.1:8001", "3s");
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
-    assert_eq!(nginx.errors_with("(111: Connection refused) while connecting to upstream").len(), 2);
+    let logged = nginx.errors_with("(111: Connection refused) while connecting to upstream");
+    assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
     let f = run.only_finding("127.0.0.1:8001", "dead_listener");
+    show("proxy_pass to the wrong port", "502 x2", &logged[0], f);
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
     let hint = f["hint"].as_str().unwrap_or_default();
@@ -101,6 +115,7 @@ fn small_backlog_under_load_is_backlog_full() {
 
     let run = tracer.finish();
     let f = run.only_finding(UPSTREAM, "backlog_full");
+    show("small backlog under load", &format!("wrk: {} requests, {} non-2xx", wrk_requests(&summary), wrk_non_2xx(&summary)), &timeouts[0], f);
     let n = count(f);
     assert!(n >= timeouts.len() as u64, "every connect timeout is an affected attempt: {n} < {}: {f}", timeouts.len());
     assert!(n <= wrk_requests(&summary) + 12, "no more attempts than requests: {f}");
@@ -131,10 +146,12 @@ fn nft_drop_is_a_firewall_drop() {
     let tracer = Tracer::diagnose(&["--port", "8000"]);
 
     assert_eq!(ns.curls(2, 10), [504, 504]);
-    assert_eq!(nginx.errors_with("upstream timed out (110: Connection timed out) while connecting to upstream").len(), 2);
+    let logged = nginx.errors_with("upstream timed out (110: Connection timed out) while connecting to upstream");
+    assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
     let f = run.only_finding(UPSTREAM, "firewall_drop");
+    show("nft drop", "504 x2", &logged[0], f);
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
 }
@@ -148,11 +165,13 @@ fn reject_scenario(name: &str, rule: &str, detail_word: &str) {
     let tracer = Tracer::diagnose(&["--port", "8000"]);
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
-    assert_eq!(nginx.errors_with("(111: Connection refused) while connecting to upstream").len(), 2);
+    let logged = nginx.errors_with("(111: Connection refused) while connecting to upstream");
+    assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
     // only_finding also fails on any dead_listener finding for the same target.
     let f = run.only_finding(UPSTREAM, "firewall_reject");
+    show(rule, "502 x2", &logged[0], f);
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
     assert!(f["detail"].as_str().unwrap_or_default().contains(detail_word), "{f}");
@@ -194,10 +213,12 @@ fn unix_socket_deleted_is_unix_missing() {
     std::fs::remove_file(&path).expect("delete the socket file");
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
-    assert_eq!(nginx.errors_with("(2: No such file or directory) while connecting to upstream").len(), 2);
+    let logged = nginx.errors_with("(2: No such file or directory) while connecting to upstream");
+    assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
     let f = run.only_finding(&format!("unix:{path}"), "unix_missing");
+    show("unix socket file deleted", "502 x2", &logged[0], f);
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
 }
@@ -212,10 +233,12 @@ fn unix_socket_left_by_a_crash_is_unix_stale() {
     assert!(std::path::Path::new(&path).exists(), "a SIGKILLed Gunicorn leaves its socket file");
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
-    assert_eq!(nginx.errors_with("(111: Connection refused) while connecting to upstream").len(), 2);
+    let logged = nginx.errors_with("(111: Connection refused) while connecting to upstream");
+    assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
     let f = run.only_finding(&format!("unix:{path}"), "unix_stale");
+    show("gunicorn killed, socket file left", "502 x2", &logged[0], f);
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
@@ -236,6 +259,7 @@ fn unix_backlog_under_load_is_unix_backlog_full() {
 
     let run = tracer.finish();
     let f = run.only_finding(&format!("unix:{path}"), "unix_backlog_full");
+    show("unix backlog under load", &format!("wrk: {} requests, {} non-2xx", wrk_requests(&summary), wrk_non_2xx(&summary)), &eagain[0], f);
     assert_eq!(count(f), eagain.len() as u64, "one attempt per EAGAIN nginx logged: {f}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
@@ -251,10 +275,12 @@ fn unix_socket_without_access_is_permission_denied() {
     let tracer = Tracer::diagnose(&["--unix", &path]);
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
-    assert_eq!(nginx.errors_with("(13: Permission denied) while connecting to upstream").len(), 2);
+    let logged = nginx.errors_with("(13: Permission denied) while connecting to upstream");
+    assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
     let f = run.only_finding(&format!("unix:{path}"), "unix_permission_denied");
+    show("unix socket mode 0700", "502 x2", &logged[0], f);
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
     let www_data = uid_of("www-data") as u64;
@@ -276,6 +302,7 @@ fn healthy_load_has_no_findings() {
     assert_eq!(wrk_non_2xx(&summary), 0, "{summary}");
 
     let run = tracer.finish();
+    println!("SCENARIO healthy load\n  nginx:  wrk: {} requests, {} non-2xx\n  tracer: {} findings", wrk_requests(&summary), wrk_non_2xx(&summary), run.findings().len());
     run.assert_no_finding_for(UPSTREAM);
     run.assert_no_finding_for(&format!("127.0.0.1:{FRONT_PORT}"));
     assert!(run.summary()["lost_events"].as_object().unwrap().is_empty(), "{}", run.stdout);
