@@ -8,6 +8,8 @@ mod enrich;
 mod event;
 mod explain;
 mod kernel;
+mod nginx;
+mod operator;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,6 +63,16 @@ struct TraceArgs {
     /// Print the kernel programs' debug log (aya-log) to stderr.
     #[arg(long)]
     debug_kernel: bool,
+    /// Nginx error log whose lines written while tracing are matched to the findings
+    /// (repeatable; default: the error_log files of every running Nginx's configuration).
+    #[arg(long = "nginx-error-log", value_name = "PATH")]
+    nginx_error_logs: Vec<std::path::PathBuf>,
+    /// Only findings in this network namespace (its inode, as `readlink /proc/PID/ns/net` shows).
+    #[arg(long, value_name = "INODE")]
+    netns: Option<u32>,
+    /// Only findings whose client or listener cgroup path contains TEXT (a container id, a unit).
+    #[arg(long, value_name = "TEXT", value_parser = parse_cgroup)]
+    cgroup: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -96,6 +108,13 @@ fn parse_unix_path(s: &str) -> Result<String, String> {
         return Err(format!("'{p}' is longer than a Unix socket path can be (107 bytes)"));
     }
     Ok(p.to_string())
+}
+
+fn parse_cgroup(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty cgroup filter matches nothing".into());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_comm(s: &str) -> Result<String, String> {
@@ -225,6 +244,12 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
         engine.push(&ev);
     }
     let _ = enricher.poll_overflows();
+    let operator_args = operator::OperatorArgs {
+        error_logs: args.nginx_error_logs.clone(),
+        netns: args.netns,
+        cgroup: args.cgroup.clone(),
+    };
+    let mut ops = operator::Operator::start(&operator_args, &mut enricher)?;
 
     let started_ns = monotonic_ns();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -274,7 +299,10 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     let hooks: Vec<String> = capture.hooks.iter().filter(|h| h.active).map(|h| h.hook.clone()).collect();
     drop(capture); // detaches every program before we print
 
-    let findings: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f)).collect();
+    let mut findings: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f)).collect();
+    ops.note_processes(&findings);
+    findings.retain(|f| ops.keep(f));
+    let context = ops.finish(&findings);
     let summary = Summary {
         duration_s: (now.saturating_sub(started_ns)) as f64 / 1e9,
         events: emitted.values().sum(),
@@ -288,12 +316,18 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
         print_updates(&mut out, &attempts, &filter, &clock, args.json)?;
     }
     if args.json {
-        for f in &findings {
-            writeln!(out, "{}", report::json::finding_json(f, &clock))?;
+        for (f, log_lines) in findings.iter().zip(&context.explained) {
+            let mut v = report::json::finding_json(f, &clock);
+            ops.annotate_json(&mut v, f, log_lines);
+            writeln!(out, "{v}")?;
+        }
+        for v in ops.extra_json(&context) {
+            writeln!(out, "{v}")?;
         }
         writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
     } else {
         report::text::write_findings(&mut out, &findings, &summary, &clock)?;
+        ops.write_text(&mut out, &findings, &context)?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)

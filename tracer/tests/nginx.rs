@@ -307,3 +307,47 @@ fn healthy_load_has_no_findings() {
     run.assert_no_finding_for(&format!("127.0.0.1:{FRONT_PORT}"));
     assert!(run.summary()["lost_events"].as_object().unwrap().is_empty(), "{}", run.stdout);
 }
+
+/// Issue 6: the operator's view. Nginx's configuration names the upstream (`upstream backend
+/// { server 127.0.0.1:8000; }`), its error log lines written during the trace are matched to
+/// the finding, a configured target nobody listens on is reported before any request fails,
+/// and processes carry their cgroup; --netns filters by namespace.
+#[test]
+fn operator_context_names_upstream_log_lines_and_unlistened_targets() {
+    require_stack!();
+    let dir = stack_dir("ngx-ops");
+    let ns = Netns::new("ngxops");
+    let mut gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let extra = "upstream backend { server 127.0.0.1:8000 max_fails=0; }\n    server { listen 127.0.0.1:8081; location / { proxy_pass http://127.0.0.1:8009; } }";
+    let nginx = ns.nginx_with(&dir, "http://backend", "3s", extra);
+    let netns = std::fs::read_link(format!("/proc/{}/ns/net", nginx.master)).unwrap().display().to_string();
+    let inode: String = netns.chars().filter(|c| c.is_ascii_digit()).collect();
+    let tracer = Tracer::diagnose(&["--port", "8000", "--port", "8009", "--netns", &inode]);
+    assert!(tracer.stderr_text().contains(&format!("nginx: master pid {}", nginx.master)), "{}", tracer.stderr_text());
+
+    gunicorn.crash();
+    assert_eq!(ns.curls(3, 10), [502, 502, 502]);
+    let run = tracer.finish();
+    let f = run.only_finding(UPSTREAM, "dead_listener");
+    assert_eq!(count(f), 3, "{f}");
+    assert_eq!(f["upstream"], "backend", "{f}");
+    assert_eq!(f["config_line"], "server 127.0.0.1:8000 max_fails=0;", "{f}");
+    assert_eq!(f["log_lines"], 3, "the three connect() failures nginx logged: {f}");
+    assert!(f["log_example"].as_str().unwrap().contains("(111: Connection refused)"), "{f}");
+    for c in f["clients"].as_array().unwrap() {
+        assert!(c["cgroup"].as_str().is_some_and(|p| p.starts_with('/')), "client cgroup: {f}");
+    }
+    let checks: Vec<&serde_json::Value> = run.lines.iter().filter(|v| v["type"] == "config_check").collect();
+    assert!(
+        checks.iter().any(|c| c["target"] == "127.0.0.1:8009" && c["listening"] == false),
+        "127.0.0.1:8009 is configured but nobody listens: {}",
+        run.stdout
+    );
+    assert!(!checks.iter().any(|c| c["target"] == UPSTREAM), "gunicorn listened on 8000 when tracing started: {}", run.stdout);
+
+    // The same trace filtered to another namespace shows nothing.
+    let other = Tracer::diagnose(&["--port", "8000", "--netns", "1"]);
+    assert_eq!(ns.curls(1, 10), [502]);
+    let run = other.finish();
+    assert!(run.findings().is_empty(), "--netns 1 filters out the test namespace: {}", run.stdout);
+}

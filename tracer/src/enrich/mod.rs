@@ -2,6 +2,7 @@
 //! namespace), their owners via /proc, and the ListenOverflows counters. This is the I/O edge:
 //! it reads the clock and /proc, and hands the engine plain events.
 
+pub mod cgroup;
 pub mod netns;
 pub mod owners;
 pub mod sockdiag;

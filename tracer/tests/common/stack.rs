@@ -224,6 +224,11 @@ impl Netns {
 
     /// Starts Nginx (master root, workers www-data) on :8080 with `proxy_pass <proxy_pass>`.
     pub fn nginx(&self, dir: &TempDir, proxy_pass: &str, connect_timeout: &str) -> Nginx {
+        self.nginx_with(dir, proxy_pass, connect_timeout, "")
+    }
+
+    /// The same, with extra text inside `http { }` (upstream blocks, more servers).
+    pub fn nginx_with(&self, dir: &TempDir, proxy_pass: &str, connect_timeout: &str, extra_http: &str) -> Nginx {
         let t = dir.0.display();
         let conf = format!(
             r#"user www-data;
@@ -239,6 +244,7 @@ http {{
     fastcgi_temp_path {t}/fastcgi;
     uwsgi_temp_path {t}/uwsgi;
     scgi_temp_path {t}/scgi;
+    {extra_http}
     server {{
         listen 127.0.0.1:{FRONT_PORT};
         location / {{

@@ -1,0 +1,72 @@
+//! Which cgroup (and container, or systemd unit) a process lives in, from /proc/PID/cgroup.
+
+/// A process's cgroup and what it tells about containers and units.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupInfo {
+    pub path: String,
+    /// Container id (64 hex digits) when the path names one (docker, containerd, cri-o, podman).
+    pub container: Option<String>,
+    /// systemd unit (e.g. `gunicorn.service`) when the path ends in one.
+    pub unit: Option<String>,
+}
+
+/// The cgroup v2 path of `pid` (or the first v1 hierarchy's), `None` when the process is gone.
+pub fn cgroup_of(pid: u32) -> Option<CgroupInfo> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_cgroup_file(&text)
+}
+
+pub fn parse_cgroup_file(text: &str) -> Option<CgroupInfo> {
+    let mut lines = text.lines().filter_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        Some((id, controllers, path))
+    });
+    let all: Vec<(&str, &str, &str)> = lines.by_ref().collect();
+    // Prefer the unified hierarchy ("0::/path"), then systemd's, then any.
+    let path = all
+        .iter()
+        .find(|(id, c, _)| *id == "0" && c.is_empty())
+        .or_else(|| all.iter().find(|(_, c, _)| *c == "name=systemd"))
+        .or_else(|| all.first())
+        .map(|(_, _, p)| p.to_string())?;
+    Some(CgroupInfo { container: container_id(&path), unit: systemd_unit(&path), path })
+}
+
+/// A 64-hex-digit id in one path component: `docker-<id>.scope`, `cri-containerd-<id>.scope`,
+/// `crio-<id>.scope`, `libpod-<id>.scope`, `/docker/<id>`, `/kubepods/.../<id>`.
+fn container_id(path: &str) -> Option<String> {
+    path.split('/').rev().find_map(|comp| {
+        let comp = comp.trim_end_matches(".scope");
+        let id = comp.rsplit(['-', ':']).next().unwrap_or(comp);
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
+fn systemd_unit(path: &str) -> Option<String> {
+    let last = path.rsplit('/').next()?;
+    [".service", ".scope", ".socket"].iter().any(|s| last.ends_with(s)).then(|| last.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_paths_units_and_container_ids() {
+        let host = "0::/system.slice/gunicorn.service\n";
+        let c = parse_cgroup_file(host).unwrap();
+        assert_eq!(c.path, "/system.slice/gunicorn.service");
+        assert_eq!(c.unit.as_deref(), Some("gunicorn.service"));
+        assert_eq!(c.container, None);
+
+        let id = "3f4e1c0b9a8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f";
+        let docker = format!("12:memory:/docker/{id}\n0::/system.slice/docker-{id}.scope\n");
+        let c = parse_cgroup_file(&docker).unwrap();
+        assert_eq!(c.container.as_deref(), Some(id));
+        let k8s = format!("0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-{id}.scope\n");
+        assert_eq!(parse_cgroup_file(&k8s).unwrap().container.as_deref(), Some(id));
+        let v1 = "5:name=systemd:/user.slice\n4:cpu:/\n";
+        assert_eq!(parse_cgroup_file(v1).unwrap().path, "/user.slice");
+    }
+}

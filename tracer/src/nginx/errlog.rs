@@ -1,0 +1,181 @@
+//! Nginx error-log lines about upstreams, and which finding explains each (pure).
+use crate::event::Target;
+use crate::explain::{Cause, Finding};
+
+use super::config::target_of_log_url;
+
+/// What an upstream error line says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    /// `connect() failed (N: ...) while connecting to upstream` (also `connect() to unix:...`).
+    ConnectFailed,
+    /// `upstream timed out (110: ...) while connecting to upstream`.
+    ConnectTimedOut,
+    /// `no live upstreams while connecting to upstream`: nginx marked every server down after
+    /// earlier failures and did not even try.
+    NoLiveUpstreams,
+    /// `recv() failed` / `upstream timed out ... while reading`: the connection was made, the
+    /// failure came later; not a connection failure.
+    AfterConnect,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub raw: String,
+    pub kind: LogKind,
+    pub errno: Option<i32>,
+    /// The worker that wrote it.
+    pub pid: Option<u32>,
+    /// From `upstream: "..."`.
+    pub upstream_url: Option<String>,
+    pub target: Option<Target>,
+}
+
+/// Parses one error-log line; `None` for lines that are not about upstream connections.
+pub fn parse_line(raw: &str) -> Option<LogLine> {
+    let kind = if raw.contains("no live upstreams") {
+        LogKind::NoLiveUpstreams
+    } else if raw.contains("while connecting to upstream") {
+        if raw.contains("upstream timed out") {
+            LogKind::ConnectTimedOut
+        } else if raw.contains("connect()") {
+            LogKind::ConnectFailed
+        } else {
+            return None;
+        }
+    } else if raw.contains("recv() failed") || raw.contains("upstream timed out") || raw.contains("upstream prematurely closed") {
+        LogKind::AfterConnect
+    } else {
+        return None;
+    };
+    // "failed (111: Connection refused)"
+    let errno = raw.split_once(" (").and_then(|(_, r)| r.split_once(':')).and_then(|(n, _)| n.trim().parse().ok());
+    // "2026/11/24 10:05:53 [error] 17618#17618: *3 ..."
+    let pid = raw.split_once("] ").and_then(|(_, r)| r.split_once('#')).and_then(|(p, _)| p.trim().parse().ok());
+    let upstream_url = raw.split_once("upstream: \"").and_then(|(_, r)| r.split_once('"')).map(|(u, _)| u.to_string());
+    let target = upstream_url.as_deref().and_then(target_of_log_url);
+    Some(LogLine { raw: raw.to_string(), kind, errno, pid, upstream_url, target })
+}
+
+/// Whether a finding's cause explains a line of this kind and errno.
+fn explains(cause: Cause, kind: LogKind, errno: Option<i32>) -> bool {
+    use Cause::*;
+    match kind {
+        LogKind::ConnectFailed => match errno {
+            Some(111) => matches!(cause, DeadListener | FirewallReject | RemoteRefused | UnixStale | BacklogFull),
+            Some(2) => cause == UnixMissing,
+            Some(11) => matches!(cause, UnixBacklogFull | BacklogFull),
+            Some(13) | Some(1) => cause == UnixPermissionDenied,
+            Some(113) | Some(101) => matches!(cause, FirewallReject | NoResponse | RemoteRefused),
+            _ => false,
+        },
+        LogKind::ConnectTimedOut => matches!(cause, FirewallDrop | BacklogFull | NoResponse),
+        // Every server was marked down by earlier failures: any connection cause explains it.
+        LogKind::NoLiveUpstreams => true,
+        LogKind::AfterConnect => false,
+    }
+}
+
+/// The result of matching the log lines written during the trace to the findings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Correlation {
+    /// Per finding (same order as given): the indexes of the lines it explains.
+    pub explained: Vec<Vec<usize>>,
+    /// Lines no finding explains, with why.
+    pub unexplained: Vec<(usize, &'static str)>,
+}
+
+/// Matches each line to the finding that caused it: same target (or, for `no live
+/// upstreams`, a target of the same upstream name) and a cause that produces that error.
+/// `upstream_of` maps a target to its configured upstream name.
+pub fn correlate(lines: &[LogLine], findings: &[Finding], upstream_of: &dyn Fn(&Target) -> Option<String>) -> Correlation {
+    let mut c = Correlation { explained: vec![Vec::new(); findings.len()], unexplained: Vec::new() };
+    for (i, line) in lines.iter().enumerate() {
+        if line.kind == LogKind::AfterConnect {
+            c.unexplained.push((i, "the upstream failed after the connection was made (not a connection failure)"));
+            continue;
+        }
+        let found = findings.iter().position(|f| {
+            if !explains(f.cause, line.kind, line.errno) {
+                return false;
+            }
+            match (&line.target, line.kind) {
+                (Some(t), _) if t == &f.target => true,
+                // `upstream: "http://backend/"` names the block, not a server.
+                (_, LogKind::NoLiveUpstreams) => {
+                    let name = line.upstream_url.as_deref().and_then(|u| u.split_once("://")).map(|(_, r)| r.trim_end_matches('/'));
+                    name.is_some() && upstream_of(&f.target).as_deref() == name
+                }
+                _ => false,
+            }
+        });
+        match found {
+            Some(fi) => c.explained[fi].push(i),
+            None => c.unexplained.push((i, "no failed connection seen by tracer matches it")),
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::{Engine, EngineOptions};
+    use crate::event::{Event, EventBody, FlowAddr, TaskInfo};
+
+    const REFUSED: &str = r#"2026/11/24 10:05:53 [error] 812#812: *3 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:8000/", host: "127.0.0.1:8080""#;
+    const MISSING: &str = r#"2026/11/24 10:05:53 [crit] 812#812: *3 connect() to unix:/run/g.sock failed (2: No such file or directory) while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://unix:/run/g.sock:/", host: "x""#;
+    const TIMEOUT: &str = r#"2026/11/24 10:05:53 [error] 813#813: *1 upstream timed out (110: Connection timed out) while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:8000/", host: "x""#;
+    const NO_LIVE: &str = r#"2026/11/24 10:05:54 [error] 813#813: *9 no live upstreams while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://backend/", host: "x""#;
+    const RECV: &str = r#"2026/11/24 10:05:55 [error] 813#813: *9 recv() failed (104: Connection reset by peer) while reading response header from upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:8000/", host: "x""#;
+
+    #[test]
+    fn parses_the_fields_nginx_writes() {
+        let l = parse_line(REFUSED).unwrap();
+        assert_eq!(l.kind, LogKind::ConnectFailed);
+        assert_eq!(l.errno, Some(111));
+        assert_eq!(l.pid, Some(812));
+        assert_eq!(l.target, Some(Target::Tcp("127.0.0.1:8000".parse().unwrap())));
+        let m = parse_line(MISSING).unwrap();
+        assert_eq!((m.kind, m.errno), (LogKind::ConnectFailed, Some(2)));
+        assert_eq!(m.target, Some(Target::Unix("/run/g.sock".into())));
+        assert_eq!(parse_line(TIMEOUT).unwrap().kind, LogKind::ConnectTimedOut);
+        assert_eq!(parse_line(NO_LIVE).unwrap().kind, LogKind::NoLiveUpstreams);
+        assert_eq!(parse_line(RECV).unwrap().kind, LogKind::AfterConnect);
+        assert!(parse_line("2026/11/24 10:00:00 [notice] 1#1: signal process started").is_none());
+    }
+
+    /// A real dead-listener finding from the engine.
+    fn dead_listener_finding() -> Finding {
+        let mut e = Engine::new(EngineOptions::default());
+        let flow = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:8000".parse().unwrap() };
+        let nginx = TaskInfo { pid: 812, tid: 812, uid: 33, comm: "nginx".into() };
+        let t0 = 1_000_000_000;
+        e.push(&Event { ts_ns: t0, netns: 1, sock: 0, task: nginx.clone(), body: EventBody::TcpRstSentNoSocket { flow, reason: None } });
+        e.push(&Event {
+            ts_ns: t0 + 10,
+            netns: 1,
+            sock: 7,
+            task: nginx,
+            body: EventBody::TcpAttemptFailed { flow, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: t0 },
+        });
+        e.finish();
+        let f = e.findings();
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].cause, Cause::DeadListener);
+        f.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn matches_lines_to_the_finding_that_caused_them_and_reports_the_rest() {
+        let f = dead_listener_finding();
+        let lines: Vec<LogLine> = [REFUSED, TIMEOUT, NO_LIVE, RECV, MISSING].iter().map(|l| parse_line(l).unwrap()).collect();
+        let upstream_of = |t: &Target| (t == &Target::Tcp("127.0.0.1:8000".parse().unwrap())).then(|| "backend".to_string());
+        let c = correlate(&lines, &[f], &upstream_of);
+        // The refusal and the "no live upstreams" that followed it; not the timeout (wrong
+        // cause), not the recv() failure (after connect), not the unix path (other target).
+        assert_eq!(c.explained, vec![vec![0, 2]]);
+        let unexplained: Vec<usize> = c.unexplained.iter().map(|(i, _)| *i).collect();
+        assert_eq!(unexplained, [1, 3, 4]);
+    }
+}

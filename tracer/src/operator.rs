@@ -1,0 +1,253 @@
+//! What an operator starts from, joined to the findings: the Nginx configuration (upstream
+//! names, `server` lines, configured targets nobody listens on), the Nginx error log lines
+//! written during the trace, and the cgroups/containers of clients and listeners.
+//!
+//! I/O at start (discovery, log positions) and at the end (log lines, cgroups); the matching
+//! itself is in the pure `nginx::errlog`.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use crate::enrich::{cgroup, Enricher};
+use crate::event::Target;
+use crate::explain::Finding;
+use crate::nginx::{self, config::ConfiguredTarget, errlog, LogTail, NginxInstance};
+
+/// Operator options from the command line.
+pub struct OperatorArgs {
+    pub error_logs: Vec<PathBuf>,
+    pub netns: Option<u32>,
+    pub cgroup: Option<String>,
+}
+
+/// A configured target that nothing listens on when tracing starts.
+pub struct Unlistened {
+    pub netns: u32,
+    pub target: ConfiguredTarget,
+}
+
+pub struct Operator {
+    instances: Vec<NginxInstance>,
+    logs: Vec<LogTail>,
+    pub unlistened: Vec<Unlistened>,
+    netns: Option<u32>,
+    cgroup_filter: Option<String>,
+    cgroups: HashMap<u32, Option<cgroup::CgroupInfo>>,
+}
+
+/// What the end of a trace adds to the findings.
+pub struct Context {
+    /// Per finding (same order): the error-log lines it explains.
+    pub explained: Vec<Vec<String>>,
+    /// Lines tracer could not explain, with why.
+    pub unexplained: Vec<(String, &'static str)>,
+}
+
+impl Operator {
+    /// Finds Nginx, checks its configured targets, and starts following its error logs.
+    /// A log given on the command line that cannot be read is an error; one found in the
+    /// configuration that cannot be read is a warning.
+    pub fn start(args: &OperatorArgs, enricher: &mut Enricher) -> Result<Operator> {
+        let instances = nginx::discover();
+        let mut logs = Vec::new();
+        for path in &args.error_logs {
+            logs.push(LogTail::open(path)?);
+        }
+        let mut unlistened = Vec::new();
+        for inst in &instances {
+            match &inst.config {
+                Err(e) => eprintln!(
+                    "tracer: warning: cannot parse the configuration of nginx (pid {}): {e}; findings will lack upstream names (check it with `nginx -t`)",
+                    inst.master
+                ),
+                Ok(cfg) => {
+                    eprintln!(
+                        "nginx: master pid {} (netns {}), {}: {} upstream targets, error log {}",
+                        inst.master,
+                        inst.netns,
+                        inst.conf,
+                        cfg.targets.len(),
+                        cfg.error_logs.join(", ")
+                    );
+                    if args.error_logs.is_empty() {
+                        for log in &cfg.error_logs {
+                            match LogTail::open(&inst.host_path(log)) {
+                                Ok(t) => logs.push(t),
+                                Err(e) => eprintln!("tracer: warning: {e:#}"),
+                            }
+                        }
+                    }
+                    for t in &cfg.targets {
+                        if enricher.probe_target(inst.netns, &t.target).is_none() {
+                            unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Operator { instances, logs, unlistened, netns: args.netns, cgroup_filter: args.cgroup.clone(), cgroups: HashMap::new() })
+    }
+
+    /// The configured upstream of a finding's target.
+    pub fn configured(&self, f: &Finding) -> Option<&ConfiguredTarget> {
+        nginx::lookup(&self.instances, f.netns, &f.target)
+    }
+
+    fn cgroup(&mut self, pid: u32) -> Option<cgroup::CgroupInfo> {
+        self.cgroups.entry(pid).or_insert_with(|| cgroup::cgroup_of(pid)).clone()
+    }
+
+    /// Remembers the cgroups of the processes a finding names while they are alive.
+    pub fn note_processes(&mut self, findings: &[Finding]) {
+        for f in findings {
+            for p in f.clients.iter().chain(f.listener.iter()) {
+                let _ = self.cgroup(p.pid);
+            }
+        }
+    }
+
+    /// --netns / --cgroup filters.
+    pub fn keep(&mut self, f: &Finding) -> bool {
+        if let Some(ns) = self.netns {
+            if f.netns != ns {
+                return false;
+            }
+        }
+        if let Some(want) = self.cgroup_filter.clone() {
+            let pids: Vec<u32> = f.clients.iter().chain(f.listener.iter()).map(|p| p.pid).collect();
+            return pids.into_iter().any(|pid| self.cgroup(pid).is_some_and(|c| c.path.contains(&want)));
+        }
+        true
+    }
+
+    /// Reads the log lines written during the trace and matches them to the findings.
+    pub fn finish(&mut self, findings: &[Finding]) -> Context {
+        let mut lines = Vec::new();
+        for log in &self.logs {
+            lines.extend(log.new_lines().iter().filter_map(|l| errlog::parse_line(l)));
+        }
+        let instances = &self.instances;
+        let upstream_of = |t: &Target| nginx::lookup(instances, 0, t).map(|c| c.upstream.clone());
+        let c = errlog::correlate(&lines, findings, &upstream_of);
+        Context {
+            explained: c.explained.iter().map(|idx| idx.iter().map(|&i| lines[i].raw.clone()).collect()).collect(),
+            unexplained: c.unexplained.iter().map(|&(i, why)| (lines[i].raw.clone(), why)).collect(),
+        }
+    }
+
+    fn process_json(&mut self, pid: u32) -> (Value, Value) {
+        match self.cgroup(pid) {
+            Some(c) => (json!(c.path), json!(c.container.or(c.unit))),
+            None => (Value::Null, Value::Null),
+        }
+    }
+
+    /// Adds the operator keys to a finding's JSON object: "upstream", "config_line",
+    /// "config_place", "log_lines", "log_example", and "cgroup"/"container" on each process.
+    pub fn annotate_json(&mut self, v: &mut Value, f: &Finding, log_lines: &[String]) {
+        let configured = self.configured(f).cloned();
+        let obj = v.as_object_mut().expect("finding JSON is an object");
+        obj.insert("upstream".into(), json!(configured.as_ref().map(|c| c.upstream.clone())));
+        obj.insert("config_line".into(), json!(configured.as_ref().map(|c| c.line.clone())));
+        obj.insert("config_place".into(), json!(configured.as_ref().map(|c| c.place.clone())));
+        obj.insert("log_lines".into(), json!(log_lines.len()));
+        obj.insert("log_example".into(), json!(log_lines.first()));
+        for key in ["clients", "listener"] {
+            let pids: Vec<u32> = match obj.get(key) {
+                Some(Value::Array(a)) => a.iter().filter_map(|p| p["pid"].as_u64()).map(|p| p as u32).collect(),
+                Some(Value::Object(o)) => o.get("pid").and_then(|p| p.as_u64()).map(|p| vec![p as u32]).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            let extra: Vec<(Value, Value)> = pids.iter().map(|&p| self.process_json(p)).collect();
+            let targets: Vec<&mut Value> = match obj.get_mut(key) {
+                Some(Value::Array(a)) => a.iter_mut().collect(),
+                Some(o @ Value::Object(_)) => vec![o],
+                _ => Vec::new(),
+            };
+            for (p, (cg, container)) in targets.into_iter().zip(extra) {
+                if let Some(p) = p.as_object_mut() {
+                    p.insert("cgroup".into(), cg);
+                    p.insert("container".into(), container);
+                }
+            }
+        }
+    }
+
+    /// JSON objects for configured targets nobody listens on, and unexplained log lines.
+    pub fn extra_json(&self, ctx: &Context) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .unlistened
+            .iter()
+            .map(|u| {
+                json!({
+                    "type": "config_check",
+                    "target": u.target.target.to_string(),
+                    "netns": u.netns,
+                    "upstream": u.target.upstream,
+                    "config_line": u.target.line,
+                    "config_place": u.target.place,
+                    "listening": false,
+                    "detail": format!("nginx sends requests for upstream {} to {}, but nothing listens there now", u.target.upstream, u.target.target),
+                })
+            })
+            .collect();
+        for (line, why) in ctx.unexplained.iter().take(50) {
+            out.push(json!({ "type": "log_unexplained", "line": line, "why": why }));
+        }
+        out
+    }
+
+    /// The text section after the findings.
+    pub fn write_text(&mut self, w: &mut impl Write, findings: &[Finding], ctx: &Context) -> std::io::Result<()> {
+        let mut rows: Vec<String> = Vec::new();
+        for (f, lines) in findings.iter().zip(&ctx.explained) {
+            let mut row = format!("  {}", f.target);
+            if let Some(c) = self.configured(f) {
+                row.push_str(&format!("  upstream {}: `{}` ({})", c.upstream, c.line, c.place));
+            }
+            if !lines.is_empty() {
+                let example = lines[0].split(", client:").next().unwrap_or(&lines[0]);
+                row.push_str(&format!("\n      nginx error log: {} line(s) explained, e.g. {example}", lines.len()));
+            }
+            let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            for p in f.clients.iter().chain(f.listener.iter()) {
+                if let Some(c) = self.cgroup(p.pid) {
+                    let label = match (&c.container, &c.unit) {
+                        (Some(id), _) => format!("container {}", &id[..12]),
+                        (None, Some(u)) => format!("unit {u}"),
+                        _ => format!("cgroup {}", c.path),
+                    };
+                    groups.entry(label).or_default().push(p.pid);
+                }
+            }
+            for (label, pids) in groups {
+                row.push_str(&format!("\n      {label}: pids {pids:?}"));
+            }
+            rows.push(row);
+        }
+        if self.instances.is_empty() && self.logs.is_empty() {
+            return Ok(());
+        }
+        writeln!(w, "NGINX CONTEXT")?;
+        for r in rows {
+            writeln!(w, "{r}")?;
+        }
+        for u in &self.unlistened {
+            writeln!(
+                w,
+                "  configured but nothing listens now: {} (upstream {}: `{}`, {})",
+                u.target.target, u.target.upstream, u.target.line, u.target.place
+            )?;
+        }
+        if !ctx.unexplained.is_empty() {
+            writeln!(w, "  error-log lines tracer could not explain: {}", ctx.unexplained.len())?;
+            for (line, why) in ctx.unexplained.iter().take(5) {
+                writeln!(w, "    {line}\n      ({why})")?;
+            }
+        }
+        Ok(())
+    }
+}
