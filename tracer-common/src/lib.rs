@@ -35,10 +35,20 @@ pub enum EventKind {
     UnixBind = 10,
     /// A SYN_SENT socket received an RST (`tcp:tcp_receive_reset`).
     TcpRstReceived = 11,
+    /// A SYN reached a listener whose accept queue was full (seen in `tcp_conn_request`, by
+    /// fentry or kprobe): the SYN is dropped. `flow` is the SYN's (client -> listener),
+    /// `queue_*` the listener's queue, `listener` its owner when known, `header.sock` the
+    /// listener socket.
+    TcpListenOverflow = 12,
+    /// A connection was accepted (`inet_csk_accept` returned it, fexit or kretprobe).
+    /// `start_ns` = when it reached ESTABLISHED on the listener's queue, `header.ts_ns` = when
+    /// accept() took it; `flow` client -> listener; `header.task` the accepting task;
+    /// `queue_*` the listener's queue right after.
+    TcpAccepted = 13,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::TcpAttemptFailed,
         EventKind::TcpSynRetransmit,
         EventKind::TcpAttemptDelayed,
@@ -50,6 +60,8 @@ impl EventKind {
         EventKind::UnixConnectFailed,
         EventKind::UnixBind,
         EventKind::TcpRstReceived,
+        EventKind::TcpListenOverflow,
+        EventKind::TcpAccepted,
     ];
 
     pub fn from_u32(v: u32) -> Option<EventKind> {
@@ -298,6 +310,45 @@ pub struct Config {
     /// 1 to emit aya-log debug lines from the kernel programs.
     pub debug: u32,
     pub _pad: u32,
+    /// For the function-hook backend (fentry/fexit, kprobe/kretprobe). Appended: keep last.
+    pub fn_hooks: FnHookConfig,
+}
+
+/// `FnHookConfig.active` bits: which function hooks are attached, so the tracepoint programs
+/// leave their part of the work to them (or start the bookkeeping they need).
+/// `tcp_connect` records the attempt's owner (set_state then skips CLOSE->SYN_SENT).
+pub const FN_TCP_CONNECT: u32 = 1;
+/// `inet_csk_accept` is hooked: set_state records when children reach ESTABLISHED.
+pub const FN_ACCEPT: u32 = 2;
+/// `tcp_conn_request` is hooked.
+pub const FN_CONN_REQUEST: u32 = 4;
+/// `unix_stream_connect` is hooked.
+pub const FN_UNIX_CONNECT: u32 = 8;
+
+/// Kernel facts only the function hooks need, read from BTF like the rest.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FnHookConfig {
+    /// `struct sock`: `__sk_common.skc_num` (u16, the local port in host order).
+    pub sock_skc_num: u32,
+    /// `struct sock`: `__sk_common.skc_family` (u16).
+    pub sock_skc_family: u32,
+    /// TCP_SYN_RECV (enum value from BTF).
+    pub tcp_syn_recv: u32,
+    /// `FN_*` bits of the function hooks attached (written after attach).
+    pub active: u32,
+}
+
+/// A child socket that reached ESTABLISHED on a listener's accept queue (LRU hash keyed by
+/// the child's `struct sock *`), until accept() takes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueuedChild {
+    pub start_ns: u64,
+    pub netns: u32,
+    pub _pad: u32,
+    /// Oriented client -> listener.
+    pub flow: Flow,
 }
 
 /// Attempt state kept in the kernel (LRU hash keyed by `struct sock *`) from connect until the
@@ -344,6 +395,7 @@ mod pod {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerState {}
     unsafe impl aya::Pod for Task {}
+    unsafe impl aya::Pod for QueuedChild {}
 }
 
 impl Task {

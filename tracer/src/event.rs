@@ -122,6 +122,14 @@ pub enum EventBody {
     ListenOverflows { delta: u64 },
     /// The kernel lost `count` events of `kind` (ring buffer full); reported, never silent.
     Lost { kind: String, count: u64 },
+    /// A SYN reached a listener whose accept queue was full (`tcp_conn_request`, function-hook
+    /// backend): the kernel drops it. `flow` client -> listener (None when the packet could not
+    /// be parsed), `listen` the listener's port, `listener` its owner when tracer saw it listen.
+    TcpListenOverflow { flow: Option<FlowAddr>, port: u16, queue: Queue, listener: Option<TaskInfo> },
+    /// accept() took a connection that had waited `wait_ns` on the listener's queue (from
+    /// ESTABLISHED to accept). `flow` client -> listener; `task` of the event is the acceptor;
+    /// `queue` the listener's queue right after.
+    TcpAccepted { flow: FlowAddr, wait_ns: u64, queue: Option<Queue> },
 }
 
 impl Event {
@@ -134,7 +142,8 @@ impl Event {
             | EventBody::TcpRstReceived { flow }
             | EventBody::TcpRstSentNoSocket { flow, .. }
             | EventBody::IcmpSent { flow, .. } => Some(*flow),
-            EventBody::SkbDropped { flow, .. } => *flow,
+            EventBody::SkbDropped { flow, .. } | EventBody::TcpListenOverflow { flow, .. } => *flow,
+            EventBody::TcpAccepted { flow, .. } => Some(*flow),
             _ => None,
         }
     }

@@ -73,6 +73,10 @@ struct TraceArgs {
     /// Only findings whose client or listener cgroup path contains TEXT (a container id, a unit).
     #[arg(long, value_name = "TEXT", value_parser = parse_cgroup)]
     cgroup: Option<String>,
+    /// `auto`: function hooks (fentry, else kprobe) where the kernel allows, tracepoints for
+    /// the rest; `tracepoints`: tracepoints only. Default: $TRACER_BACKEND, else auto.
+    #[arg(long, value_parser = capture::fhooks::BackendChoice::parse)]
+    backend: Option<capture::fhooks::BackendChoice>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -235,7 +239,15 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
 
-    let mut capture = Capture::start(&facts.config, &available, args.debug_kernel)?;
+    let choice = match args.backend {
+        Some(c) => c,
+        None => match std::env::var("TRACER_BACKEND") {
+            Ok(v) if !v.is_empty() => capture::fhooks::BackendChoice::parse(&v).map_err(|e| anyhow::anyhow!("TRACER_BACKEND: {e}"))?,
+            _ => capture::fhooks::BackendChoice::Auto,
+        },
+    };
+    let plan = capture::fhooks::FnHookPlan { choice, functions: &facts.functions, kprobes: &facts.kprobes };
+    let mut capture = Capture::start(&facts.config, &available, args.debug_kernel, &plan)?;
     let clock = wall_clock();
     let mut engine = Engine::new(EngineOptions::default());
     let mut enricher = Enricher::new();

@@ -5,6 +5,7 @@ mod demo;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::os::unix::process::CommandExt;
 
@@ -43,6 +44,8 @@ enum Cmd {
     },
     /// Setup, unit tests, then the privileged scenario suite (needs root).
     Test,
+    /// The kernel matrix: Debian 6.1 and 6.12 kernels under QEMU (TCG), every cause with function hooks on, then off.
+    VmTest,
     /// A two-minute live demo: Nginx + Gunicorn in a network namespace, Gunicorn killed, the 502 explained.
     Demo,
 }
@@ -55,6 +58,7 @@ fn main() {
         Cmd::Run { args } => run(args),
         Cmd::Test => test::test(),
         Cmd::Demo => demo::demo(),
+        Cmd::VmTest => vm::vm_test(),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -2,6 +2,7 @@
 //! fails loudly in the kernel, it just returns.
 mod bind;
 mod connect;
+mod fhooks;
 mod icmp_send;
 mod kfree_skb;
 mod receive_reset;

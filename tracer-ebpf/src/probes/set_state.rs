@@ -6,11 +6,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AttemptState, EventKind, ListenerKey, ListenerState, TcpEvent,
+    AttemptState, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, FN_ACCEPT, FN_TCP_CONNECT,
 };
 
 use crate::{
     maps::{config, emit_with, ATTEMPTS, LISTENERS},
+    probes::fhooks::QUEUED,
     read::{current_task, field, kernel, netns_of, sock_flow},
 };
 
@@ -35,6 +36,10 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = field(ctx, f.skaddr)?;
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
+        if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
+            // fentry/kprobe on tcp_connect records the owner, a moment later, same task.
+            return None;
+        }
         let state = AttemptState {
             owner: current_task(),
             start_ns: unsafe { bpf_ktime_get_ns() },
@@ -74,6 +79,18 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             ev.start_ns = attempt.start_ns;
             ev.actor = current_task();
         });
+        return Some(());
+    }
+
+    if old == cfg.fn_hooks.tcp_syn_recv && new == e.tcp_established {
+        // A child joined a listener's accept queue; inet_csk_accept's hook measures its wait.
+        if cfg.fn_hooks.active & FN_ACCEPT == 0 {
+            return None;
+        }
+        let local = sock_flow(ctx, f);
+        let flow = Flow { family: local.family, sport: local.dport, dport: local.sport, _pad: 0, saddr: local.daddr, daddr: local.saddr };
+        let child = QueuedChild { start_ns: unsafe { bpf_ktime_get_ns() }, netns: netns_of(cfg, sk), _pad: 0, flow };
+        let _ = QUEUED.insert(&sk, &child, 0);
         return Some(());
     }
 

@@ -107,6 +107,17 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         }
         EventKind::TcpListenStart => EventBody::TcpListenStart { addr: flow.src },
         EventKind::TcpListenStop => EventBody::TcpListenStop { addr: flow.src, actor: task_info(&ev.actor) },
+        EventKind::TcpListenOverflow => EventBody::TcpListenOverflow {
+            flow: (ev.from_packet != 0).then_some(flow),
+            port: ev.flow.dport,
+            queue: Queue { len: ev.queue_len, max: ev.queue_max },
+            listener: (ev.listener.pid != 0).then(|| task_info(&ev.listener)),
+        },
+        EventKind::TcpAccepted => EventBody::TcpAccepted {
+            flow,
+            wait_ns: header.ts_ns.saturating_sub(ev.start_ns),
+            queue: (ev.queue_known != 0).then_some(Queue { len: ev.queue_len, max: ev.queue_max }),
+        },
         EventKind::UnixConnectFailed | EventKind::UnixBind => return None,
     };
     Some(base(body))
@@ -184,6 +195,37 @@ mod tests {
         drop.flow.family = 2;
         match decode(&bytes(&drop), &NoNames).unwrap().body {
             EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "NO_SOCKET"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_function_hook_events() {
+        let mut ev = TcpEvent::default();
+        ev.header.kind = EventKind::TcpListenOverflow as u32;
+        ev.header.ts_ns = 5_000;
+        ev.flow = Flow { family: 2, sport: 40001, dport: 8000, _pad: 0, saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], daddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        ev.from_packet = 1;
+        ev.queue_len = 2;
+        ev.queue_max = 1;
+        ev.listener.pid = 700;
+        match decode(&bytes(&ev), &NoNames).unwrap().body {
+            EventBody::TcpListenOverflow { flow, port, queue, listener } => {
+                assert_eq!(flow.unwrap().dst, "127.0.0.1:8000".parse().unwrap());
+                assert_eq!(port, 8000);
+                assert_eq!(queue, Queue { len: 2, max: 1 });
+                assert_eq!(listener.unwrap().pid, 700);
+            }
+            other => panic!("{other:?}"),
+        }
+        ev.header.kind = EventKind::TcpAccepted as u32;
+        ev.start_ns = 2_000;
+        ev.queue_known = 1;
+        match decode(&bytes(&ev), &NoNames).unwrap().body {
+            EventBody::TcpAccepted { wait_ns, queue, .. } => {
+                assert_eq!(wait_ns, 3_000);
+                assert_eq!(queue, Some(Queue { len: 2, max: 1 }));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -3,6 +3,7 @@
 //! Everything attached here is owned by `Capture`; dropping it (normal exit, Ctrl-C, SIGTERM,
 //! an error on the way up) closes the program and link fds, which detaches every program.
 pub mod decode;
+pub mod fhooks;
 pub mod programs;
 
 use std::collections::BTreeMap;
@@ -48,13 +49,15 @@ pub struct Capture {
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub hooks: Vec<HookState>,
     pub backend: Backend,
+    /// Per hooked kernel function: which program serves it, or why none does.
+    pub fn_hooks: Vec<fhooks::FnHookOutcome>,
     _ebpf: Ebpf,
 }
 
 impl Capture {
     /// Loads and attaches. `available` says which tracepoints exist with the fields we need.
     /// On any error nothing stays attached (the partially set-up object is dropped).
-    pub fn start(config: &Config, available: &[Availability<'_>], debug: bool) -> Result<Capture> {
+    pub fn start(config: &Config, available: &[Availability<'_>], debug: bool, plan: &fhooks::FnHookPlan<'_>) -> Result<Capture> {
         if EBPF_OBJECT.is_empty() {
             bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP=1): rebuild with `cargo xtask build`");
         }
@@ -82,15 +85,25 @@ impl Capture {
             None
         };
 
-        let mut hooks = Vec::new();
+        // Function hooks first; then tell the tracepoint programs which work they took over.
+        let (fn_hooks, fn_bits) = fhooks::start(&mut ebpf, plan, true);
+        if fn_bits != 0 {
+            config.fn_hooks.active = fn_bits;
+            let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
+            let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
+            cfg_map.set(0, config, 0).context("writing the active function hooks into the CONFIG map")?;
+        }
+        let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
         for spec in PROGRAMS {
             let avail = available.iter().find(|a| a.category == spec.category && a.name == spec.tracepoint);
+            let served_by_function = fn_bits & tracer_common::FN_UNIX_CONNECT != 0 && spec.category == "syscalls" && spec.tracepoint.ends_with("_connect");
             let why_not = match avail {
+                _ if served_by_function => Some("not needed: unix_stream_connect is hooked".to_string()),
                 Some(a) if a.available => attach(&mut ebpf, spec.program, spec.category, spec.tracepoint).err().map(|e| format!("{e:#}")),
                 Some(a) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
                 None => Some("not probed".into()),
             };
-            if spec.required {
+            if spec.required && !served_by_function {
                 if let Some(why) = &why_not {
                     bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", spec.hook());
                 }
@@ -101,7 +114,8 @@ impl Capture {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?)?;
         let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
-        Ok(Capture { ring, counters, logger, hooks, backend: Backend::Tracepoints, _ebpf: ebpf })
+        let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, _ebpf: ebpf })
     }
 
     /// The `tracing:` line's content: which hooks are active, on which backend.

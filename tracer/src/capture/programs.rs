@@ -8,12 +8,16 @@
 pub enum Backend {
     /// Classic tracepoints, fields at offsets read from tracefs format files.
     Tracepoints,
+    /// Function hooks (fentry/fexit, else kprobe/kretprobe) where they load, per function,
+    /// and the tracepoints for everything else (capture/fhooks.rs).
+    FunctionHooks,
 }
 
 impl Backend {
     pub fn describe(&self) -> &'static str {
         match self {
             Backend::Tracepoints => "tracepoints",
+            Backend::FunctionHooks => "function-hooks+tracepoints",
         }
     }
 }

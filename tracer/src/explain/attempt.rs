@@ -52,7 +52,13 @@ pub enum FlowEvidenceKind {
     ResetFromNoSocket { reason: Option<String> },
     /// kfree_skb with a drop reason (name without the SKB_DROP_REASON_ prefix).
     Dropped { reason: String },
+    /// tcp_conn_request found the listener's accept queue full when this SYN arrived (the
+    /// kernel drops it there, with no drop reason): the queue as read then, and its owner.
+    SynOverflow { queue: Queue, listener: Option<TaskInfo> },
 }
+
+/// Evidence label of a SYN dropped by tcp_conn_request on a full accept queue.
+pub const LABEL_SYN_OVERFLOW: &str = "tcp_conn_request: queue full";
 
 /// How an attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +102,8 @@ pub struct Attempt {
     pub no_socket_to_target: u64,
     pub resets_sent_to_target: u64,
     pub listen_overflow_drops: u64,
+    /// SYNs of this attempt dropped by tcp_conn_request on a full accept queue.
+    pub syn_overflows: u64,
     /// Counters named after what fired, for the report.
     pub flow_labels: BTreeMap<String, u64>,
 }
@@ -120,6 +128,7 @@ impl Attempt {
             no_socket_to_target: 0,
             resets_sent_to_target: 0,
             listen_overflow_drops: 0,
+            syn_overflows: 0,
             flow_labels: BTreeMap::new(),
         }
     }
@@ -183,6 +192,19 @@ impl Attempt {
                 }
                 let sfx = if reason == "NETFILTER_DROP" { "" } else { suffix };
                 format!("skb:kfree_skb {reason}{sfx}")
+            }
+            FlowEvidenceKind::SynOverflow { queue, listener } => {
+                if !to_target {
+                    return;
+                }
+                self.syn_overflows += 1;
+                self.fullest_queue = Some(fuller(self.fullest_queue, *queue));
+                if let Some(l) = listener {
+                    if l.pid != 0 || self.kernel_listener.is_none() {
+                        self.kernel_listener = Some(l.clone());
+                    }
+                }
+                LABEL_SYN_OVERFLOW.to_string()
             }
         };
         *self.flow_labels.entry(label).or_insert(0) += 1;

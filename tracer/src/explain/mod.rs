@@ -13,6 +13,8 @@ mod listeners;
 pub mod rules;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fn_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -132,6 +134,9 @@ pub struct Finding {
     pub fix: String,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// Backlog causes, function-hook backend: how long the connections the listener did
+    /// accept had waited in its queue (bucket in ms -> count; empty when not measured).
+    pub accept_wait_ms: BTreeMap<String, u64>,
 }
 
 /// What changed in a `tick`/`finish`.
@@ -281,6 +286,9 @@ pub struct Engine {
     /// Concluded attempts not yet returned by tick()/finish() (bounded; oldest dropped).
     ready: VecDeque<AttemptRecord>,
     lost: BTreeMap<String, u64>,
+    /// Per listener (address, netns): how long accepted connections waited in its accept
+    /// queue, as a histogram (bucket label -> count). Function-hook backend only.
+    accept_waits: BTreeMap<(Target, u32), BTreeMap<&'static str, u64>>,
 }
 
 impl Engine {
@@ -301,6 +309,7 @@ impl Engine {
             changed: BTreeSet::new(),
             ready: VecDeque::new(),
             lost: BTreeMap::new(),
+            accept_waits: BTreeMap::new(),
         }
     }
 
@@ -404,6 +413,25 @@ impl Engine {
                 }
             }
             EventBody::Lost { kind, count } => *self.lost.entry(kind.clone()).or_insert(0) += count,
+            EventBody::TcpListenOverflow { flow, queue, listener, .. } => {
+                // Without the SYN's addresses it cannot be tied to an attempt; the
+                // ListenOverflows counter tells the same story then.
+                if let Some(flow) = flow {
+                    self.flow_evidence(FlowEvidence {
+                        ts_ns: ev.ts_ns,
+                        flow: *flow,
+                        kind: FlowEvidenceKind::SynOverflow { queue: *queue, listener: listener.clone() },
+                    })
+                }
+            }
+            EventBody::TcpAccepted { flow, wait_ns, .. } => {
+                let key = (Target::Tcp(flow.dst), ev.netns);
+                if !self.accept_waits.contains_key(&key) && self.accept_waits.len() >= self.opts.max_tracked {
+                    return;
+                }
+                let h = self.accept_waits.entry(key).or_default();
+                *h.entry(accept_wait_bucket(*wait_ns)).or_insert(0) += 1;
+            }
         }
     }
 
@@ -460,6 +488,14 @@ impl Engine {
                 .then_with(|| a.netns.cmp(&b.netns))
         });
         out
+    }
+
+    /// Accept-queue wait histograms per listener address (function-hook backend).
+    pub fn accept_waits(&self) -> BTreeMap<(Target, u32), BTreeMap<String, u64>> {
+        self.accept_waits
+            .iter()
+            .map(|(k, h)| (k.clone(), h.iter().map(|(b, n)| (b.to_string(), *n)).collect()))
+            .collect()
     }
 
     pub fn lost_events(&self) -> BTreeMap<String, u64> {
@@ -589,7 +625,10 @@ impl Engine {
             rst_received: a.rst_received,
             sk_err: a.sk_err(),
             local_no_socket: a.no_socket_to_target > 0,
-            queue_full: a.kernel_queue_full_samples > 0 || a.listen_overflow_drops > 0 || sampled_full.is_some(),
+            queue_full: a.kernel_queue_full_samples > 0
+                || a.listen_overflow_drops > 0
+                || a.syn_overflows > 0
+                || sampled_full.is_some(),
             listen_overflows_rose: overflow_rise > 0,
             local_listener: a.kernel_listener.is_some() || listener_episode.is_some(),
             icmp_sent: icmp.is_some(),
@@ -870,6 +909,14 @@ impl Engine {
             fix,
             first_seen_ns: st.first_seen_ns,
             last_seen_ns: st.last_seen_ns,
+            accept_wait_ms: match cause {
+                Cause::BacklogFull => self
+                    .accept_waits
+                    .get(&(target.clone(), netns))
+                    .map(|h| h.iter().map(|(b, n)| (b.to_string(), *n)).collect())
+                    .unwrap_or_default(),
+                _ => BTreeMap::new(),
+            },
         }
     }
 
@@ -1039,6 +1086,20 @@ fn relative(ts_ns: u64, first_ns: u64) -> String {
 
 fn after_last(ts_ns: u64, last_ns: u64) -> String {
     format!("{} after the last failed attempt", duration(ts_ns.saturating_sub(last_ns)))
+}
+
+/// The histogram bucket of an accept-queue wait, in milliseconds.
+pub const ACCEPT_WAIT_BUCKETS: [&str; 5] = ["<1", "1-10", "10-100", "100-1000", ">=1000"];
+
+pub fn accept_wait_bucket(wait_ns: u64) -> &'static str {
+    let ms = wait_ns / 1_000_000;
+    match ms {
+        0 => ACCEPT_WAIT_BUCKETS[0],
+        1..=9 => ACCEPT_WAIT_BUCKETS[1],
+        10..=99 => ACCEPT_WAIT_BUCKETS[2],
+        100..=999 => ACCEPT_WAIT_BUCKETS[3],
+        _ => ACCEPT_WAIT_BUCKETS[4],
+    }
 }
 
 /// A short human duration: "350 ms", "1.2 s", "2 min 5 s", "1 h 3 min".

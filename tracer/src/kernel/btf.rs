@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use btf_rs::{Btf, Member, Struct, Type};
-use tracer_common::{KernelEnums, KernelOffsets, FIELD_ABSENT};
+use tracer_common::{FnHookConfig, KernelEnums, KernelOffsets, FIELD_ABSENT};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -175,6 +175,85 @@ impl KernelBtf {
         }
     }
 
+    /// The member offsets and enum values only the function hooks need.
+    pub fn fn_hook_config(&self) -> anyhow::Result<FnHookConfig> {
+        let anonymous = self.anonymous_enums();
+        let syn_recv = anonymous
+            .iter()
+            .find(|members| members.iter().any(|(n, _)| n == "TCP_ESTABLISHED"))
+            .and_then(|members| lookup(members, "TCP_SYN_RECV"))
+            .ok_or_else(|| anyhow!("kernel BTF has no enum value TCP_SYN_RECV"))?;
+        Ok(FnHookConfig {
+            sock_skc_num: self.offset_of_sized("sock", &["__sk_common", "skc_num"], 2)?,
+            sock_skc_family: self.offset_of_sized("sock", &["__sk_common", "skc_family"], 2)?,
+            tcp_syn_recv: syn_recv,
+            active: 0,
+        })
+    }
+
+    /// The prototype of kernel function `name` (its FUNC and FUNC_PROTO), None when BTF has no
+    /// such function (not built, or renamed).
+    pub fn function_prototype(&self, name: &str) -> Option<FnPrototype> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        let func = types.into_iter().find_map(|t| match t {
+            Type::Func(f) => Some(f),
+            _ => None,
+        })?;
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&func).ok()? else { return None };
+        let params = proto
+            .parameters
+            .iter()
+            .map(|p| {
+                let name = self.btf.resolve_name(p).unwrap_or_default();
+                let ty = self.btf.resolve_chained_type(p).map(|t| self.type_name(&t)).unwrap_or_else(|_| "?".into());
+                (name, ty)
+            })
+            .collect();
+        Some(FnPrototype { name: name.to_string(), params })
+    }
+
+    /// The prototypes of `names`, in order.
+    pub fn function_prototypes(&self, names: &[&'static str]) -> Vec<(&'static str, Option<FnPrototype>)> {
+        names.iter().map(|n| (*n, self.function_prototype(n))).collect()
+    }
+
+    /// A C-like name for a parameter type: `struct sock *`, `int`, `bool`.
+    fn type_name(&self, ty: &Type) -> String {
+        let mut stars = 0;
+        let mut ty = ty.clone();
+        for _ in 0..16 {
+            ty = match &ty {
+                Type::Ptr(p) => {
+                    stars += 1;
+                    match self.btf.resolve_chained_type(p) {
+                        Ok(t) => t,
+                        Err(_) => return format!("void {}", "*".repeat(stars)),
+                    }
+                }
+                Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => match self.strip_modifiers(ty.clone()) {
+                    Ok(t) => t,
+                    Err(_) => break,
+                },
+                _ => break,
+            };
+        }
+        let base = match &ty {
+            Type::Struct(s) => format!("struct {}", self.btf.resolve_name(s).unwrap_or_default()),
+            Type::Union(s) => format!("union {}", self.btf.resolve_name(s).unwrap_or_default()),
+            Type::Void => "void".to_string(),
+            other => other
+                .as_btf_type()
+                .and_then(|t| self.btf.resolve_name(t).ok())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| other.name().to_string()),
+        };
+        if stars == 0 {
+            base
+        } else {
+            format!("{base} {}", "*".repeat(stars))
+        }
+    }
+
     fn struct_named(&self, name: &str) -> anyhow::Result<Struct> {
         let types = self.btf.resolve_types_by_name(name).unwrap_or_default();
         types
@@ -284,6 +363,29 @@ impl KernelBtf {
             _ => {}
         }
         out
+    }
+}
+
+/// The kernel functions the function-hook backend attaches to.
+pub const HOOKED_FUNCTIONS: &[&str] = &["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect"];
+
+/// A kernel function's prototype as BTF gives it: parameter names and C-like types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FnPrototype {
+    pub name: String,
+    pub params: Vec<(String, String)>,
+}
+
+impl FnPrototype {
+    /// `inet_csk_accept(struct sock *sk, struct proto_accept_arg *arg)`.
+    pub fn render(&self) -> String {
+        let params: Vec<String> = self.params.iter().map(|(n, t)| format!("{t}{}{n}", if t.ends_with('*') { "" } else { " " })).collect();
+        format!("{}({})", self.name, params.join(", "))
+    }
+
+    /// Parameter types in order (for matching a program variant).
+    pub fn types(&self) -> Vec<&str> {
+        self.params.iter().map(|(_, t)| t.as_str()).collect()
     }
 }
 
@@ -431,5 +533,27 @@ pub(crate) mod tests {
         let names = BtfNames::new([(3, "NO_SOCKET".to_string())], []);
         assert_eq!(names.drop_reason_name(3).as_deref(), Some("NO_SOCKET"));
         assert_eq!(names.rst_reason_name(3), None);
+    }
+}
+
+#[cfg(test)]
+mod prototype_tests {
+    use super::tests::kernel_btf;
+    use super::*;
+
+    #[test]
+    fn hooked_functions_have_prototypes_here() {
+        let Some(btf) = kernel_btf() else { return };
+        for (name, proto) in btf.function_prototypes(HOOKED_FUNCTIONS) {
+            let proto = proto.unwrap_or_else(|| panic!("no BTF prototype for {name}"));
+            println!("{}", proto.render());
+            assert_eq!(proto.types().first().map(|t| t.ends_with('*')), Some(true), "{}", proto.render());
+        }
+        let connect = btf.function_prototype("tcp_connect").unwrap();
+        assert_eq!(connect.render(), "tcp_connect(struct sock *sk)");
+        assert!(btf.function_prototype("no_such_function_xyz").is_none());
+        let cfg = btf.fn_hook_config().unwrap();
+        assert_ne!(cfg.sock_skc_num, cfg.sock_skc_family);
+        assert_eq!(btf.enum_value(None, "TCP_SYN_RECV"), Some(cfg.tcp_syn_recv));
     }
 }

@@ -24,6 +24,9 @@ pub struct KernelFacts {
     pub kprobes: Availability,
     pub fentry: Availability,
     pub kernel_release: String,
+    /// Prototypes of the kernel functions the function-hook backend attaches to, from BTF
+    /// (None: this kernel's BTF has no such function).
+    pub functions: Vec<(&'static str, Option<super::btf::FnPrototype>)>,
 }
 
 /// One tracepoint tracer uses, and whether this kernel has it in a form tracer can read.
@@ -64,8 +67,11 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     let enums = btf.enums()?;
     let names = btf.names();
     let tracefs = tracefs::ensure_tracefs()?;
-    let (config, tracepoints) = tracepoint_config(&tracefs, offsets, enums);
+    let (mut config, tracepoints) = tracepoint_config(&tracefs, offsets, enums);
+    config.fn_hooks = btf.fn_hook_config()?;
+    let functions = btf.function_prototypes(super::btf::HOOKED_FUNCTIONS);
     Ok(KernelFacts {
+        functions,
         config,
         tracepoints,
         names,
@@ -104,6 +110,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         enums,
         debug: 0,
         _pad: 0,
+        fn_hooks: tracer_common::FnHookConfig::default(),
     }
 }
 
@@ -463,11 +470,17 @@ pub fn kprobes_availability(tracefs: Option<&Path>, release: &str) -> Availabili
     }
 }
 
-/// fentry/fexit are not probed in v1: tracer uses tracepoints only.
+/// Whether BPF trampolines (fentry/fexit) work is only known by loading a program: the
+/// kernel may have them built and still refuse (EPERM in some VMs). `doctor` and `diagnose`
+/// try per hook and report the outcome; this only says what the configuration allows.
 pub fn fentry_availability() -> Availability {
-    Availability::Unknown(
-        "not probed: the function-hook backend is not built yet (a later issue)".to_string(),
-    )
+    let release = kernel_release();
+    match fs::read_to_string(format!("/boot/config-{release}")) {
+        Ok(text) if kconfig_value(&text, "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS").as_deref() != Some("y") => {
+            Availability::No("CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS is not set".to_string())
+        }
+        _ => Availability::Unknown("known by loading a program: see the function hooks below".to_string()),
+    }
 }
 
 /// `CONFIG_X=value` from a kernel config text; "n" for `# CONFIG_X is not set`.

@@ -32,6 +32,7 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> Value {
         "listener_note": f.listener_note,
         "listener_closed": f.listener_closed_ns.map(|ns| clock.to_rfc3339(ns)),
         "queue": f.queue.map(|q| json!({ "len": q.len, "max": q.max })),
+        "accept_wait_ms": (!f.accept_wait_ms.is_empty()).then(|| counters(&f.accept_wait_ms)),
         "hint": f.hint,
         "evidence": counters(&f.evidence),
         "detail": f.detail,

@@ -87,6 +87,14 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
         let full = if q.is_full() { " (full)" } else { "" };
         field(w, "queue:", &format!("{}/{} (length/backlog){full}", q.len, q.max))?;
     }
+    if !f.accept_wait_ms.is_empty() {
+        // Bucket order, not string order.
+        let parts: Vec<String> = crate::explain::ACCEPT_WAIT_BUCKETS
+            .iter()
+            .filter_map(|b| f.accept_wait_ms.get(*b).map(|n| format!("{b} ms: {n}")))
+            .collect();
+        field(w, "accepted after:", &format!("{} (time accepted connections waited in the queue)", parts.join(", ")))?;
+    }
     field(w, "proof:", &counters_phrase(&f.evidence))?;
     if let Some(h) = &f.hint {
         field(w, "hint:", h)?;
@@ -219,6 +227,7 @@ mod tests {
             fix: "Restart the upstream. ".repeat(20),
             first_seen_ns: 2_000_000_000,
             last_seen_ns: 5_123_000_000,
+            accept_wait_ms: BTreeMap::new(),
         }
     }
 

@@ -1,0 +1,427 @@
+//! /init of the kernel-matrix VMs (`cargo xtask vm-test`): PID 1 of a busybox initramfs that
+//! holds `/bin/tracer`. It mounts what tracer needs, brings up lo, and runs two passes
+//! (function hooks allowed, then `TRACER_BACKEND=tracepoints`). In each pass it starts
+//! `tracer diagnose --json`, waits for its `tracing:` line, produces every cause that needs no
+//! Nginx (dead listener, full TCP backlog, Unix missing/stale/full), stops tracer and checks
+//! cause, target, count, client PID and listener PID. It prints a per-hook table
+//! (`VM-HOOK ...` lines), `VM-PASS`/`VM-FAIL` lines and, when everything held,
+//! `VM-TEST-SUCCESS`, then powers the VM off.
+//!
+//! The same binary is the scenario helper: `/init listen-tcp ...`, `/init client-tcp ...` and
+//! so on run as separate processes, so client and listener PIDs are real and distinct.
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader, Read, Write},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const TRACER: &str = "/bin/tracer";
+const BUSYBOX: &str = "/bin/busybox";
+const HOOKED: [&str; 4] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect"];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() > 1 {
+        helper(&args[1..]);
+        return;
+    }
+    if std::process::id() != 1 {
+        eprintln!("vm-init: run as PID 1 of the test VM (or as a helper: listen-tcp, client-tcp, ...)");
+        std::process::exit(2);
+    }
+    let ok = std::panic::catch_unwind(run_init).unwrap_or(false);
+    println!("{}", if ok { "VM-TEST-SUCCESS" } else { "VM-TEST-FAILURE" });
+    let _ = std::io::stdout().flush();
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(BUSYBOX).args(args).status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn mount(fstype: &str, target: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let src = CString::new(fstype).unwrap();
+    let tgt = CString::new(target).unwrap();
+    let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    if r != 0 {
+        println!("vm-init: mount {fstype} on {target}: {}", std::io::Error::last_os_error());
+    }
+}
+
+fn run_init() -> bool {
+    mount("proc", "/proc");
+    mount("sysfs", "/sys");
+    mount("devtmpfs", "/dev");
+    mount("tmpfs", "/tmp");
+    mount("tracefs", "/sys/kernel/tracing");
+    mount("bpf", "/sys/fs/bpf");
+    mount("debugfs", "/sys/kernel/debug");
+    // Modules packed next to init (sock_diag for tracer's listener snapshots), when present.
+    if let Ok(dir) = std::fs::read_dir("/modules") {
+        let mut mods: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        mods.sort();
+        for m in mods {
+            let _ = Command::new(BUSYBOX).arg("insmod").arg(&m).stderr(Stdio::null()).status();
+        }
+    }
+    sh(&["ip", "link", "set", "lo", "up"]);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("VM-KERNEL {}", release.trim());
+
+    let mut all_ok = true;
+    for (i, (name, backend)) in [("functions", "auto"), ("tracepoints", "tracepoints")].iter().enumerate() {
+        let started = Instant::now();
+        let ok = match pass(name, backend, 7000 + 100 * i as u16) {
+            Ok(()) => true,
+            Err(e) => {
+                println!("VM-FAIL {name}: {e}");
+                false
+            }
+        };
+        if ok {
+            println!("VM-PASS {name} ({:.1} s)", started.elapsed().as_secs_f64());
+        }
+        all_ok &= ok;
+    }
+    all_ok
+}
+
+/// A helper process whose stdout says "ready" once it is set up.
+fn spawn_helper(args: &[&str]) -> Result<Child, String> {
+    let mut child = Command::new("/init")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("spawn {args:?}: {e}"))?;
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).map_err(|e| format!("{args:?} never got ready: {e}"))?;
+    Ok(child)
+}
+
+fn run_helper(args: &[&str]) -> Result<u32, String> {
+    let mut child = Command::new("/init").args(args).spawn().map_err(|e| format!("spawn {args:?}: {e}"))?;
+    let pid = child.id();
+    child.wait().map_err(|e| e.to_string())?;
+    Ok(pid)
+}
+
+fn kill(child: &mut Child) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+struct Expect {
+    cause: &'static str,
+    target: String,
+    count: (u64, u64),
+    client: u32,
+    listener: Option<u32>,
+}
+
+fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
+    println!("VM-STEP {name}: starting tracer (backend {backend})");
+    let mut tracer = Command::new(TRACER)
+        .args(["diagnose", "--json"])
+        .env("TRACER_BACKEND", backend)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start tracer: {e}"))?;
+    let stderr = tracer.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            println!("  tracer stderr: {line}");
+            if line.starts_with("tracing:") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let mut stdout = tracer.stdout.take().unwrap();
+    let collector = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let t0 = Instant::now();
+    let tracing_line = match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(l) => l,
+        Err(_) => {
+            kill(&mut tracer);
+            return Err("tracer printed no tracing: line within 120 s".into());
+        }
+    };
+    println!("VM-STEP {name}: tracer ready after {:.1} s", t0.elapsed().as_secs_f64());
+
+    let mut expects = Vec::new();
+    let lo = "127.0.0.1";
+
+    // dead_listener: a listener SIGKILLed, then 3 connects.
+    let dead = format!("{lo}:{}", base + 1);
+    let mut l = spawn_helper(&["listen-tcp", &dead, "16", "0"])?;
+    let lpid = l.id();
+    kill(&mut l);
+    let c = run_helper(&["client-tcp", &dead, "3"])?;
+    expects.push(Expect { cause: "dead_listener", target: dead, count: (3, 3), client: c, listener: Some(lpid) });
+
+    // backlog_full: listen(1), accepts only after 3 s; 6 non-blocking connects held 4.5 s.
+    let full = format!("{lo}:{}", base + 2);
+    let mut l = spawn_helper(&["listen-tcp", &full, "1", "3000"])?;
+    let lpid = l.id();
+    let c = run_helper(&["client-tcp-hold", &full, "6", "4500"])?;
+    kill(&mut l);
+    expects.push(Expect { cause: "backlog_full", target: full.clone(), count: (3, 6), client: c, listener: Some(lpid) });
+
+    // unix_missing.
+    let missing = format!("/tmp/vm-missing-{base}.sock");
+    let c = run_helper(&["client-unix", &missing, "2", "block"])?;
+    expects.push(Expect { cause: "unix_missing", target: format!("unix:{missing}"), count: (2, 2), client: c, listener: None });
+
+    // unix_stale: the listener exits, its socket file stays.
+    let stale = format!("/tmp/vm-stale-{base}.sock");
+    let mut l = spawn_helper(&["listen-unix", &stale, "4", "exit"])?;
+    let lpid = l.id();
+    let _ = l.wait();
+    let c = run_helper(&["client-unix", &stale, "2", "block"])?;
+    expects.push(Expect { cause: "unix_stale", target: format!("unix:{stale}"), count: (2, 2), client: c, listener: Some(lpid) });
+
+    // unix_backlog_full: listen(1), never accept, 5 non-blocking connects.
+    let ufull = format!("/tmp/vm-full-{base}.sock");
+    let mut l = spawn_helper(&["listen-unix", &ufull, "1", "hold"])?;
+    let lpid = l.id();
+    let c = run_helper(&["client-unix", &ufull, "5", "nonblock"])?;
+    kill(&mut l);
+    expects.push(Expect { cause: "unix_backlog_full", target: format!("unix:{ufull}"), count: (1, 5), client: c, listener: Some(lpid) });
+
+    // Let the last evidence arrive, then stop tracer orderly.
+    thread::sleep(Duration::from_millis(700));
+    unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+    let status = tracer.wait().map_err(|e| e.to_string())?;
+    let out = collector.join().unwrap_or_default();
+    if !status.success() {
+        return Err(format!("tracer exited with {status}"));
+    }
+    let objects: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let findings: Vec<&Value> = objects.iter().filter(|v| v["type"] == "finding").collect();
+    for f in &findings {
+        println!("  finding: {}", f);
+    }
+
+    // The per-hook table: which program served each hooked function.
+    let mut hooks_ok = true;
+    for function in HOOKED {
+        let served = hook_of(&tracing_line, function);
+        println!("VM-HOOK {name} {function} {served}");
+        let function_hook = served.starts_with("fentry") || served.starts_with("fexit") || served.starts_with("kprobe");
+        if backend == "tracepoints" && function_hook {
+            println!("VM-CHECK {name}: {function} should be off with --backend tracepoints");
+            hooks_ok = false;
+        }
+        if backend == "auto" && !function_hook {
+            println!("VM-CHECK {name}: {function} has no function hook on this kernel");
+            hooks_ok = false;
+        }
+    }
+
+    let mut problems = Vec::new();
+    for e in &expects {
+        let found = findings.iter().find(|f| f["cause"] == e.cause && f["target"] == e.target.as_str());
+        let Some(f) = found else {
+            let others: Vec<String> = findings
+                .iter()
+                .filter(|f| f["target"] == e.target.as_str())
+                .map(|f| f["cause"].as_str().unwrap_or("?").to_string())
+                .collect();
+            problems.push(format!("no {} finding for {} (found: {others:?})", e.cause, e.target));
+            continue;
+        };
+        let count = f["count"].as_u64().unwrap_or(0);
+        let clients: Vec<u64> = f["clients"].as_array().map(|a| a.iter().filter_map(|c| c["pid"].as_u64()).collect()).unwrap_or_default();
+        let listener = f["listener"]["pid"].as_u64();
+        let mut bad = Vec::new();
+        if count < e.count.0 || count > e.count.1 {
+            bad.push(format!("count {count} not in {}..={}", e.count.0, e.count.1));
+        }
+        if !clients.contains(&(e.client as u64)) {
+            bad.push(format!("clients {clients:?} lack {}", e.client));
+        }
+        if let Some(lp) = e.listener {
+            if listener != Some(lp as u64) {
+                bad.push(format!("listener {listener:?} != {lp}"));
+            }
+        }
+        if e.cause == "backlog_full" {
+            if f["queue"]["max"].as_u64() != Some(1) {
+                bad.push(format!("queue {} (max 1 expected)", f["queue"]));
+            }
+            let overflow_seen = f["evidence"]["tcp_conn_request: queue full"].as_u64().unwrap_or(0);
+            let waits = f["accept_wait_ms"].as_object().map(|o| o.len()).unwrap_or(0);
+            let conn_request_hooked = !hook_of(&tracing_line, "tcp_conn_request").starts_with("none");
+            let accept_hooked = !hook_of(&tracing_line, "inet_csk_accept").starts_with("none");
+            if conn_request_hooked && overflow_seen == 0 {
+                bad.push("tcp_conn_request is hooked but no SYN-time overflow in the evidence".into());
+            }
+            if accept_hooked && waits == 0 {
+                bad.push("inet_csk_accept is hooked but no accept_wait_ms histogram".into());
+            }
+            if !conn_request_hooked && overflow_seen > 0 {
+                bad.push("SYN-time overflow evidence without the tcp_conn_request hook".into());
+            }
+            println!("VM-DETAIL {name} backlog_full: tcp_conn_request overflows {overflow_seen}, accept_wait_ms {}", f["accept_wait_ms"]);
+        }
+        let mark = if bad.is_empty() { "ok" } else { "WRONG" };
+        println!(
+            "VM-CASE {name} {:<18} {:<28} count {count} clients {clients:?} listener {listener:?}: {mark} {}",
+            e.cause,
+            e.target,
+            bad.join("; ")
+        );
+        if !bad.is_empty() {
+            problems.push(format!("{} {}: {}", e.cause, e.target, bad.join("; ")));
+        }
+    }
+    if !hooks_ok {
+        problems.push("hook table not as expected for this backend".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join(" | "))
+    }
+}
+
+/// What served `function` according to tracer's `tracing:` line: `fentry:tcp_connect`,
+/// `kprobe+kretprobe:inet_csk_accept`, or `none (...)`.
+fn hook_of(tracing_line: &str, function: &str) -> String {
+    let hooks = tracing_line.split(" hooks=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("");
+    for h in hooks.split(',') {
+        if h.ends_with(&format!(":{function}")) && !h.starts_with("syscalls") {
+            return h.to_string();
+        }
+    }
+    match tracing_line.split(" inactive=").nth(1) {
+        Some(rest) if rest.contains(&format!("{function} (")) => "none -> tracepoints".to_string(),
+        _ => "none".to_string(),
+    }
+}
+
+// ---- helpers (separate processes) ----------------------------------------------------------
+
+fn ready() {
+    let mut out = std::io::stdout();
+    let _ = out.write_all(b"ready\n");
+    let _ = out.flush();
+}
+
+fn sockaddr_in(addr: &str) -> libc::sockaddr_in {
+    let sa: std::net::SocketAddrV4 = addr.parse().expect("ipv4 address:port");
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: sa.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(sa.ip().octets()) },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sockaddr_un(path: &str) -> (libc::sockaddr_un, u32) {
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as u16;
+    for (i, b) in path.bytes().enumerate() {
+        sa.sun_path[i] = b as libc::c_char;
+    }
+    (sa, (2 + path.len() + 1) as u32)
+}
+
+fn helper(args: &[String]) {
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    unsafe {
+        match a(0) {
+            // listen-tcp ADDR BACKLOG ACCEPT_AFTER_MS (0: accept at once; keeps accepting).
+            "listen-tcp" => {
+                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let one: i32 = 1;
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+                let sa = sockaddr_in(a(1));
+                if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32) != 0 {
+                    panic!("bind {}: {}", a(1), std::io::Error::last_os_error());
+                }
+                libc::listen(fd, a(2).parse().unwrap());
+                ready();
+                thread::sleep(Duration::from_millis(a(3).parse().unwrap()));
+                loop {
+                    let c = libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut());
+                    if c < 0 {
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            // client-tcp ADDR N: N blocking connects (each expected to fail).
+            "client-tcp" => {
+                let sa = sockaddr_in(a(1));
+                for _ in 0..a(2).parse::<u32>().unwrap() {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                    libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
+                    libc::close(fd);
+                }
+            }
+            // client-tcp-hold ADDR N HOLD_MS: N non-blocking connects kept open HOLD_MS.
+            "client-tcp-hold" => {
+                let sa = sockaddr_in(a(1));
+                let mut fds = Vec::new();
+                for _ in 0..a(2).parse::<u32>().unwrap() {
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+                    libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
+                    fds.push(fd);
+                    thread::sleep(Duration::from_millis(20));
+                }
+                thread::sleep(Duration::from_millis(a(3).parse().unwrap()));
+                for fd in fds {
+                    libc::close(fd);
+                }
+            }
+            // listen-unix PATH BACKLOG exit|hold
+            "listen-unix" => {
+                let _ = std::fs::remove_file(a(1));
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let (sa, len) = sockaddr_un(a(1));
+                if libc::bind(fd, (&sa as *const libc::sockaddr_un).cast(), len) != 0 {
+                    panic!("bind {}: {}", a(1), std::io::Error::last_os_error());
+                }
+                libc::listen(fd, a(2).parse().unwrap());
+                ready();
+                if a(3) == "hold" {
+                    loop {
+                        thread::sleep(Duration::from_secs(60));
+                    }
+                }
+            }
+            // client-unix PATH N block|nonblock: N connects, kept open until exit.
+            "client-unix" => {
+                let (sa, len) = sockaddr_un(a(1));
+                let flags = if a(3) == "nonblock" { libc::SOCK_NONBLOCK } else { 0 };
+                let mut fds = Vec::new();
+                for _ in 0..a(2).parse::<u32>().unwrap() {
+                    let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | flags, 0);
+                    libc::connect(fd, (&sa as *const libc::sockaddr_un).cast(), len);
+                    fds.push(fd);
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            other => {
+                eprintln!("vm-init: unknown helper {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+}

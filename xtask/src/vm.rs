@@ -1,0 +1,398 @@
+//! `cargo xtask vm-test`: the kernel matrix. Boots Debian's 6.1 and 6.12 cloud kernels under
+//! QEMU with software emulation (`-accel tcg -cpu max`; KVM is not available on the
+//! project's machines) with a small initramfs: busybox, the release tracer binary, the shared
+//! libraries both need, a few sock_diag modules of that kernel, and `vm-init`
+//! (xtask/src/bin/vm-init.rs) as /init. vm-init produces every cause that needs no Nginx,
+//! twice (function hooks allowed, then forced off), checks tracer's findings and prints a
+//! per-hook table and a success marker on the serial console, which this side reads.
+//!
+//! Installs what it needs (qemu-system-x86, busybox-static, cpio) and caches the kernel
+//! packages under target/vm/. The host kernel's own row comes from running tracer here.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::util::{cargo, probe, require_root, run, target_dir};
+
+/// The kernels of the matrix: a label and the apt package name pattern (newest match wins).
+const KERNELS: &[(&str, &str)] = &[
+    ("6.1", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"),
+    ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$"),
+];
+
+/// Modules packed into the initramfs when the kernel has them as modules (tracer's listener
+/// snapshots use sock_diag); loaded in this order.
+const MODULES: &[&str] = &["net/ipv4/inet_diag", "net/ipv4/tcp_diag", "net/unix/unix_diag"];
+
+const PACKAGES: &[(&str, &str)] = &[("qemu-system-x86", "qemu-system-x86_64"), ("busybox-static", "busybox"), ("cpio", "cpio")];
+
+/// Per VM: boot, both passes, power-off.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+const HOOKED: [&str; 4] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect"];
+
+pub fn vm_test() -> Result<()> {
+    require_root("vm-test")?;
+    let started = Instant::now();
+    packages()?;
+    let vm_dir = target_dir().join("vm");
+    fs::create_dir_all(&vm_dir)?;
+
+    let tracer = crate::cmd_build::build(true)?;
+    run(cargo().args(["build", "--release", "-p", "xtask", "--bin", "vm-init"]))?;
+    let init = target_dir().join("release").join("vm-init");
+
+    // The host kernel's row: what tracer picks here (tracepoints only on Firecracker).
+    let host = host_hooks(&tracer)?;
+
+    // TRACER_VM_KERNELS=6.1,6.12 picks a subset (default: all).
+    let only: Option<Vec<String>> = std::env::var("TRACER_VM_KERNELS").ok().filter(|s| !s.is_empty()).map(|s| s.split(',').map(|k| k.trim().to_string()).collect());
+    let mut kernels = Vec::new();
+    for (label, pattern) in KERNELS {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|k| k == label)) {
+            continue;
+        }
+        kernels.push((*label, kernel(&vm_dir, pattern)?));
+    }
+
+    let base = vm_dir.join("base");
+    base_initramfs(&base, &tracer, &init)?;
+
+    let mut results = Vec::new();
+    let (tx, rx) = mpsc::channel();
+    // Both VMs at once: each is one single-threaded TCG vCPU.
+    for (label, k) in &kernels {
+        let initrd = initramfs(&vm_dir, &base, k)?;
+        let tx = tx.clone();
+        let (label, k) = (label.to_string(), k.clone());
+        let log = vm_dir.join(format!("console-{label}.log"));
+        thread::spawn(move || {
+            let r = boot(&label, &k, &initrd, &log);
+            let _ = tx.send((label, log, r));
+        });
+    }
+    drop(tx);
+    for r in rx {
+        results.push(r);
+    }
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+
+    // The table.
+    println!();
+    println!("vm-test: which program served each hooked kernel function (pass 1: function hooks allowed; pass 2: --backend tracepoints)");
+    println!("{:<24} {:<20} {:<36} {}", "kernel", "function", "pass 1 (auto)", "pass 2 (tracepoints)");
+    for f in HOOKED {
+        println!("{:<24} {:<20} {:<36} {}", format!("host {}", host.0), f, host.1.get(f).map(String::as_str).unwrap_or("?"), "(not run: host covered by the scenario suite)");
+    }
+    let mut failed = Vec::new();
+    for (label, log, r) in &results {
+        match r {
+            Ok(out) => {
+                for f in HOOKED {
+                    let get = |pass: &str| out.hooks.get(&(pass.to_string(), f.to_string())).cloned().unwrap_or_else(|| "?".into());
+                    println!("{:<24} {:<20} {:<36} {}", out.release, f, get("functions"), get("tracepoints"));
+                }
+                if !out.success {
+                    failed.push(format!("{label}: {} (console log: {})", out.failures.join("; "), log.display()));
+                }
+            }
+            Err(e) => failed.push(format!("{label}: {e:#} (console log: {})", log.display())),
+        }
+    }
+    println!();
+    for (label, _, r) in &results {
+        if let Ok(out) = r {
+            for line in &out.cases {
+                println!("{label:<5} {line}");
+            }
+            println!("{label:<5} boot to tracing {:.1} s, whole VM run {:.1} s", out.boot_s, out.total_s);
+        }
+    }
+    println!("vm-test: matrix took {:.0} s", started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!("kernel matrix failed: {}", failed.join(" | "));
+    }
+    println!("vm-test: all kernels passed");
+    Ok(())
+}
+
+fn packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().filter(|(_, bin)| !probe(Command::new("sh").args(["-c", &format!("command -v {bin}")])).0).map(|(p, _)| *p).collect();
+    if missing.is_empty() {
+        println!("vm-test: packages {} (present)", PACKAGES.iter().map(|p| p.0).collect::<Vec<_>>().join(" "));
+        return Ok(());
+    }
+    let install = |cmd: &mut Command| run(cmd.env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-q", "--no-install-recommends"]).args(&missing));
+    if install(&mut Command::new("apt-get")).is_err() {
+        run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["update", "-q"]))?;
+        install(&mut Command::new("apt-get"))?;
+    }
+    Ok(())
+}
+
+fn host_hooks(tracer: &Path) -> Result<(String, BTreeMap<String, String>)> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let out = Command::new(tracer)
+        .args(["diagnose", "--duration", "300ms", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running tracer on the host")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.starts_with("tracing:")).ok_or_else(|| anyhow!("tracer printed no tracing: line on the host: {stderr}"))?;
+    let mut map = BTreeMap::new();
+    for f in HOOKED {
+        map.insert(f.to_string(), hook_of(line, f));
+    }
+    Ok((release, map))
+}
+
+/// Same reading of the `tracing:` line as vm-init's.
+fn hook_of(tracing_line: &str, function: &str) -> String {
+    let hooks = tracing_line.split(" hooks=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("");
+    for h in hooks.split(',') {
+        if h.ends_with(&format!(":{function}")) && !h.starts_with("syscalls") {
+            return h.to_string();
+        }
+    }
+    match tracing_line.split(" inactive=").nth(1) {
+        Some(rest) if rest.contains(&format!("{function} (")) => "none -> tracepoints".to_string(),
+        _ => "none".to_string(),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Kernel {
+    package: String,
+    root: PathBuf,
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+}
+
+/// The newest package matching `pattern`, downloaded and unpacked under target/vm (cached).
+fn kernel(vm_dir: &Path, pattern: &str) -> Result<Kernel> {
+    let search = || probe(Command::new("apt-cache").args(["search", "--names-only", pattern])).1;
+    let mut names: Vec<String> = search().lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+    if names.is_empty() {
+        let _ = run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["update", "-q"]));
+        names = search().lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+    }
+    names.sort_by_key(|n| version_key(n));
+    let package = match names.pop() {
+        Some(n) => n,
+        None => {
+            // Offline: the newest one already unpacked.
+            let mut cached: Vec<String> = fs::read_dir(vm_dir)?
+                .flatten()
+                .filter(|e| e.path().join("root/boot").is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(pattern.trim_start_matches('^').split('\\').next().unwrap_or("x")))
+                .collect();
+            cached.sort_by_key(|n| version_key(n));
+            cached.pop().ok_or_else(|| anyhow!("no Debian package matches {pattern} (apt-cache search) and none is cached under {}", vm_dir.display()))?
+        }
+    };
+    let dir = vm_dir.join(&package);
+    let root = dir.join("root");
+    if !root.join("boot").is_dir() {
+        fs::create_dir_all(&dir)?;
+        let have_deb = fs::read_dir(&dir)?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb"));
+        if !have_deb {
+            // apt's sandbox user cannot write under target/: download as root into the dir.
+            run(Command::new("apt-get").current_dir(&dir).args(["download", "-q", &package]))?;
+        }
+        let deb = fs::read_dir(&dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| anyhow!("apt-get download {package} left no .deb in {}", dir.display()))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    let vmlinuz = fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .ok_or_else(|| anyhow!("{package} has no /boot/vmlinuz-*"))?;
+    let version = vmlinuz.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    let modules = root.join("lib/modules").join(&version);
+    let modules = if modules.is_dir() { modules } else { root.join("usr/lib/modules").join(&version) };
+    println!("vm-test: kernel {package} ({})", vmlinuz.display());
+    Ok(Kernel { package, root, vmlinuz, modules })
+}
+
+/// Numbers in a package name, for "newest" ordering.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+/// busybox, tracer, vm-init as /init, and every shared library they load (per ldd).
+fn base_initramfs(base: &Path, tracer: &Path, init: &Path) -> Result<()> {
+    if base.exists() {
+        fs::remove_dir_all(base)?;
+    }
+    for d in ["bin", "dev", "proc", "sys", "tmp", "modules", "run"] {
+        fs::create_dir_all(base.join(d))?;
+    }
+    let busybox = which("busybox")?;
+    fs::copy(&busybox, base.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", base.join("bin/sh"))?;
+    fs::copy(tracer, base.join("bin/tracer"))?;
+    fs::copy(init, base.join("init"))?;
+    for bin in [tracer, init] {
+        let (ok, out) = probe(Command::new("ldd").arg(bin));
+        if !ok {
+            continue; // static
+        }
+        for line in out.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line.split("=>").last().unwrap_or("").split_whitespace().next().unwrap_or("");
+            if !path.starts_with('/') {
+                continue;
+            }
+            let src = Path::new(path);
+            let dst = base.join(path.trim_start_matches('/'));
+            fs::create_dir_all(dst.parent().unwrap())?;
+            // Copy the file the link points to, under the link's name.
+            fs::copy(src, &dst).with_context(|| format!("copying {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The base tree plus this kernel's sock_diag modules, as an uncompressed newc cpio.
+fn initramfs(vm_dir: &Path, base: &Path, k: &Kernel) -> Result<PathBuf> {
+    let stage = vm_dir.join(format!("stage-{}", k.package));
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
+    }
+    run(Command::new("cp").arg("-a").arg(base).arg(&stage))?;
+    for (i, m) in MODULES.iter().enumerate() {
+        let plain = k.modules.join("kernel").join(format!("{m}.ko"));
+        let xz = k.modules.join("kernel").join(format!("{m}.ko.xz"));
+        let name = Path::new(m).file_name().unwrap().to_string_lossy().into_owned();
+        let dst = stage.join("modules").join(format!("{i}-{name}.ko"));
+        if plain.exists() {
+            fs::copy(&plain, &dst)?;
+        } else if xz.exists() {
+            let out = Command::new("xz").arg("-dc").arg(&xz).output().context("xz -dc")?;
+            fs::write(&dst, out.stdout)?;
+        }
+    }
+    let out = vm_dir.join(format!("initramfs-{}.cpio", k.package));
+    run(Command::new("sh")
+        .current_dir(&stage)
+        .args(["-c", &format!("find . | cpio -o -H newc --quiet > '{}'", out.display())]))?;
+    let _ = &k.root;
+    Ok(out)
+}
+
+fn which(bin: &str) -> Result<PathBuf> {
+    let (ok, out) = probe(Command::new("sh").args(["-c", &format!("command -v {bin}")]));
+    if !ok {
+        bail!("{bin} not found on PATH");
+    }
+    Ok(PathBuf::from(out.trim()))
+}
+
+#[derive(Debug)]
+struct VmOutcome {
+    release: String,
+    success: bool,
+    failures: Vec<String>,
+    hooks: BTreeMap<(String, String), String>,
+    cases: Vec<String>,
+    boot_s: f64,
+    total_s: f64,
+}
+
+fn boot(label: &str, k: &Kernel, initrd: &Path, log: &Path) -> Result<VmOutcome> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1G", "-smp", "1", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&k.vmlinuz)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=4 rdinit=/init"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    println!("vm-test: [{label}] booting {} under TCG", k.package);
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx2.send(format!("qemu: {line}"));
+        }
+    });
+    let mut logf = fs::File::create(log)?;
+    let mut out = VmOutcome {
+        release: String::new(),
+        success: false,
+        failures: Vec::new(),
+        hooks: BTreeMap::new(),
+        cases: Vec::new(),
+        boot_s: 0.0,
+        total_s: 0.0,
+    };
+    let mut done = false;
+    let deadline = started + BOOT_TIMEOUT;
+    while Instant::now() < deadline {
+        let line = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) => l.trim_end_matches('\r').to_string(),
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let _ = writeln!(logf, "{line}");
+        let Some(at) = line.find("VM-") else { continue };
+        let msg = &line[at..];
+        println!("vm-test: [{label}] {msg}");
+        let words: Vec<&str> = msg.split_whitespace().collect();
+        match words.first().copied() {
+            Some("VM-KERNEL") => out.release = words.get(1).unwrap_or(&"?").to_string(),
+            Some("VM-HOOK") if words.len() >= 4 => {
+                out.hooks.insert((words[1].to_string(), words[2].to_string()), words[3..].join(" "));
+            }
+            Some("VM-STEP") if msg.contains("tracer ready") && out.boot_s == 0.0 => out.boot_s = started.elapsed().as_secs_f64(),
+            Some("VM-CASE") => out.cases.push(msg.trim_start_matches("VM-CASE ").to_string()),
+            Some("VM-FAIL") => out.failures.push(msg.to_string()),
+            Some("VM-TEST-SUCCESS") => {
+                out.success = true;
+                done = true;
+            }
+            Some("VM-TEST-FAILURE") => done = true,
+            _ => {}
+        }
+        if done {
+            break;
+        }
+    }
+    // Power-off follows the marker; give it a moment, then make sure.
+    let _ = crate::util::wait_timeout(&mut child, Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = child.wait();
+    out.total_s = started.elapsed().as_secs_f64();
+    if !done {
+        out.failures.push(format!("no VM-TEST-SUCCESS marker within {} s", BOOT_TIMEOUT.as_secs()));
+    }
+    if out.release.is_empty() {
+        out.release = k.package.clone();
+    }
+    Ok(out)
+}
