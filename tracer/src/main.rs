@@ -74,7 +74,8 @@ struct TraceArgs {
     #[arg(long, value_name = "TEXT", value_parser = parse_cgroup)]
     cgroup: Option<String>,
     /// `auto`: function hooks (fentry, else kprobe) where the kernel allows, tracepoints for
-    /// the rest; `tracepoints`: tracepoints only. Default: $TRACER_BACKEND, else auto.
+    /// the rest; `kprobes`: the same without trying fentry; `tracepoints`: tracepoints only.
+    /// Default: $TRACER_BACKEND, else auto.
     #[arg(long, value_parser = capture::fhooks::BackendChoice::parse)]
     backend: Option<capture::fhooks::BackendChoice>,
 }

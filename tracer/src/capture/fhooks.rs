@@ -19,6 +19,8 @@ use crate::kernel::facts::Availability;
 pub enum BackendChoice {
     /// Function hooks where they load, tracepoints for the rest (the default).
     Auto,
+    /// Like `Auto` without trying fentry/fexit: kprobes or tracepoints (tests the fallback).
+    Kprobes,
     /// Tracepoints only: the function hooks are not even tried.
     Tracepoints,
 }
@@ -26,9 +28,10 @@ pub enum BackendChoice {
 impl BackendChoice {
     pub fn parse(s: &str) -> Result<BackendChoice, String> {
         match s {
-            "auto" | "functions" | "fentry" | "kprobe" => Ok(BackendChoice::Auto),
+            "auto" | "functions" | "fentry" => Ok(BackendChoice::Auto),
+            "kprobes" | "kprobe" => Ok(BackendChoice::Kprobes),
             "tracepoints" | "tracepoint" => Ok(BackendChoice::Tracepoints),
-            _ => Err(format!("'{s}' is not a backend (use auto or tracepoints)")),
+            _ => Err(format!("'{s}' is not a backend (use auto, kprobes or tracepoints)")),
         }
     }
 }
@@ -71,7 +74,7 @@ const SPECS: &[FnSpec] = &[
         function: "inet_csk_accept",
         bit: FN_ACCEPT,
         serves: "who accepts from which listener, and how long each connection waited in the accept queue",
-        fallback: "none: accept-queue wait times are not measured",
+        fallback: "no tracepoint measures accept-queue waits: not measured",
         trampoline: &[
             // before 6.10
             (&[SOCK, "int", "int *", "bool"], "tracer_fx_accept4", true),
@@ -151,6 +154,7 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
     let btf = match plan.choice {
         BackendChoice::Tracepoints => None,
         BackendChoice::Auto => Some(Btf::from_sys_fs().map_err(|e| format!("kernel BTF for trampolines: {e}"))),
+        BackendChoice::Kprobes => Some(Err("skipped (--backend kprobes)".to_string())),
     };
     for spec in SPECS {
         let proto = plan.functions.iter().find(|(n, _)| *n == spec.function).and_then(|(_, p)| p.clone());
@@ -331,6 +335,7 @@ mod tests {
         }
         assert_eq!(BackendChoice::parse("tracepoints"), Ok(BackendChoice::Tracepoints));
         assert_eq!(BackendChoice::parse("auto"), Ok(BackendChoice::Auto));
+        assert_eq!(BackendChoice::parse("kprobes"), Ok(BackendChoice::Kprobes));
         assert!(BackendChoice::parse("ebpf").is_err());
     }
 

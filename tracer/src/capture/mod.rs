@@ -189,6 +189,21 @@ impl Capture {
     }
 }
 
+/// For `doctor`: loads the kernel object and tries to load (never attach) each function
+/// hook, fentry/fexit then kprobe, so the report says what `diagnose` would use.
+pub fn probe_function_hooks(config: &Config, plan: &fhooks::FnHookPlan<'_>) -> Result<Vec<fhooks::FnHookOutcome>> {
+    if EBPF_OBJECT.is_empty() {
+        bail!("this tracer binary was built without its kernel programs");
+    }
+    let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| anyhow!("loading tracer's eBPF object failed: {e}"))?;
+    {
+        let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
+        let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
+        cfg_map.set(0, *config, 0)?;
+    }
+    Ok(fhooks::start(&mut ebpf, plan, false).0)
+}
+
 fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
     let prog: &mut TracePoint = ebpf
         .program_mut(program)

@@ -119,7 +119,37 @@ pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
     writeln!(w)?;
     writeln!(w, "kprobes:     {}", availability_text(&kprobes_availability(tracefs.as_deref(), &release)))?;
     writeln!(w, "fentry:      {}", availability_text(&fentry_availability()))?;
-    writeln!(w, "backend:     {BACKEND}")?;
+    // Function hooks: each loaded (not attached) to see what this kernel accepts.
+    let mut any_function_hook = false;
+    writeln!(w)?;
+    writeln!(w, "function hooks (fentry/fexit, else kprobe/kretprobe; each loaded to test, none attached):")?;
+    match super::facts::probe_kernel() {
+        Ok(facts) => {
+            let plan = crate::capture::fhooks::FnHookPlan {
+                choice: crate::capture::fhooks::BackendChoice::Auto,
+                functions: &facts.functions,
+                kprobes: &facts.kprobes,
+            };
+            match crate::capture::probe_function_hooks(&facts.config, &plan) {
+                Ok(outcomes) => {
+                    for o in outcomes {
+                        any_function_hook |= o.active.is_some();
+                        writeln!(w, "  {}", o.line())?;
+                        writeln!(w, "  {:<22} prototype: {}", "", o.prototype)?;
+                        writeln!(w, "  {:<22} serves: {}", "", o.serves)?;
+                    }
+                }
+                Err(e) => writeln!(w, "  not tried: {e:#}")?,
+            }
+        }
+        Err(e) => writeln!(w, "  not tried: {e:#}")?,
+    }
+    writeln!(w)?;
+    if any_function_hook {
+        writeln!(w, "backend:     function hooks where they load (above), {BACKEND} for the rest")?;
+    } else {
+        writeln!(w, "backend:     {BACKEND}")?;
+    }
 
     writeln!(w)?;
     writeln!(w, "what tracer will therefore see:")?;

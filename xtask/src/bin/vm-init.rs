@@ -77,8 +77,23 @@ fn run_init() -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("VM-KERNEL {}", release.trim());
 
+    // What doctor says here (it loads each function hook to test it, attaches nothing).
+    if let Ok(out) = Command::new(TRACER).arg("doctor").output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut on = false;
+        for line in text.lines() {
+            on |= line.starts_with("function hooks");
+            if line.starts_with("what tracer will") {
+                break;
+            }
+            if on && !line.trim().is_empty() {
+                println!("  doctor: {line}");
+            }
+        }
+    }
+
     let mut all_ok = true;
-    for (i, (name, backend)) in [("functions", "auto"), ("tracepoints", "tracepoints")].iter().enumerate() {
+    for (i, (name, backend)) in [("functions", "auto"), ("kprobes", "kprobes"), ("tracepoints", "tracepoints")].iter().enumerate() {
         let started = Instant::now();
         let ok = match pass(name, backend, 7000 + 100 * i as u16) {
             Ok(()) => true,
@@ -226,6 +241,10 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
         let function_hook = served.starts_with("fentry") || served.starts_with("fexit") || served.starts_with("kprobe");
         if backend == "tracepoints" && function_hook {
             println!("VM-CHECK {name}: {function} should be off with --backend tracepoints");
+            hooks_ok = false;
+        }
+        if backend == "kprobes" && !served.starts_with("kprobe") {
+            println!("VM-CHECK {name}: {function} should be served by a kprobe with --backend kprobes");
             hooks_ok = false;
         }
         if backend == "auto" && !function_hook {
