@@ -94,7 +94,10 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         return Some(());
     }
 
-    if new == e.tcp_listen || old == e.tcp_listen {
+    // A child socket is cloned from its listener and leaves the inherited LISTEN state for
+    // SYN_RECV: that is a connection being accepted, not the listener closing. Only
+    // CLOSE->LISTEN (listen()) and LISTEN->CLOSE (close/exit) are the listener's life.
+    if (old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close) {
         let flow = sock_flow(ctx, f);
         let netns = netns_of(cfg, sk);
         let key = ListenerKey { netns, port: flow.sport, family: flow.family };
