@@ -159,10 +159,12 @@ fn nft_drop_is_a_firewall_drop() {
 fn reject_scenario(name: &str, rule: &str, detail_word: &str) {
     let dir = stack_dir(name);
     let ns = Netns::new(name);
-    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
     let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "3s");
-    nft_output_rule(&ns, rule);
     let tracer = Tracer::diagnose(&["--port", "8000"]);
+    // Accepted connections while tracing must not look like the listener closing.
+    assert_eq!(ns.curls(2, 10), [200, 200]);
+    nft_output_rule(&ns, rule);
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
     let logged = nginx.errors_with("(111: Connection refused) while connecting to upstream");
@@ -172,6 +174,8 @@ fn reject_scenario(name: &str, rule: &str, detail_word: &str) {
     // only_finding also fails on any dead_listener finding for the same target.
     let f = run.only_finding(UPSTREAM, "firewall_reject");
     show(rule, "502 x2", &logged[0], f);
+    assert_listener(f, gunicorn.pid);
+    assert!(f["listener_note"].as_str().unwrap_or_default().contains("listens here"), "Gunicorn still listens: {f}");
     assert_eq!(count(f), 2, "{f}");
     assert_nginx_clients(f, &nginx);
     assert!(f["detail"].as_str().unwrap_or_default().contains(detail_word), "{f}");

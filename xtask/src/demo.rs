@@ -287,6 +287,36 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// `nft ARGS` inside the demo namespace.
+fn nft(args: &[&str]) -> Result<()> {
+    check_interrupted()?;
+    run(Command::new("ip").args(["netns", "exec", NETNS, "nft"]).args(args))
+}
+
+/// One request through Nginx with a caption: Nginx's status, the error-log lines it wrote,
+/// and a pause so tracer's explanation (printed by its reader thread) appears beside them.
+fn request_and_show(tmp: &Path, what: &str) -> Result<()> {
+    let log_before = fs::read_to_string(tmp.join("error.log")).unwrap_or_default().len();
+    caption(what);
+    let code = curl(&format!("http://{FRONT}/"))?;
+    let name = match code.as_str() {
+        "502" => " Bad Gateway",
+        "504" => " Gateway Timeout",
+        _ => "",
+    };
+    println!("Nginx answered {code}{name}");
+    pause(Duration::from_millis(700))?;
+    let log = fs::read_to_string(tmp.join("error.log")).unwrap_or_default();
+    let new = log.get(log_before..).unwrap_or("");
+    println!("Nginx's error log says:");
+    for line in new.lines().filter(|l| l.contains("upstream")).take(3) {
+        println!("  {}", line.split(", client:").next().unwrap_or(line));
+    }
+    println!("(tracer's explanation, from inside the kernel, is on the `tracer |` lines)");
+    pause(Duration::from_secs(1))?;
+    Ok(())
+}
+
 pub fn demo() -> Result<()> {
     install_signal_handlers()?;
     let bin = match std::env::var_os("TRACER_DEMO_BIN") {
@@ -417,24 +447,37 @@ pub fn demo() -> Result<()> {
         let _ = killpg(Pid::from_raw(gpid as i32), Signal::SIGKILL);
         let _ = wait_timeout(g, Duration::from_secs(5));
     }
-    let log_before = fs::read_to_string(tmp.join("error.log")).unwrap_or_default().len();
     pause(Duration::from_millis(500))?;
+    request_and_show(&tmp, "the same request again")?;
 
-    caption("the same request again");
-    let code = curl(&format!("http://{FRONT}/"))?;
-    println!(
-        "Nginx answered {code}{}",
-        if code == "502" { " Bad Gateway" } else { "" }
-    );
+    caption("restarting Gunicorn");
+    let mut g = spawn_logged(
+        Command::new("ip")
+            .args(["netns", "exec", NETNS])
+            .arg(&gunicorn)
+            .args(["--bind", UPSTREAM, "--workers", "1", "--chdir"])
+            .arg(&tmp)
+            .arg("app:app"),
+        &tmp.join("gunicorn2.log"),
+    )?;
+    let waited = wait_listening(8000, "gunicorn", &mut g, Duration::from_secs(30));
+    stack.gunicorn = Some(g);
+    waited?;
     pause(Duration::from_millis(500))?;
-    let log = fs::read_to_string(tmp.join("error.log")).unwrap_or_default();
-    caption("Nginx's error log says:");
-    let new = log.get(log_before..).unwrap_or("");
-    for line in new.lines().filter(|l| l.contains("upstream")).take(3) {
-        println!("  {line}");
-    }
-    println!("\n(and tracer, above, says why, from inside the kernel)");
-    pause(Duration::from_secs(2))?;
+    println!("Nginx answered {}", curl(&format!("http://{FRONT}/"))?);
+
+    caption("now an nftables rule REJECTS connections to port 8000 with a TCP reset");
+    nft(&["add", "table", "inet", "tracer_demo"])?;
+    nft(&["add", "chain", "inet", "tracer_demo", "out", "{ type filter hook output priority 0; }"])?;
+    nft(&["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "reject", "with", "tcp", "reset"])?;
+    request_and_show(&tmp, "the request: Nginx sees 'Connection refused' exactly as for a dead listener")?;
+    nft(&["flush", "chain", "inet", "tracer_demo", "out"])?;
+
+    caption("now an nftables rule silently DROPS them (Nginx waits proxy_connect_timeout, 3 s)");
+    nft(&["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "drop"])?;
+    request_and_show(&tmp, "the request")?;
+    nft(&["delete", "table", "inet", "tracer_demo"])?;
+    println!("rule removed; Nginx answered {}", curl(&format!("http://{FRONT}/"))?);
 
     caption("stopping tracer (SIGINT): its final report");
     let clean = stack.stop_tracer();
