@@ -379,6 +379,7 @@ fn boot(label: &str, k: &Kernel, initrd: &Path, log: &Path) -> Result<VmOutcome>
             }
             Some("VM-STEP") if msg.contains("tracer ready") && out.boot_s == 0.0 => out.boot_s = started.elapsed().as_secs_f64(),
             Some("VM-CASE") => out.cases.push(msg.trim_start_matches("VM-CASE ").to_string()),
+            Some("VM-DETAIL") => out.cases.push(msg.trim_start_matches("VM-DETAIL ").to_string()),
             Some("VM-FAIL") => out.failures.push(msg.to_string()),
             Some("VM-TEST-SUCCESS") => {
                 out.success = true;

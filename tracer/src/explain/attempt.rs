@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use crate::event::{FlowAddr, Queue, TaskInfo};
 
 use super::rules::errno_name;
+use super::ProcessRef;
 
 /// Identity of an attempt: the kernel socket address plus its flow (socket memory is reused,
 /// so the address alone could merge two attempts).
@@ -57,6 +58,18 @@ pub enum FlowEvidenceKind {
     SynOverflow { queue: Queue, listener: Option<TaskInfo> },
 }
 
+/// One SYN dropped by tcp_conn_request on a full accept queue: when, the queue then, and
+/// the listener's owner when known.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SynOverflow {
+    pub ts_ns: u64,
+    pub queue: Queue,
+    pub listener: Option<ProcessRef>,
+}
+
+/// Bound on the overflow samples kept per attempt and per finding.
+pub const MAX_OVERFLOW_SAMPLES: usize = 16;
+
 /// Evidence label of a SYN dropped by tcp_conn_request on a full accept queue.
 pub const LABEL_SYN_OVERFLOW: &str = "tcp_conn_request: queue full";
 
@@ -104,6 +117,8 @@ pub struct Attempt {
     pub listen_overflow_drops: u64,
     /// SYNs of this attempt dropped by tcp_conn_request on a full accept queue.
     pub syn_overflows: u64,
+    /// The listener's queue at each of them (the first few).
+    pub overflow_samples: Vec<SynOverflow>,
     /// Counters named after what fired, for the report.
     pub flow_labels: BTreeMap<String, u64>,
 }
@@ -129,6 +144,7 @@ impl Attempt {
             resets_sent_to_target: 0,
             listen_overflow_drops: 0,
             syn_overflows: 0,
+            overflow_samples: Vec::new(),
             flow_labels: BTreeMap::new(),
         }
     }
@@ -198,6 +214,13 @@ impl Attempt {
                     return;
                 }
                 self.syn_overflows += 1;
+                if self.overflow_samples.len() < MAX_OVERFLOW_SAMPLES {
+                    self.overflow_samples.push(SynOverflow {
+                        ts_ns: ev.ts_ns,
+                        queue: *queue,
+                        listener: listener.as_ref().filter(|l| l.pid != 0).map(|l| ProcessRef { pid: l.pid, comm: l.comm.clone() }),
+                    });
+                }
                 self.fullest_queue = Some(fuller(self.fullest_queue, *queue));
                 if let Some(l) = listener {
                     if l.pid != 0 || self.kernel_listener.is_none() {

@@ -87,6 +87,9 @@ fn syn_time_overflow_alone_is_backlog_full_with_queue_and_listener() {
     assert_eq!(f.listener.as_ref().map(|l| l.pid), Some(700));
     assert_eq!(f.queue, Some(Queue { len: 2, max: 1 }));
     assert_eq!(f.evidence.get(attempt::LABEL_SYN_OVERFLOW), Some(&4), "{:?}", f.evidence);
+    assert_eq!(f.syn_overflows.len(), 4);
+    assert!(f.syn_overflows.iter().all(|o| o.queue == Queue { len: 2, max: 1 } && o.listener.as_ref().map(|l| l.pid) == Some(700)));
+    assert!(f.syn_overflows.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns));
     assert!(f.accept_wait_ms.is_empty());
 }
 

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventBody, FlowAddr, Queue, Target, TaskInfo};
 
+pub use attempt::{SynOverflow, LABEL_SYN_OVERFLOW};
 use attempt::{drop_reason_name, fuller, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
 use buffer::KeyedBuffer;
 use listeners::{Episode, Listeners};
@@ -137,6 +138,9 @@ pub struct Finding {
     /// Backlog causes, function-hook backend: how long the connections the listener did
     /// accept had waited in its queue (bucket in ms -> count; empty when not measured).
     pub accept_wait_ms: BTreeMap<String, u64>,
+    /// Backlog causes, function-hook backend: the listener's queue at each SYN that
+    /// tcp_conn_request dropped on it (the latest few; the evidence counts them all).
+    pub syn_overflows: Vec<SynOverflow>,
 }
 
 /// What changed in a `tick`/`finish`.
@@ -221,6 +225,8 @@ struct FindingState {
     first_seen_ns: u64,
     last_seen_ns: u64,
     fullest_queue: Option<Queue>,
+    /// The listener's queue at SYN-time overflows (tcp_conn_request), latest few.
+    syn_overflows: VecDeque<SynOverflow>,
     /// The listener on the target as the kernel read it at a SYN retransmit (latest).
     kernel_listener: Option<TaskInfo>,
     syn_retransmits: u64,
@@ -242,6 +248,7 @@ impl FindingState {
             first_seen_ns,
             last_seen_ns: first_seen_ns,
             fullest_queue: None,
+            syn_overflows: VecDeque::new(),
             kernel_listener: None,
             syn_retransmits: 0,
             resets_sent: 0,
@@ -703,6 +710,12 @@ impl Engine {
                 if let Some(q) = queue {
                     st.fullest_queue = Some(fuller(st.fullest_queue, q));
                 }
+                for o in &a.overflow_samples {
+                    if st.syn_overflows.len() >= attempt::MAX_OVERFLOW_SAMPLES {
+                        st.syn_overflows.pop_front();
+                    }
+                    st.syn_overflows.push_back(o.clone());
+                }
                 if let Some(l) = a.kernel_listener.clone().or_else(|| listener_episode.map(|e| e.owner)) {
                     if l.pid != 0 || st.kernel_listener.is_none() {
                         st.kernel_listener = Some(l);
@@ -916,6 +929,11 @@ impl Engine {
                     .map(|h| h.iter().map(|(b, n)| (b.to_string(), *n)).collect())
                     .unwrap_or_default(),
                 _ => BTreeMap::new(),
+            },
+            syn_overflows: {
+                let mut v: Vec<SynOverflow> = st.syn_overflows.iter().cloned().collect();
+                v.sort_by_key(|o| o.ts_ns);
+                v
             },
         }
     }

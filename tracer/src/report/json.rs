@@ -33,6 +33,12 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> Value {
         "listener_closed": f.listener_closed_ns.map(|ns| clock.to_rfc3339(ns)),
         "queue": f.queue.map(|q| json!({ "len": q.len, "max": q.max })),
         "accept_wait_ms": (!f.accept_wait_ms.is_empty()).then(|| counters(&f.accept_wait_ms)),
+        "syn_overflows": (!f.syn_overflows.is_empty()).then(|| {
+            f.syn_overflows
+                .iter()
+                .map(|o| json!({ "at": clock.to_rfc3339(o.ts_ns), "len": o.queue.len, "max": o.queue.max, "listener": o.listener.as_ref().map(process) }))
+                .collect::<Vec<_>>()
+        }),
         "hint": f.hint,
         "evidence": counters(&f.evidence),
         "detail": f.detail,

@@ -87,6 +87,20 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
         let full = if q.is_full() { " (full)" } else { "" };
         field(w, "queue:", &format!("{}/{} (length/backlog){full}", q.len, q.max))?;
     }
+    if let (Some(first), Some(last)) = (f.syn_overflows.first(), f.syn_overflows.last()) {
+        let queues: std::collections::BTreeSet<String> = f.syn_overflows.iter().map(|o| format!("{}/{}", o.queue.len, o.queue.max)).collect();
+        let n = f.evidence.get(crate::explain::LABEL_SYN_OVERFLOW).copied().unwrap_or(f.syn_overflows.len() as u64);
+        field(
+            w,
+            "overflows:",
+            &format!(
+                "{n} SYNs dropped by tcp_conn_request on the full queue (queue {} when they came; {} - {} UTC)",
+                queues.into_iter().collect::<Vec<_>>().join(", "),
+                clock.to_hms_millis(first.ts_ns),
+                clock.to_hms_millis(last.ts_ns)
+            ),
+        )?;
+    }
     if !f.accept_wait_ms.is_empty() {
         // Bucket order, not string order.
         let parts: Vec<String> = crate::explain::ACCEPT_WAIT_BUCKETS
@@ -228,6 +242,7 @@ mod tests {
             first_seen_ns: 2_000_000_000,
             last_seen_ns: 5_123_000_000,
             accept_wait_ms: BTreeMap::new(),
+            syn_overflows: vec![],
         }
     }
 

@@ -291,13 +291,25 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
             if conn_request_hooked && overflow_seen == 0 {
                 bad.push("tcp_conn_request is hooked but no SYN-time overflow in the evidence".into());
             }
+            // The queue at each overflow, with the listener named by the kernel.
+            let samples = f["syn_overflows"].as_array().cloned().unwrap_or_default();
+            if conn_request_hooked {
+                let right = |s: &Value| s["len"].as_u64() > s["max"].as_u64() && s["max"].as_u64() == Some(1) && s["listener"]["pid"].as_u64() == e.listener.map(u64::from);
+                if samples.is_empty() || !samples.iter().all(right) {
+                    bad.push(format!("syn_overflows {} (each: len > max = 1, listener {:?})", f["syn_overflows"], e.listener));
+                }
+            }
             if accept_hooked && waits == 0 {
                 bad.push("inet_csk_accept is hooked but no accept_wait_ms histogram".into());
             }
             if !conn_request_hooked && overflow_seen > 0 {
                 bad.push("SYN-time overflow evidence without the tcp_conn_request hook".into());
             }
-            println!("VM-DETAIL {name} backlog_full: tcp_conn_request overflows {overflow_seen}, accept_wait_ms {}", f["accept_wait_ms"]);
+            let first = samples.first().map(|s| format!("{}/{} listener {}", s["len"], s["max"], s["listener"]["pid"])).unwrap_or_else(|| "-".into());
+            println!(
+                "VM-DETAIL {name} backlog_full: tcp_conn_request overflows {overflow_seen} (queue at first: {first}), accept_wait_ms {}",
+                f["accept_wait_ms"]
+            );
         }
         let mark = if bad.is_empty() { "ok" } else { "WRONG" };
         println!(
