@@ -8,9 +8,11 @@ mod enrich;
 mod event;
 mod explain;
 mod kernel;
+mod metrics;
 mod nginx;
 mod operator;
 mod report;
+mod top;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -38,13 +40,18 @@ enum Command {
     /// Trace for a while (or until Ctrl-C), then print one finding per cause and upstream.
     Diagnose(TraceArgs),
     /// Print each failed upstream connection as it happens, and findings as they open or change.
-    Watch(TraceArgs),
+    Watch(WatchArgs),
+    /// A live terminal view: one row per upstream target, refreshed every second (s: sort, q: quit).
+    Top(TraceArgs),
     /// Show what this kernel offers and what tracer will therefore see; attaches nothing.
     Doctor,
 }
 
 #[derive(Args, Clone)]
 struct TraceArgs {
+    /// Where `watch --metrics` serves (set from `WatchArgs`; not a flag of every command).
+    #[arg(skip)]
+    metrics: Option<std::net::SocketAddr>,
     /// How long to trace (e.g. 30s, 2m, 500ms); default: until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
@@ -78,6 +85,15 @@ struct TraceArgs {
     /// Default: $TRACER_BACKEND, else auto.
     #[arg(long, value_parser = capture::fhooks::BackendChoice::parse)]
     backend: Option<capture::fhooks::BackendChoice>,
+}
+
+#[derive(Args, Clone)]
+struct WatchArgs {
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (127.0.0.1:9464 when ADDR is not given).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = metrics::DEFAULT_ADDR, value_parser = metrics::parse_addr)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -151,7 +167,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor => doctor(),
         Command::Diagnose(args) => run_trace(args, Mode::Diagnose),
-        Command::Watch(args) => run_trace(args, Mode::Watch),
+        Command::Watch(w) => run_trace(TraceArgs { metrics: w.metrics, ..w.trace }, Mode::Watch),
+        Command::Top(args) => top::preflight(args.json).and_then(|()| run_trace(args, Mode::Top)),
     };
     match result {
         Ok(code) => code,
@@ -172,6 +189,7 @@ fn doctor() -> Result<ExitCode> {
 enum Mode {
     Diagnose,
     Watch,
+    Top,
 }
 
 fn require_root() -> Result<()> {
@@ -210,6 +228,12 @@ impl Filter {
     fn comm(&self, comm: &str) -> bool {
         self.comms.is_empty() || self.comms.iter().any(|c| c == comm)
     }
+    fn update(&self, u: &Update) -> bool {
+        match u {
+            Update::Attempt(a) => self.target(&a.target) && self.comm(&a.client.comm),
+            Update::Finding(f) => self.finding(f),
+        }
+    }
     fn finding(&self, f: &Finding) -> bool {
         self.target(&f.target) && (self.comms.is_empty() || f.clients.iter().any(|c| self.comm(&c.comm)))
     }
@@ -239,6 +263,11 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     // Signals first, so a Ctrl-C during start-up still goes through the orderly exit below.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    // Bound before anything is attached: an address in use fails at once.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
 
     let choice = match args.backend {
         Some(c) => c,
@@ -267,6 +296,17 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     let started_ns = monotonic_ns();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     eprintln!("tracing: {}", capture.describe());
+    let metrics = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("metrics: http://{addr}/metrics");
+        }
+        let m = metrics::Metrics::new();
+        metrics::spawn_server(listener, m.registry());
+        m.observe_capture(&capture);
+        m
+    });
+    // After the `tracing:` line, which stays on the normal screen.
+    let mut top = if mode == Mode::Top { Some(top::TopView::start(clock)?) } else { None };
 
     let mut out = std::io::stdout().lock();
     let mut batch: Vec<Event> = Vec::with_capacity(1024);
@@ -292,6 +332,17 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
                 lost_events(&capture, &mut reported_lost, now, &mut engine);
                 let updates = engine.tick(now);
                 if mode == Mode::Watch { print_updates(&mut out, &updates, &filter, &clock, args.json)?; }
+                if let Some(m) = &metrics {
+                    m.observe(updates.iter().filter(|u| filter.update(u)), |f| upstream_of(&ops, f));
+                    m.observe_capture(&capture);
+                }
+                if let Some(view) = &mut top {
+                    let quit = view.tick(&capture, || {
+                        let fs: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f) && ops.keep(f)).collect();
+                        fs.into_iter().map(|f| { let u = upstream_of(&ops, &f); (f, u) }).collect()
+                    })?;
+                    if quit { break; }
+                }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -302,6 +353,7 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
         }
     }
 
+    drop(top); // the terminal is restored before anything is printed
     // Orderly end: take what the kernel already wrote, then conclude everything.
     capture.drain(&mut batch, &facts.names);
     absorb(&mut batch, &mut engine, &mut enricher, &mut last_probe);
@@ -344,6 +396,11 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The Nginx upstream a finding's target is configured in (metrics labels, `top`).
+fn upstream_of(ops: &operator::Operator, f: &Finding) -> Option<String> {
+    ops.configured(f).map(|c| c.upstream.clone())
 }
 
 /// Maps the kernel's monotonic clock to wall-clock time (measured once, at start).

@@ -17,6 +17,7 @@ const APT: &[&[&str]] = &[
     &["python3"],
     &["python3-venv"],
     &["curl"],
+    &["tmux"],
     // nginx-light only adds a module on top of nginx in Debian 12: either will do.
     &["nginx", "nginx-light"],
     &["wrk"],

@@ -1,0 +1,411 @@
+//! Privileged suite for the operator features: `tracer watch --metrics` scraped over real HTTP,
+//! and `tracer top` driven in a real terminal (tmux: send-keys, capture-pane).
+//!
+//! Runs only with TRACER_INTEGRATION=1 as root (`cargo xtask test` does both), one test at a
+//! time; otherwise each privileged test prints `skipped: <reason>` and passes. The `top` tests
+//! also skip, saying so, when tmux is missing (`cargo xtask setup` installs it).
+//!
+//! Failures are made as in the scenario suite: `python3 tests/helpers/net.py` in a fresh
+//! network namespace, tracer in the host namespace (it covers every namespace).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------
+
+/// A port nobody listens on right now (the kernel picks it).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 GET over a plain TcpStream: (status line, headers, body).
+fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap_or_else(|e| panic!("reading the answer to GET {path}: {e}"));
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or_else(|| panic!("not an HTTP response: {resp:?}"));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+/// The value of the sample line `series` (name and labels exactly), if present.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+}
+
+/// `watch` prints a finding each time it changes, then the final report: the last one for
+/// `target` is the final state; every one must have `cause`.
+fn final_finding<'a>(run: &'a TracerRun, target: &str, cause: &str) -> &'a serde_json::Value {
+    let fs = run.findings_for(target);
+    assert!(fs.iter().all(|f| f["cause"] == cause), "only {cause} findings for {target}:\n{}", run.stdout);
+    let f = *fs.last().unwrap_or_else(|| panic!("no finding for {target}:\n{}\nstderr:\n{}", run.stdout, run.stderr));
+    check_finding_shape(f);
+    run.summary();
+    f
+}
+
+/// `--metrics` with something that is not an address: one line, non-zero, nothing attached.
+#[test]
+fn metrics_rejects_a_bad_address() {
+    for bad in ["nonsense", "127.0.0.1:99999", "1.2.3.4"] {
+        let out = output_with_timeout(Command::new(tracer_bin()).args(["watch", "--metrics", bad]), Duration::from_secs(30));
+        assert!(!out.status.success(), "--metrics {bad} must fail");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {:?}", out.stderr);
+        assert!(out.stderr.contains("is not an address"), "{:?}", out.stderr);
+        assert!(!out.stderr.contains("tracing:"), "{:?}", out.stderr);
+    }
+}
+
+/// An address already in use fails at once, before anything is attached.
+#[test]
+fn metrics_address_in_use_fails_at_once() {
+    require_integration!();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = output_with_timeout(
+        Command::new(tracer_bin()).args(["watch", "--duration", "30s", "--metrics", &addr]),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "serving on a taken address must fail: {}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "one line: {:?}", out.stderr);
+    assert!(out.stderr.contains(&format!("cannot serve metrics on {addr}")), "{:?}", out.stderr);
+    assert!(!out.stderr.contains("tracing:"), "it fails before attaching: {:?}", out.stderr);
+}
+
+/// m. 3 connects to a port nothing listens on, while `tracer watch --metrics` runs: a scrape
+/// shows the dead_listener counter at 3 for that target and client comm, and tracer's health.
+#[test]
+fn m_metrics_scrape_counts_dead_listener_attempts() {
+    require_integration!();
+    let port = "18201";
+    let target = "127.0.0.1:18201";
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ns = Netns::new("metrics");
+    let tracer = Tracer::start(&["watch", "--json", "--duration", "60s", "--port", port, "--metrics", &metrics.to_string()]);
+
+    let mut client = ns.helper(&["tcp-connect", "--host", "127.0.0.1", "--port", port, "--count", "3"]);
+    let done = client.finish();
+    assert_eq!(result_count(&done, "ECONNREFUSED"), 3, "helper: {done}");
+
+    let series = format!(
+        r#"tracer_failed_connections_total{{cause="dead_listener",target="{target}",upstream="",client_comm="python3"}}"#
+    );
+    // Attempts are concluded after a grace period (300 ms) on the next tick.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (status, headers, body) = loop {
+        let (status, headers, body) = http_get(metrics, "/metrics");
+        if sample(&body, &series) == Some(3.0) || Instant::now() > deadline {
+            break (status, headers, body);
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    println!("GET http://{metrics}/metrics -> {status}\n{body}");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(headers.to_ascii_lowercase().contains("content-type: application/openmetrics-text"), "{headers}");
+    assert_eq!(sample(&body, &series), Some(3.0), "expected `{series} 3` in:\n{body}\ntracer stderr:\n{}", tracer.stderr_text());
+    assert!(body.contains("# TYPE tracer_failed_connections counter"), "{body}");
+    // No other cause for this target.
+    for l in body.lines().filter(|l| l.starts_with("tracer_failed_connections_total{") && l.contains(target)) {
+        assert!(l.starts_with(&series), "only dead_listener for {target}: {l}");
+    }
+    // tracer's own health.
+    assert!(sample(&body, "tracer_events_total").is_some_and(|v| v > 0.0), "tracer_events_total > 0:\n{body}");
+    assert!(sample(&body, "tracer_hooks_active").is_some_and(|v| v >= 1.0), "tracer_hooks_active >= 1:\n{body}");
+    assert_eq!(sample(&body, r#"tracer_hook_active{hook="sock:inet_sock_set_state"}"#), Some(1.0), "{body}");
+    assert!(body.contains("# TYPE tracer_lost_events counter"), "{body}");
+    assert!(
+        body.lines().any(|l| l.starts_with("tracer_lost_events_total{kind=")),
+        "a lost-events series per event kind seen:\n{body}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"), "{body}");
+    let (status, _, _) = http_get(metrics, "/nope");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+
+    // The findings agree with the counter.
+    let run = tracer.finish();
+    let f = final_finding(&run, target, "dead_listener");
+    assert_eq!(count(f), 3, "{f}");
+    assert_client(f, client.pid);
+}
+
+/// m2. A listener with listen(1) that never accepts, 6 non-blocking connects held 4 s: the
+/// backlog_full counter, and the queue gauges show the queue the finding measured.
+#[test]
+fn m2_metrics_queue_gauges_for_a_full_backlog() {
+    require_integration!();
+    let port = "18206";
+    let target = "127.0.0.1:18206";
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ns = Netns::new("metricsq");
+    let tracer = Tracer::start(&["watch", "--json", "--duration", "60s", "--port", port, "--metrics", &metrics.to_string()]);
+
+    let mut listener = ns.helper(&["tcp-listen", "--host", "127.0.0.1", "--port", port, "--backlog", "1"]);
+    listener.expect("listening");
+    let mut client = ns.helper(&[
+        "tcp-connect", "--host", "127.0.0.1", "--port", port, "--count", "6", "--nonblock", "--hold", "4",
+    ]);
+    client.finish();
+
+    let prefix = format!(r#"tracer_failed_connections_total{{cause="backlog_full",target="{target}","#);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (_, _, body) = http_get(metrics, "/metrics");
+        if body.lines().any(|l| l.starts_with(&prefix)) || Instant::now() > deadline {
+            break body;
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    println!("GET http://{metrics}/metrics ->\n{body}");
+    let failed: f64 = body
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(failed >= 1.0, "a backlog_full counter for {target}:\n{body}");
+    let run = tracer.finish();
+    listener.stop();
+    let f = final_finding(&run, target, "backlog_full");
+    assert!(count(f) as f64 >= failed, "the finding counts at least the failed attempts: {f}");
+    if !f["queue"].is_null() {
+        // Gauges show the latest queue a finding measured; the finding keeps the fullest.
+        let max = sample(&body, &format!(r#"tracer_listener_queue_max{{target="{target}"}}"#));
+        assert_eq!(max, Some(1.0), "the listen backlog as tracer_listener_queue_max:\n{body}\nfinding: {f}");
+        let len = sample(&body, &format!(r#"tracer_listener_queue_length{{target="{target}"}}"#));
+        assert!(len.is_some_and(|l| l >= 1.0), "a full queue's length:\n{body}");
+    } else {
+        println!("note: no queue measured for this run's finding; gauges not checked: {f}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// tracer top in tmux
+// ---------------------------------------------------------------------------------------
+
+/// A tmux server of our own (`tmux -L <socket>`), killed with everything in it on drop.
+struct Tmux {
+    socket: String,
+    session: String,
+}
+
+/// How long `tracer top` may take to attach and draw its first screen.
+const TOP_START: Duration = Duration::from_secs(60);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").arg("-L").arg(&self.socket).args(args).output().expect("run tmux")
+    }
+
+    fn capture(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", &self.session]).stdout).into_owned()
+    }
+
+    fn display(&self, format: &str) -> String {
+        String::from_utf8_lossy(&self.cmd(&["display-message", "-p", "-t", &self.session, format]).stdout).trim().to_string()
+    }
+
+    fn send(&self, key: &str) {
+        assert!(self.cmd(&["send-keys", "-t", &self.session, key]).status.success(), "tmux send-keys {key}");
+    }
+
+    /// Polls the pane until `pred` holds; panics with the last capture after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("tmux pane: no {what} within {timeout:?}; the pane shows:\n{screen}");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// Why the top tests cannot run here (tmux missing), or None.
+fn tmux_missing() -> Option<String> {
+    match Command::new("tmux").arg("-V").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("tmux is not installed (`cargo xtask setup` installs it)".into()),
+    }
+}
+
+/// `tracer top <args>` in a 160x40 tmux pane, wrapped in a shell that records the terminal
+/// settings before and after, tracer's pid and exit status, then keeps the pane open.
+struct TopRun {
+    tmux: Tmux,
+    dir: TempDir,
+}
+
+impl TopRun {
+    fn start(name: &str, args: &[&str], env: &[(&str, &str)]) -> TopRun {
+        let dir = TempDir::new(name);
+        let env: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let script = format!(
+            "stty -g > {d}/before\n\
+             {env}sh -c 'echo $$ > {d}/pid; exec \"$0\" \"$@\"' {bin} top {args}\n\
+             echo $? > {d}/rc\n\
+             stty -g > {d}/after\n\
+             exec sleep 600\n",
+            d = dir.0.display(),
+            bin = tracer_bin(),
+            args = args.join(" ")
+        );
+        std::fs::write(dir.0.join("run.sh"), script).unwrap();
+        let tmux = Tmux { socket: format!("tracer-t-{name}-{}", std::process::id()), session: "top".into() };
+        let run_sh = format!("sh {}/run.sh", dir.0.display());
+        let out = tmux.cmd(&["-f", "/dev/null", "new-session", "-d", "-s", &tmux.session, "-x", "160", "-y", "40", &run_sh]);
+        assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        let run = TopRun { tmux, dir };
+        run.tmux.wait_for("`tracer top` status line", TOP_START, |s| s.starts_with("tracer top "));
+        run
+    }
+
+    fn file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.0.join(name)).ok().map(|s| s.trim().to_string())
+    }
+
+    fn pid(&self) -> i32 {
+        self.file("pid").and_then(|p| p.parse().ok()).expect("tracer's pid")
+    }
+
+    /// Waits for tracer to exit; returns its exit status as the shell saw it.
+    fn wait_exit(&self) -> String {
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(rc) = self.file("rc").filter(|s| !s.is_empty()) {
+                // The `after` settings are written right after.
+                thread::sleep(Duration::from_millis(300));
+                return rc;
+            }
+            if Instant::now() > deadline {
+                panic!("tracer top did not exit within {EXIT_TIMEOUT:?}; the pane shows:\n{}", self.tmux.capture());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// tracer is gone, and the terminal is as it was: normal screen, cursor shown, same
+    /// termios settings (raw mode off).
+    fn assert_restored(&self, pid: i32) {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "tracer (pid {pid}) is gone");
+        assert_eq!(self.tmux.display("#{alternate_on}"), "0", "the pane left the alternate screen:\n{}", self.tmux.capture());
+        assert_eq!(self.tmux.display("#{cursor_flag}"), "1", "the cursor is visible again");
+        let (before, after) = (self.file("before").unwrap(), self.file("after").expect("stty after"));
+        assert!(!before.is_empty());
+        assert_eq!(before, after, "terminal settings (stty -g) are restored");
+    }
+}
+
+/// t1. `tracer top` shows the target of 2 refused connects with its cause, `s` changes the
+/// sort, `q` quits: tracer exits 0, the terminal is restored and the final report is printed.
+#[test]
+fn t1_top_shows_the_failing_target_and_quits_on_q() {
+    require_integration!();
+    if let Some(reason) = tmux_missing() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let port = "18202";
+    let target = "127.0.0.1:18202";
+    let ns = Netns::new("top");
+    let top = TopRun::start("top", &["--port", port], &[]);
+    let pid = top.pid();
+    let first = top.tmux.capture();
+    assert!(first.lines().next().unwrap().contains("sort: attempts"), "{first}");
+    assert_eq!(top.tmux.display("#{alternate_on}"), "1", "top draws on the alternate screen");
+
+    let mut client = ns.helper(&["tcp-connect", "--host", "127.0.0.1", "--port", port, "--count", "2"]);
+    let done = client.finish();
+    assert_eq!(result_count(&done, "ECONNREFUSED"), 2, "helper: {done}");
+
+    let screen = top.tmux.wait_for("row for the target with its cause", Duration::from_secs(15), |s| {
+        s.lines().any(|l| l.starts_with(target) && l.contains("dead_listener 2"))
+    });
+    println!("tracer top, as tmux shows it:\n{screen}");
+    assert!(screen.lines().any(|l| l.starts_with("TARGET") && l.contains("FAILURES BY CAUSE") && l.contains("LAST ERROR")), "{screen}");
+
+    top.tmux.send("s");
+    top.tmux.wait_for("sort by last error", Duration::from_secs(5), |s| s.starts_with("tracer top ") && s.lines().next().unwrap().contains("sort: last error"));
+
+    top.tmux.send("q");
+    assert_eq!(top.wait_exit(), "0", "q ends tracer top with status 0");
+    top.assert_restored(pid);
+    let after = top.tmux.capture();
+    assert!(!after.contains("FAILURES BY CAUSE"), "the view is gone:\n{after}");
+    assert!(after.contains(&format!("DEAD LISTENER  {target}")), "the final report follows:\n{after}");
+}
+
+/// t2. SIGTERM while `tracer top` runs: exit 0, terminal restored.
+#[test]
+fn t2_top_restores_the_terminal_on_sigterm() {
+    require_integration!();
+    if let Some(reason) = tmux_missing() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let top = TopRun::start("topterm", &["--port", "18203"], &[]);
+    let pid = top.pid();
+    kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM tracer");
+    assert_eq!(top.wait_exit(), "0", "SIGTERM ends tracer top with status 0");
+    top.assert_restored(pid);
+}
+
+/// t3. Ctrl-C (a key in raw mode, not a signal): exit 0, terminal restored.
+#[test]
+fn t3_top_restores_the_terminal_on_ctrl_c() {
+    require_integration!();
+    if let Some(reason) = tmux_missing() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let top = TopRun::start("topctrlc", &["--port", "18204"], &[]);
+    let pid = top.pid();
+    top.tmux.send("C-c");
+    assert_eq!(top.wait_exit(), "0", "Ctrl-C ends tracer top with status 0");
+    top.assert_restored(pid);
+}
+
+/// t4. A panic inside the view (forced by TRACER_TEST_TOP_PANIC): the panic hook restores the
+/// terminal before the message, tracer exits non-zero.
+#[test]
+fn t4_top_restores_the_terminal_on_panic() {
+    require_integration!();
+    if let Some(reason) = tmux_missing() {
+        println!("skipped: {reason}");
+        return;
+    }
+    // Without a backtrace, the panic message stays on the 40-line pane.
+    let top = TopRun::start("toppanic", &["--port", "18205"], &[("TRACER_TEST_TOP_PANIC", "1"), ("RUST_BACKTRACE", "0")]);
+    let pid = top.pid();
+    let rc = top.wait_exit();
+    assert_ne!(rc, "0", "a panic is a failure");
+    top.assert_restored(pid);
+    let screen = top.tmux.capture();
+    assert!(screen.contains("TRACER_TEST_TOP_PANIC"), "the panic message is readable on the normal screen:\n{screen}");
+}
