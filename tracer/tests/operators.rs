@@ -6,7 +6,9 @@
 //! also skip, saying so, when tmux is missing (`cargo xtask setup` installs it).
 //!
 //! Failures are made as in the scenario suite: `python3 tests/helpers/net.py` in a fresh
-//! network namespace, tracer in the host namespace (it covers every namespace).
+//! network namespace, tracer in the host namespace (it covers every namespace); the `n`
+//! tests do the same against the real stack (Nginx `upstream backend` -> Gunicorn, crashed),
+//! where the upstream name comes from Nginx's configuration.
 
 mod common;
 
@@ -19,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{stack::*, *};
 use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
@@ -245,6 +247,71 @@ impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.cmd(&["kill-server"]);
     }
+}
+
+/// The real stack: Gunicorn on 127.0.0.1:8000 behind Nginx's `upstream backend`, in `ns`.
+const NGINX_UPSTREAM: &str = "upstream backend { server 127.0.0.1:8000 max_fails=0; }";
+
+/// n1. Gunicorn crashes behind Nginx; 3 requests get 502: the counter carries the upstream
+/// name from Nginx's configuration and the Nginx workers' comm.
+#[test]
+fn n1_metrics_against_nginx_and_gunicorn() {
+    require_integration!();
+    if let Some(reason) = stack_missing() {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = stack_dir("ops-ngx-metrics");
+    let ns = Netns::new("opsngxm");
+    let mut gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let _nginx = ns.nginx_with(&dir, "http://backend", "3s", NGINX_UPSTREAM);
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let tracer = Tracer::start(&["watch", "--json", "--duration", "60s", "--port", "8000", "--metrics", &metrics.to_string()]);
+
+    gunicorn.crash();
+    assert_eq!(ns.curls(3, 10), [502, 502, 502]);
+    let series = r#"tracer_failed_connections_total{cause="dead_listener",target="127.0.0.1:8000",upstream="backend",client_comm="nginx"}"#;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let body = loop {
+        let (_, _, body) = http_get(metrics, "/metrics");
+        if sample(&body, series) == Some(3.0) || Instant::now() > deadline {
+            break body;
+        }
+        thread::sleep(Duration::from_millis(250));
+    };
+    println!("GET http://{metrics}/metrics ->\n{body}");
+    assert_eq!(sample(&body, series), Some(3.0), "expected `{series} 3` in:\n{body}\ntracer stderr:\n{}", tracer.stderr_text());
+    let run = tracer.finish();
+    let f = final_finding(&run, "127.0.0.1:8000", "dead_listener");
+    assert_eq!(count(f), 3, "{f}");
+}
+
+/// n2. The same in `tracer top`: the row names the upstream, the cause and count, and the
+/// Gunicorn master as the listener that was there.
+#[test]
+fn n2_top_against_nginx_and_gunicorn() {
+    require_integration!();
+    if let Some(reason) = tmux_missing().or_else(stack_missing) {
+        println!("skipped: {reason}");
+        return;
+    }
+    let dir = stack_dir("ops-ngx-top");
+    let ns = Netns::new("opsngxt");
+    let mut gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let _nginx = ns.nginx_with(&dir, "http://backend", "3s", NGINX_UPSTREAM);
+    let top = TopRun::start("opsngxtop", &["--port", "8000"], &[]);
+    let pid = top.pid();
+
+    gunicorn.crash();
+    assert_eq!(ns.curls(3, 10), [502, 502, 502]);
+    let listener = format!("gunicorn {}", gunicorn.pid);
+    let screen = top.tmux.wait_for("the upstream's row", Duration::from_secs(15), |s| {
+        s.lines().any(|l| l.starts_with("127.0.0.1:8000") && l.contains("backend") && l.contains("dead_listener 3") && l.contains(&listener))
+    });
+    println!("tracer top, as tmux shows it:\n{screen}");
+    top.tmux.send("q");
+    assert_eq!(top.wait_exit(), "0");
+    top.assert_restored(pid);
 }
 
 /// Why the top tests cannot run here (tmux missing), or None.
