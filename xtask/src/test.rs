@@ -43,13 +43,6 @@ pub fn test() -> Result<()> {
         .env_remove("AYA_BUILD_SKIP");
     let ops_ok = run_status(&mut ops)?.success();
 
-    println!("test: operator suite (metrics scraped over HTTP, `tracer top` in tmux)");
-    let mut ops = cargo();
-    ops.args(["test", "-p", "tracer", "--test", "operators", "--", "--test-threads=1"])
-        .env("TRACER_INTEGRATION", "1")
-        .env_remove("AYA_BUILD_SKIP");
-    let ops_ok = run_status(&mut ops)?.success();
-
     // The kernel matrix: function hooks (fentry, kprobe) and tracepoints on Debian 6.1 and
     // 6.12 under QEMU. TRACER_VM_TEST=0 skips it (e.g. while iterating on something else).
     let vm_ok = if std::env::var("TRACER_VM_TEST").as_deref() == Ok("0") {
@@ -68,21 +61,19 @@ pub fn test() -> Result<()> {
 
     let word = |ok: bool| if ok { "passed" } else { "FAILED" };
     println!(
-        "test: unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}, operator suite {}, operator suite {}, kernel matrix {}",
+        "test: unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}, operator suite {}, kernel matrix {}",
         word(unit_ok),
         word(scen_ok),
         word(stack_ok),
         word(ops_ok),
-        word(ops_ok),
         word(vm_ok)
     );
-    if !(unit_ok && scen_ok && stack_ok && ops_ok && ops_ok && vm_ok) {
+    if !(unit_ok && scen_ok && stack_ok && ops_ok && vm_ok) {
         bail!(
-            "tests failed (unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}, operator suite {}, operator suite {}, kernel matrix {})",
+            "tests failed (unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}, operator suite {}, kernel matrix {})",
             word(unit_ok),
             word(scen_ok),
             word(stack_ok),
-            word(ops_ok),
             word(ops_ok),
             word(vm_ok)
         );
