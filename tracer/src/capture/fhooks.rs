@@ -116,6 +116,8 @@ pub struct FnHookOutcome {
     pub prototype: String,
     /// `fentry:tcp_connect`, `kprobe:tcp_conn_request`, ... or None.
     pub active: Option<String>,
+    /// The program (variant) serving it, e.g. `tracer_fx_accept4` for the 4-argument prototype.
+    pub program: Option<&'static str>,
     /// Why fentry/fexit, then kprobe, were not used.
     pub why_not: Vec<String>,
     pub serves: &'static str,
@@ -139,7 +141,10 @@ impl FnHookOutcome {
     /// `tcp_conn_request: none (fentry: ...; kprobe: ...) -> tracepoints`.
     pub fn line(&self) -> String {
         match &self.active {
-            Some(h) => format!("{}: {h}", self.function),
+            Some(h) => match self.program {
+                Some(p) => format!("{}: {h} (program {p})", self.function),
+                None => format!("{}: {h}", self.function),
+            },
             None => format!("{}: none ({}) -> tracepoints ({})", self.function, self.why_not.join("; "), self.fallback),
         }
     }
@@ -162,6 +167,7 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
             function: spec.function,
             prototype: proto.as_ref().map(|p| p.render()).unwrap_or_else(|| "not in this kernel's BTF".into()),
             active: None,
+            program: None,
             why_not: Vec::new(),
             serves: spec.serves,
             fallback: spec.fallback,
@@ -185,7 +191,10 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
             (None, _) => o.why_not.push(format!("fentry: no program variant for {}", proto.render())),
             (Some(_), Err(e)) => o.why_not.push(format!("fentry: {e}")),
             (Some((_, program, fexit)), Ok(btf)) => match trampoline(ebpf, program, *fexit, spec.function, btf, attach) {
-                Ok(()) => o.active = Some(format!("{}:{}", kind(*fexit), spec.function)),
+                Ok(()) => {
+                    o.active = Some(format!("{}:{}", kind(*fexit), spec.function));
+                    o.program = Some(program);
+                }
                 Err(e) => o.why_not.push(format!("{}: {e}", kind(*fexit))),
             },
         }
@@ -200,6 +209,7 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
             } else {
                 match kprobes(ebpf, spec.kprobe.0, spec.kprobe.1, spec.function, attach) {
                     Ok(()) => {
+                        o.program = Some(spec.kprobe.0);
                         o.active = Some(match spec.kprobe.1 {
                             Some(_) => format!("kprobe+kretprobe:{}", spec.function),
                             None => format!("kprobe:{}", spec.function),
@@ -345,6 +355,7 @@ mod tests {
             function: "tcp_conn_request",
             prototype: String::new(),
             active: None,
+            program: None,
             why_not: vec!["fentry: load refused (EPERM)".into(), "kprobes: CONFIG_KPROBES is not set".into()],
             serves: "x",
             fallback: "tcp:tcp_retransmit_skb",

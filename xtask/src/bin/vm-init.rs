@@ -219,6 +219,15 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     kill(&mut l);
     expects.push(Expect { cause: "unix_backlog_full", target: format!("unix:{ufull}"), count: (1, 5), client: c, listener: Some(lpid) });
 
+    // unix_permission_denied: socket file mode 0600 (root), the client runs as uid 65534.
+    let perm = format!("/tmp/vm-perm-{base}.sock");
+    let mut l = spawn_helper(&["listen-unix", &perm, "16", "hold"])?;
+    let lpid = l.id();
+    sh(&["chmod", "0600", &perm]);
+    let c = run_helper(&["client-unix", &perm, "2", "block", "65534"])?;
+    kill(&mut l);
+    expects.push(Expect { cause: "unix_permission_denied", target: format!("unix:{perm}"), count: (2, 2), client: c, listener: Some(lpid) });
+
     // Let the last evidence arrive, then stop tracer orderly.
     thread::sleep(Duration::from_millis(700));
     unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
@@ -279,6 +288,9 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
             if listener != Some(lp as u64) {
                 bad.push(format!("listener {listener:?} != {lp}"));
             }
+        }
+        if e.cause == "unix_permission_denied" && f["uids"].as_array().map(|u| u.iter().any(|x| x.as_u64() == Some(65534))) != Some(true) {
+            bad.push(format!("uids {} lack 65534", f["uids"]));
         }
         if e.cause == "backlog_full" {
             if f["queue"]["max"].as_u64() != Some(1) {
@@ -437,8 +449,12 @@ fn helper(args: &[String]) {
                     }
                 }
             }
-            // client-unix PATH N block|nonblock: N connects, kept open until exit.
+            // client-unix PATH N block|nonblock [UID]: N connects, kept open until exit.
             "client-unix" => {
+                if let Ok(uid) = a(4).parse::<u32>() {
+                    libc::setgid(uid);
+                    libc::setuid(uid);
+                }
                 let (sa, len) = sockaddr_un(a(1));
                 let flags = if a(3) == "nonblock" { libc::SOCK_NONBLOCK } else { 0 };
                 let mut fds = Vec::new();
