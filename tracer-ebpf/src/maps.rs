@@ -1,6 +1,7 @@
 //! The maps shared by the probes. Per-socket state lives in LRU maps so that sockets that never
 //! finish connecting (or listeners that vanish unseen) can never exhaust them.
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -45,6 +46,21 @@ fn bump(slot: u32) {
     }
 }
 
+/// Unread bytes in the ring past which a submit wakes the reader at once. Below it no submit
+/// wakes anyone: userspace drains the ring on its own short timer (capture::DRAIN_EVERY), so
+/// a flood costs one wake-up per batch instead of one per event (a wake-up is an irq_work
+/// plus a cross-CPU task wake, several times the cost of the event itself).
+const WAKEUP_BYTES: u64 = 512 * 1024;
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Reserves a zeroed event of kind `kind` directly in the ring buffer (events are too large
 /// to build on the 512-byte BPF stack next to everything else), lets `fill` write it, and
 /// submits it. A full ring buffer is counted as a lost event of that kind.
@@ -58,7 +74,7 @@ pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) {
                 &mut *p
             };
             fill(event);
-            entry.submit(0);
+            entry.submit(wakeup_flags());
             bump(kind);
         }
         None => bump(LOST_BASE + kind),

@@ -1,5 +1,6 @@
 //! Orchestration for tracer (aya style): `cargo xtask <setup|build|run|test|demo>`.
 //! Every subcommand first installs what is missing on a fresh Debian 12 machine (`setup`).
+mod bench;
 mod cmd_build;
 mod demo;
 mod setup;
@@ -46,6 +47,9 @@ enum Cmd {
     Test,
     /// The kernel matrix: Debian 6.1 and 6.12 kernels under QEMU (TCG), every cause with function hooks on, then off.
     VmTest,
+    /// Benchmark (not a test): overhead A/B against no tracer and bpftrace, failure floods with
+    /// exact counts, start/stop, churn; prints a table and writes bench/results/*.json.
+    Bench(bench::BenchArgs),
     /// A two-minute live demo: Nginx + Gunicorn in a network namespace, Gunicorn killed, the 502 explained.
     Demo,
 }
@@ -58,12 +62,13 @@ fn main() {
         Cmd::Run { args } => run(args),
         Cmd::Test => test::test(),
         Cmd::Demo => demo::demo(),
+        Cmd::Bench(args) => bench::bench(args),
         Cmd::VmTest => vm::vm_test(),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
         // 128 + SIGINT, as a shell reports a Ctrl-C.
-        std::process::exit(if demo::interrupted() { 130 } else { 1 });
+        std::process::exit(if demo::interrupted() || bench::interrupted() { 130 } else { 1 });
     }
 }
 

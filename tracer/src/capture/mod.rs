@@ -21,6 +21,11 @@ use crate::event::Event;
 use decode::ReasonNames;
 use programs::{Backend, PROGRAMS};
 
+/// How often the ring buffer is drained when the kernel did not wake us: its programs submit
+/// without a wake-up until a batch has piled up (tracer-ebpf maps.rs), so an event waits at
+/// most this long, and a flood costs one wake-up per batch instead of one per event.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The kernel object built by tracer/build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
@@ -67,6 +72,15 @@ impl Capture {
 
         let mut config = *config;
         config.debug = debug as u32;
+        // Every segment the stack refuses for want of a socket is reported by tcp_send_reset
+        // (no socket) and then freed by kfree_skb as NO_SOCKET; only RSTs are never answered,
+        // and they say nothing about a listener. With tcp_send_reset attached the NO_SOCKET
+        // drop proves nothing more, and skipping it saves a third of a refusal flood's events.
+        let no_socket_drop = config.enums.drop_no_socket;
+        let fold_no_socket = available.iter().any(|a| a.category == "tcp" && a.name == "tcp_send_reset" && a.available);
+        if fold_no_socket {
+            config.enums.drop_no_socket = tracer_common::FIELD_ABSENT;
+        }
         {
             let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
             let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
@@ -111,6 +125,13 @@ impl Capture {
             hooks.push(HookState { hook: spec.hook(), active: why_not.is_none(), why_not, serves: spec.serves });
         }
 
+        if fold_no_socket && !hooks.iter().any(|h| h.active && h.hook == "tcp:tcp_send_reset") {
+            // tcp_send_reset did not attach after all: the NO_SOCKET drops are needed.
+            config.enums.drop_no_socket = no_socket_drop;
+            let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
+            let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
+            cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")?;
+        }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?)?;
         let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
@@ -140,6 +161,7 @@ impl Capture {
         match &mut self.logger {
             Some(logger) => {
                 tokio::select! {
+                    _ = tokio::time::sleep(DRAIN_EVERY) => {}
                     guard = self.ring.readable_mut() => { guard?.clear_ready(); }
                     guard = logger.readable_mut() => {
                         let mut guard = guard?;
@@ -149,8 +171,11 @@ impl Capture {
                 }
             }
             None => {
-                let mut guard = self.ring.readable_mut().await?;
-                guard.clear_ready();
+                // The kernel wakes us only when a lot is unread (maps.rs, WAKEUP_BYTES): below
+                // that, look every DRAIN_EVERY.
+                if let Ok(guard) = tokio::time::timeout(DRAIN_EVERY, self.ring.readable_mut()).await {
+                    guard?.clear_ready();
+                }
             }
         }
         self.drain(out, names);

@@ -16,7 +16,7 @@ mod tests;
 #[cfg(test)]
 mod fn_tests;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -284,8 +284,9 @@ pub struct Engine {
     overflows: VecDeque<OverflowRise>,
     listeners: Listeners,
     /// Attempts concluded recently: late events for them must not open a new attempt.
-    recently_concluded: VecDeque<(u64, AttemptKey)>,
-    recently_concluded_set: HashSet<AttemptKey>,
+    /// (end, key, start_ns); the set maps each key to the start of the attempt concluded last.
+    recently_concluded: VecDeque<(u64, AttemptKey, u64)>,
+    recently_concluded_set: HashMap<AttemptKey, u64>,
     /// Addresses seen as the source of our clients' attempts: addresses of this host.
     local_ips: BTreeSet<IpAddr>,
     findings: BTreeMap<FindingKey, FindingState>,
@@ -310,7 +311,7 @@ impl Engine {
             overflows: VecDeque::new(),
             listeners: Listeners::new(max),
             recently_concluded: VecDeque::new(),
-            recently_concluded_set: HashSet::new(),
+            recently_concluded_set: HashMap::new(),
             local_ips: BTreeSet::new(),
             findings: BTreeMap::new(),
             changed: BTreeSet::new(),
@@ -526,9 +527,22 @@ impl Engine {
     /// None for late events of an attempt already concluded.
     fn attempt_mut(&mut self, ev: &Event, flow: &FlowAddr, start_ns: u64) -> Option<&mut Attempt> {
         let key = AttemptKey::new(ev.sock, flow);
+        // Socket memory and ephemeral ports are both reused: in a flood the same (socket, flow)
+        // comes back within a fraction of a second. An event of an attempt that started after
+        // the one known under this key is a new attempt, not a late event of the old one.
+        let newer = |known_start: u64| start_ns != 0 && known_start != 0 && start_ns > known_start;
+        if let Some(a) = self.attempts.get(&key) {
+            if a.close.is_some() && a.start_known && newer(a.start_ns) {
+                // Evidence from the new attempt's start on is the new attempt's.
+                self.conclude_tcp_before(&key, ConcludeWhy::Closed, start_ns.saturating_sub(START_SLACK_NS));
+            }
+        }
         if !self.attempts.contains_key(&key) {
-            if self.recently_concluded_set.contains(&key) {
-                return None;
+            if let Some(&known_start) = self.recently_concluded_set.get(&key) {
+                if !newer(known_start) {
+                    return None;
+                }
+                self.recently_concluded_set.remove(&key);
             }
             if self.attempts.len() >= self.opts.max_tracked {
                 self.evict_oldest();
@@ -562,8 +576,15 @@ impl Engine {
     fn flow_evidence(&mut self, e: FlowEvidence) {
         let fk = FlowKey::of(&e.flow);
         if let Some(a) = self.attempt_by_flow.get(&fk).and_then(|k| self.attempts.get_mut(k)) {
-            a.apply_flow_evidence(&e);
-            return;
+            // A packet going to the target after the attempt closed was sent by a later
+            // attempt on the same ports (a closed SYN_SENT socket sends nothing more): it
+            // waits for that one. Answers going to the client may still arrive late.
+            let to_target = e.flow.src == a.flow.src && e.flow.dst == a.flow.dst;
+            let after_close = a.close.is_some_and(|c| e.ts_ns > c.ts_ns());
+            if !(to_target && after_close) {
+                a.apply_flow_evidence(&e);
+                return;
+            }
         }
         self.flow_buffer.push(fk, e);
     }
@@ -601,12 +622,40 @@ impl Engine {
     // ---- conclusion -----------------------------------------------------------------------
 
     fn conclude_tcp(&mut self, key: &AttemptKey, why: ConcludeWhy) {
-        let Some(a) = self.attempts.remove(key) else { return };
+        self.conclude_tcp_before(key, why, u64::MAX);
+    }
+
+    /// Concludes an attempt; packets going to its target that were seen after its close (up
+    /// to the grace period, and before `cutoff_ns`) and that no later attempt claimed are
+    /// its late evidence (see `flow_evidence`).
+    fn conclude_tcp_before(&mut self, key: &AttemptKey, why: ConcludeWhy, cutoff_ns: u64) {
+        let Some(mut a) = self.attempts.remove(key) else { return };
         let fk = FlowKey::of(&a.flow);
         if self.attempt_by_flow.get(&fk) == Some(key) {
             self.attempt_by_flow.remove(&fk);
         }
-        self.remember_concluded(a.end_ns(), *key);
+        if let Some(close) = a.close {
+            let mut until = close.ts_ns().saturating_add(self.opts.grace_ns).min(cutoff_ns);
+            // A later attempt on the same ports owns what was seen from its start on.
+            if let Some(next) = self.attempt_by_flow.get(&fk).and_then(|k| self.attempts.get(k)) {
+                if next.start_ns > close.ts_ns() {
+                    until = until.min(next.start_ns.saturating_sub(START_SLACK_NS));
+                }
+            }
+            let late: Vec<u64> = self
+                .flow_buffer
+                .get(&fk)
+                .into_iter()
+                .filter(|(_, e)| e.ts_ns > close.ts_ns() && e.ts_ns <= until)
+                .map(|(seq, _)| seq)
+                .collect();
+            for seq in late {
+                if let Some(e) = self.flow_buffer.remove(seq) {
+                    a.apply_flow_evidence(&e);
+                }
+            }
+        }
+        self.remember_concluded(a.end_ns(), *key, if a.start_known { a.start_ns } else { 0 });
 
         let target = Target::Tcp(a.flow.dst);
         let (from, to) = (a.start_ns, a.end_ns().saturating_add(self.opts.grace_ns));
@@ -811,12 +860,18 @@ impl Engine {
         self.ready.push_back(r);
     }
 
-    fn remember_concluded(&mut self, ts_ns: u64, key: AttemptKey) {
-        if self.recently_concluded_set.insert(key) {
-            self.recently_concluded.push_back((ts_ns, key));
-        }
+    fn remember_concluded(&mut self, ts_ns: u64, key: AttemptKey, start_ns: u64) {
+        self.recently_concluded_set.insert(key, start_ns);
+        self.recently_concluded.push_back((ts_ns, key, start_ns));
         while self.recently_concluded.len() > self.opts.max_tracked {
-            if let Some((_, k)) = self.recently_concluded.pop_front() {
+            self.forget_concluded();
+        }
+    }
+
+    /// Forgets the oldest concluded attempt (unless its key was concluded again since).
+    fn forget_concluded(&mut self) {
+        if let Some((_, k, start)) = self.recently_concluded.pop_front() {
+            if self.recently_concluded_set.get(&k) == Some(&start) {
                 self.recently_concluded_set.remove(&k);
             }
         }
@@ -840,10 +895,8 @@ impl Engine {
         self.icmp_buffer.expire(|i| old(i.ts_ns));
         self.overflows.retain(|o| !old(o.ts_ns));
         self.listeners.expire(now_ns, ttl);
-        while self.recently_concluded.front().is_some_and(|(ts, _)| old(*ts)) {
-            if let Some((_, k)) = self.recently_concluded.pop_front() {
-                self.recently_concluded_set.remove(&k);
-            }
+        while self.recently_concluded.front().is_some_and(|(ts, _, _)| old(*ts)) {
+            self.forget_concluded();
         }
     }
 

@@ -981,3 +981,34 @@ fn engine_findings_render_as_text_and_json() {
         println!("{v}");
     }
 }
+
+/// A refused-connect flood: socket memory and ephemeral ports are reused within moments, so
+/// the same (socket, flow) comes back while the previous attempt is still followed or was
+/// just concluded. Every attempt must count once, each with its own evidence.
+#[test]
+fn flood_with_reused_sockets_and_ports_counts_every_attempt() {
+    let client = nginx(812);
+    let mut e = engine();
+    let n = 2000u64;
+    for i in 0..n {
+        // Two sockets and three source ports, reused round robin: keys repeat every 6 attempts.
+        let sock = 0x10 + (i % 2);
+        let f = flow(&format!("127.0.0.1:{}", 40000 + (i % 3)), "127.0.0.1:9000");
+        let ts = S + i * 50_000;
+        let mut evs = dead_listener_attempt(ts, sock, &client, f);
+        evs.retain(|ev| !matches!(ev.body, EventBody::TcpRstReceived { .. })); // folded in the kernel
+        for ev in &evs {
+            e.push(ev);
+        }
+        if i % 500 == 0 {
+            e.tick(ts);
+        }
+    }
+    e.finish();
+    let f = only(&e);
+    assert_eq!(f.cause, Cause::DeadListener);
+    assert_eq!(f.count, n);
+    assert_eq!(f.evidence["tcp:tcp_send_reset NO_SOCKET"], n);
+    assert_eq!(f.evidence["skb:kfree_skb NO_SOCKET"], n);
+    assert_eq!(f.evidence["connect() ECONNREFUSED"], n);
+}
