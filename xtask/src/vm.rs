@@ -29,9 +29,10 @@ const KERNELS: &[(&str, &str)] = &[
     ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$"),
 ];
 
-/// Modules packed into the initramfs when the kernel has them as modules (tracer's listener
-/// snapshots use sock_diag); loaded in this order.
-const MODULES: &[&str] = &["net/ipv4/inet_diag", "net/ipv4/tcp_diag", "net/unix/unix_diag"];
+/// Modules packed into the initramfs (with what they depend on) when the kernel has them as
+/// modules: sock_diag for tracer's listener snapshots, nf_tables with reject for the firewall
+/// scenarios (nft itself is packed when the host has it).
+const MODULES: &[&str] = &["inet_diag", "tcp_diag", "unix_diag", "nft_reject_inet"];
 
 const PACKAGES: &[(&str, &str)] = &[("qemu-system-x86", "qemu-system-x86_64"), ("busybox-static", "busybox"), ("cpio", "cpio")];
 
@@ -254,7 +255,13 @@ fn base_initramfs(base: &Path, tracer: &Path, init: &Path) -> Result<()> {
     std::os::unix::fs::symlink("busybox", base.join("bin/sh"))?;
     fs::copy(tracer, base.join("bin/tracer"))?;
     fs::copy(init, base.join("init"))?;
-    for bin in [tracer, init] {
+    let mut bins = vec![tracer.to_path_buf(), init.to_path_buf()];
+    // nft for the firewall scenarios, when the host has it (setup installs nftables).
+    if let Ok(nft) = which("nft") {
+        fs::copy(&nft, base.join("bin/nft"))?;
+        bins.push(nft);
+    }
+    for bin in &bins {
         let (ok, out) = probe(Command::new("ldd").arg(bin));
         if !ok {
             continue; // static
@@ -282,23 +289,81 @@ fn initramfs(vm_dir: &Path, base: &Path, k: &Kernel) -> Result<PathBuf> {
         fs::remove_dir_all(&stage)?;
     }
     run(Command::new("cp").arg("-a").arg(base).arg(&stage))?;
-    for (i, m) in MODULES.iter().enumerate() {
-        let plain = k.modules.join("kernel").join(format!("{m}.ko"));
-        let xz = k.modules.join("kernel").join(format!("{m}.ko.xz"));
-        let name = Path::new(m).file_name().unwrap().to_string_lossy().into_owned();
-        let dst = stage.join("modules").join(format!("{i}-{name}.ko"));
-        if plain.exists() {
-            fs::copy(&plain, &dst)?;
-        } else if xz.exists() {
-            let out = Command::new("xz").arg("-dc").arg(&xz).output().context("xz -dc")?;
-            fs::write(&dst, out.stdout)?;
-        }
+    for (i, (name, bytes)) in modules_in_load_order(&k.modules, MODULES)?.into_iter().enumerate() {
+        fs::write(stage.join("modules").join(format!("{i:02}-{name}.ko")), bytes)?;
     }
     let out = vm_dir.join(format!("initramfs-{}.cpio", k.package));
     run(Command::new("sh")
         .current_dir(&stage)
         .args(["-c", &format!("find . | cpio -o -H newc --quiet > '{}'", out.display())]))?;
     let _ = &k.root;
+    Ok(out)
+}
+
+/// `wanted` and every module they depend on (from each module's own `depends=` modinfo), as
+/// (name, uncompressed bytes), dependencies first. Built-in or absent modules are skipped.
+fn modules_in_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut stack = vec![modules_dir.join("kernel")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let n = p.file_name().unwrap().to_string_lossy().into_owned();
+                if let Some(stem) = n.strip_suffix(".ko").or_else(|| n.strip_suffix(".ko.xz")) {
+                    files.insert(stem.replace('-', "_"), p);
+                }
+            }
+        }
+    }
+    let read = |p: &Path| -> Result<Vec<u8>> {
+        if p.extension().is_some_and(|x| x == "xz") {
+            let out = Command::new("xz").arg("-dc").arg(p).output().context("xz -dc (package xz-utils)")?;
+            if !out.status.success() {
+                bail!("xz -dc {} failed", p.display());
+            }
+            Ok(out.stdout)
+        } else {
+            Ok(fs::read(p)?)
+        }
+    };
+    fn visit(
+        name: &str,
+        files: &BTreeMap<String, PathBuf>,
+        read: &dyn Fn(&Path) -> Result<Vec<u8>>,
+        out: &mut Vec<(String, Vec<u8>)>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > 16 || out.iter().any(|(n, _)| n == name) {
+            return Ok(());
+        }
+        let Some(path) = files.get(name) else { return Ok(()) }; // built in, or not built
+        let bytes = read(path)?;
+        // modinfo: "depends=a,b\0" in the .modinfo section.
+        let deps: Vec<String> = bytes
+            .windows(8)
+            .position(|w| w == b"depends=")
+            .map(|at| {
+                let rest = &bytes[at + 8..];
+                let end = rest.iter().position(|b| *b == 0).unwrap_or(0);
+                String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")).collect()
+            })
+            .unwrap_or_default();
+        for d in deps {
+            visit(&d, files, read, out, depth + 1)?;
+        }
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.to_string(), bytes));
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for w in wanted {
+        visit(w, &files, &read, &mut out, 0)?;
+    }
     Ok(out)
 }
 
@@ -381,6 +446,7 @@ fn boot(label: &str, k: &Kernel, initrd: &Path, log: &Path) -> Result<VmOutcome>
             Some("VM-CASE") => out.cases.push(msg.trim_start_matches("VM-CASE ").to_string()),
             Some("VM-DETAIL") => out.cases.push(msg.trim_start_matches("VM-DETAIL ").to_string()),
             Some("VM-FAIL") => out.failures.push(msg.to_string()),
+            Some("VM-NOTE") => out.cases.push(msg.to_string()),
             Some("VM-TEST-SUCCESS") => {
                 out.success = true;
                 done = true;

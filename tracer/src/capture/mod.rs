@@ -77,7 +77,11 @@ impl Capture {
         // and they say nothing about a listener. With tcp_send_reset attached the NO_SOCKET
         // drop proves nothing more, and skipping it saves a third of a refusal flood's events.
         let no_socket_drop = config.enums.drop_no_socket;
-        let fold_no_socket = available.iter().any(|a| a.category == "tcp" && a.name == "tcp_send_reset" && a.available);
+        // Only since 6.10 does tcp_send_reset fire for resets sent with no socket (the same
+        // rework gave it its `reason` field): before, e.g. on 6.1 (cargo xtask vm-test), the
+        // NO_SOCKET drop is the only sign of a dead listener and must stay.
+        let fold_no_socket = config.send_reset.reason != tracer_common::FIELD_ABSENT
+            && available.iter().any(|a| a.category == "tcp" && a.name == "tcp_send_reset" && a.available);
         if fold_no_socket {
             config.enums.drop_no_socket = tracer_common::FIELD_ABSENT;
         }

@@ -162,3 +162,22 @@ fn accept_wait_buckets() {
     assert_eq!(accept_wait_bucket(999 * MS), "100-1000");
     assert_eq!(accept_wait_bucket(S), ">=1000");
 }
+
+/// Kernel 6.1 (seen in the VM matrix): tcp_send_reset does not fire for a reset sent with no
+/// socket, so the dead listener shows only as a NO_SOCKET drop of the SYN, then the RST
+/// reaching the client.
+#[test]
+fn dead_listener_on_6_1_without_socketless_send_reset() {
+    let client = task(900, "nginx");
+    let f = flow("127.0.0.1:40001", "127.0.0.1:8000");
+    let t = S;
+    let events = vec![
+        ev(t + 20_000, 0, &task(0, "swapper/0"), EventBody::SkbDropped { flow: Some(f), reason: "NO_SOCKET".into() }),
+        ev(t + 30_000, 0x1, &client, EventBody::TcpRstReceived { flow: f }),
+        ev(t + 40_000, 0x1, &client, EventBody::TcpAttemptFailed { flow: f, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: t }),
+    ];
+    let e = run(&events);
+    let f = e.findings();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].cause, Cause::DeadListener, "{f:#?}");
+}

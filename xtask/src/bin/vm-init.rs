@@ -228,6 +228,30 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     kill(&mut l);
     expects.push(Expect { cause: "unix_permission_denied", target: format!("unix:{perm}"), count: (2, 2), client: c, listener: Some(lpid) });
 
+    // Firewall causes, when nft (and nf_tables) made it into the VM.
+    if std::path::Path::new("/bin/nft").exists() {
+        let (d, r, i) = (base + 3, base + 4, base + 5);
+        let rules = format!(
+            "table inet vmtest {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    \
+             tcp dport {d} drop\n    tcp dport {r} reject with tcp reset\n    \
+             tcp dport {i} reject with icmpx type port-unreachable\n  }}\n}}\n"
+        );
+        let _ = std::fs::write("/tmp/vmtest.nft", rules);
+        let loaded = Command::new("/bin/nft").args(["-f", "/tmp/vmtest.nft"]).status().map(|s| s.success()).unwrap_or(false);
+        if loaded {
+            let target = |p: u16| format!("{lo}:{p}");
+            let c = run_helper(&["client-tcp-hold", &target(d), "1", "2500"])?;
+            expects.push(Expect { cause: "firewall_drop", target: target(d), count: (1, 1), client: c, listener: None });
+            let c = run_helper(&["client-tcp", &target(r), "2"])?;
+            expects.push(Expect { cause: "firewall_reject", target: target(r), count: (2, 2), client: c, listener: None });
+            let c = run_helper(&["client-tcp", &target(i), "2"])?;
+            expects.push(Expect { cause: "firewall_reject", target: target(i), count: (2, 2), client: c, listener: None });
+            let _ = Command::new("/bin/nft").args(["delete", "table", "inet", "vmtest"]).status();
+        } else {
+            println!("VM-NOTE {name}: nft could not load rules here: firewall causes not tested");
+        }
+    }
+
     // Let the last evidence arrive, then stop tracer orderly.
     thread::sleep(Duration::from_millis(700));
     unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
