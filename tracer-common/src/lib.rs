@@ -45,10 +45,20 @@ pub enum EventKind {
     /// accept() took it; `flow` client -> listener; `header.task` the accepting task;
     /// `queue_*` the listener's queue right after.
     TcpAccepted = 13,
+    /// A process that owns a listener exited (`sched:sched_process_exit`, whole group dead).
+    /// `ProcessEvent.code` is the raw `task->exit_code` (status << 8 | signal).
+    ProcessExit = 14,
+    /// A fatal signal was generated for a listener's owner (`signal:signal_generate`);
+    /// `code` = signal number, `actor` = the sender.
+    SignalGenerated = 15,
+    /// The OOM killer chose a listener's owner (`oom:mark_victim`).
+    OomVictim = 16,
+    /// A watched Unix socket path was unlinked (`unlink`/`unlinkat`); `task` = who.
+    UnixUnlink = 17,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::TcpAttemptFailed,
         EventKind::TcpSynRetransmit,
         EventKind::TcpAttemptDelayed,
@@ -62,6 +72,10 @@ impl EventKind {
         EventKind::TcpRstReceived,
         EventKind::TcpListenOverflow,
         EventKind::TcpAccepted,
+        EventKind::ProcessExit,
+        EventKind::SignalGenerated,
+        EventKind::OomVictim,
+        EventKind::UnixUnlink,
     ];
 
     pub fn from_u32(v: u32) -> Option<EventKind> {
@@ -70,7 +84,7 @@ impl EventKind {
 }
 
 /// Number of slots in the per-CPU counter arrays indexed by `EventKind as u32`.
-pub const KIND_SLOTS: u32 = 16;
+pub const KIND_SLOTS: u32 = 32;
 
 pub const TASK_COMM_LEN: usize = 16;
 pub const UNIX_PATH_MAX: usize = 108;
@@ -310,8 +324,58 @@ pub struct Config {
     /// 1 to emit aya-log debug lines from the kernel programs.
     pub debug: u32,
     pub _pad: u32,
-    /// For the function-hook backend (fentry/fexit, kprobe/kretprobe). Appended: keep last.
+    /// For the function-hook backend (fentry/fexit, kprobe/kretprobe).
     pub fn_hooks: FnHookConfig,
+    /// Listener lifecycle: process exits, signals, OOM kills, socket-file unlinks. Appended.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Tracepoint field offsets (and one BTF offset) for the listener-lifecycle programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// `sched:sched_process_exit`: `pid`, `group_dead` (absent before 5.x: then pid == tgid).
+    pub exit_pid: u32,
+    pub exit_group_dead: u32,
+    /// `signal:signal_generate`: `sig`, `pid` (the target), `result`.
+    pub sig_sig: u32,
+    pub sig_pid: u32,
+    pub sig_comm: u32,
+    /// `oom:mark_victim`: `pid`.
+    pub oom_pid: u32,
+    /// `syscalls:sys_enter_unlinkat` / `sys_enter_unlink`: `pathname`.
+    pub unlinkat_pathname: u32,
+    pub unlink_pathname: u32,
+    /// `struct task_struct`: `exit_code` (int), from BTF.
+    pub task_exit_code: u32,
+    pub _pad: u32,
+}
+
+impl LifecycleConfig {
+    pub const ABSENT: LifecycleConfig = LifecycleConfig {
+        exit_pid: FIELD_ABSENT,
+        exit_group_dead: FIELD_ABSENT,
+        sig_sig: FIELD_ABSENT,
+        sig_pid: FIELD_ABSENT,
+        sig_comm: FIELD_ABSENT,
+        oom_pid: FIELD_ABSENT,
+        unlinkat_pathname: FIELD_ABSENT,
+        unlink_pathname: FIELD_ABSENT,
+        task_exit_code: FIELD_ABSENT,
+        _pad: 0,
+    };
+}
+
+/// Payload of process lifecycle events (exit, signal, OOM). `header.task` is the process the
+/// event is about (the listener's owner); `actor` who acted (the signal's sender).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    /// ProcessExit: raw exit_code; SignalGenerated: the signal number; OomVictim: 0.
+    pub code: i32,
+    pub _pad: u32,
+    pub actor: Task,
 }
 
 /// `FnHookConfig.active` bits: which function hooks are attached, so the tracepoint programs

@@ -108,13 +108,30 @@ pub enum EventBody {
     /// addresses are those of the offending packet (`src` = who sent it).
     IcmpSent { flow: FlowAddr, icmp_type: u8, code: u8 },
     /// A TCP socket entered LISTEN on `addr`; `task` is the process that called listen().
-    TcpListenStart { addr: SocketAddr },
+    TcpListenStart {
+        addr: SocketAddr,
+        /// The accept queue's maximum (listen()'s backlog, capped by net.core.somaxconn).
+        #[serde(default)]
+        backlog: Option<u32>,
+    },
     /// A TCP listener on `addr` closed; `task` is its recorded owner, `actor` who closed it.
     TcpListenStop { addr: SocketAddr, actor: TaskInfo },
     /// connect() on an AF_UNIX socket failed with `errno` (positive).
     UnixConnectFailed { path: String, errno: i32 },
     /// bind() of an AF_UNIX socket to `path` (who created the socket file).
     UnixBind { path: String },
+    /// A listener's owner (`task`) exited; `code` is the kernel's raw exit_code
+    /// (status << 8 | terminating signal).
+    ProcessExit { code: i32 },
+    /// A fatal signal was generated for `task` (a listener's owner) by `sender`.
+    SignalGenerated { signal: i32, sender: TaskInfo },
+    /// The OOM killer chose `task` (a listener's owner).
+    OomKilled,
+    /// `task` unlinked the Unix socket file `path` of a listener.
+    UnixUnlink { path: String },
+    /// Measured by tracer (/proc) when a listener appears: its owner's parent, cgroup and
+    /// systemd unit.
+    ProcessInfo { ppid: u32, cgroup: Option<String>, unit: Option<String> },
     /// Measured by tracer (sock_diag + /proc): a listener exists on `target` now, owned by
     /// `task` (pid 0 when the owner could not be found), with this accept queue.
     ListenerSeen { target: Target, queue: Queue },

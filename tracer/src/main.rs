@@ -282,9 +282,25 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     let mut engine = Engine::new(EngineOptions::default());
     let mut enricher = Enricher::new();
     // Who listens where right now, so a listener that dies a second from now is still named.
+    let mut owners = Vec::new();
+    let mut paths = Vec::new();
     for ev in enricher.snapshot_listeners() {
         engine.push(&ev);
+        if let EventBody::ListenerSeen { target, .. } = &ev.body {
+            if ev.task.pid != 0 {
+                owners.push(ev.task.pid);
+                if let Some(info) = enrich::cgroup::process_info_event(&ev.task, ev.ts_ns, ev.netns) {
+                    engine.push(&info);
+                }
+            }
+            if let Target::Unix(p) = target {
+                paths.push(p.clone());
+            }
+        }
     }
+    owners.sort_unstable();
+    owners.dedup();
+    capture.watch_listeners(&owners, &paths);
     let _ = enricher.poll_overflows();
     let operator_args = operator::OperatorArgs {
         error_logs: args.nginx_error_logs.clone(),
@@ -425,6 +441,12 @@ fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, 
             _ => None,
         };
         engine.push(&ev);
+        // A new listener: its owner's parent, cgroup and unit, while it is alive to be read.
+        if matches!(ev.body, EventBody::TcpListenStart { .. } | EventBody::UnixBind { .. }) {
+            if let Some(info) = enrich::cgroup::process_info_event(&ev.task, ev.ts_ns, ev.netns) {
+                engine.push(&info);
+            }
+        }
         if let Some(key) = probe {
             let due = last_probe.get(&key).is_none_or(|t| ev.ts_ns.saturating_sub(*t) >= PROBE_EVERY_NS);
             if due {

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, the unit tests of the workspace (no root needed), then the
-//! privileged scenario suite (real tracer, real kernel, one network namespace per test).
+//! privileged suites (real tracer, real kernel, one network namespace per test, one test at a
+//! time), then the kernel matrix in QEMU. Every suite runs; the result names each.
 use anyhow::{bail, Result};
 
 use crate::{
@@ -7,8 +8,18 @@ use crate::{
     util::{cargo, run_status},
 };
 
+/// The privileged integration suites: (what, test target in tracer/tests/).
+const SUITES: &[(&str, &str)] = &[
+    ("scenario suite", "scenarios"),
+    ("Nginx + Gunicorn suite", "nginx"),
+    ("operator suite (metrics over HTTP, `tracer top` in tmux)", "operators"),
+    ("listener lifecycle suite (exits, signals, OOM kills, unlinks)", "lifecycle"),
+];
+
 pub fn test() -> Result<()> {
     setup()?;
+    let gunicorn = crate::setup::gunicorn()?;
+    let mut results: Vec<(&str, bool)> = Vec::new();
 
     // tracer-ebpf is a no_std bpfel-unknown-none program: it has no host tests, and tracer's
     // build.rs builds it for the kernel.
@@ -17,31 +28,18 @@ pub fn test() -> Result<()> {
     unit.args(["test", "--workspace", "--exclude", "tracer-ebpf"])
         .env_remove("TRACER_INTEGRATION")
         .env_remove("AYA_BUILD_SKIP");
-    let unit_ok = run_status(&mut unit)?.success();
+    results.push(("unit tests", run_status(&mut unit)?.success()));
 
-    println!("test: privileged scenario suite (TRACER_INTEGRATION=1, one test at a time)");
-    let mut scen = cargo();
-    scen.args(["test", "-p", "tracer", "--test", "scenarios", "--", "--test-threads=1"])
-        .env("TRACER_INTEGRATION", "1")
-        .env_remove("AYA_BUILD_SKIP");
-    let scen_ok = run_status(&mut scen)?.success();
-
-    println!("test: Nginx + Gunicorn suite (real Nginx, real Gunicorn, one network namespace per test)");
-    let gunicorn = crate::setup::gunicorn()?;
-    let mut stack = cargo();
-    stack
-        .args(["test", "-p", "tracer", "--test", "nginx", "--", "--test-threads=1"])
-        .env("TRACER_INTEGRATION", "1")
-        .env("TRACER_GUNICORN", &gunicorn)
-        .env_remove("AYA_BUILD_SKIP");
-    let stack_ok = run_status(&mut stack)?.success();
-
-    println!("test: operator suite (metrics scraped over HTTP, `tracer top` in tmux)");
-    let mut ops = cargo();
-    ops.args(["test", "-p", "tracer", "--test", "operators", "--", "--test-threads=1"])
-        .env("TRACER_INTEGRATION", "1")
-        .env_remove("AYA_BUILD_SKIP");
-    let ops_ok = run_status(&mut ops)?.success();
+    for (what, target) in SUITES {
+        println!("test: {what} (TRACER_INTEGRATION=1, one test at a time)");
+        let mut suite = cargo();
+        suite
+            .args(["test", "-p", "tracer", "--test", target, "--", "--test-threads=1"])
+            .env("TRACER_INTEGRATION", "1")
+            .env("TRACER_GUNICORN", &gunicorn)
+            .env_remove("AYA_BUILD_SKIP");
+        results.push((target, run_status(&mut suite)?.success()));
+    }
 
     // The kernel matrix: function hooks (fentry, kprobe) and tracepoints on Debian 6.1 and
     // 6.12 under QEMU. TRACER_VM_TEST=0 skips it (e.g. while iterating on something else).
@@ -58,25 +56,13 @@ pub fn test() -> Result<()> {
             }
         }
     };
+    results.push(("kernel matrix", vm_ok));
 
-    let word = |ok: bool| if ok { "passed" } else { "FAILED" };
-    println!(
-        "test: unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}, operator suite {}, kernel matrix {}",
-        word(unit_ok),
-        word(scen_ok),
-        word(stack_ok),
-        word(ops_ok),
-        word(vm_ok)
-    );
-    if !(unit_ok && scen_ok && stack_ok && ops_ok && vm_ok) {
-        bail!(
-            "tests failed (unit tests {}, scenario suite {}, Nginx + Gunicorn suite {}, operator suite {}, kernel matrix {})",
-            word(unit_ok),
-            word(scen_ok),
-            word(stack_ok),
-            word(ops_ok),
-            word(vm_ok)
-        );
+    let summary: Vec<String> =
+        results.iter().map(|(what, ok)| format!("{what} {}", if *ok { "passed" } else { "FAILED" })).collect();
+    println!("test: {}", summary.join(", "));
+    if results.iter().any(|(_, ok)| !ok) {
+        bail!("tests failed ({})", summary.join(", "));
     }
     println!("test: all tests passed");
     Ok(())

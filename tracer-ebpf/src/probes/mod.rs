@@ -5,6 +5,7 @@ mod connect;
 mod fhooks;
 mod icmp_send;
 mod kfree_skb;
+pub mod lifecycle;
 mod receive_reset;
 mod retransmit;
 mod send_reset;

@@ -106,6 +106,8 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             // listen() runs in process context: current is the owner.
             let owner = current_task();
             let _ = LISTENERS.insert(&key, &ListenerState { sock: sk, owner, start_ns: now }, 0);
+            // Its death, signals and OOM kill are part of the listener's story.
+            super::lifecycle::watch_pid(owner.pid);
             (EventKind::TcpListenStart, owner, now)
         } else {
             let known = unsafe { LISTENERS.get(&key) }.copied();
@@ -127,6 +129,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             ev.flow = flow;
             ev.start_ns = start_ns;
             ev.actor = current_task();
+            // listen() stored the backlog before entering LISTEN: the queue's maximum.
+            if let Some(max) = kernel::<u32>(sk, cfg.offsets.sock_sk_max_ack_backlog) {
+                ev.queue_max = max;
+                ev.queue_known = 1;
+            }
         });
     }
     Some(())

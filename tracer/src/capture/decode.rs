@@ -2,7 +2,7 @@
 //! BTF), so nothing after this point knows a kernel number.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracer_common::{EventHeader, EventKind, Flow, Task, TcpEvent, UnixEvent, AF_INET6};
+use tracer_common::{EventHeader, EventKind, Flow, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6};
 
 use crate::event::{Event, EventBody, FlowAddr, Queue, TaskInfo};
 
@@ -65,12 +65,22 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         task: task_info(&header.task),
         body,
     };
-    if matches!(kind, EventKind::UnixConnectFailed | EventKind::UnixBind) {
+    if matches!(kind, EventKind::UnixConnectFailed | EventKind::UnixBind | EventKind::UnixUnlink) {
         let ev: UnixEvent = read(data)?;
         let path = unix_path(ev.path_bytes());
         let body = match kind {
             EventKind::UnixConnectFailed => EventBody::UnixConnectFailed { path, errno: ev.errno },
+            EventKind::UnixUnlink => EventBody::UnixUnlink { path },
             _ => EventBody::UnixBind { path },
+        };
+        return Some(base(body));
+    }
+    if matches!(kind, EventKind::ProcessExit | EventKind::SignalGenerated | EventKind::OomVictim) {
+        let ev: ProcessEvent = read(data)?;
+        let body = match kind {
+            EventKind::ProcessExit => EventBody::ProcessExit { code: ev.code },
+            EventKind::SignalGenerated => EventBody::SignalGenerated { signal: ev.code, sender: task_info(&ev.actor) },
+            _ => EventBody::OomKilled,
         };
         return Some(base(body));
     }
@@ -105,7 +115,9 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         EventKind::IcmpSent => {
             EventBody::IcmpSent { flow, icmp_type: (ev.reason >> 8) as u8, code: (ev.reason & 0xff) as u8 }
         }
-        EventKind::TcpListenStart => EventBody::TcpListenStart { addr: flow.src },
+        EventKind::TcpListenStart => {
+            EventBody::TcpListenStart { addr: flow.src, backlog: (ev.queue_known != 0).then_some(ev.queue_max) }
+        }
         EventKind::TcpListenStop => EventBody::TcpListenStop { addr: flow.src, actor: task_info(&ev.actor) },
         EventKind::TcpListenOverflow => EventBody::TcpListenOverflow {
             flow: (ev.from_packet != 0).then_some(flow),
@@ -118,7 +130,12 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
             wait_ns: header.ts_ns.saturating_sub(ev.start_ns),
             queue: (ev.queue_known != 0).then_some(Queue { len: ev.queue_len, max: ev.queue_max }),
         },
-        EventKind::UnixConnectFailed | EventKind::UnixBind => return None,
+        EventKind::UnixConnectFailed
+        | EventKind::UnixBind
+        | EventKind::UnixUnlink
+        | EventKind::ProcessExit
+        | EventKind::SignalGenerated
+        | EventKind::OomVictim => return None,
     };
     Some(base(body))
 }

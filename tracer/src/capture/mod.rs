@@ -143,6 +143,29 @@ impl Capture {
         Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, _ebpf: ebpf })
     }
 
+    /// Tells the lifecycle programs about listeners that existed before tracing started:
+    /// their owners (exits, signals, OOM kills are then reported) and Unix socket paths
+    /// (unlinks are then reported). Listeners created while tracing are added in the kernel.
+    pub fn watch_listeners(&mut self, pids: &[u32], paths: &[String]) {
+        if let Some(map) = self._ebpf.map_mut("WATCHED_PIDS") {
+            if let Ok(mut m) = aya::maps::HashMap::<_, u32, u32>::try_from(map) {
+                for p in pids {
+                    let _ = m.insert(p, 1, 0);
+                }
+            }
+        }
+        if let Some(map) = self._ebpf.map_mut("WATCHED_PATHS") {
+            if let Ok(mut m) = aya::maps::HashMap::<_, [u8; tracer_common::UNIX_PATH_MAX], u32>::try_from(map) {
+                for p in paths.iter().filter(|p| !p.starts_with('@') && p.len() < tracer_common::UNIX_PATH_MAX) {
+                    // NUL-padded, as the kernel reads it from unlink()'s argument.
+                    let mut key = [0u8; tracer_common::UNIX_PATH_MAX];
+                    key[..p.len()].copy_from_slice(p.as_bytes());
+                    let _ = m.insert(key, 1, 0);
+                }
+            }
+        }
+    }
+
     /// The `tracing:` line's content: which hooks are active, on which backend.
     pub fn describe(&self) -> String {
         let active: Vec<&str> = self.hooks.iter().filter(|h| h.active).map(|h| h.hook.as_str()).collect();

@@ -70,3 +70,22 @@ mod tests {
         assert_eq!(parse_cgroup_file(v1).unwrap().path, "/user.slice");
     }
 }
+
+/// A `ProcessInfo` event for a listener's owner (parent pid, cgroup, systemd unit), read from
+/// /proc while the process lives; `None` once it is gone.
+pub fn process_info_event(task: &crate::event::TaskInfo, ts_ns: u64, netns: u32) -> Option<crate::event::Event> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", task.pid)).ok()?;
+    let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let cg = cgroup_of(task.pid);
+    Some(crate::event::Event {
+        ts_ns,
+        netns,
+        sock: 0,
+        task: task.clone(),
+        body: crate::event::EventBody::ProcessInfo {
+            ppid,
+            cgroup: cg.as_ref().map(|c| c.path.clone()),
+            unit: cg.and_then(|c| c.unit),
+        },
+    })
+}

@@ -291,6 +291,14 @@ impl Listeners {
             .max_by_key(|e| e.start_ns)
     }
 
+    /// Every known listening period on `target` (exact key), oldest first.
+    pub fn episodes(&self, netns: u32, target: &Target) -> Vec<&Episode> {
+        let mut v: Vec<&Episode> =
+            self.covering(netns, target, false).into_iter().flat_map(|(_, st)| st.episodes.iter()).collect();
+        v.sort_by_key(|e| e.start_ns);
+        v
+    }
+
     /// Queue samples on `target` measured within [from, to].
     pub fn samples_during(&self, netns: u32, target: &Target, wildcards: bool, from: u64, to: u64) -> Vec<Queue> {
         self.covering(netns, target, wildcards)

@@ -10,6 +10,7 @@
 mod attempt;
 mod buffer;
 mod listeners;
+mod timeline;
 pub mod rules;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ use attempt::{drop_reason_name, fuller, Attempt, AttemptKey, Close, FlowEvidence
 use buffer::KeyedBuffer;
 use listeners::{Episode, Listeners};
 pub use rules::Cause;
+pub use timeline::TimelineEntry;
 use rules::{classify_tcp, classify_unix, errno_name, RejectKind, TcpFacts, Wording};
 
 /// Tuning of the engine. All times are CLOCK_MONOTONIC nanoseconds, like event timestamps.
@@ -141,6 +143,9 @@ pub struct Finding {
     /// Backlog causes, function-hook backend: the listener's queue at each SYN that
     /// tcp_conn_request dropped on it (the latest few; the evidence counts them all).
     pub syn_overflows: Vec<SynOverflow>,
+    /// dead_listener / unix_missing / unix_stale: the listener's story (who listened, how it
+    /// died, the refusals, the recovery or "still down"), in time order.
+    pub timeline: Vec<TimelineEntry>,
 }
 
 /// What changed in a `tick`/`finish`.
@@ -294,6 +299,8 @@ pub struct Engine {
     /// Concluded attempts not yet returned by tick()/finish() (bounded; oldest dropped).
     ready: VecDeque<AttemptRecord>,
     lost: BTreeMap<String, u64>,
+    /// Exits, signals, OOM kills, unlinks and owners' facts, for dead-listener timelines.
+    lifecycle: timeline::Lifecycle,
     /// Per listener (address, netns): how long accepted connections waited in its accept
     /// queue, as a histogram (bucket label -> count). Function-hook backend only.
     accept_waits: BTreeMap<(Target, u32), BTreeMap<&'static str, u64>>,
@@ -317,6 +324,7 @@ impl Engine {
             changed: BTreeSet::new(),
             ready: VecDeque::new(),
             lost: BTreeMap::new(),
+            lifecycle: timeline::Lifecycle::new(max),
             accept_waits: BTreeMap::new(),
         }
     }
@@ -392,7 +400,8 @@ impl Engine {
                     },
                 );
             }
-            EventBody::TcpListenStart { addr } => {
+            EventBody::TcpListenStart { addr, .. } => {
+                self.lifecycle.push(ev);
                 self.listeners.listen_start(ev.netns, *addr, &ev.task, ev.sock, ev.ts_ns)
             }
             EventBody::TcpListenStop { addr, actor } => {
@@ -421,6 +430,11 @@ impl Engine {
                 }
             }
             EventBody::Lost { kind, count } => *self.lost.entry(kind.clone()).or_insert(0) += count,
+            EventBody::ProcessExit { .. }
+            | EventBody::SignalGenerated { .. }
+            | EventBody::OomKilled
+            | EventBody::UnixUnlink { .. }
+            | EventBody::ProcessInfo { .. } => self.lifecycle.push(ev),
             EventBody::TcpListenOverflow { flow, queue, listener, .. } => {
                 // Without the SYN's addresses it cannot be tied to an attempt; the
                 // ListenOverflows counter tells the same story then.
@@ -955,7 +969,11 @@ impl Engine {
             }
             _ => None,
         };
-        let (detail, fix) = (cause.detail(&wording), cause.fix(&wording));
+        let (detail, mut fix) = (cause.detail(&wording), cause.fix(&wording));
+        let timeline = self.timeline(cause, target, netns, st);
+        if let Some(more) = timeline::fix_addendum(&timeline) {
+            fix = format!("{fix} {more}");
+        }
         Finding {
             cause,
             target: target.clone(),
@@ -975,6 +993,7 @@ impl Engine {
             fix,
             first_seen_ns: st.first_seen_ns,
             last_seen_ns: st.last_seen_ns,
+            timeline,
             accept_wait_ms: match cause {
                 Cause::BacklogFull => self
                     .accept_waits
@@ -989,6 +1008,42 @@ impl Engine {
                 v
             },
         }
+    }
+
+    /// The listener's story for dead-listener causes (empty for the others).
+    fn timeline(&self, cause: Cause, target: &Target, netns: u32, st: &FindingState) -> Vec<TimelineEntry> {
+        if !matches!(cause, Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale) {
+            return Vec::new();
+        }
+        let (first, last) = (st.first_seen_ns, st.last_seen_ns);
+        let (dead, recovered) = match target {
+            Target::Tcp(_) => {
+                let wildcards = self.wildcards_cover(target);
+                let dead = self.listeners.last_closed_before(netns, target, wildcards, last);
+                let after = dead.and_then(|d| d.stop_ns).unwrap_or(0);
+                let recovered = self.listeners.current(netns, target, wildcards).filter(|c| c.start_ns > after.max(first));
+                (dead, recovered)
+            }
+            Target::Unix(_) => {
+                let binds = self.listeners.episodes(netns, target);
+                let dead = binds.iter().rev().find(|e| e.start_ns <= first).copied();
+                let recovered = binds.iter().rev().find(|e| e.start_ns > last).copied();
+                (dead, recovered)
+            }
+        };
+        let clients = st.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+        timeline::build(
+            &self.lifecycle,
+            &timeline::Story {
+                target,
+                dead,
+                recovered,
+                first_failure_ns: first,
+                last_failure_ns: last,
+                count: st.count,
+                clients,
+            },
+        )
     }
 
     /// Who listened on the target, told relative to the failures.

@@ -36,7 +36,7 @@ fn packet(ts_ns: u64, body: EventBody) -> Event {
 }
 
 fn listen_start(ts: u64, owner: &TaskInfo, a: &str) -> Event {
-    ev(ts, 0xa000 + owner.pid as u64, owner, EventBody::TcpListenStart { addr: addr(a) })
+    ev(ts, 0xa000 + owner.pid as u64, owner, EventBody::TcpListenStart { addr: addr(a), backlog: None })
 }
 
 fn listen_stop(ts: u64, owner: &TaskInfo, a: &str) -> Event {

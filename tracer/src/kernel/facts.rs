@@ -69,6 +69,8 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     let tracefs = tracefs::ensure_tracefs()?;
     let (mut config, tracepoints) = tracepoint_config(&tracefs, offsets, enums);
     config.fn_hooks = btf.fn_hook_config()?;
+    // The exit status of a listener's owner (listener lifecycle); absent: exits show no code.
+    config.lifecycle.task_exit_code = btf.offset_of_sized("task_struct", &["exit_code"], 4).unwrap_or(FIELD_ABSENT);
     let functions = btf.function_prototypes(super::btf::HOOKED_FUNCTIONS);
     Ok(KernelFacts {
         functions,
@@ -111,6 +113,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         debug: 0,
         _pad: 0,
         fn_hooks: tracer_common::FnHookConfig::default(),
+        lifecycle: tracer_common::LifecycleConfig::ABSENT,
     }
 }
 
@@ -327,6 +330,55 @@ fn tracepoint_specs() -> Vec<TracepointSpec> {
                     req("umyaddr", SYSCALL_ARG, |c| &mut c.bind_enter.addr),
                     req("addrlen", SYSCALL_ARG, |c| &mut c.bind_enter.addrlen),
                 ],
+            }],
+        },
+        TracepointSpec {
+            category: "sched",
+            name: "sched_process_exit",
+            serves: "a listener's owner exiting, with its exit code or signal (listener timeline)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![
+                    req("pid", INT, |c| &mut c.lifecycle.exit_pid),
+                    opt("group_dead", 1, |c| &mut c.lifecycle.exit_group_dead),
+                ],
+            }],
+        },
+        TracepointSpec {
+            category: "signal",
+            name: "signal_generate",
+            serves: "fatal signals sent to a listener's owner, and by whom (listener timeline)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![
+                    req("sig", INT, |c| &mut c.lifecycle.sig_sig),
+                    req("pid", INT, |c| &mut c.lifecycle.sig_pid),
+                    req("comm", 16, |c| &mut c.lifecycle.sig_comm),
+                ],
+            }],
+        },
+        TracepointSpec {
+            category: "oom",
+            name: "mark_victim",
+            serves: "the OOM killer choosing a listener's owner (listener timeline)",
+            layouts: vec![Layout { label: "standard", fields: vec![req("pid", INT, |c| &mut c.lifecycle.oom_pid)] }],
+        },
+        TracepointSpec {
+            category: "syscalls",
+            name: "sys_enter_unlinkat",
+            serves: "a Unix socket file deleted, and by whom (unix_missing timeline)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![req("pathname", SYSCALL_ARG, |c| &mut c.lifecycle.unlinkat_pathname)],
+            }],
+        },
+        TracepointSpec {
+            category: "syscalls",
+            name: "sys_enter_unlink",
+            serves: "a Unix socket file deleted, and by whom (unix_missing timeline)",
+            layouts: vec![Layout {
+                label: "standard",
+                fields: vec![req("pathname", SYSCALL_ARG, |c| &mut c.lifecycle.unlink_pathname)],
             }],
         },
     ]

@@ -43,6 +43,13 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> Value {
         "evidence": counters(&f.evidence),
         "detail": f.detail,
         "fix": f.fix,
+        "timeline": f.timeline.iter().map(|e| json!({
+            "at": clock.to_rfc3339(e.at_ns),
+            "what": e.what,
+            "pid": e.pid,
+            "comm": e.comm,
+            "detail": e.detail,
+        })).collect::<Vec<_>>(),
         "first_seen": clock.to_rfc3339(f.first_seen_ns),
         "last_seen": clock.to_rfc3339(f.last_seen_ns),
     })

@@ -83,6 +83,12 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
         listener.push_str(&format!(" [closed at {} UTC]", clock.to_hms_millis(ns)));
     }
     field(w, "listener:", &listener)?;
+    // The listener's story, one event per line: "10:01:02.123  exit  gunicorn (pid 700): killed by SIGKILL".
+    for (i, e) in f.timeline.iter().enumerate() {
+        let who = if e.pid != 0 { format!("  {} (pid {})", e.comm, e.pid) } else { String::new() };
+        let label = if i == 0 { "timeline:" } else { "" };
+        field(w, label, &format!("{}  {}{who}: {}", clock.to_hms_millis(e.at_ns), e.what, e.detail))?;
+    }
     if let Some(q) = f.queue {
         let full = if q.is_full() { " (full)" } else { "" };
         field(w, "queue:", &format!("{}/{} (length/backlog){full}", q.len, q.max))?;
@@ -243,6 +249,7 @@ mod tests {
             last_seen_ns: 5_123_000_000,
             accept_wait_ms: BTreeMap::new(),
             syn_overflows: vec![],
+            timeline: Vec::new(),
         }
     }
 
