@@ -287,6 +287,19 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Gunicorn with the demo app on UPSTREAM inside the demo namespace, logging to tmp/log.
+fn start_gunicorn(gunicorn: &Path, tmp: &Path, log: &str) -> Result<Child> {
+    spawn_logged(
+        Command::new("ip")
+            .args(["netns", "exec", NETNS])
+            .arg(gunicorn)
+            .args(["--bind", UPSTREAM, "--workers", "1", "--chdir"])
+            .arg(tmp)
+            .arg("app:app"),
+        &tmp.join(log),
+    )
+}
+
 /// `nft ARGS` inside the demo namespace.
 fn nft(args: &[&str]) -> Result<()> {
     check_interrupted()?;
@@ -402,15 +415,7 @@ pub fn demo() -> Result<()> {
     caption(&format!(
         "starting Gunicorn on {UPSTREAM} and Nginx on {FRONT} -> {UPSTREAM} (netns {NETNS})"
     ));
-    let mut g = spawn_logged(
-        Command::new("ip")
-            .args(["netns", "exec", NETNS])
-            .arg(&gunicorn)
-            .args(["--bind", UPSTREAM, "--workers", "1", "--chdir"])
-            .arg(&tmp)
-            .arg("app:app"),
-        &tmp.join("gunicorn.log"),
-    )?;
+    let mut g = start_gunicorn(&gunicorn, &tmp, "gunicorn.log")?;
     let gpid = g.id();
     let waited = wait_listening(8000, "gunicorn", &mut g, Duration::from_secs(30));
     stack.gunicorn = Some(g);
@@ -451,15 +456,7 @@ pub fn demo() -> Result<()> {
     request_and_show(&tmp, "the same request again")?;
 
     caption("restarting Gunicorn");
-    let mut g = spawn_logged(
-        Command::new("ip")
-            .args(["netns", "exec", NETNS])
-            .arg(&gunicorn)
-            .args(["--bind", UPSTREAM, "--workers", "1", "--chdir"])
-            .arg(&tmp)
-            .arg("app:app"),
-        &tmp.join("gunicorn2.log"),
-    )?;
+    let mut g = start_gunicorn(&gunicorn, &tmp, "gunicorn2.log")?;
     let waited = wait_listening(8000, "gunicorn", &mut g, Duration::from_secs(30));
     stack.gunicorn = Some(g);
     waited?;
