@@ -190,6 +190,14 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     let c = run_helper(&["client-tcp", &dead, "3"])?;
     expects.push(Expect { cause: "dead_listener", target: dead, count: (3, 3), client: c, listener: Some(lpid) });
 
+    // dead_listener over IPv6: [::1], a listener that closed, 2 connects.
+    let dead6 = format!("[::1]:{}", base + 6);
+    let mut l = spawn_helper(&["listen-tcp", &dead6, "16", "0"])?;
+    let lpid = l.id();
+    kill(&mut l);
+    let c = run_helper(&["client-tcp", &dead6, "2"])?;
+    expects.push(Expect { cause: "dead_listener", target: dead6, count: (2, 2), client: c, listener: Some(lpid) });
+
     // backlog_full: listen(1), accepts only after 3 s; 6 non-blocking connects held 4.5 s.
     let full = format!("{lo}:{}", base + 2);
     let mut l = spawn_helper(&["listen-tcp", &full, "1", "3000"])?;
@@ -391,13 +399,32 @@ fn ready() {
     let _ = out.flush();
 }
 
-fn sockaddr_in(addr: &str) -> libc::sockaddr_in {
-    let sa: std::net::SocketAddrV4 = addr.parse().expect("ipv4 address:port");
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: sa.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(sa.ip().octets()) },
-        sin_zero: [0; 8],
+/// A sockaddr_in or sockaddr_in6 for "ip:port" / "[ip6]:port": (family, storage, length).
+fn sockaddr_in(addr: &str) -> (i32, libc::sockaddr_storage, u32) {
+    let sa: std::net::SocketAddr = addr.parse().expect("address:port");
+    let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match sa {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
+            (libc::AF_INET, st, std::mem::size_of::<libc::sockaddr_in>() as u32)
+        }
+        std::net::SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: 0,
+            };
+            unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
+            (libc::AF_INET6, st, std::mem::size_of::<libc::sockaddr_in6>() as u32)
+        }
     }
 }
 
@@ -416,11 +443,11 @@ fn helper(args: &[String]) {
         match a(0) {
             // listen-tcp ADDR BACKLOG ACCEPT_AFTER_MS (0: accept at once; keeps accepting).
             "listen-tcp" => {
-                let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let (family, sa, len) = sockaddr_in(a(1));
+                let fd = libc::socket(family, libc::SOCK_STREAM, 0);
                 let one: i32 = 1;
                 libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
-                let sa = sockaddr_in(a(1));
-                if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32) != 0 {
+                if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
                     panic!("bind {}: {}", a(1), std::io::Error::last_os_error());
                 }
                 libc::listen(fd, a(2).parse().unwrap());
@@ -435,20 +462,20 @@ fn helper(args: &[String]) {
             }
             // client-tcp ADDR N: N blocking connects (each expected to fail).
             "client-tcp" => {
-                let sa = sockaddr_in(a(1));
+                let (family, sa, len) = sockaddr_in(a(1));
                 for _ in 0..a(2).parse::<u32>().unwrap() {
-                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-                    libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
+                    let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+                    libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len);
                     libc::close(fd);
                 }
             }
             // client-tcp-hold ADDR N HOLD_MS: N non-blocking connects kept open HOLD_MS.
             "client-tcp-hold" => {
-                let sa = sockaddr_in(a(1));
+                let (family, sa, len) = sockaddr_in(a(1));
                 let mut fds = Vec::new();
                 for _ in 0..a(2).parse::<u32>().unwrap() {
-                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
-                    libc::connect(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&sa) as u32);
+                    let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0);
+                    libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len);
                     fds.push(fd);
                     thread::sleep(Duration::from_millis(20));
                 }
