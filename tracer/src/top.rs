@@ -11,11 +11,11 @@
 //! the terminal are at the edge (`TopView`). The terminal is restored on every way out: the
 //! view's guard on normal exit, q, Ctrl-C, SIGINT/SIGTERM (the trace loop ends, the view is
 //! dropped) and errors (dropped while unwinding the `?`); a panic hook restores it before the
-//! panic message is printed.
+//! panic message is printed. Warnings written to stderr meanwhile are held and printed after.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Stdout};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -224,12 +224,64 @@ pub fn draw(frame: &mut Frame<'_>, rows: &[Row], status: &Status, sort: SortBy, 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static PANIC_HOOK: Once = Once::new();
 
-/// Leaves raw mode and the alternate screen and shows the cursor; does nothing the second
-/// time (the guard and the panic hook may both run).
+/// While the view is up, what tracer writes to stderr (warnings) goes to a memory file
+/// instead of over the view, and is replayed to the real stderr when the terminal is
+/// restored. The saved stderr and the memory file, -1 when not held.
+static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
+static HELD_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// Leaves raw mode and the alternate screen, shows the cursor, then gives stderr back with
+/// what was written meanwhile; does nothing the second time (the guard and the panic hook
+/// may both run).
 pub fn restore_terminal() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
         let _ = terminal::disable_raw_mode();
         let _ = execute!(std::io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
+    }
+    release_stderr();
+}
+
+/// Sends stderr to a memory file, when stderr is a terminal (the one the view is drawn on).
+fn hold_stderr() {
+    if !std::io::stderr().is_terminal() {
+        return;
+    }
+    // SAFETY: plain fd calls; every fd opened here is closed on failure or kept in the statics.
+    unsafe {
+        let mem = libc::memfd_create(c"tracer-top-stderr".as_ptr(), libc::MFD_CLOEXEC);
+        if mem < 0 {
+            return;
+        }
+        let saved = libc::fcntl(libc::STDERR_FILENO, libc::F_DUPFD_CLOEXEC, 3);
+        if saved < 0 || libc::dup2(mem, libc::STDERR_FILENO) < 0 {
+            libc::close(mem);
+            if saved >= 0 {
+                libc::close(saved);
+            }
+            return;
+        }
+        SAVED_STDERR.store(saved, Ordering::SeqCst);
+        HELD_STDERR.store(mem, Ordering::SeqCst);
+    }
+}
+
+/// Puts the real stderr back and copies to it what was written while it was held.
+fn release_stderr() {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::FromRawFd;
+    let saved = SAVED_STDERR.swap(-1, Ordering::SeqCst);
+    let mem = HELD_STDERR.swap(-1, Ordering::SeqCst);
+    if saved < 0 || mem < 0 {
+        return;
+    }
+    // SAFETY: both fds were opened by hold_stderr and are owned here from now on.
+    unsafe {
+        libc::dup2(saved, libc::STDERR_FILENO);
+        libc::close(saved);
+        let mut held = std::fs::File::from_raw_fd(mem);
+        if held.seek(SeekFrom::Start(0)).is_ok() {
+            let _ = std::io::copy(&mut held, &mut std::io::stderr());
+        }
     }
 }
 
@@ -278,6 +330,7 @@ impl TopView {
         let guard = Guard;
         terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
         execute!(std::io::stdout(), terminal::EnterAlternateScreen, cursor::Hide).context("entering the alternate screen")?;
+        hold_stderr();
         let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout())).context("setting up the terminal")?;
         terminal.clear().context("clearing the terminal")?;
         Ok(TopView { terminal, sort: SortBy::Attempts, clock, started: Instant::now(), last_draw: None, draws: 0, _guard: guard })
@@ -314,9 +367,15 @@ impl TopView {
             let rows = rows(&findings(), self.sort);
             self.draw(&rows, &status)?;
             self.draws += 1;
-            // The privileged suite checks that a panic restores the terminal (tests/operators.rs).
-            if self.draws == 3 && std::env::var_os("TRACER_TEST_TOP_PANIC").is_some() {
-                panic!("TRACER_TEST_TOP_PANIC is set: panicking inside the view");
+            // The privileged suite checks that a warning written while the view is up comes
+            // after it, and that a panic restores the terminal (tests/operators.rs).
+            if std::env::var_os("TRACER_TEST_TOP_PANIC").is_some() {
+                if self.draws == 2 {
+                    eprintln!("tracer: warning: TRACER_TEST_TOP_PANIC: a warning written while the view is up");
+                }
+                if self.draws == 3 {
+                    panic!("TRACER_TEST_TOP_PANIC is set: panicking inside the view");
+                }
             }
         }
         Ok(false)

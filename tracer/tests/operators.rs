@@ -458,8 +458,9 @@ fn t3_top_restores_the_terminal_on_ctrl_c() {
     top.assert_restored(pid);
 }
 
-/// t4. A panic inside the view (forced by TRACER_TEST_TOP_PANIC): the panic hook restores the
-/// terminal before the message, tracer exits non-zero.
+/// t4. A warning, then a panic inside the view (forced by TRACER_TEST_TOP_PANIC): the panic
+/// hook restores the terminal before the message, the warning held while the view was up is
+/// printed after it, tracer exits non-zero.
 #[test]
 fn t4_top_restores_the_terminal_on_panic() {
     require_integration!();
@@ -474,5 +475,9 @@ fn t4_top_restores_the_terminal_on_panic() {
     assert_ne!(rc, "0", "a panic is a failure");
     top.assert_restored(pid);
     let screen = top.tmux.capture();
-    assert!(screen.contains("TRACER_TEST_TOP_PANIC"), "the panic message is readable on the normal screen:\n{screen}");
+    assert!(screen.contains("TRACER_TEST_TOP_PANIC is set: panicking"), "the panic message is readable on the normal screen:\n{screen}");
+    assert!(
+        screen.contains("warning: TRACER_TEST_TOP_PANIC: a warning written while the view is up"),
+        "a warning written while the view was up is printed after it:\n{screen}"
+    );
 }
