@@ -202,17 +202,16 @@ pub fn draw(frame: &mut Frame<'_>, rows: &[Row], status: &Status, sort: SortBy, 
         let style = if i == sort.column() { Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED) } else { Style::new().add_modifier(Modifier::BOLD) };
         Cell::from(*h).style(style)
     }));
-    let body_rows: Vec<TableRow<'_>> = rows.iter().map(|r| TableRow::new(cells(r, clock, now_ns))).collect();
-    let widths = [
-        Constraint::Fill(2),
-        Constraint::Length(10),
-        Constraint::Length(12),
-        Constraint::Length(14),
-        Constraint::Fill(3),
-        Constraint::Length(16),
-        Constraint::Length(9),
-        Constraint::Length(34),
-    ];
+    let texts: Vec<[String; 8]> = rows.iter().map(|r| cells(r, clock, now_ns)).collect();
+    // Every column as wide as its widest cell (bounded); a terminal too narrow for them all
+    // shrinks them.
+    let widths: Vec<Constraint> = (0..HEADER.len())
+        .map(|i| {
+            let widest = texts.iter().map(|t| t[i].chars().count()).chain([HEADER[i].len()]).max().unwrap_or(0);
+            Constraint::Length(widest.min(64) as u16)
+        })
+        .collect();
+    let body_rows: Vec<TableRow<'_>> = texts.into_iter().map(TableRow::new).collect();
     frame.render_widget(Table::new(body_rows, widths).header(header).column_spacing(2), body);
 }
 
@@ -544,6 +543,34 @@ mod tests {
         let empty = screen(&[], SortBy::Queue);
         assert!(empty.contains("sort: queue"), "{empty}");
         assert!(empty.contains("No failed upstream connections seen yet."), "{empty}");
+    }
+
+    #[test]
+    fn columns_fit_their_content() {
+        let mut unix = finding(Cause::UnixMissing, "unix:/run/gunicorn/gunicorn.sock", 2, 15);
+        unix.netns = 4026531840;
+        let mut backlog = finding(Cause::BacklogFull, "[2001:db8::1]:8000", 9, 20);
+        backlog.queue = Some(Queue { len: 129, max: 128 });
+        backlog.pending = 2;
+        let mut dead = backlog.clone();
+        dead.cause = Cause::DeadListener;
+        dead.count = 1;
+        dead.pending = 0;
+        dead.last_seen_ns = 10 * S;
+        let rows = rows(&[(unix, None), (backlog, Some("app_servers".into())), (dead, Some("app_servers".into()))], SortBy::Attempts);
+        let s = screen(&rows, SortBy::Attempts);
+        for text in [
+            "unix:/run/gunicorn/gunicorn.sock",
+            "4026531840",
+            "[2001:db8::1]:8000",
+            "app_servers",
+            "10 (2 pending)",
+            "backlog_full 9, dead_listener 1",
+            "129/128",
+            "backlog_full 00:00:20 (3 s ago)",
+        ] {
+            assert!(s.contains(text), "{text:?} is cut:\n{s}");
+        }
     }
 
     #[test]
