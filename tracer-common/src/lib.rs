@@ -55,10 +55,14 @@ pub enum EventKind {
     OomVictim = 16,
     /// A watched Unix socket path was unlinked (`unlink`/`unlinkat`); `task` = who.
     UnixUnlink = 17,
+    /// A Unix connect found the listener's queue full (EAGAIN): its queue as the kernel read
+    /// it (function hooks on `unix_find_other` + `unix_stream_connect`), in
+    /// `UnixEvent.queue_*`; emitted right before the `UnixConnectFailed` it explains.
+    UnixPeerQueue = 18,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::TcpAttemptFailed,
         EventKind::TcpSynRetransmit,
         EventKind::TcpAttemptDelayed,
@@ -76,6 +80,7 @@ impl EventKind {
         EventKind::SignalGenerated,
         EventKind::OomVictim,
         EventKind::UnixUnlink,
+        EventKind::UnixPeerQueue,
     ];
 
     pub fn from_u32(v: u32) -> Option<EventKind> {
@@ -183,11 +188,22 @@ pub struct UnixEvent {
     pub path_len: u32,
     pub path: [u8; UNIX_PATH_MAX],
     pub _pad: [u8; 4],
+    /// `UnixPeerQueue`: the listener's queue (`sk_receive_queue.qlen`, `sk_max_ack_backlog`).
+    pub queue_len: u32,
+    pub queue_max: u32,
 }
 
 impl Default for UnixEvent {
     fn default() -> Self {
-        UnixEvent { header: EventHeader::default(), errno: 0, path_len: 0, path: [0; UNIX_PATH_MAX], _pad: [0; 4] }
+        UnixEvent {
+            header: EventHeader::default(),
+            errno: 0,
+            path_len: 0,
+            path: [0; UNIX_PATH_MAX],
+            _pad: [0; 4],
+            queue_len: 0,
+            queue_max: 0,
+        }
     }
 }
 
@@ -388,6 +404,8 @@ pub const FN_ACCEPT: u32 = 2;
 pub const FN_CONN_REQUEST: u32 = 4;
 /// `unix_stream_connect` is hooked.
 pub const FN_UNIX_CONNECT: u32 = 8;
+/// `unix_find_other` is hooked (the peer of a Unix connect, for its queue).
+pub const FN_UNIX_PEER: u32 = 16;
 
 /// Kernel facts only the function hooks need, read from BTF like the rest.
 #[repr(C)]
@@ -401,6 +419,9 @@ pub struct FnHookConfig {
     pub tcp_syn_recv: u32,
     /// `FN_*` bits of the function hooks attached (written after attach).
     pub active: u32,
+    /// `struct sock`: `sk_receive_queue.qlen` (u32): a Unix listener's queue length.
+    pub sock_rcvq_len: u32,
+    pub _pad: u32,
 }
 
 /// A child socket that reached ESTABLISHED on a listener's accept queue (LRU hash keyed by

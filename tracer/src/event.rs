@@ -129,6 +129,9 @@ pub enum EventBody {
     OomKilled,
     /// `task` unlinked the Unix socket file `path` of a listener.
     UnixUnlink { path: String },
+    /// A Unix connect to `path` failed with EAGAIN: the listener's queue as the kernel read it
+    /// then (function hooks on unix_find_other and unix_stream_connect).
+    UnixPeerQueue { path: String, queue: Queue },
     /// Measured by tracer (/proc) when a listener appears: its owner's parent, cgroup and
     /// systemd unit.
     ProcessInfo { ppid: u32, cgroup: Option<String>, unit: Option<String> },

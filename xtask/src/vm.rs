@@ -39,7 +39,7 @@ const PACKAGES: &[(&str, &str)] = &[("qemu-system-x86", "qemu-system-x86_64"), (
 /// Per VM: boot, both passes, power-off.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
-const HOOKED: [&str; 4] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect"];
+const HOOKED: [&str; 5] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect", "unix_find_other"];
 
 pub fn vm_test() -> Result<()> {
     require_root("vm-test")?;

@@ -279,6 +279,44 @@ pub fn tracer_kr_unix_connect(ctx: RetProbeContext) -> u32 {
     0
 }
 
+// ---- unix_find_other ----------------------------------------------------------------------
+// The listener a Unix connect() reaches: remembered per thread so that unix_stream_connect's
+// exit can read its queue when the connect fails with EAGAIN (the queue is full).
+//
+// Expects (5.19 .. 6.12): struct sock *unix_find_other(struct net *net, struct sockaddr_un *sunaddr, int addr_len, int type)
+#[fexit(function = "unix_find_other")]
+pub fn tracer_fx_unix_peer4(ctx: FExitContext) -> i32 {
+    // fexit: the return value follows the 4 arguments.
+    on_unix_peer(ctx.arg::<u64>(4));
+    0
+}
+
+// Expects (later kernels, e.g. 6.18): struct sock *unix_find_other(struct net *net, struct sockaddr_un *sunaddr, int addr_len, int type, int flags)
+#[fexit(function = "unix_find_other")]
+pub fn tracer_fx_unix_peer5(ctx: FExitContext) -> i32 {
+    // fexit: the return value follows the 5 arguments.
+    on_unix_peer(ctx.arg::<u64>(5));
+    0
+}
+
+// kretprobe variant: the return register, whatever the arguments.
+#[kretprobe(function = "unix_find_other")]
+pub fn tracer_kr_unix_peer(ctx: RetProbeContext) -> u32 {
+    on_unix_peer(ctx.ret::<u64>());
+    0
+}
+
+const PEER_TAG: u64 = 0x9ee7_0000_0000_0000;
+
+#[inline(always)]
+fn on_unix_peer(other: u64) {
+    // NULL or ERR_PTR (the last 4095 addresses): no peer.
+    if other == 0 || other >= (-4095i64) as u64 {
+        return;
+    }
+    let _ = FN_ARGS.insert(&(bpf_get_current_pid_tgid() ^ PEER_TAG), &[other, 0], 0);
+}
+
 const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
 const EAGAIN: i32 = 11;
@@ -286,21 +324,44 @@ const EACCES: i32 = 13;
 const ECONNREFUSED: i32 = 111;
 
 #[inline(always)]
-fn on_unix_connect(ret: i32, addr: u64, len: i64) {
+fn on_unix_connect(ret: i32, addr: u64, addr_len: i64) {
     let errno = -ret;
+    // The peer unix_find_other found during this connect, if that hook runs.
+    let peer_key = bpf_get_current_pid_tgid() ^ PEER_TAG;
+    let peer = (unsafe { FN_ARGS.get(&peer_key) }).map(|v| v[0]);
+    if peer.is_some() {
+        let _ = FN_ARGS.remove(&peer_key);
+    }
     if errno != ENOENT && errno != ECONNREFUSED && errno != EAGAIN && errno != EACCES && errno != EPERM {
         return;
     }
     let Some(cfg) = config() else { return };
+    if errno == EAGAIN {
+        if let Some(peer) = peer {
+            let qlen: Option<u32> = kernel(peer, cfg.fn_hooks.sock_rcvq_len);
+            let qmax: Option<u32> = kernel(peer, cfg.offsets.sock_sk_max_ack_backlog);
+            if let (Some(qlen), Some(qmax)) = (qlen, qmax) {
+                emit_unix_event(cfg, EventKind::UnixPeerQueue, errno, addr, addr_len, qlen, qmax);
+            }
+        }
+    }
+    emit_unix_event(cfg, EventKind::UnixConnectFailed, errno, addr, addr_len, 0, 0);
+}
+
+/// A Unix event with the path read from the kernel's copy of the caller's sockaddr_un.
+#[inline(always)]
+fn emit_unix_event(cfg: &Config, kind: EventKind, errno: i32, addr: u64, addr_len: i64, qlen: u32, qmax: u32) {
     let netns = current_netns(cfg);
-    emit_with(EventKind::UnixConnectFailed as u32, |ev: &mut UnixEvent| {
-        ev.header.kind = EventKind::UnixConnectFailed as u32;
+    emit_with(kind as u32, |ev: &mut UnixEvent| {
+        ev.header.kind = kind as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.header.netns = netns;
         ev.header.task = current_task();
         ev.errno = errno;
+        ev.queue_len = qlen;
+        ev.queue_max = qmax;
         // sun_path follows the 2-byte sun_family.
-        let mut n = len - 2;
+        let mut n = addr_len - 2;
         if n < 0 {
             n = 0;
         }

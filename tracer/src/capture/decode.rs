@@ -65,12 +65,13 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         task: task_info(&header.task),
         body,
     };
-    if matches!(kind, EventKind::UnixConnectFailed | EventKind::UnixBind | EventKind::UnixUnlink) {
+    if matches!(kind, EventKind::UnixConnectFailed | EventKind::UnixBind | EventKind::UnixUnlink | EventKind::UnixPeerQueue) {
         let ev: UnixEvent = read(data)?;
         let path = unix_path(ev.path_bytes());
         let body = match kind {
             EventKind::UnixConnectFailed => EventBody::UnixConnectFailed { path, errno: ev.errno },
             EventKind::UnixUnlink => EventBody::UnixUnlink { path },
+            EventKind::UnixPeerQueue => EventBody::UnixPeerQueue { path, queue: Queue { len: ev.queue_len, max: ev.queue_max } },
             _ => EventBody::UnixBind { path },
         };
         return Some(base(body));
@@ -133,6 +134,7 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         EventKind::UnixConnectFailed
         | EventKind::UnixBind
         | EventKind::UnixUnlink
+        | EventKind::UnixPeerQueue
         | EventKind::ProcessExit
         | EventKind::SignalGenerated
         | EventKind::OomVictim => return None,

@@ -8,7 +8,7 @@ use aya::{
     programs::{FEntry, FExit, KProbe},
     Btf, Ebpf,
 };
-use tracer_common::{FN_ACCEPT, FN_CONN_REQUEST, FN_TCP_CONNECT, FN_UNIX_CONNECT};
+use tracer_common::{FN_ACCEPT, FN_CONN_REQUEST, FN_TCP_CONNECT, FN_UNIX_CONNECT, FN_UNIX_PEER};
 
 use super::HookState;
 use crate::kernel::btf::FnPrototype;
@@ -105,6 +105,21 @@ const SPECS: &[FnSpec] = &[
         trampoline: &[(&["struct socket *", "struct sockaddr *", "int", "int"], "tracer_fx_unix_connect", true)],
         kprobe: ("tracer_kp_unix_connect", Some("tracer_kr_unix_connect")),
         kprobe_args: &["struct socket *", "struct sockaddr *", "int"],
+    },
+    FnSpec {
+        function: "unix_find_other",
+        bit: FN_UNIX_PEER,
+        serves: "the listener a Unix connect reaches: its queue length and maximum when the connect fails with EAGAIN (unix_backlog_full)",
+        fallback: "the listener's queue from a sock_diag snapshot",
+        trampoline: &[
+            // 5.19 .. 6.12
+            (&["struct net *", "struct sockaddr_un *", "int", "int"], "tracer_fx_unix_peer4", true),
+            // later (a `flags` argument)
+            (&["struct net *", "struct sockaddr_un *", "int", "int", "int"], "tracer_fx_unix_peer5", true),
+        ],
+        // Only the return value is read: a kretprobe alone.
+        kprobe: ("tracer_kr_unix_peer", None),
+        kprobe_args: &[],
     },
 ];
 
@@ -212,6 +227,7 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
                         o.program = Some(spec.kprobe.0);
                         o.active = Some(match spec.kprobe.1 {
                             Some(_) => format!("kprobe+kretprobe:{}", spec.function),
+                            None if spec.kprobe.0.starts_with("tracer_kr_") => format!("kretprobe:{}", spec.function),
                             None => format!("kprobe:{}", spec.function),
                         })
                     }

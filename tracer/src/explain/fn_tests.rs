@@ -181,3 +181,26 @@ fn dead_listener_on_6_1_without_socketless_send_reset() {
     assert_eq!(f.len(), 1, "{f:#?}");
     assert_eq!(f[0].cause, Cause::DeadListener, "{f:#?}");
 }
+
+/// unix_backlog_full with the listener's queue read in the kernel during the failing connect
+/// (unix_find_other + unix_stream_connect): evidence and queue, no sock_diag needed. A queue
+/// read for another path is not this failure's.
+#[test]
+fn unix_peer_queue_read_in_kernel() {
+    let client = task(900, "nginx");
+    let path = "/run/app.sock";
+    let events = vec![
+        ev(S, 0, &client, EventBody::UnixPeerQueue { path: "/run/other.sock".into(), queue: Queue { len: 9, max: 8 } }),
+        ev(2 * S, 0, &client, EventBody::UnixPeerQueue { path: path.into(), queue: Queue { len: 2, max: 1 } }),
+        ev(2 * S, 0xb1, &client, EventBody::UnixConnectFailed { path: path.into(), errno: 11 }),
+        ev(3 * S, 0xb2, &client, EventBody::UnixConnectFailed { path: path.into(), errno: 11 }),
+    ];
+    let e = run(&events);
+    let f = e.findings();
+    assert_eq!(f.len(), 1, "{f:#?}");
+    assert_eq!(f[0].cause, Cause::UnixBacklogFull);
+    assert_eq!(f[0].count, 2);
+    assert_eq!(f[0].queue, Some(Queue { len: 2, max: 1 }));
+    // One of the two failures had its queue read in the kernel.
+    assert_eq!(f[0].evidence.get(LABEL_UNIX_PEER_FULL), Some(&1), "{:?}", f[0].evidence);
+}

@@ -304,6 +304,8 @@ pub struct Engine {
     /// Per listener (address, netns): how long accepted connections waited in its accept
     /// queue, as a histogram (bucket label -> count). Function-hook backend only.
     accept_waits: BTreeMap<(Target, u32), BTreeMap<&'static str, u64>>,
+    /// Unix listeners' queues read in the kernel at EAGAIN connects: (ts, netns, path, queue).
+    unix_peer_queues: VecDeque<(u64, u32, String, Queue)>,
 }
 
 impl Engine {
@@ -326,6 +328,7 @@ impl Engine {
             lost: BTreeMap::new(),
             lifecycle: timeline::Lifecycle::new(max),
             accept_waits: BTreeMap::new(),
+            unix_peer_queues: VecDeque::new(),
         }
     }
 
@@ -435,6 +438,13 @@ impl Engine {
             | EventBody::OomKilled
             | EventBody::UnixUnlink { .. }
             | EventBody::ProcessInfo { .. } => self.lifecycle.push(ev),
+            EventBody::UnixPeerQueue { path, queue } => {
+                // Kept until the failure it precedes concludes (bounded).
+                if self.unix_peer_queues.len() >= 1024 {
+                    self.unix_peer_queues.pop_front();
+                }
+                self.unix_peer_queues.push_back((ev.ts_ns, ev.netns, path.clone(), *queue));
+            }
             EventBody::TcpListenOverflow { flow, queue, listener, .. } => {
                 // Without the SYN's addresses it cannot be tied to an attempt; the
                 // ListenOverflows counter tells the same story then.
@@ -812,6 +822,20 @@ impl Engine {
         let target = Target::Unix(path.to_string());
         let mut evidence = BTreeMap::new();
         evidence.insert(format!("connect() {}", errno_name(errno)), 1);
+        // The listener's queue as the kernel read it during this very connect.
+        let mut kernel_queue: Option<Queue> = None;
+        if cause == Cause::UnixBacklogFull {
+            let from = ev.ts_ns.saturating_sub(SAMPLE_SLACK_NS);
+            if let Some(i) = self
+                .unix_peer_queues
+                .iter()
+                .rposition(|(ts, ns, p, _)| *ts >= from && *ts <= ev.ts_ns && *ns == ev.netns && p == path)
+            {
+                let (_, _, _, q) = self.unix_peer_queues.remove(i).expect("index from rposition");
+                kernel_queue = Some(q);
+                evidence.insert(LABEL_UNIX_PEER_FULL.to_string(), 1);
+            }
+        }
         let record = AttemptRecord {
             ts_ns: ev.ts_ns,
             start_ns: ev.ts_ns,
@@ -828,6 +852,7 @@ impl Engine {
             self.listeners
                 .samples_during(ev.netns, &target, false, ev.ts_ns.saturating_sub(SAMPLE_SLACK_NS), ev.ts_ns)
                 .into_iter()
+                .chain(kernel_queue)
                 .fold(None, |acc, q| Some(fuller(acc, q)))
         } else {
             None
@@ -1213,6 +1238,9 @@ fn relative(ts_ns: u64, first_ns: u64) -> String {
 fn after_last(ts_ns: u64, last_ns: u64) -> String {
     format!("{} after the last failed attempt", duration(ts_ns.saturating_sub(last_ns)))
 }
+
+/// Evidence label of a Unix connect whose listener's queue the kernel read full.
+pub const LABEL_UNIX_PEER_FULL: &str = "unix_stream_connect: peer queue full";
 
 /// The histogram bucket of an accept-queue wait, in milliseconds.
 pub const ACCEPT_WAIT_BUCKETS: [&str; 5] = ["<1", "1-10", "10-100", "100-1000", ">=1000"];

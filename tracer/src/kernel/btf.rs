@@ -188,6 +188,8 @@ impl KernelBtf {
             sock_skc_family: self.offset_of_sized("sock", &["__sk_common", "skc_family"], 2)?,
             tcp_syn_recv: syn_recv,
             active: 0,
+            sock_rcvq_len: self.offset_of_sized("sock", &["sk_receive_queue", "qlen"], 4)?,
+            _pad: 0,
         })
     }
 
@@ -367,7 +369,8 @@ impl KernelBtf {
 }
 
 /// The kernel functions the function-hook backend attaches to.
-pub const HOOKED_FUNCTIONS: &[&str] = &["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect"];
+pub const HOOKED_FUNCTIONS: &[&str] =
+    &["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect", "unix_find_other"];
 
 /// A kernel function's prototype as BTF gives it: parameter names and C-like types.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 const TRACER: &str = "/bin/tracer";
 const BUSYBOX: &str = "/bin/busybox";
-const HOOKED: [&str; 4] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect"];
+const HOOKED: [&str; 5] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect", "unix_find_other"];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -279,12 +279,13 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     for function in HOOKED {
         let served = hook_of(&tracing_line, function);
         println!("VM-HOOK {name} {function} {served}");
-        let function_hook = served.starts_with("fentry") || served.starts_with("fexit") || served.starts_with("kprobe");
+        let is_kprobe = served.starts_with("kprobe") || served.starts_with("kretprobe");
+        let function_hook = served.starts_with("fentry") || served.starts_with("fexit") || is_kprobe;
         if backend == "tracepoints" && function_hook {
             println!("VM-CHECK {name}: {function} should be off with --backend tracepoints");
             hooks_ok = false;
         }
-        if backend == "kprobes" && !served.starts_with("kprobe") {
+        if backend == "kprobes" && !is_kprobe {
             println!("VM-CHECK {name}: {function} should be served by a kprobe with --backend kprobes");
             hooks_ok = false;
         }
@@ -323,6 +324,17 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
         }
         if e.cause == "unix_permission_denied" && f["uids"].as_array().map(|u| u.iter().any(|x| x.as_u64() == Some(65534))) != Some(true) {
             bad.push(format!("uids {} lack 65534", f["uids"]));
+        }
+        if e.cause == "unix_backlog_full" {
+            let seen = f["evidence"]["unix_stream_connect: peer queue full"].as_u64().unwrap_or(0);
+            let hooked = !hook_of(&tracing_line, "unix_find_other").starts_with("none");
+            if hooked && (seen == 0 || f["queue"]["max"].as_u64() != Some(1)) {
+                bad.push(format!("unix_find_other is hooked: want the peer queue read in the kernel (evidence {seen}, queue {})", f["queue"]));
+            }
+            if !hooked && seen > 0 {
+                bad.push("peer queue evidence without the unix_find_other hook".into());
+            }
+            println!("VM-DETAIL {name} unix_backlog_full: peer queue read in the kernel {seen} times, queue {}", f["queue"]);
         }
         if e.cause == "backlog_full" {
             if f["queue"]["max"].as_u64() != Some(1) {
