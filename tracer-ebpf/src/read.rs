@@ -79,6 +79,7 @@ pub fn sock_flow(ctx: &TracePointContext, f: &TpSockFields) -> Flow {
 /// Fills one side of a flow from a `struct sockaddr_in`/`sockaddr_in6` image as stored by
 /// tracepoints that record addresses that way (tcp_send_reset since 6.10): family, port (big
 /// endian), then the IPv4 address at +4 or the IPv6 address at +8. UAPI layouts, not kernel ones.
+#[allow(dead_code)] // tcp_send_reset reads its images in one call (send_reset.rs)
 #[inline(always)]
 pub fn sockaddr_side(ctx: &TracePointContext, offset: u32) -> Option<(u16, u16, [u8; 16])> {
     let family: u16 = field(ctx, offset)?;

@@ -709,8 +709,7 @@ http {{
                 let cpu = cpu_seconds(proc.pid()).unwrap_or(0.0) - cpu_at_start;
                 let hwm = vm_kib(proc.pid(), "VmHWM:").unwrap_or(0);
                 proc.stop(Signal::SIGINT, Duration::from_secs(30))?;
-                let errs: Vec<String> =
-                    proc.output().into_iter().filter(|l| !l.starts_with("tracing:")).collect();
+                let errs: Vec<String> = proc.output().into_iter().filter(|l| l.starts_with("tracer:")).collect();
                 for e in &errs {
                     println!("  tracer stderr: {e}");
                 }
@@ -739,7 +738,7 @@ http {{
         let mut cmd2 = self.ns.cmd("nft");
         cmd2.arg("-f").arg(&f);
         self.note("nft drop rule (file)", &cmd2);
-        self.commands.insert("nft drop rule".into(), rules);
+        self.commands.insert("nft drop rule".into(), rules.split_whitespace().collect::<Vec<_>>().join(" "));
         run(&mut cmd2)?;
         Ok(())
     }
@@ -912,11 +911,11 @@ http {{
             let mut churn = Proc::spawn("churn", &mut churn, None, "")?;
             pause(Duration::from_millis(50))?;
             let mut load = self.ns.cmd(&self.generator);
-            load.args(["refuse", "127.0.0.1", &port, "4", "400000"]);
+            load.args(["drop", "127.0.0.1", &port, "4", "400000"]);
             self.note("churn: connect loop", &load);
             let mut load = Proc::spawn("load", &mut load, None, "")?;
             let mut hold = self.ns.cmd(&self.generator);
-            hold.args(["hold", "127.0.0.1", &dport, "5000", "3500"]);
+            hold.args(["hold", "127.0.0.1", &dport, "10000", "3500"]);
             self.note("churn: never-finishing connects", &hold);
             let mut hold = Proc::spawn("hold", &mut hold, None, "")?;
             pause(Duration::from_millis(2000))?;

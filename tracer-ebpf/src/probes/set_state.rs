@@ -25,14 +25,23 @@ pub fn tracer_set_state(ctx: TracePointContext) -> u32 {
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let f = &cfg.set_state;
-    let protocol: u16 = field(ctx, f.protocol)?;
-    if protocol as u32 != cfg.enums.ipproto_tcp {
-        return None;
-    }
     let old: i32 = field(ctx, f.oldstate)?;
     let new: i32 = field(ctx, f.newstate)?;
     let (old, new) = (old as u32, new as u32);
     let e = &cfg.enums;
+    // Most transitions (the handshakes and closes of healthy connections) are none of ours:
+    // leave after two reads. Keep in step with the cases below.
+    let ours = old == e.tcp_syn_sent
+        || (old == e.tcp_close && (new == e.tcp_syn_sent || new == e.tcp_listen))
+        || (old == e.tcp_listen && new == e.tcp_close)
+        || (old == cfg.fn_hooks.tcp_syn_recv && new == e.tcp_established && cfg.fn_hooks.active & FN_ACCEPT != 0);
+    if !ours {
+        return None;
+    }
+    let protocol: u16 = field(ctx, f.protocol)?;
+    if protocol as u32 != e.ipproto_tcp {
+        return None;
+    }
     let sk: u64 = field(ctx, f.skaddr)?;
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
@@ -77,7 +86,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             ev.syn_retransmits = attempt.syn_retransmits;
             ev.rst_received = attempt.rst_received;
             ev.start_ns = attempt.start_ns;
-            ev.actor = current_task();
+            // No `actor`: nothing reads it for attempts, and it costs three helper calls.
         });
         return Some(());
     }
