@@ -368,6 +368,49 @@ fn map_occupancy(pid: u32) -> BTreeMap<String, Value> {
     out
 }
 
+/// Kernel-side cost of tracer's programs: `kernel.bpf_stats_enabled` on for the duration of
+/// `f`, then each program's run time and run count (bpftool), keyed by program name.
+fn with_bpf_stats<T>(pid: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, BTreeMap<String, (u64, u64)>)> {
+    const KNOB: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = fs::read_to_string(KNOB).unwrap_or_else(|_| "0".into());
+    fs::write(KNOB, "1").context("enabling kernel.bpf_stats_enabled")?;
+    let out = f();
+    let mut stats = BTreeMap::new();
+    for id in bpf_ids(pid, "prog_id") {
+        let (ok, info) = probe(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]));
+        if let (true, Ok(v)) = (ok, serde_json::from_str::<Value>(&info)) {
+            let name = v["name"].as_str().unwrap_or("?").to_string();
+            stats.insert(name, (v["run_time_ns"].as_u64().unwrap_or(0), v["run_cnt"].as_u64().unwrap_or(0)));
+        }
+    }
+    let _ = fs::write(KNOB, before.trim());
+    Ok((out?, stats))
+}
+
+/// `{"total_ns_per_unit", "programs": {name: {"ns_per_call", "calls_per_unit", "ns_per_unit"}}}`.
+fn cost_json(stats: &BTreeMap<String, (u64, u64)>, units: u64) -> Value {
+    let units = units.max(1) as f64;
+    let total: u64 = stats.values().map(|(t, _)| t).sum();
+    let progs: BTreeMap<&String, Value> = stats
+        .iter()
+        .filter(|(_, (_, c))| *c > 0)
+        .map(|(n, (t, c))| {
+            (n, json!({"ns_per_call": *t as f64 / *c as f64, "calls_per_unit": *c as f64 / units, "ns_per_unit": *t as f64 / units}))
+        })
+        .collect();
+    json!({"total_ns_per_unit": total as f64 / units, "programs": progs})
+}
+
+/// `set_state 1500 (2.0x), rst_send 500 (1.0x), ...`: where the kernel time goes.
+fn cost_line(cost: &Value) -> String {
+    let mut v: Vec<(String, f64, f64)> = cost["programs"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, p)| (k.trim_start_matches("tracer_").to_string(), p["ns_per_unit"].as_f64().unwrap_or(0.0), p["calls_per_unit"].as_f64().unwrap_or(0.0))).collect())
+        .unwrap_or_default();
+    v.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+    v.iter().filter(|x| x.1 >= 1.0).map(|(n, ns, c)| format!("{n} {ns:.0} ns ({c:.2} calls)")).collect::<Vec<_>>().join(", ")
+}
+
 fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
@@ -678,6 +721,16 @@ http {{
                 runs.entry(v.name()).or_default().push(w);
             }
         }
+        // Kernel-side cost per request, in a separate run (bpf_stats itself costs a little).
+        let a = self.attach(Variant::Tracer, &["watch", "--json"], "tracer watch", 99)?;
+        let pid = match &a {
+            Attached::Tracer { proc, .. } => proc.pid(),
+            _ => 0,
+        };
+        let (w, stats) = with_bpf_stats(pid, || self.wrk(secs))?;
+        self.detach(a)?;
+        let cost = cost_json(&stats, w.requests);
+        println!("  kernel cost (bpf_stats run): {:.0} ns of tracer's BPF programs per proxied request: {}", cost["total_ns_per_unit"].as_f64().unwrap_or(0.0), cost_line(&cost));
         nginx.kill_group();
         let med = |v: Variant, f: fn(&WrkRun) -> f64| median(&runs[v.name()].iter().map(f).collect::<Vec<_>>());
         let rps = |v| med(v, |w| w.rps);
@@ -693,6 +746,7 @@ http {{
             "p99_tracer_vs_none": p99(Variant::Tracer) / p99(Variant::None),
             "p99_bpftrace_vs_none": p99(Variant::Bpftrace) / p99(Variant::None),
             "errors": errors,
+            "kernel_cost_per_request": cost,
             "rounds": runs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|w| json!({"rps": w.rps, "p99_ms": w.p99_ms, "requests": w.requests, "errors": w.errors})).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
         }))
     }
@@ -801,6 +855,17 @@ http {{
         let f = |k: &str| tracer_rounds.iter().filter_map(|r| r[k].as_f64()).collect::<Vec<_>>();
         let hwm_max = tracer_rounds.iter().filter_map(|r| r["vm_hwm_kib"].as_u64()).max().unwrap_or(0);
 
+        // Kernel-side cost per refused attempt, in a separate run (bpf_stats itself costs a little).
+        let a = self.attach(Variant::Tracer, &["diagnose", "--json"], "tracer diagnose", 99)?;
+        let pid = match &a {
+            Attached::Tracer { proc, .. } => proc.pid(),
+            _ => 0,
+        };
+        let (g, stats) = with_bpf_stats(pid, || self.generator("refused flood", &["refuse", "127.0.0.1", &port, &secs, "10000000"]))?;
+        self.detach(a)?;
+        let flood_cost = cost_json(&stats, g["attempts"].as_u64().unwrap_or(0));
+        println!("  kernel cost (bpf_stats run): {:.0} ns of tracer's BPF programs per refused attempt: {}", flood_cost["total_ns_per_unit"].as_f64().unwrap_or(0.0), cost_line(&flood_cost));
+
         // The nft-dropped burst: bounded in count and time.
         self.nft_drop_rule()?;
         let dtarget = format!("127.0.0.1:{DROPPED_PORT}");
@@ -831,6 +896,7 @@ http {{
             "events_per_s_median": median(&f("events_per_s")),
             "cpu_s_per_million_events_median": median(&f("cpu_s_per_million_events")),
             "vm_hwm_kib_max": hwm_max,
+            "kernel_cost_per_attempt": flood_cost,
             "drop_burst": {
                 "generator": g,
                 "tracer_count": counted,
@@ -1039,6 +1105,7 @@ fn table(r: &Value, goals: &mut Vec<Value>) -> String {
             fmt_ratio(&h["p99_tracer_vs_none"]),
             fmt_ratio(&h["p99_bpftrace_vs_none"]),
         );
+        let _ = writeln!(t, "{:<44} {:>12} {:>12}", "HTTP: tracer BPF ns per proxied request", "", fmt_num(&h["kernel_cost_per_request"]["total_ns_per_unit"], 0));
         add_goal("http throughput >= 0.98x no tracer", ok, format!("{tr:.3}x"));
         add_goal("http: tracer costs no more than bpftrace", ok2, format!("tracer {tr:.3}x, bpftrace {bt:.3}x"));
     }
@@ -1078,6 +1145,7 @@ fn table(r: &Value, goals: &mut Vec<Value>) -> String {
         );
         add_goal("nft-dropped burst: count exact, zero lost", dexact, format!("{} / {}", d["tracer_count"], d["generator"]["attempts"]));
         let _ = writeln!(t, "{:<44} {:>12} {:>12}", "flood: tracer events/s sustained (median)", "", fmt_num(&f["events_per_s_median"], 0));
+        let _ = writeln!(t, "{:<44} {:>12} {:>12}", "flood: tracer BPF ns per refused attempt", "", fmt_num(&f["kernel_cost_per_attempt"]["total_ns_per_unit"], 0));
         let _ = writeln!(t, "{:<44} {:>12} {:>12}", "flood: tracer CPU s per million events", "", fmt_num(&f["cpu_s_per_million_events_median"], 2));
         let _ = writeln!(t, "{:<44} {:>12} {:>12}", "flood: tracer peak RSS (VmHWM) MiB", "", f["vm_hwm_kib_max"].as_u64().map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or("-".into()));
     }
