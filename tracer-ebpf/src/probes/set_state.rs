@@ -25,9 +25,15 @@ pub fn tracer_set_state(ctx: TracePointContext) -> u32 {
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let f = &cfg.set_state;
-    let old: i32 = field(ctx, f.oldstate)?;
-    let new: i32 = field(ctx, f.newstate)?;
-    let (old, new) = (old as u32, new as u32);
+    // oldstate and newstate are neighbours in every kernel's record: one read for both.
+    let (old, new) = if f.newstate == f.oldstate.wrapping_add(4) {
+        let both: [i32; 2] = field(ctx, f.oldstate)?;
+        (both[0] as u32, both[1] as u32)
+    } else {
+        let old: i32 = field(ctx, f.oldstate)?;
+        let new: i32 = field(ctx, f.newstate)?;
+        (old as u32, new as u32)
+    };
     let e = &cfg.enums;
     // Most transitions (the handshakes and closes of healthy connections) are none of ours:
     // leave after two reads. Keep in step with the cases below.
