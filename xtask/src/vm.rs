@@ -34,7 +34,9 @@ const KERNELS: &[(&str, &str)] = &[
 /// scenarios (nft itself is packed when the host has it).
 const MODULES: &[&str] = &["inet_diag", "tcp_diag", "unix_diag", "nft_reject_inet"];
 
-const PACKAGES: &[(&str, &str)] = &[("qemu-system-x86", "qemu-system-x86_64"), ("busybox-static", "busybox"), ("cpio", "cpio")];
+/// (Debian package, the program it provides). xz unpacks 6.12's compressed modules.
+const PACKAGES: &[(&str, &str)] =
+    &[("qemu-system-x86", "qemu-system-x86_64"), ("busybox-static", "busybox"), ("cpio", "cpio"), ("xz-utils", "xz")];
 
 /// Per VM: boot, both passes, power-off.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);

@@ -121,6 +121,7 @@ pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
     writeln!(w, "fentry:      {}", availability_text(&fentry_availability()))?;
     // Function hooks: each loaded (not attached) to see what this kernel accepts.
     let mut any_function_hook = false;
+    let mut hooked_functions: Vec<&'static str> = Vec::new();
     writeln!(w)?;
     writeln!(w, "function hooks (fentry/fexit, else kprobe/kretprobe; each loaded to test, none attached):")?;
     match super::facts::probe_kernel() {
@@ -134,6 +135,9 @@ pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
                 Ok(outcomes) => {
                     for o in outcomes {
                         any_function_hook |= o.active.is_some();
+                        if o.active.is_some() {
+                            hooked_functions.push(o.function);
+                        }
                         writeln!(w, "  {}", o.line())?;
                         writeln!(w, "  {:<22} prototype: {}", "", o.prototype)?;
                         writeln!(w, "  {:<22} serves: {}", "", o.serves)?;
@@ -153,7 +157,11 @@ pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
 
     writeln!(w)?;
     writeln!(w, "what tracer will therefore see:")?;
-    let available = |name: &str| tracepoints.iter().any(|t| t.available && t.full_name() == name);
+    // "fn:NAME": the function hook on NAME loads here.
+    let available = |name: &str| {
+        tracepoints.iter().any(|t| t.available && t.full_name() == name)
+            || name.strip_prefix("fn:").is_some_and(|f| hooked_functions.contains(&f))
+    };
     let listen_overflow_reason =
         kernel_values.map(|(_, e)| e.drop_tcp_listen_overflow != FIELD_ABSENT).unwrap_or(false);
     for row in cause_visibility(&available, listen_overflow_reason) {
@@ -245,8 +253,20 @@ pub fn cause_visibility(
     });
 
     let overflow = if listen_overflow_reason { "; drops with TCP_LISTEN_OVERFLOW" } else { "" };
+    let syn_time = if available("fn:tcp_conn_request") {
+        "; SYN-time overflows seen directly in tcp_conn_request, with the queue and its owner"
+    } else {
+        ""
+    };
+    let waits = if available("fn:inet_csk_accept") { "; accept-queue wait times" } else { "" };
     rows.push(if attempts && available(RETRANSMIT) {
-        row("backlog_full", Seen::Yes, &format!("SYN retransmits with the listener's accept queue read in the kernel{overflow}; ListenOverflows counters"))
+        row(
+            "backlog_full",
+            Seen::Yes,
+            &format!("SYN retransmits with the listener's accept queue read in the kernel{overflow}{syn_time}{waits}; ListenOverflows counters"),
+        )
+    } else if !syn_time.is_empty() {
+        row("backlog_full", Seen::Yes, &format!("{}{waits}; ListenOverflows counters", syn_time.trim_start_matches("; ")))
     } else {
         row("backlog_full", Seen::Partly, "only the ListenOverflows counters and queue snapshots from sock_diag (needs sock:inet_sock_set_state and tcp:tcp_retransmit_skb)")
     });
@@ -317,7 +337,8 @@ pub fn cause_visibility(
         (false, _) => row("no_response", Seen::No, "needs sock:inet_sock_set_state"),
     });
 
-    let unix = available(CONNECT_ENTER) && available(CONNECT_EXIT);
+    let unix = (available(CONNECT_ENTER) && available(CONNECT_EXIT)) || available("fn:unix_stream_connect");
+    let peer_queue = available("fn:unix_find_other");
     for (cause, errno) in [
         ("unix_missing", "ENOENT: the socket path does not exist"),
         ("unix_stale", "ECONNREFUSED: a stale socket file, nobody listening"),
@@ -325,7 +346,8 @@ pub fn cause_visibility(
         ("unix_permission_denied", "EACCES/EPERM: the caller may not use the socket file"),
     ] {
         rows.push(if unix {
-            row(cause, Seen::Yes, &format!("connect() failing with {errno}"))
+            let extra = if cause == "unix_backlog_full" && peer_queue { "; the listener's queue read in the kernel" } else { "" };
+            row(cause, Seen::Yes, &format!("connect() failing with {errno}{extra}"))
         } else {
             row(cause, Seen::No, "needs syscalls:sys_enter_connect and syscalls:sys_exit_connect")
         });
@@ -343,6 +365,19 @@ mod tests {
         assert_eq!(rows.len(), 10);
         assert!(rows.iter().all(|r| r.seen == Seen::Yes), "{rows:?}");
         assert!(rows[1].how.contains("TCP_LISTEN_OVERFLOW"));
+        assert!(rows[1].how.contains("tcp_conn_request"));
+    }
+
+    #[test]
+    fn function_hooks_alone_see_backlogs_and_unix_errors() {
+        let rows = cause_visibility(&|name| name.starts_with("fn:"), false);
+        let get = |cause: &str| rows.iter().find(|r| r.cause == cause).unwrap().clone();
+        assert_eq!(get("backlog_full").seen, Seen::Yes, "{rows:?}");
+        assert!(get("backlog_full").how.contains("tcp_conn_request"));
+        assert_eq!(get("unix_missing").seen, Seen::Yes);
+        assert!(get("unix_backlog_full").how.contains("queue read in the kernel"));
+        // Without any tracepoint, a dead listener is still not seen.
+        assert_eq!(get("dead_listener").seen, Seen::No);
     }
 
     #[test]
