@@ -431,7 +431,12 @@ fn wall_clock() -> Clock {
 fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, last_probe: &mut HashMap<(u32, Target), u64>) {
     // Records from different CPUs interleave in the ring: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
+    let me = std::process::id();
     for ev in batch.drain(..) {
+        // tracer's own listener (--metrics) is not an upstream anyone meant.
+        if ev.task.pid == me && matches!(ev.body, EventBody::TcpListenStart { .. } | EventBody::TcpListenStop { .. }) {
+            continue;
+        }
         let probe = match &ev.body {
             EventBody::TcpSynRetransmit { flow, queue: None, .. } => Some((ev.netns, Target::Tcp(flow.dst))),
             // The kernel recorded the caller's netns: it decides which sock_diag to ask.

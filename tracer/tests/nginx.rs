@@ -105,11 +105,26 @@ fn small_backlog_under_load_is_backlog_full() {
     let dir = stack_dir("ngx-backlog");
     let ns = Netns::new("ngxbacklog");
     let gunicorn =
-        ns.gunicorn(&dir, &GunicornOpts { workers: 1, backlog: Some(1), slow_s: 2.0, ..GunicornOpts::default() });
+        ns.gunicorn(&dir, &GunicornOpts { workers: 1, backlog: Some(1), slow_s: 3.0, ..GunicornOpts::default() });
     let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "2s");
     let tracer = Tracer::diagnose(&["--port", "8000"]);
 
-    let summary = ns.wrk(12, 5);
+    // One sync worker busy 3 s per request and a queue of 1. Three requests first, so the
+    // worker is busy and the queue full before the load starts: SYNs that arrive at an empty
+    // queue all get SYN-ACKs, and their third ACKs are dropped later instead (the clients
+    // then believe they are connected and wait on the read, not on the connect).
+    let prefill: Vec<std::thread::JoinHandle<u16>> = (0..3)
+        .map(|_| {
+            let name = ns.name.clone();
+            std::thread::spawn(move || Netns { name }.curl_keep(15))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // 20 connections for 7 s: most connects wait longer than proxy_connect_timeout (2 s).
+    let summary = ns.wrk(20, 7);
+    for h in prefill {
+        let _ = h.join();
+    }
     let timeouts = nginx.errors_with("upstream timed out (110: Connection timed out) while connecting to upstream");
     assert!(!timeouts.is_empty(), "nginx must time out connecting; wrk: {summary}; log: {:?}", nginx.error_lines());
 
@@ -117,8 +132,14 @@ fn small_backlog_under_load_is_backlog_full() {
     let f = run.only_finding(UPSTREAM, "backlog_full");
     show("small backlog under load", &format!("wrk: {} requests, {} non-2xx", wrk_requests(&summary), wrk_non_2xx(&summary)), &timeouts[0], f);
     let n = count(f);
-    assert!(n >= timeouts.len() as u64, "every connect timeout is an affected attempt: {n} < {}: {f}", timeouts.len());
-    assert!(n <= wrk_requests(&summary) + 12, "no more attempts than requests: {f}");
+    assert!(
+        n >= timeouts.len() as u64,
+        "every connect timeout is an affected attempt: {n} < {}: {f}\nsummary: {}\nstderr: {}",
+        timeouts.len(),
+        run.summary(),
+        run.stderr
+    );
+    assert!(n <= wrk_requests(&summary) + 20, "no more attempts than requests plus the 20 in flight: {summary} {f}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
     assert_eq!(f["queue"]["max"], 1, "the measured maximum is Gunicorn's --backlog: {f}");

@@ -76,7 +76,9 @@ impl Enricher {
         for netns in self.namespaces.inodes() {
             found.extend(self.listeners_in(netns));
         }
-        self.listener_events(found)
+        // tracer's own listener (--metrics) is not an upstream anyone meant.
+        let me = std::process::id();
+        self.listener_events(found).into_iter().filter(|e| e.task.pid != me).collect()
     }
 
     /// The listener serving `target` in namespace `netns` now, as a ListenerSeen event whose

@@ -280,6 +280,14 @@ http {{
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
     }
 
+    /// One request through a `Netns` handle that must not delete the namespace when dropped
+    /// (for threads that share the test's namespace).
+    pub fn curl_keep(self, max_time_s: u32) -> u16 {
+        let status = self.curl(max_time_s);
+        std::mem::forget(self);
+        status
+    }
+
     /// `n` requests in a row: their statuses.
     pub fn curls(&self, n: usize, max_time_s: u32) -> Vec<u16> {
         (0..n).map(|_| self.curl(max_time_s)).collect()
