@@ -92,7 +92,7 @@ pub fn vm_test() -> Result<()> {
     // The table.
     println!();
     println!("vm-test: which program served each hooked kernel function (pass 1: --backend auto; pass 2: --backend kprobes; pass 3: --backend tracepoints)");
-    println!("{:<28} {:<20} {:<34} {:<38} {}", "kernel", "function", "auto", "kprobes", "tracepoints");
+    println!("{:<28} {:<20} {:<34} {:<38} tracepoints", "kernel", "function", "auto", "kprobes");
     for f in HOOKED {
         let h = |m: &BTreeMap<String, String>| m.get(f).cloned().unwrap_or_else(|| "?".into());
         println!("{:<28} {:<20} {:<34} {:<38} {}", format!("host {}", host.0), f, h(&host.1), h(&host.2), h(&host.3));

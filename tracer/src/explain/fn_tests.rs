@@ -204,3 +204,35 @@ fn unix_peer_queue_read_in_kernel() {
     // One of the two failures had its queue read in the kernel.
     assert_eq!(f[0].evidence.get(LABEL_UNIX_PEER_FULL), Some(&1), "{:?}", f[0].evidence);
 }
+
+/// The report shows what the function hooks add: the queue at each SYN-time overflow and the
+/// accept-wait histogram, in text (bucket order) and JSON.
+#[test]
+fn reports_show_overflows_and_accept_waits() {
+    let app = task(700, "gunicorn");
+    let client = task(900, "nginx");
+    let f1 = flow("127.0.0.1:40001", "127.0.0.1:8000");
+    let events = vec![
+        overflow(S, f1, 2, 1, &app),
+        retransmit(2 * S, 0x1, &client, f1, 1),
+        overflow(2 * S + 10_000, f1, 3, 1, &app),
+        accepted(3 * S, 0xc1, &app, flow("127.0.0.1:40003", "127.0.0.1:8000"), 2_500 * MS),
+        accepted(3 * S, 0xc2, &app, flow("127.0.0.1:40004", "127.0.0.1:8000"), 50 * MS),
+        accepted(3 * S, 0xc3, &app, flow("127.0.0.1:40005", "127.0.0.1:8000"), 100_000),
+    ];
+    let e = run(&events);
+    let f = e.findings().into_iter().next().expect("a finding");
+    let clock = crate::report::Clock::fixed(1_714_557_660_000_000_000);
+    let mut out = Vec::new();
+    crate::report::text::write_finding(&mut out, &f, &clock).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("2 SYNs dropped by tcp_conn_request on the full queue (queue 2/1, 3/1 when they came;"), "{text}");
+    assert!(text.contains("<1 ms: 1, 10-100 ms: 1, >=1000 ms: 1 (time accepted connections waited in the queue)"), "{text}");
+    let v = crate::report::json::finding_json(&f, &clock);
+    assert_eq!(v["accept_wait_ms"][">=1000"], 1);
+    assert_eq!(v["accept_wait_ms"]["10-100"], 1);
+    assert_eq!(v["syn_overflows"].as_array().unwrap().len(), 2);
+    assert_eq!(v["syn_overflows"][1]["len"], 3);
+    assert_eq!(v["syn_overflows"][0]["listener"]["pid"], 700);
+    assert_eq!(v["evidence"]["tcp_conn_request: queue full"], 2);
+}
