@@ -188,7 +188,12 @@ pub fn build(life: &Lifecycle, s: &Story) -> Vec<TimelineEntry> {
         if let Some(p) = life.procs.get(&owner.pid).filter(|_| owner.pid != 0) {
             for (ts, sig, sender) in &p.signals {
                 if *ts >= e.start_ns && *ts <= window_end {
-                    let from = if sender.pid == owner.pid {
+                    // The OOM killer sends its SIGKILL from whatever task hit the limit, often
+                    // the victim itself: say who really decided.
+                    let by_oom = *sig == 9 && p.oom_ns.is_some_and(|o| o.abs_diff(*ts) < 1_000_000_000);
+                    let from = if by_oom {
+                        "from the kernel's OOM killer".to_string()
+                    } else if sender.pid == owner.pid {
                         "from itself".to_string()
                     } else {
                         format!("from {} (pid {})", sender.comm, sender.pid)
@@ -342,6 +347,7 @@ mod tests {
         life.push(&ev(2 * S - 5, &g, EventBody::SignalGenerated { signal: 9, sender: task(0, "swapper") }));
         let t = build(&life, &story);
         assert!(t.iter().any(|e| e.what == "oom_kill"));
+        assert_eq!(t.iter().find(|e| e.what == "signal").unwrap().detail, "SIGKILL from the kernel's OOM killer");
         assert!(fix_addendum(&t).unwrap().contains("OOM killer"));
     }
 
