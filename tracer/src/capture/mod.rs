@@ -56,6 +56,8 @@ pub struct Capture {
     pub backend: Backend,
     /// Per hooked kernel function: which program serves it, or why none does.
     pub fn_hooks: Vec<fhooks::FnHookOutcome>,
+    /// The kernel's accept-wait histograms (filled while inet_csk_accept is hooked).
+    pub accept_waits: Option<fhooks::AcceptWaits>,
     _ebpf: Ebpf,
 }
 
@@ -140,7 +142,8 @@ impl Capture {
         let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, _ebpf: ebpf })
+        let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, _ebpf: ebpf })
     }
 
     /// Tells the lifecycle programs about listeners that existed before tracing started:
@@ -254,6 +257,33 @@ pub fn probe_function_hooks(config: &Config, plan: &fhooks::FnHookPlan<'_>) -> R
         cfg_map.set(0, *config, 0)?;
     }
     Ok(fhooks::start(&mut ebpf, plan, false).0)
+}
+
+impl Drop for Capture {
+    /// Detaches every program at once. Each detach waits for the kernel's RCU grace periods
+    /// (tens of milliseconds); one after the other, a dozen programs took over a second to
+    /// let go on SIGTERM. From one thread each, the waits overlap.
+    fn drop(&mut self) {
+        std::thread::scope(|s| {
+            for (_, prog) in self._ebpf.programs_mut() {
+                s.spawn(move || unload(prog));
+            }
+        });
+    }
+}
+
+/// Detaches and unloads one program (the rest of `Ebpf`'s drop then has nothing left to do).
+fn unload(prog: &mut aya::programs::Program) {
+    use aya::programs::Program as P;
+    let _ = match prog {
+        P::TracePoint(p) => p.unload(),
+        P::BtfTracePoint(p) => p.unload(),
+        P::RawTracePoint(p) => p.unload(),
+        P::KProbe(p) => p.unload(),
+        P::FEntry(p) => p.unload(),
+        P::FExit(p) => p.unload(),
+        _ => Ok(()),
+    };
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
