@@ -75,6 +75,8 @@ impl Operator {
                     if args.error_logs.is_empty() {
                         for log in &cfg.error_logs {
                             match LogTail::open(&inst.host_path(log)) {
+                                // Several masters (or an old one still exiting) may share a log.
+                                Ok(t) if logs.iter().any(|l: &LogTail| l.id == t.id) => {}
                                 Ok(t) => logs.push(t),
                                 Err(e) => eprintln!("tracer: warning: {e:#}"),
                             }
@@ -126,7 +128,7 @@ impl Operator {
     /// Reads the log lines written during the trace and matches them to the findings.
     pub fn finish(&mut self, findings: &[Finding]) -> Context {
         let mut lines = Vec::new();
-        for log in &self.logs {
+        for log in &mut self.logs {
             lines.extend(log.new_lines().iter().filter_map(|l| errlog::parse_line(l)));
         }
         let instances = &self.instances;

@@ -141,33 +141,55 @@ pub fn lookup<'a>(instances: &'a [NginxInstance], netns: u32, target: &Target) -
     fallback
 }
 
-/// An error log being followed: where it ended when tracing started.
+/// An error log being followed: the file as it was when tracing started (held open, so a
+/// master that exits or a path that changes does not lose it) and where it ended then.
 pub struct LogTail {
     pub path: PathBuf,
+    file: fs::File,
     start: u64,
+    /// (device, inode) of the held file, to notice a rotation and to skip duplicates.
+    pub id: (u64, u64),
+}
+
+/// At most this much log is read per file per trace.
+const MAX_LOG_READ: u64 = 64 << 20;
+
+fn read_from(f: &mut fs::File, from: u64) -> Vec<String> {
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    // Truncated in place (copytruncate): read it from the start.
+    let from = if len < from { 0 } else { from };
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(from)).is_err() || f.take((len - from).min(MAX_LOG_READ)).read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
 }
 
 impl LogTail {
     /// Starts following `path` from its current end. Errors name the file.
     pub fn open(path: &Path) -> anyhow::Result<LogTail> {
-        let len = fs::metadata(path)
-            .map_err(|e| anyhow::anyhow!("cannot read the Nginx error log {}: {e} (pass the right one with --nginx-error-log PATH)", path.display()))?
-            .len();
-        Ok(LogTail { path: path.to_path_buf(), start: len })
+        use std::os::unix::fs::MetadataExt;
+        let file = fs::File::open(path).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read the Nginx error log {}: {e} (pass the right one with --nginx-error-log PATH)",
+                path.display()
+            )
+        })?;
+        let meta = file.metadata()?;
+        Ok(LogTail { path: path.to_path_buf(), file, start: meta.len(), id: (meta.dev(), meta.ino()) })
     }
 
-    /// The lines written since `open` (from the start if the file was rotated/truncated).
-    pub fn new_lines(&self) -> Vec<String> {
-        let Ok(mut f) = fs::File::open(&self.path) else { return Vec::new() };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let from = if len < self.start { 0 } else { self.start };
-        // Bounded: at most 64 MiB of log per trace.
-        let take = (len - from).min(64 << 20);
-        let mut buf = Vec::with_capacity(take as usize);
-        if f.seek(SeekFrom::Start(from)).is_err() || f.take(take).read_to_end(&mut buf).is_err() {
-            return Vec::new();
+    /// The lines written since `open`: the rest of the held file, plus the whole file now at
+    /// the path when the log was rotated meanwhile.
+    pub fn new_lines(&mut self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut lines = read_from(&mut self.file, self.start);
+        if let Ok(mut now) = fs::File::open(&self.path) {
+            if now.metadata().is_ok_and(|m| (m.dev(), m.ino()) != self.id) {
+                lines.extend(read_from(&mut now, 0));
+            }
         }
-        String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
+        lines
     }
 }
 
