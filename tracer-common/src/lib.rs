@@ -424,6 +424,24 @@ pub struct FnHookConfig {
     pub _pad: u32,
 }
 
+/// Key of the kernel's accept-wait histograms (per-CPU LRU hash `ACCEPT_WAITS`): a listener
+/// address, as the accepted connections' local address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AcceptWaitKey {
+    pub netns: u32,
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// Accept-wait histogram buckets: < 1 ms, < 10 ms, < 100 ms, < 1 s, the rest.
+pub const ACCEPT_WAIT_SLOTS: usize = 5;
+/// Upper bounds (ns) of the first four buckets (units of time, not kernel numbers).
+pub const ACCEPT_WAIT_BOUNDS_NS: [u64; 4] = [1_000_000, 10_000_000, 100_000_000, 1_000_000_000];
+
 /// A child socket that reached ESTABLISHED on a listener's accept queue (LRU hash keyed by
 /// the child's `struct sock *`), until accept() takes it.
 #[repr(C)]
@@ -481,6 +499,7 @@ mod pod {
     unsafe impl aya::Pod for ListenerState {}
     unsafe impl aya::Pod for Task {}
     unsafe impl aya::Pod for QueuedChild {}
+    unsafe impl aya::Pod for AcceptWaitKey {}
 }
 
 impl Task {

@@ -150,6 +150,9 @@ pub enum EventBody {
     /// ESTABLISHED to accept). `flow` client -> listener; `task` of the event is the acceptor;
     /// `queue` the listener's queue right after.
     TcpAccepted { flow: FlowAddr, wait_ns: u64, queue: Option<Queue> },
+    /// The kernel's accept-wait histogram of the listener on `listener` so far (absolute
+    /// counts per bucket: < 1 ms, < 10 ms, < 100 ms, < 1 s, the rest), read from its map.
+    AcceptWaitTotals { listener: std::net::SocketAddr, counts: [u64; 5] },
 }
 
 impl Event {

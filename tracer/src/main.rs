@@ -344,6 +344,8 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
                 let now = monotonic_ns();
                 if ticks % 4 == 0 {
                     for ev in enricher.poll_overflows() { engine.push(&ev); }
+                    // The kernel's accept-wait histograms (function hook on inet_csk_accept).
+                    for ev in capture.accept_waits.as_ref().map(|a| a.events(now)).unwrap_or_default() { engine.push(&ev); }
                 }
                 lost_events(&capture, &mut reported_lost, now, &mut engine);
                 let updates = engine.tick(now);
@@ -375,6 +377,9 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     absorb(&mut batch, &mut engine, &mut enricher, &mut last_probe);
     let now = monotonic_ns();
     lost_events(&capture, &mut reported_lost, now, &mut engine);
+    for ev in capture.accept_waits.as_ref().map(|a| a.events(now)).unwrap_or_default() {
+        engine.push(&ev);
+    }
     let updates = engine.finish();
     let (emitted, lost) = capture.counters()?;
     let hooks: Vec<String> = capture.hooks.iter().filter(|h| h.active).map(|h| h.hook.clone()).collect();

@@ -13,13 +13,14 @@
 //! read from BTF in userspace.
 use aya_ebpf::{
     macros::map,
-    maps::LruHashMap,
+    maps::{LruHashMap, LruPerCpuHashMap},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_kernel as read_kernel_raw},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    AttemptState, Config, EventKind, Flow, ListenerKey, QueuedChild, TcpEvent, UnixEvent, AF_INET, AF_INET6, UNIX_PATH_MAX,
+    AcceptWaitKey, AttemptState, Config, EventKind, Flow, ListenerKey, QueuedChild, TcpEvent, UnixEvent, AF_INET,
+    AF_INET6, ACCEPT_WAIT_BOUNDS_NS, ACCEPT_WAIT_SLOTS, UNIX_PATH_MAX,
 };
 
 use crate::{
@@ -31,6 +32,10 @@ use crate::{
 /// `FN_ACCEPT` is active), keyed by the child's `struct sock *`, until accept() takes them.
 #[map]
 pub static QUEUED: LruHashMap<u64, QueuedChild> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Accept-queue wait histograms per listener address (per-CPU: counted without atomics).
+#[map]
+pub static ACCEPT_WAITS: LruPerCpuHashMap<AcceptWaitKey, [u64; ACCEPT_WAIT_SLOTS]> = LruPerCpuHashMap::with_max_entries(4096, 0);
 
 /// kprobe variants: arguments saved at entry for the kretprobe, keyed by pid_tgid (tagged per
 /// function).
@@ -224,29 +229,43 @@ const ACCEPT_TAG: u64 = 0xacce_0000_0000_0000;
 const UNIX_TAG: u64 = 0x0417_0000_0000_0000;
 
 #[inline(always)]
-fn on_accept(listener: u64, child: u64) {
+fn on_accept(_listener: u64, child: u64) {
     if child == 0 {
         return;
     }
-    let Some(cfg) = config() else { return };
     let Some(q) = (unsafe { QUEUED.get(&child) }).copied() else { return };
     let _ = QUEUED.remove(&child);
-    let len: Option<u32> = kernel(listener, cfg.offsets.sock_sk_ack_backlog);
-    let max: Option<u32> = kernel(listener, cfg.offsets.sock_sk_max_ack_backlog);
-    emit_with(EventKind::TcpAccepted as u32, |ev: &mut TcpEvent| {
-        ev.header.kind = EventKind::TcpAccepted as u32;
-        ev.header.netns = q.netns;
-        ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
-        ev.header.sock = child;
-        ev.header.task = current_task();
-        ev.flow = q.flow;
-        ev.start_ns = q.start_ns;
-        if let (Some(len), Some(max)) = (len, max) {
-            ev.queue_len = len;
-            ev.queue_max = max;
-            ev.queue_known = 1;
+    // Counted here, per listener address and bucket, instead of one event per accepted
+    // connection: userspace reads the histograms about once a second.
+    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(q.start_ns);
+    let b = ACCEPT_WAIT_BOUNDS_NS;
+    let slot = if wait < b[0] {
+        0
+    } else if wait < b[1] {
+        1
+    } else if wait < b[2] {
+        2
+    } else if wait < b[3] {
+        3
+    } else {
+        4
+    };
+    let key = AcceptWaitKey { netns: q.netns, family: q.flow.family, port: q.flow.dport, addr: q.flow.daddr };
+    match ACCEPT_WAITS.get_ptr_mut(&key) {
+        // Per-CPU value: no other CPU writes this copy.
+        Some(h) => unsafe {
+            if slot < ACCEPT_WAIT_SLOTS {
+                (*h)[slot] += 1;
+            }
+        },
+        None => {
+            let mut h = [0u64; ACCEPT_WAIT_SLOTS];
+            if slot < ACCEPT_WAIT_SLOTS {
+                h[slot] = 1;
+            }
+            let _ = ACCEPT_WAITS.insert(&key, &h, 0);
         }
-    });
+    }
 }
 
 // ---- unix_stream_connect -------------------------------------------------------------------

@@ -5,10 +5,11 @@
 //! variant was written for is never hooked.
 
 use aya::{
+    maps::{MapData, PerCpuHashMap},
     programs::{FEntry, FExit, KProbe},
     Btf, Ebpf,
 };
-use tracer_common::{FN_ACCEPT, FN_CONN_REQUEST, FN_TCP_CONNECT, FN_UNIX_CONNECT, FN_UNIX_PEER};
+use tracer_common::{AcceptWaitKey, ACCEPT_WAIT_SLOTS, FN_ACCEPT, FN_CONN_REQUEST, FN_TCP_CONNECT, FN_UNIX_CONNECT, FN_UNIX_PEER};
 
 use super::HookState;
 use crate::kernel::btf::FnPrototype;
@@ -241,6 +242,48 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
         outcomes.push(o);
     }
     (outcomes, bits)
+}
+
+/// The kernel's accept-queue wait histograms (inet_csk_accept's hook counts them per listener
+/// address and bucket, per CPU); read about once a second and at the end.
+pub struct AcceptWaits {
+    map: PerCpuHashMap<MapData, AcceptWaitKey, [u64; ACCEPT_WAIT_SLOTS]>,
+}
+
+impl AcceptWaits {
+    /// Takes the map out of the object when inet_csk_accept is hooked.
+    pub fn take(ebpf: &mut Ebpf, fn_bits: u32) -> Option<AcceptWaits> {
+        if fn_bits & FN_ACCEPT == 0 {
+            return None;
+        }
+        let map = PerCpuHashMap::try_from(ebpf.take_map("ACCEPT_WAITS")?).ok()?;
+        Some(AcceptWaits { map })
+    }
+
+    /// Totals per listener as events for the engine (absolute counts, summed over CPUs).
+    pub fn events(&self, now_ns: u64) -> Vec<crate::event::Event> {
+        use crate::event::{Event, EventBody};
+        let mut out = Vec::new();
+        for item in self.map.iter().flatten() {
+            let (key, per_cpu) = item;
+            let mut counts = [0u64; ACCEPT_WAIT_SLOTS];
+            for cpu in per_cpu.iter() {
+                for (c, v) in counts.iter_mut().zip(cpu.iter()) {
+                    *c += v;
+                }
+            }
+            let flow = tracer_common::Flow { family: key.family, sport: 0, dport: key.port, _pad: 0, saddr: [0; 16], daddr: key.addr };
+            let listener = super::decode::flow_addr(&flow).dst;
+            out.push(Event {
+                ts_ns: now_ns,
+                netns: key.netns,
+                sock: 0,
+                task: Default::default(),
+                body: EventBody::AcceptWaitTotals { listener, counts },
+            });
+        }
+        out
+    }
 }
 
 fn trampoline(ebpf: &mut Ebpf, program: &str, fexit: bool, function: &str, btf: &Btf, attach: bool) -> Result<(), String> {

@@ -236,3 +236,25 @@ fn reports_show_overflows_and_accept_waits() {
     assert_eq!(v["syn_overflows"][0]["listener"]["pid"], 700);
     assert_eq!(v["evidence"]["tcp_conn_request: queue full"], 2);
 }
+
+/// The kernel's histogram totals (read from its map about once a second) replace each other
+/// and add to per-connection events; they reach the backlog finding of that listener only.
+#[test]
+fn kernel_accept_wait_totals_replace_each_other() {
+    let app = task(700, "gunicorn");
+    let client = task(900, "nginx");
+    let f1 = flow("127.0.0.1:40001", "127.0.0.1:8000");
+    let totals = |ts: u64, l: &str, counts: [u64; 5]| ev(ts, 0, &task(0, ""), EventBody::AcceptWaitTotals { listener: addr(l), counts });
+    let events = vec![
+        overflow(S, f1, 2, 1, &app),
+        retransmit(2 * S, 0x1, &client, f1, 1),
+        totals(2 * S, "127.0.0.1:8000", [1, 0, 0, 0, 0]),
+        totals(3 * S, "127.0.0.1:8000", [4, 0, 0, 1, 2]),
+        totals(3 * S, "127.0.0.1:9000", [7, 0, 0, 0, 0]),
+    ];
+    let e = run(&events);
+    let f = e.findings().into_iter().next().unwrap();
+    let h: Vec<(&str, u64)> = f.accept_wait_ms.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(h, vec![("100-1000", 1), ("<1", 4), (">=1000", 2)]);
+    assert_eq!(e.accept_waits()[&(Target::Tcp(addr("127.0.0.1:9000")), NS)]["<1"], 7);
+}

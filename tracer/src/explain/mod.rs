@@ -304,6 +304,9 @@ pub struct Engine {
     /// Per listener (address, netns): how long accepted connections waited in its accept
     /// queue, as a histogram (bucket label -> count). Function-hook backend only.
     accept_waits: BTreeMap<(Target, u32), BTreeMap<&'static str, u64>>,
+    /// The kernel's own accept-wait histograms per listener (absolute totals, replaced on
+    /// each reading), bucket i = ACCEPT_WAIT_BUCKETS[i].
+    accept_wait_totals: BTreeMap<(Target, u32), [u64; 5]>,
     /// Unix listeners' queues read in the kernel at EAGAIN connects: (ts, netns, path, queue).
     unix_peer_queues: VecDeque<(u64, u32, String, Queue)>,
 }
@@ -329,6 +332,7 @@ impl Engine {
             lifecycle: timeline::Lifecycle::new(max),
             accept_waits: BTreeMap::new(),
             unix_peer_queues: VecDeque::new(),
+            accept_wait_totals: BTreeMap::new(),
         }
     }
 
@@ -456,6 +460,12 @@ impl Engine {
                     })
                 }
             }
+            EventBody::AcceptWaitTotals { listener, counts } => {
+                let key = (Target::Tcp(*listener), ev.netns);
+                if self.accept_wait_totals.contains_key(&key) || self.accept_wait_totals.len() < self.opts.max_tracked {
+                    self.accept_wait_totals.insert(key, *counts);
+                }
+            }
             EventBody::TcpAccepted { flow, wait_ns, .. } => {
                 let key = (Target::Tcp(flow.dst), ev.netns);
                 if !self.accept_waits.contains_key(&key) && self.accept_waits.len() >= self.opts.max_tracked {
@@ -524,10 +534,26 @@ impl Engine {
 
     /// Accept-queue wait histograms per listener address (function-hook backend).
     pub fn accept_waits(&self) -> BTreeMap<(Target, u32), BTreeMap<String, u64>> {
-        self.accept_waits
-            .iter()
-            .map(|(k, h)| (k.clone(), h.iter().map(|(b, n)| (b.to_string(), *n)).collect()))
-            .collect()
+        let keys: BTreeSet<&(Target, u32)> = self.accept_waits.keys().chain(self.accept_wait_totals.keys()).collect();
+        keys.into_iter().map(|k| (k.clone(), self.accept_wait_histogram(k))).collect()
+    }
+
+    /// One listener's accept-wait histogram: per-connection events plus the kernel's totals.
+    fn accept_wait_histogram(&self, key: &(Target, u32)) -> BTreeMap<String, u64> {
+        let mut h: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(events) = self.accept_waits.get(key) {
+            for (b, n) in events {
+                *h.entry(b.to_string()).or_insert(0) += n;
+            }
+        }
+        if let Some(totals) = self.accept_wait_totals.get(key) {
+            for (b, n) in ACCEPT_WAIT_BUCKETS.iter().zip(totals) {
+                if *n > 0 {
+                    *h.entry(b.to_string()).or_insert(0) += n;
+                }
+            }
+        }
+        h
     }
 
     pub fn lost_events(&self) -> BTreeMap<String, u64> {
@@ -1020,11 +1046,7 @@ impl Engine {
             last_seen_ns: st.last_seen_ns,
             timeline,
             accept_wait_ms: match cause {
-                Cause::BacklogFull => self
-                    .accept_waits
-                    .get(&(target.clone(), netns))
-                    .map(|h| h.iter().map(|(b, n)| (b.to_string(), *n)).collect())
-                    .unwrap_or_default(),
+                Cause::BacklogFull => self.accept_wait_histogram(&(target.clone(), netns)),
                 _ => BTreeMap::new(),
             },
             syn_overflows: {
