@@ -56,6 +56,8 @@ pub struct Capture {
     pub backend: Backend,
     /// Per hooked kernel function: which program serves it, or why none does.
     pub fn_hooks: Vec<fhooks::FnHookOutcome>,
+    /// The kernel's accept-wait histograms (filled while inet_csk_accept is hooked).
+    pub accept_waits: Option<fhooks::AcceptWaits>,
     _ebpf: Ebpf,
 }
 
@@ -140,7 +142,8 @@ impl Capture {
         let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, _ebpf: ebpf })
+        let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, _ebpf: ebpf })
     }
 
     /// Tells the lifecycle programs about listeners that existed before tracing started:
