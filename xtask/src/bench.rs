@@ -674,7 +674,7 @@ http {{
     fn wrk(&mut self, secs: u32) -> Result<WrkRun> {
         let mut cmd = self.ns.cmd("wrk");
         cmd.args(["-t1", "-c32", &format!("-d{secs}s"), "--latency", &format!("http://127.0.0.1:{FRONT_PORT}/")]);
-        self.note("load (wrk)", &cmd);
+        self.note(if secs == self.args.http_seconds { "load (wrk)" } else { "load (wrk, warm-up)" }, &cmd);
         let mut p = Proc::spawn("wrk", &mut cmd, None, "")?;
         p.wait_exit(Duration::from_secs(secs as u64 + 30))?;
         parse_wrk(&p.output().join("\n"))
