@@ -415,7 +415,7 @@ impl Engine {
                 self.listeners.listen_stop(ev.netns, *addr, &ev.task, actor, ev.sock, ev.ts_ns)
             }
             EventBody::UnixConnectFailed { path, errno } => {
-                if let Some(cause) = classify_unix(*errno) {
+                if let Some(cause) = classify_unix(*errno, path) {
                     self.conclude_unix(ev, path, *errno, cause);
                 }
             }

@@ -105,7 +105,15 @@ pub fn classify_tcp(f: &TcpFacts) -> Option<(Cause, Option<RejectKind>)> {
 }
 
 /// The verdict for a failed connect() on an AF_UNIX socket, by errno. `None`: not ours.
-pub fn classify_unix(errno: i32) -> Option<Cause> {
+/// Unix sockets that programs probe as a matter of course and whose absence is normal: not
+/// upstreams. glibc asks nscd on every name lookup (curl, nginx workers resolving names...)
+/// and quietly goes on when the daemon is not running.
+const OPTIONAL_SYSTEM_SOCKETS: &[&str] = &["/var/run/nscd/socket", "/run/nscd/socket"];
+
+pub fn classify_unix(errno: i32, path: &str) -> Option<Cause> {
+    if OPTIONAL_SYSTEM_SOCKETS.contains(&path) {
+        return None;
+    }
     match errno {
         2 => Some(Cause::UnixMissing),               // ENOENT: no file at the path
         111 => Some(Cause::UnixStale),               // ECONNREFUSED: file, but nobody listening

@@ -179,8 +179,10 @@ fn table_orders_rules_as_documented() {
     assert_eq!(classify_tcp(&f), Some((Cause::BacklogFull, None)));
     let f = TcpFacts { syn_retransmits: 2, ..base };
     assert_eq!(classify_tcp(&f), Some((Cause::NoResponse, None)));
-    assert_eq!(classify_unix(2), Some(Cause::UnixMissing));
-    assert_eq!(classify_unix(22), None);
+    assert_eq!(classify_unix(2, "/run/gunicorn.sock"), Some(Cause::UnixMissing));
+    assert_eq!(classify_unix(22, "/run/gunicorn.sock"), None);
+    // glibc's nscd probe on every name lookup is not an upstream, and its absence is normal.
+    assert_eq!(classify_unix(2, "/var/run/nscd/socket"), None);
 }
 
 #[test]
