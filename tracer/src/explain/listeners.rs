@@ -320,10 +320,16 @@ impl Listeners {
             }
             let related = match (target, t) {
                 (Target::Tcp(want), Target::Tcp(have)) => {
-                    netns_matches(*ns, netns)
-                        && have.port() != want.port()
+                    let other_port = have.port() != want.port()
                         && (have.ip() == want.ip()
-                            || (have.ip().is_unspecified() && (have.is_ipv6() || want.is_ipv4())))
+                            || (have.ip().is_unspecified() && (have.is_ipv6() || want.is_ipv4())));
+                    // The same port on the other address family's loopback: proxy_pass to
+                    // `localhost` trying [::1] while the upstream binds 127.0.0.1 only.
+                    let other_family = have.port() == want.port()
+                        && have.is_ipv4() != want.is_ipv4()
+                        && have.ip().is_loopback()
+                        && want.ip().is_loopback();
+                    netns_matches(*ns, netns) && (other_port || other_family)
                 }
                 (Target::Unix(want), Target::Unix(have)) => {
                     parent_dir(want) == parent_dir(have) && !want.starts_with('@') && !have.starts_with('@')

@@ -1203,6 +1203,10 @@ impl Engine {
             Target::Tcp(a) => a.port(),
             Target::Unix(_) => 0,
         };
+        let want_tcp = match target {
+            Target::Tcp(a) => Some(*a),
+            Target::Unix(_) => None,
+        };
         let best = self
             .listeners
             .neighbours(netns, target)
@@ -1226,6 +1230,10 @@ impl Engine {
         let owner = ProcessRef::of(&e.owner);
         let same = if last_owner.is_some_and(|o| o.pid == owner.pid) { "the same process " } else { "" };
         Some(match addr {
+            Target::Tcp(a) if Some(a.port()) == want_tcp.map(|w| w.port()) => format!(
+                "{same}{owner} listens on {a} only, not on {}; is proxy_pass (or `localhost`) pointing at the wrong address family?",
+                want_tcp.map(|w| w.ip().to_string()).unwrap_or_default()
+            ),
             Target::Tcp(a) => format!("{same}{owner} listens on {a}; is proxy_pass pointing at the wrong port?"),
             Target::Unix(p) => format!("{same}{owner} bound {p}; is proxy_pass pointing at the wrong path?"),
         })

@@ -293,6 +293,24 @@ fn dead_listener_hints_at_the_same_process_on_a_neighbouring_port() {
 }
 
 #[test]
+fn dead_listener_on_ipv6_loopback_hints_at_the_ipv4_listener_on_the_same_port() {
+    // proxy_pass http://localhost:8000 tries [::1]:8000 too; Gunicorn binds 127.0.0.1 only.
+    let gunicorn = task(700, "gunicorn");
+    let mut events = vec![listen_start(S, &gunicorn, "127.0.0.1:8000")];
+    events.extend(dead_listener_attempt(3 * S, 0x1, &nginx(812), flow("[::1]:40001", "[::1]:8000")));
+    let (e, _) = run(&events);
+    let f = only(&e);
+    assert_eq!(f.cause, Cause::DeadListener);
+    assert_eq!(f.target, Target::Tcp(addr("[::1]:8000")));
+    assert_eq!(
+        f.hint.as_deref(),
+        Some(
+            "gunicorn (pid 700) listens on 127.0.0.1:8000 only, not on ::1; is proxy_pass (or `localhost`) pointing at the wrong address family?"
+        )
+    );
+}
+
+#[test]
 fn wrong_port_hint_names_the_closest_port_when_nobody_listened_before() {
     let mut events = vec![
         listen_start(S, &nginx(800), "0.0.0.0:80"),
