@@ -25,23 +25,21 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex,
-    },
+    sync::{mpsc, Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::{
-    sys::signal::{kill, killpg, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
+    sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
 use serde_json::{json, Value};
 
 use crate::{
     cmd_build::build,
+    interrupt::{check_interrupted, install_handlers, pause},
     util::{probe, root, run, show, target_dir, wait_timeout},
 };
 
@@ -77,32 +75,6 @@ const NFT_TABLE: &str = "tracer_bench";
 const CHURN_PHASES: usize = 4;
 /// Generous bound on any single wait.
 const WAIT: Duration = Duration::from_secs(60);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted: cleaning up");
-    }
-    Ok(())
-}
-
-fn pause(d: Duration) -> Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        check_interrupted()?;
-        thread::sleep(Duration::from_millis(20).min(end.saturating_duration_since(Instant::now())));
-    }
-    check_interrupted()
-}
-
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
 
 // ---------------------------------------------------------------------------------------
 // Processes and the namespace
@@ -1229,11 +1201,7 @@ fn table(r: &Value, goals: &mut Vec<Value>) -> String {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(sig, &action) }.with_context(|| format!("cannot handle {sig}"))?;
-    }
+    install_handlers()?;
     let tracer = match std::env::var_os("TRACER_BENCH_BIN") {
         // To compare builds (before/after a change): any tracer binary.
         Some(b) => {

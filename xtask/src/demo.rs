@@ -12,65 +12,26 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc,
-    },
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use nix::{
-    sys::signal::{kill, killpg, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal},
+    sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
 
 use crate::{
     cmd_build::build,
+    interrupt::{check_interrupted, install_handlers, pause},
     util::{probe, run, wait_timeout},
 };
 
 const NETNS: &str = "tracer-demo";
 const UPSTREAM: &str = "127.0.0.1:8000";
 const FRONT: &str = "127.0.0.1:8080";
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() -> Result<()> {
-    let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::empty(), SigSet::empty());
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe { sigaction(sig, &action) }.with_context(|| format!("cannot handle {sig}"))?;
-    }
-    Ok(())
-}
-
-/// Whether Ctrl-C (or SIGTERM/SIGHUP) arrived during the demo.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted: cleaning up");
-    }
-    Ok(())
-}
-
-/// Sleeps, waking early (with an error) on Ctrl-C.
-fn pause(d: Duration) -> Result<()> {
-    let end = Instant::now() + d;
-    while Instant::now() < end {
-        check_interrupted()?;
-        thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
-    }
-    check_interrupted()
-}
 
 fn color() -> bool {
     use std::io::IsTerminal;
@@ -331,7 +292,7 @@ fn request_and_show(tmp: &Path, what: &str) -> Result<()> {
 }
 
 pub fn demo() -> Result<()> {
-    install_signal_handlers()?;
+    install_handlers()?;
     let bin = match std::env::var_os("TRACER_DEMO_BIN") {
         // For working on the demo itself: any program that behaves like tracer.
         Some(b) => {

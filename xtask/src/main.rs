@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_build;
 mod demo;
+mod interrupt;
 mod setup;
 mod test;
 mod util;
@@ -68,7 +69,7 @@ fn main() {
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
         // 128 + SIGINT, as a shell reports a Ctrl-C.
-        std::process::exit(if demo::interrupted() || bench::interrupted() { 130 } else { 1 });
+        std::process::exit(if interrupt::interrupted() { 130 } else { 1 });
     }
 }
 
