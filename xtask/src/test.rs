@@ -14,6 +14,7 @@ const SUITES: &[(&str, &str)] = &[
     ("Nginx + Gunicorn suite", "nginx"),
     ("operator suite (metrics over HTTP, `tracer top` in tmux)", "operators"),
     ("listener lifecycle suite (exits, signals, OOM kills, unlinks)", "lifecycle"),
+    ("hostile-input suite (planted binaries, escapes, symlinks, odd files, signals, scale)", "hostile"),
 ];
 
 pub fn test() -> Result<()> {

@@ -1,0 +1,3 @@
+//! See ../hostile.rs.
+#[allow(unused_imports)]
+use crate::common::*;
