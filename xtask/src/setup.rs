@@ -18,6 +18,8 @@ const APT: &[&[&str]] = &[
     &["python3-venv"],
     &["curl"],
     &["tmux"],
+    // promtool (`promtool check metrics`): the hostile suite lints tracer's /metrics with it.
+    &["prometheus"],
     // nginx-light only adds a module on top of nginx in Debian 12: either will do.
     &["nginx", "nginx-light"],
     &["wrk"],
