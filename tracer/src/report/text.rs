@@ -22,6 +22,45 @@ const WIDTH: usize = 100;
 /// "  who tried:  " : labels are padded so values line up.
 const LABEL_WIDTH: usize = 14;
 
+/// A string that came from outside (a path, a comm, an Nginx name or log line) made safe for
+/// a terminal: control characters (C0 such as newline, CR and ESC; DEL; C1) and the Unicode
+/// characters that reorder or break lines (bidi overrides and isolates, line and paragraph
+/// separators) become visible escapes (`\n`, `\r`, `\t`, `\x1b`, `\u{202e}`), so a name can
+/// neither forge a line nor drive the terminal. Everything else, backslashes included, is kept
+/// as is (Nginx already writes its own escapes as `\xHH`; doubling them would only add noise).
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs_escape(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `format!("{}", Escaped(path))`: `escape` as a Display wrapper, for format strings.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&escape(self.0))
+    }
+}
+
+/// Whether a character must not reach a terminal raw.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// All findings (or "No failed upstream connections seen."), with a loud warning first when
 /// the kernel lost events, and a closing summary line.
 pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summary, clock: &Clock) -> io::Result<()> {
@@ -271,6 +310,21 @@ mod tests {
         let mut out = Vec::new();
         write_findings(&mut out, findings, s, &Clock::fixed(OFFSET)).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn escape_makes_control_characters_visible_and_keeps_the_rest() {
+        assert!(matches!(escape("/run/gunicorn.sock"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escape("a\nb\rc\td"), "a\\nb\\rc\\td");
+        assert_eq!(escape("\x1b[31mRED\x7f"), "\\x1b[31mRED\\x7f");
+        assert_eq!(escape("c1\u{9b}31m"), "c1\\x9b31m");
+        assert_eq!(escape("abc\u{202e}gpj.exe\u{2028}"), "abc\\u{202e}gpj.exe\\u{2028}");
+        assert_eq!(escape("caf\u{e9} \\x0A"), "caf\u{e9} \\x0A");
+        assert_eq!(Escaped("x\ny").to_string(), "x\\ny");
+        for c in (0u32..0x110000).filter_map(char::from_u32) {
+            let e = escape(&c.to_string()).into_owned();
+            assert!(!e.chars().any(|c| c.is_control()), "{c:?} -> {e:?}");
+        }
     }
 
     #[test]
