@@ -30,7 +30,8 @@ use buffer::KeyedBuffer;
 use listeners::{Episode, Listeners};
 pub use rules::Cause;
 pub use timeline::TimelineEntry;
-use rules::{classify_tcp, classify_unix, errno_name, RejectKind, TcpFacts, Wording};
+use rules::{classify_tcp, classify_unix, errno_name, ListenerFacts, RejectKind, TcpFacts, Wording};
+pub use rules::{is_proxy_comm, PROXY_COMMS};
 
 /// Tuning of the engine. All times are CLOCK_MONOTONIC nanoseconds, like event timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1000,7 +1001,12 @@ impl Engine {
             }),
             _ => None,
         };
+        let about = self.listener_story(cause, target, netns, st);
+        let proxy_client = clients_include_a_proxy(&st.clients);
+        let listener_unit = about.listener.as_ref().and_then(|l| self.lifecycle.unit_of(l.pid));
         let wording = Wording {
+            listener: about.listener.as_ref().map(|l| ListenerFacts { comm: &l.comm, pid: l.pid, unit: listener_unit }),
+            proxy_client,
             target: Some(target),
             count: st.count,
             delayed: st.delayed,
@@ -1013,7 +1019,6 @@ impl Engine {
             queue,
             uids: &uids,
         };
-        let about = self.listener_story(cause, target, netns, st);
         let hint = match cause {
             Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale => {
                 self.wrong_address_hint(target, netns, st, about.listener.as_ref())
@@ -1022,7 +1027,7 @@ impl Engine {
         };
         let (detail, mut fix) = (cause.detail(&wording), cause.fix(&wording));
         let timeline = self.timeline(cause, target, netns, st);
-        if let Some(more) = timeline::fix_addendum(&timeline) {
+        if let Some(more) = timeline::fix_addendum(&timeline, listener_unit) {
             fix = format!("{fix} {more}");
         }
         Finding {
@@ -1101,7 +1106,7 @@ impl Engine {
             Some(p) => p.to_string(),
             None => "a process tracer could not name".to_string(),
         };
-        if let Target::Unix(_) = target {
+        if let Target::Unix(path) = target {
             let Some(bind) = self.listeners.latest(netns, target) else {
                 return ListenerStory::none("no bind() of this path seen since tracing started");
             };
@@ -1110,9 +1115,11 @@ impl Engine {
             } else {
                 format!("bound this path {}", relative(bind.start_ns, first))
             };
-            let tail = match cause {
-                Cause::UnixMissing => "; the file is gone now",
-                Cause::UnixStale => "; nothing accepts on it now",
+            // An abstract name (`@name`) is no file: it goes away with its socket.
+            let tail = match (cause, rules::is_abstract(path)) {
+                (Cause::UnixMissing | Cause::UnixStale, true) => "; nothing is bound to the name now",
+                (Cause::UnixMissing, false) => "; the file is gone now",
+                (Cause::UnixStale, false) => "; nothing accepts on it now",
                 _ => "",
             };
             return ListenerStory {
@@ -1237,6 +1244,27 @@ impl Engine {
             Target::Tcp(a) => format!("{same}{owner} listens on {a}; is proxy_pass pointing at the wrong port?"),
             Target::Unix(p) => format!("{same}{owner} bound {p}; is proxy_pass pointing at the wrong path?"),
         })
+    }
+}
+
+/// Whether any client is a proxy (`PROXY_COMMS`). No client known: assume one, so nothing is
+/// hidden for lack of a name.
+fn clients_include_a_proxy<'a>(clients: impl IntoIterator<Item = &'a ProcessRef>) -> bool {
+    let mut any = false;
+    for c in clients {
+        if rules::is_proxy_comm(&c.comm) {
+            return true;
+        }
+        any = true;
+    }
+    !any
+}
+
+impl Finding {
+    /// Whether a proxy (Nginx and the like, `PROXY_COMMS`) made these attempts. Findings of
+    /// other clients (`logger` on /dev/log) are reported apart, out of the headline.
+    pub fn proxy_client(&self) -> bool {
+        clients_include_a_proxy(&self.clients)
     }
 }
 

@@ -138,6 +138,108 @@ pub struct Wording<'a> {
     pub rejected_by_icmp: u64,
     pub queue: Option<crate::event::Queue>,
     pub uids: &'a [u32],
+    /// Who listened on the target (the process that died, or that listens now), when known.
+    pub listener: Option<ListenerFacts<'a>>,
+    /// Whether a proxy (see `PROXY_COMMS`) made the attempts: only then do `proxy_pass` and
+    /// upstream keepalive belong in the fix.
+    pub proxy_client: bool,
+}
+
+/// The listener a fix names: its process name and, when its cgroup said so, its systemd unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerFacts<'a> {
+    pub comm: &'a str,
+    pub pid: u32,
+    pub unit: Option<&'a str>,
+}
+
+/// Process names (comm, as the kernel keeps it: at most 15 bytes) of the reverse proxies and
+/// load balancers tracer is written for. A finding whose clients include none of them (a
+/// `logger` failing on /dev/log, a cron job's `curl`) is still reported, but marked as not
+/// coming from a proxy and kept out of the headline: it is not why a proxy answers 502/504.
+/// Nginx forks (OpenResty, Tengine, Angie) keep the `nginx` comm or use their own name.
+pub const PROXY_COMMS: &[&str] = &[
+    "nginx", "openresty", "angie", "haproxy", "envoy", "traefik", "caddy", "varnishd", "h2o", "httpd", "apache2",
+    "lighttpd", "squid", "pound", "[ET_NET 0]", "trafficserver",
+];
+
+/// Whether a client process name is one of `PROXY_COMMS`.
+pub fn is_proxy_comm(comm: &str) -> bool {
+    PROXY_COMMS.contains(&comm)
+}
+
+/// Whether a Unix socket name is abstract (`@name`): a name in the kernel only, not a file.
+pub fn is_abstract(path: &str) -> bool {
+    path.starts_with('@')
+}
+
+/// One shell word for a command line the reader may paste: plain words as they are, others
+/// in single quotes, and words with control characters (a path with a newline) in bash's
+/// `$'...'` form with every such character escaped, so the command is exact and nothing in it
+/// acts on the terminal.
+pub fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "@%+=:,./_-".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        return s.to_string();
+    }
+    let special = |c: char| c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(special) {
+        return format!("'{}'", s.replace('\'', "'\\''"));
+    }
+    let mut out = String::from("$'");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if special(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if special(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// How a fix names the listener and the commands that restart it and show its log.
+struct RestartWords {
+    /// "python3 (pid 700, unit app.service)" / "the program that should listen there".
+    who: String,
+    /// "(`sudo systemctl restart app.service`)" / "(the way it is run on this host: ...)".
+    how: String,
+    /// "`journalctl -u app.service --since '5 min ago'`" / "its own log".
+    log: String,
+    /// How to have it restarted after a crash: "set `Restart=always` in its unit app.service".
+    supervise: String,
+    known: bool,
+}
+
+fn restart_words(l: Option<&ListenerFacts>) -> RestartWords {
+    match l {
+        Some(ListenerFacts { comm, pid, unit: Some(unit) }) => RestartWords {
+            who: format!("{comm} (pid {pid}, unit {unit})"),
+            how: format!("(`sudo systemctl restart {}`)", shell_word(unit)),
+            log: format!("`journalctl -u {} --since '5 min ago'`", shell_word(unit)),
+            supervise: format!("set `Restart=always` in its unit {unit}"),
+            known: true,
+        },
+        Some(ListenerFacts { comm, pid, unit: None }) => RestartWords {
+            who: format!("{comm} (pid {pid})"),
+            how: "the way it is run on this host (tracer learnt no systemd unit for it: its supervisor, container or start script)".to_string(),
+            log: format!("its own log (or `journalctl {} --since '5 min ago'`)", shell_word(&format!("_COMM={comm}"))),
+            supervise: "run it under a supervisor (e.g. a systemd unit with `Restart=always`)".to_string(),
+            known: true,
+        },
+        None => RestartWords {
+            who: "the program that should listen there".to_string(),
+            how: "(tracer saw no listener there, so it cannot name one: find which service is meant to serve it)".to_string(),
+            log: "that service's log".to_string(),
+            supervise: "run it under a supervisor (e.g. a systemd unit with `Restart=always`)".to_string(),
+            known: false,
+        },
+    }
 }
 
 impl Cause {
@@ -238,9 +340,18 @@ impl Cause {
                  are lost, or a firewall on another host drops them.",
                 w.syn_retransmits
             ),
+            Cause::UnixMissing if is_abstract(&path) => {
+                format!("connect() to the abstract name {path} failed with ENOENT {}: no socket is bound to that name.", times(n))
+            }
             Cause::UnixMissing => {
                 format!("connect() to {path} failed with ENOENT {}: the socket file does not exist.", times(n))
             }
+            Cause::UnixStale if is_abstract(&path) => format!(
+                "connect() to the abstract name {path} failed with ECONNREFUSED {}: no socket is \
+                 bound to that name now (abstract names are not files: a name disappears with the \
+                 socket that bound it).",
+                times(n)
+            ),
             Cause::UnixStale => format!(
                 "connect() to {path} failed with ECONNREFUSED {}: the socket file exists but no \
                  process accepts on it (a file left behind by a process that is gone).",
@@ -266,7 +377,8 @@ impl Cause {
         }
     }
 
-    /// One paragraph in plain words: what to do, citing the runbook's commands.
+    /// One paragraph in plain words: what to do, citing the runbook's commands, naming the
+    /// listener the evidence names (its process and unit) and no other program.
     pub fn fix(self, w: &Wording) -> String {
         let port = match w.target {
             Some(Target::Tcp(a)) => a.port().to_string(),
@@ -276,27 +388,59 @@ impl Cause {
             Some(Target::Unix(p)) => p.clone(),
             _ => "/run/app.sock".to_string(),
         };
+        let r = restart_words(w.listener.as_ref());
+        let gunicorn = w.listener.is_some_and(|l| l.comm.contains("gunicorn"));
+        let keepalive = if w.proxy_client {
+            " and add `keepalive 32;` to the Nginx upstream block so fewer new connections are needed"
+        } else {
+            ""
+        };
         match self {
-            Cause::DeadListener => format!(
-                "Nothing listens on the upstream port: start or restart the upstream \
-                 (`sudo systemctl restart gunicorn`) and verify it listens with `ss -tlnp | grep {port}`; \
-                 read why it stopped with `journalctl -u gunicorn --since '5 min ago'`. Supervise it \
-                 with `Restart=always` in its systemd unit so a crash recovers by itself. If a process \
-                 listens on a neighbouring port, correct the port in `proxy_pass` (check with \
-                 `sudo nginx -T | grep proxy_pass`)."
-            ),
-            Cause::BacklogFull => format!(
-                "The upstream accepts connections too slowly and its accept queue overflows: raise \
-                 its workers (`gunicorn --workers`, (2 x CPU cores) + 1 as a start, then load-test), \
-                 raise its listen backlog (`gunicorn --backlog`) together with `net.core.somaxconn` \
-                 (the kernel caps the backlog at it), and add `keepalive 32;` to the Nginx upstream \
-                 block so fewer new connections are needed. Watch the queue with `ss -ltn 'sport = :{port}'` \
-                 (Recv-Q against Send-Q)."
-            ),
+            Cause::DeadListener => {
+                let mut s = if r.known {
+                    format!(
+                        "Nothing listens on port {port} any more; {} listened there: start it again {} \
+                         and verify it listens with `ss -tlnp | grep {port}`; read why it stopped in {}. \
+                         So that a crash recovers by itself, {}.",
+                        r.who, r.how, r.log, r.supervise
+                    )
+                } else {
+                    format!(
+                        "Nothing listens on port {port}, and tracer saw no listener there since it \
+                         started, so it cannot say which program should: start the service meant to \
+                         serve port {port}, verify it listens with `ss -tlnp | grep {port}`, and, \
+                         so that a crash recovers by itself, {}.",
+                        r.supervise
+                    )
+                };
+                if w.proxy_client {
+                    s.push_str(
+                        " If a process listens on a neighbouring port, correct the port in `proxy_pass` \
+                         (check with `sudo nginx -T | grep proxy_pass`).",
+                    );
+                }
+                s
+            }
+            Cause::BacklogFull => {
+                let workers = if gunicorn {
+                    "raise its workers (`gunicorn --workers`, (2 x CPU cores) + 1 as a start, then load-test), \
+                     raise its listen backlog (`gunicorn --backlog`)"
+                } else {
+                    "give it more workers or threads ((2 x CPU cores) + 1 as a start for a pre-fork \
+                     server, then load-test), raise its listen backlog (the backlog argument of its \
+                     listen(); `--backlog` for Gunicorn)"
+                };
+                let who = w.listener.map(|l| format!(" ({} (pid {}))", l.comm, l.pid)).unwrap_or_default();
+                format!(
+                    "The upstream{who} accepts connections too slowly and its accept queue overflows: \
+                     {workers} together with `net.core.somaxconn` (the kernel caps the backlog at it){keepalive}. \
+                     Watch the queue with `ss -ltn 'sport = :{port}'` (Recv-Q against Send-Q)."
+                )
+            }
             Cause::FirewallDrop => format!(
                 "A netfilter rule on this host silently drops packets to the upstream: list the rules \
                  with `sudo nft list ruleset` (or `sudo iptables -S`) and look for a drop rule on port \
-                 {port} (`tcp dport {port} drop`); remove it or allow Nginx through. Until then set a \
+                 {port} (`tcp dport {port} drop`); remove it or allow the client through. Until then set a \
                  short `proxy_connect_timeout` (e.g. 5s) so requests fail fast instead of hanging."
             ),
             Cause::FirewallReject => {
@@ -308,41 +452,63 @@ impl Cause {
                 format!(
                     "A netfilter rule on this host rejects connections to the upstream {how}: find it \
                      with `sudo nft list ruleset | grep reject` (or `sudo iptables -S | grep REJECT`), \
-                     look for port {port}, and remove it or allow Nginx through."
+                     look for port {port}, and remove it or allow the client through."
                 )
             }
             Cause::RemoteRefused => "The refusal came from the upstream host, not this one: run tracer \
                  on the upstream host to tell a dead listener from a firewall REJECT there; meanwhile \
-                 check on that host that the upstream listens (`ss -tlnp`, `systemctl status gunicorn`) \
-                 and that no firewall rule rejects Nginx's address (`nft list ruleset`)."
+                 check on that host that the upstream listens (`ss -tlnp`, `systemctl status` of its \
+                 unit) and that no firewall rule rejects this host's address (`nft list ruleset`)."
                 .to_string(),
             Cause::NoResponse => "The upstream never answered and this host shows no reason: check that \
                  the upstream host is up and reachable (`ping`, `curl -v` to it from this host), and \
                  look for firewalls or security groups along the path that drop the traffic. Set a \
                  short `proxy_connect_timeout` so requests fail fast meanwhile."
                 .to_string(),
-            Cause::UnixMissing => format!(
-                "The socket file {path} does not exist: restart the upstream so it recreates it \
-                 (`sudo systemctl restart gunicorn`, then `ls -la {path}`), check that the path in \
-                 `proxy_pass` matches the app's `--bind unix:` path, and keep systemd-tmpfiles or \
-                 cleanup jobs from deleting files under /run (use `RuntimeDirectory=` in the unit)."
+            Cause::UnixMissing | Cause::UnixStale if is_abstract(&path) => format!(
+                "Nothing is bound to the abstract socket name {path} (a name in the kernel, no file on \
+                 disk: it exists only while a socket holds it): start {} again {} so it binds the \
+                 name, verify with `ss -xlp | grep -F {}`, and, so that a crash recovers by itself, {}.",
+                r.who,
+                r.how,
+                shell_word(&path),
+                r.supervise
             ),
+            Cause::UnixMissing => {
+                let mut s = format!(
+                    "The socket file {path} does not exist: start {} again {} so it recreates it, then \
+                     check with `ls -la {}`; keep systemd-tmpfiles or cleanup jobs from deleting files \
+                     under /run (use `RuntimeDirectory=` in the unit).",
+                    r.who,
+                    r.how,
+                    shell_word(&path)
+                );
+                if w.proxy_client {
+                    s.push_str(" Check that the path in `proxy_pass` matches the path the upstream binds (e.g. Gunicorn's `--bind unix:`).");
+                }
+                s
+            }
             Cause::UnixStale => format!(
-                "The socket file {path} was left behind by a process that is gone: restart the \
-                 upstream (`sudo systemctl restart gunicorn`), it will replace the file, and supervise \
-                 it with `Restart=always` so it comes back after a crash."
+                "The socket file {path} was left behind by a process that is gone: start {} again {}, \
+                 it will replace the file; so that it comes back after a crash, {}.",
+                r.who, r.how, r.supervise
             ),
-            Cause::UnixBacklogFull => "The upstream accepts too slowly and its Unix socket queue is full: \
-                 raise its workers ((2 x CPU cores) + 1 as a start), raise its listen backlog \
-                 (`gunicorn --backlog`) and `net.core.somaxconn`, and add upstream keepalive in Nginx."
-                .to_string(),
+            Cause::UnixBacklogFull => {
+                let who = w.listener.map(|l| format!(" ({} (pid {}))", l.comm, l.pid)).unwrap_or_default();
+                format!(
+                    "The upstream{who} accepts too slowly and its Unix socket queue is full: give it more \
+                     workers ((2 x CPU cores) + 1 as a start), raise its listen backlog (`--backlog` for \
+                     Gunicorn) and `net.core.somaxconn`{keepalive}."
+                )
+            }
             Cause::UnixPermissionDenied => format!(
-                "The Nginx worker user (uid {}) may not connect to {path}: give it access through the \
+                "The client user (uid {}) may not connect to {path}: give it access through the \
                  socket file's mode and group (e.g. `gunicorn --umask 007` with group www-data, or \
                  `SocketGroup=`/`SocketMode=` in a systemd socket unit), make sure every parent \
-                 directory is searchable by it, and check the SELinux context (`ls -Z {path}`, \
+                 directory is searchable by it, and check the SELinux context (`ls -Z {}`, \
                  `ausearch -m avc`).",
-                join_uids(w.uids)
+                join_uids(w.uids),
+                shell_word(&path)
             ),
         }
     }

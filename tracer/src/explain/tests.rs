@@ -240,10 +240,15 @@ fn dead_listener_names_the_last_listener() {
     assert_eq!(f.evidence["connect() ECONNREFUSED"], 3);
     assert_eq!(f.first_seen_ns, 3 * S);
     assert_eq!(f.last_seen_ns, 5 * S + 40_000);
+    // The fix names the listener the evidence names; its unit was never learnt, so no
+    // `systemctl restart <guess>`.
     assert!(
-        f.fix.contains("systemctl restart gunicorn")
+        f.fix.contains("gunicorn (pid 700) listened there")
+            && !f.fix.contains("systemctl restart")
             && f.fix.contains("ss -tlnp | grep 8000")
-            && f.fix.contains("Restart=always")
+            && f.fix.contains("Restart=always"),
+        "{}",
+        f.fix
     );
     assert!(f.detail.contains("no socket"), "{}", f.detail);
     let recs = attempts(&updates);
@@ -1031,4 +1036,91 @@ fn flood_with_reused_sockets_and_ports_counts_every_attempt() {
     assert_eq!(f.evidence["tcp:tcp_send_reset NO_SOCKET"], n);
     assert_eq!(f.evidence["skb:kfree_skb NO_SOCKET"], n);
     assert_eq!(f.evidence["connect() ECONNREFUSED"], n);
+}
+
+// ---- issue 10 item 10: the fix follows the evidence -------------------------------------
+
+#[test]
+fn dead_listener_fix_names_the_python3_listener_and_its_unit_never_gunicorn() {
+    let app = task(700, "python3");
+    let events = vec![
+        listen_start(S, &app, "127.0.0.1:8000"),
+        ev(S, 0, &app, EventBody::ProcessInfo { ppid: 1, cgroup: Some("/system.slice/shop-api.service".into()), unit: Some("shop-api.service".into()) }),
+        listen_stop(2 * S, &app, "127.0.0.1:8000"),
+    ]
+    .into_iter()
+    .chain(dead_listener_attempt(3 * S, 0x1, &nginx(812), flow("127.0.0.1:40001", "127.0.0.1:8000")))
+    .collect::<Vec<_>>();
+    let (e, _) = run(&events);
+    let f = only(&e);
+    assert_eq!(f.cause, Cause::DeadListener);
+    assert!(f.fix.contains("python3 (pid 700, unit shop-api.service)"), "{}", f.fix);
+    assert!(f.fix.contains("`sudo systemctl restart shop-api.service`"), "{}", f.fix);
+    assert!(f.fix.contains("`journalctl -u shop-api.service --since '5 min ago'`"), "{}", f.fix);
+    assert!(!f.fix.to_lowercase().contains("gunicorn"), "{}", f.fix);
+    assert!(f.proxy_client());
+
+    // Without a unit: the process is named, no unit is guessed.
+    let events: Vec<Event> = events.into_iter().filter(|e| !matches!(e.body, EventBody::ProcessInfo { .. })).collect();
+    let f = only(&run(&events).0);
+    assert!(f.fix.contains("python3 (pid 700) listened there"), "{}", f.fix);
+    assert!(!f.fix.contains("systemctl restart") && f.fix.contains("journalctl _COMM=python3"), "{}", f.fix);
+}
+
+#[test]
+fn dead_listener_fix_without_any_listener_names_no_program() {
+    let events = dead_listener_attempt(3 * S, 0x1, &nginx(812), flow("127.0.0.1:40001", "127.0.0.1:8000"));
+    let f = only(&run(&events).0);
+    assert!(f.fix.contains("tracer saw no listener there since it started"), "{}", f.fix);
+    assert!(f.fix.contains("ss -tlnp | grep 8000"), "{}", f.fix);
+    assert!(!f.fix.to_lowercase().contains("gunicorn") && !f.fix.contains("systemctl restart"), "{}", f.fix);
+}
+
+#[test]
+fn logger_on_dev_log_is_not_a_proxy_finding_and_gets_no_gunicorn_fix() {
+    let logger = task(4242, "logger");
+    let (e, _) = run(&[unix_failed(S, &logger, "/dev/log", libc::ENOENT)]);
+    let f = only(&e);
+    assert_eq!(f.cause, Cause::UnixMissing);
+    assert!(!f.proxy_client());
+    assert!(!f.fix.to_lowercase().contains("gunicorn") && !f.fix.contains("proxy_pass"), "{}", f.fix);
+    assert!(f.fix.contains("the program that should listen there"), "{}", f.fix);
+    assert!(f.fix.contains("`ls -la /dev/log`"), "{}", f.fix);
+
+    // nginx among the clients makes it a proxy finding again.
+    let (e, _) = run(&[unix_failed(S, &logger, "/dev/log", libc::ENOENT), unix_failed(S + 1, &nginx(812), "/dev/log", libc::ENOENT)]);
+    assert!(only(&e).proxy_client());
+    for comm in ["nginx", "haproxy", "envoy", "openresty"] {
+        assert!(is_proxy_comm(comm), "{comm}");
+    }
+    assert!(!is_proxy_comm("logger") && !is_proxy_comm("curl") && PROXY_COMMS.len() > 4);
+}
+
+#[test]
+fn abstract_unix_names_are_never_called_files() {
+    let (e, _) = run(&[unix_failed(S, &nginx(812), "@app-socket", libc::ECONNREFUSED)]);
+    let f = only(&e);
+    assert_eq!(f.cause, Cause::UnixStale);
+    for text in [&f.detail, &f.fix, &f.listener_note] {
+        let lower = text.to_lowercase();
+        for wrong in ["socket file", "a file", "the file", "stale", "left behind", "ls -la"] {
+            assert!(!lower.contains(wrong), "{wrong}: {text}");
+        }
+    }
+    assert!(f.detail.contains("abstract name @app-socket"), "{}", f.detail);
+    assert!(f.fix.contains("abstract socket name @app-socket"), "{}", f.fix);
+}
+
+#[test]
+fn paths_in_suggested_commands_are_single_shell_words() {
+    use super::rules::shell_word;
+    assert_eq!(shell_word("/run/app.sock"), "/run/app.sock");
+    assert_eq!(shell_word("/run/my app.sock"), "'/run/my app.sock'");
+    assert_eq!(shell_word("/run/it's"), "'/run/it'\\''s'");
+    assert_eq!(shell_word("/tmp/x\n\x1b[31mFIREWALL DROP"), "$'/tmp/x\\n\\x1b[31mFIREWALL DROP'");
+    assert_eq!(shell_word("a\u{9b}b'\\"), "$'a\\u009bb\\'\\\\'");
+    let evil = "/tmp/x\n\x1b[31mFIREWALL DROP 10.0.0.1:443";
+    let (e, _) = run(&[unix_failed(S, &nginx(812), evil, libc::ENOENT)]);
+    let f = only(&e);
+    assert!(f.fix.contains("`ls -la $'/tmp/x\\n\\x1b[31mFIREWALL DROP 10.0.0.1:443'`"), "{}", f.fix);
 }

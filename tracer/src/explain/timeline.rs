@@ -130,6 +130,11 @@ impl Lifecycle {
         }
     }
 
+    /// The systemd unit of a process, when its cgroup named one.
+    pub fn unit_of(&self, pid: u32) -> Option<&str> {
+        self.procs.get(&pid).and_then(|p| p.unit.as_deref())
+    }
+
     fn origin(&self, e: &Episode) -> String {
         let mut parts = Vec::new();
         if let Some(b) = self.backlogs.get(&e.sock) {
@@ -258,12 +263,14 @@ pub fn build(life: &Lifecycle, s: &Story) -> Vec<TimelineEntry> {
 }
 
 /// What the timeline adds to the fix: the cause of death decides the advice.
-pub fn fix_addendum(timeline: &[TimelineEntry]) -> Option<String> {
+/// `unit`: the listener's systemd unit when known (its journal is then named exactly).
+pub fn fix_addendum(timeline: &[TimelineEntry], unit: Option<&str>) -> Option<String> {
     let find = |what: &str| timeline.iter().find(|e| e.what == what);
     let mut parts = Vec::new();
     if let Some(o) = find("oom_kill") {
+        let recycle = if o.comm.contains("gunicorn") { " (`gunicorn --max-requests`)" } else { "" };
         parts.push(format!(
-            "The kernel's OOM killer killed {} (pid {}): raise its memory limit (`MemoryMax=` in its unit, or the container's limit) or reduce its memory use, e.g. fewer or recycled workers (`gunicorn --max-requests`).",
+            "The kernel's OOM killer killed {} (pid {}): raise its memory limit (`MemoryMax=` in its unit, or the container's limit) or reduce its memory use, e.g. fewer or recycled workers{recycle}.",
             o.comm, o.pid
         ));
     } else if let Some(sig) = find("signal").filter(|s| !s.detail.contains("from itself")) {
@@ -272,8 +279,12 @@ pub fn fix_addendum(timeline: &[TimelineEntry]) -> Option<String> {
             sig.comm, sig.pid, sig.detail
         ));
     } else if let Some(exit) = find("exit") {
+        let log = match unit {
+            Some(u) => format!("`journalctl -u {}`", super::rules::shell_word(u)),
+            None => format!("or `journalctl {}`", super::rules::shell_word(&format!("_COMM={}", exit.comm))),
+        };
         parts.push(format!(
-            "{} (pid {}) {}: read its own log (`journalctl -u <unit>`) for the reason, and supervise it with `Restart=always`.",
+            "{} (pid {}) {}: read its own log ({log}) for the reason, and supervise it with `Restart=always`.",
             exit.comm, exit.pid, exit.detail
         ));
     }
@@ -325,7 +336,7 @@ mod tests {
         assert_eq!(t[2].detail, "killed by SIGKILL");
         assert_eq!(t[5].pid, 800);
         assert!(t[5].detail.contains("outage of 5.0 s"), "{}", t[5].detail);
-        let fix = fix_addendum(&t).unwrap();
+        let fix = fix_addendum(&t, None).unwrap();
         assert!(fix.contains("SIGKILL from kill (pid 900)") && fix.contains("After="), "{fix}");
     }
 
@@ -348,7 +359,7 @@ mod tests {
         let t = build(&life, &story);
         assert!(t.iter().any(|e| e.what == "oom_kill"));
         assert_eq!(t.iter().find(|e| e.what == "signal").unwrap().detail, "SIGKILL from the kernel's OOM killer");
-        assert!(fix_addendum(&t).unwrap().contains("OOM killer"));
+        assert!(fix_addendum(&t, None).unwrap().contains("OOM killer"));
     }
 
     #[test]
@@ -364,6 +375,6 @@ mod tests {
         let whats: Vec<&str> = t.iter().map(|e| e.what.as_str()).collect();
         assert_eq!(whats, ["bind", "unlink", "refused", "still_down"]);
         assert_eq!((t[1].pid, t[1].comm.as_str()), (901, "rm"));
-        assert!(fix_addendum(&t).unwrap().contains("rm (pid 901) deleted the socket file"));
+        assert!(fix_addendum(&t, None).unwrap().contains("rm (pid 901) deleted the socket file"));
     }
 }
