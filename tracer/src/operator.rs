@@ -4,6 +4,7 @@
 //!
 //! I/O at start (discovery, log positions) and at the end (log lines, cgroups); the matching
 //! itself is in the pure `nginx::errlog`.
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,9 +13,9 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use crate::enrich::{cgroup, Enricher};
-use crate::event::Target;
 use crate::explain::Finding;
 use crate::nginx::{self, config::ConfiguredTarget, errlog, LogTail, NginxInstance};
+use crate::report::text::escape;
 
 /// Operator options from the command line.
 pub struct OperatorArgs {
@@ -36,6 +37,11 @@ pub struct Operator {
     netns: Option<u32>,
     cgroup_filter: Option<String>,
     cgroups: HashMap<u32, Option<cgroup::CgroupInfo>>,
+    /// pid -> parent pid, read while the clients are alive.
+    parents: RefCell<HashMap<u32, Option<u32>>>,
+    /// The upstream error-log lines read so far: the logs are read as they grow (each
+    /// `finish` takes the new lines), and every `finish` matches all of them.
+    log_lines: Vec<errlog::LogLine>,
 }
 
 /// What the end of a trace adds to the findings.
@@ -58,44 +64,68 @@ impl Operator {
         }
         let mut unlistened = Vec::new();
         for inst in &instances {
-            match &inst.config {
-                Err(e) => eprintln!(
-                    "tracer: warning: cannot parse the configuration of nginx (pid {}): {e}; findings will lack upstream names (check it with `nginx -t`)",
-                    inst.master
-                ),
-                Ok(cfg) => {
-                    eprintln!(
-                        "nginx: master pid {} (netns {}), {}: {} upstream targets, error log {}",
-                        inst.master,
-                        inst.netns,
-                        inst.conf,
-                        cfg.targets.len(),
-                        cfg.error_logs.join(", ")
-                    );
-                    if args.error_logs.is_empty() {
-                        for log in &cfg.error_logs {
-                            match LogTail::open(&inst.host_path(log)) {
-                                // Several masters (or an old one still exiting) may share a log.
-                                Ok(t) if logs.iter().any(|l: &LogTail| l.id == t.id) => {}
-                                Ok(t) => logs.push(t),
-                                Err(e) => eprintln!("tracer: warning: {e:#}"),
-                            }
-                        }
-                    }
-                    for t in &cfg.targets {
-                        if enricher.probe_target(inst.netns, &t.target).is_none() {
-                            unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
-                        }
+            let cfg = &inst.config;
+            for e in &inst.config_errors {
+                eprintln!(
+                    "tracer: warning: nginx (pid {}): {}; the rest of its configuration is used (check it with `nginx -t`)",
+                    inst.master,
+                    escape(e)
+                );
+            }
+            eprintln!(
+                "nginx: master pid {} (netns {}), {}: {} upstream targets, error log {}",
+                inst.master,
+                inst.netns,
+                escape(&inst.conf),
+                cfg.targets.len(),
+                escape(&cfg.error_logs.join(", "))
+            );
+            if args.error_logs.is_empty() {
+                for log in &cfg.error_logs {
+                    match LogTail::open_in(inst.root.clone(), log, vec![inst.netns]) {
+                        // Several masters (or an old one still exiting) may share a log.
+                        Ok(t) => match logs.iter_mut().find(|l: &&mut LogTail| l.id == t.id) {
+                            Some(shared) => shared.writers.push(inst.netns),
+                            None => logs.push(t),
+                        },
+                        Err(e) => eprintln!(
+                            "tracer: warning: cannot read the error log of nginx (pid {}): {}",
+                            inst.master,
+                            escape(&e.to_string())
+                        ),
                     }
                 }
             }
+            for t in &cfg.targets {
+                if enricher.probe_target(inst.netns, &t.target).is_none() {
+                    unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
+                }
+            }
         }
-        Ok(Operator { instances, logs, unlistened, netns: args.netns, cgroup_filter: args.cgroup.clone(), cgroups: HashMap::new() })
+        Ok(Operator {
+            instances,
+            logs,
+            unlistened,
+            netns: args.netns,
+            cgroup_filter: args.cgroup.clone(),
+            cgroups: HashMap::new(),
+            parents: RefCell::new(HashMap::new()),
+            log_lines: Vec::new(),
+        })
     }
 
-    /// The configured upstream of a finding's target.
+    /// The configured upstream of a finding's target, from the Nginx whose workers made the
+    /// attempts (same network namespace; among several there, the clients' master).
     pub fn configured(&self, f: &Finding) -> Option<&ConfiguredTarget> {
-        nginx::lookup(&self.instances, f.netns, &f.target)
+        let masters: Vec<u32> = f.clients.iter().filter_map(|c| self.parent_of(c.pid)).collect();
+        nginx::lookup(&self.instances, f.netns, &masters, &f.target)
+    }
+
+    /// The parent of a process (an Nginx worker's master), remembered once read.
+    fn parent_of(&self, pid: u32) -> Option<u32> {
+        *self.parents.borrow_mut().entry(pid).or_insert_with(|| {
+            procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok().and_then(|s| u32::try_from(s.ppid).ok())
+        })
     }
 
     fn cgroup(&mut self, pid: u32) -> Option<cgroup::CgroupInfo> {
@@ -107,6 +137,9 @@ impl Operator {
         for f in findings {
             for p in f.clients.iter().chain(f.listener.iter()) {
                 let _ = self.cgroup(p.pid);
+            }
+            for p in &f.clients {
+                let _ = self.parent_of(p.pid);
             }
         }
     }
@@ -125,14 +158,19 @@ impl Operator {
         true
     }
 
-    /// Reads the log lines written during the trace and matches them to the findings.
+    /// Reads the log lines written since the last call and matches every line of the trace
+    /// so far to the findings. `watch --json` calls it for each tick that prints findings
+    /// (their `log_lines` so far), every trace once more at the end.
     pub fn finish(&mut self, findings: &[Finding]) -> Context {
-        let mut lines = Vec::new();
         for log in &mut self.logs {
-            lines.extend(log.new_lines().iter().filter_map(|l| errlog::parse_line(l)));
+            let writers = log.writers.clone();
+            self.log_lines.extend(log.new_lines().iter().filter_map(|l| errlog::parse_line(l)).map(|mut l| {
+                l.writers = writers.clone();
+                l
+            }));
         }
-        let instances = &self.instances;
-        let upstream_of = |t: &Target| nginx::lookup(instances, 0, t).map(|c| c.upstream.clone());
+        let lines = &self.log_lines;
+        let upstream_of = |f: &Finding| self.configured(f).map(|c| c.upstream.clone());
         let c = errlog::correlate(&lines, findings, &upstream_of);
         Context {
             explained: c.explained.iter().map(|idx| idx.iter().map(|&i| lines[i].raw.clone()).collect()).collect(),
@@ -178,10 +216,10 @@ impl Operator {
         }
     }
 
-    /// JSON objects for configured targets nobody listens on, and unexplained log lines.
-    pub fn extra_json(&self, ctx: &Context) -> Vec<Value> {
-        let mut out: Vec<Value> = self
-            .unlistened
+    /// `config_check` objects: configured targets nobody listens on when tracing starts
+    /// (printed before any finding line).
+    pub fn config_check_json(&self) -> Vec<Value> {
+        self.unlistened
             .iter()
             .map(|u| {
                 json!({
@@ -195,11 +233,12 @@ impl Operator {
                     "detail": format!("nginx sends requests for upstream {} to {}, but nothing listens there now", u.target.upstream, u.target.target),
                 })
             })
-            .collect();
-        for (line, why) in ctx.unexplained.iter().take(50) {
-            out.push(json!({ "type": "log_unexplained", "line": line, "why": why }));
-        }
-        out
+            .collect()
+    }
+
+    /// `log_unexplained` objects: error-log lines no finding explains (at the end, the first 50).
+    pub fn extra_json(&self, ctx: &Context) -> Vec<Value> {
+        ctx.unexplained.iter().take(50).map(|(line, why)| json!({ "type": "log_unexplained", "line": line, "why": why })).collect()
     }
 
     /// The text section after the findings.

@@ -29,6 +29,9 @@ pub struct LogLine {
     /// From `upstream: "..."`.
     pub upstream_url: Option<String>,
     pub target: Option<Target>,
+    /// Network namespaces of the Nginx that write the log this line came from; empty when
+    /// unknown (a log named on the command line).
+    pub writers: Vec<u32>,
 }
 
 /// Parses one error-log line; `None` for lines that are not about upstream connections.
@@ -54,7 +57,7 @@ pub fn parse_line(raw: &str) -> Option<LogLine> {
     let pid = raw.split_once("] ").and_then(|(_, r)| r.split_once('#')).and_then(|(p, _)| p.trim().parse().ok());
     let upstream_url = raw.split_once("upstream: \"").and_then(|(_, r)| r.split_once('"')).map(|(u, _)| u.to_string());
     let target = upstream_url.as_deref().and_then(target_of_log_url);
-    Some(LogLine { raw: raw.to_string(), kind, errno, pid, upstream_url, target })
+    Some(LogLine { raw: raw.to_string(), kind, errno, pid, upstream_url, target, writers: Vec::new() })
 }
 
 /// Whether a finding's cause explains a line of this kind and errno.
@@ -86,17 +89,20 @@ pub struct Correlation {
 }
 
 /// Matches each line to the finding that caused it: same target (or, for `no live
-/// upstreams`, a target of the same upstream name) and a cause that produces that error.
-/// `upstream_of` maps a target to its configured upstream name.
-pub fn correlate(lines: &[LogLine], findings: &[Finding], upstream_of: &dyn Fn(&Target) -> Option<String>) -> Correlation {
+/// upstreams`, a target of the same upstream name), a cause that produces that error, and
+/// the same Nginx: a line is only ever matched to a finding in a namespace of the Nginx that
+/// writes its log, and a finding whose clients include the worker that wrote it goes first.
+/// `upstream_of` maps a finding to its configured upstream name.
+pub fn correlate(lines: &[LogLine], findings: &[Finding], upstream_of: &dyn Fn(&Finding) -> Option<String>) -> Correlation {
     let mut c = Correlation { explained: vec![Vec::new(); findings.len()], unexplained: Vec::new() };
     for (i, line) in lines.iter().enumerate() {
         if line.kind == LogKind::AfterConnect {
             c.unexplained.push((i, "the upstream failed after the connection was made (not a connection failure)"));
             continue;
         }
-        let found = findings.iter().position(|f| {
-            if !explains(f.cause, line.kind, line.errno) {
+        let candidate = |f: &Finding| {
+            let same_nginx = line.writers.is_empty() || f.netns == 0 || line.writers.contains(&f.netns);
+            if !same_nginx || !explains(f.cause, line.kind, line.errno) {
                 return false;
             }
             match (&line.target, line.kind) {
@@ -104,11 +110,16 @@ pub fn correlate(lines: &[LogLine], findings: &[Finding], upstream_of: &dyn Fn(&
                 // `upstream: "http://backend/"` names the block, not a server.
                 (_, LogKind::NoLiveUpstreams) => {
                     let name = line.upstream_url.as_deref().and_then(|u| u.split_once("://")).map(|(_, r)| r.trim_end_matches('/'));
-                    name.is_some() && upstream_of(&f.target).as_deref() == name
+                    name.is_some() && upstream_of(f).as_deref() == name
                 }
                 _ => false,
             }
-        });
+        };
+        let written_by = |f: &Finding| line.pid.is_some_and(|pid| f.clients.iter().any(|p| p.pid == pid));
+        let found = findings
+            .iter()
+            .position(|f| candidate(f) && written_by(f))
+            .or_else(|| findings.iter().position(|f| candidate(f)));
         match found {
             Some(fi) => c.explained[fi].push(i),
             None => c.unexplained.push((i, "no failed connection seen by tracer matches it")),
@@ -170,12 +181,36 @@ mod tests {
     fn matches_lines_to_the_finding_that_caused_them_and_reports_the_rest() {
         let f = dead_listener_finding();
         let lines: Vec<LogLine> = [REFUSED, TIMEOUT, NO_LIVE, RECV, MISSING].iter().map(|l| parse_line(l).unwrap()).collect();
-        let upstream_of = |t: &Target| (t == &Target::Tcp("127.0.0.1:8000".parse().unwrap())).then(|| "backend".to_string());
+        let upstream_of = |f: &Finding| (f.target == Target::Tcp("127.0.0.1:8000".parse().unwrap())).then(|| "backend".to_string());
         let c = correlate(&lines, &[f], &upstream_of);
         // The refusal and the "no live upstreams" that followed it; not the timeout (wrong
         // cause), not the recv() failure (after connect), not the unix path (other target).
         assert_eq!(c.explained, vec![vec![0, 2]]);
         let unexplained: Vec<usize> = c.unexplained.iter().map(|(i, _)| *i).collect();
         assert_eq!(unexplained, [1, 3, 4]);
+    }
+
+    #[test]
+    fn lines_stay_with_the_nginx_that_wrote_them() {
+        // Two Nginx in two namespaces dial the same dead address: A (netns 1) twice, B
+        // (netns 2) three times, each with its own log.
+        let a = dead_listener_finding();
+        let mut b = a.clone();
+        b.netns = 2;
+        b.clients[0].pid = 913;
+        let line = |pid: u32, writers: Vec<u32>| {
+            let mut l = parse_line(&REFUSED.replace("812#812", &format!("{pid}#{pid}"))).unwrap();
+            l.writers = writers;
+            l
+        };
+        let mut lines: Vec<LogLine> = (0..2).map(|_| line(812, vec![1])).collect();
+        lines.extend((0..3).map(|_| line(913, vec![2])));
+        let none = |_: &Finding| None;
+        let c = correlate(&lines, &[b.clone(), a.clone()], &none);
+        assert_eq!(c.explained, vec![vec![2, 3, 4], vec![0, 1]]);
+        // One log shared by both (named on the command line): the worker pid decides.
+        let shared: Vec<LogLine> = [812, 913, 913].iter().map(|&p| line(p, vec![])).collect();
+        let c = correlate(&shared, &[a, b], &none);
+        assert_eq!(c.explained, vec![vec![0], vec![1, 2]]);
     }
 }

@@ -5,13 +5,18 @@
 //! `config` and `errlog` are pure; this file is the I/O edge.
 pub mod config;
 pub mod errlog;
+#[cfg(test)]
+mod fuzz_tests;
+pub mod rootfs;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 use config::{ConfigFiles, NginxConfig};
+use rootfs::RootDir;
 
 use crate::enrich::netns_inode_of_pid;
 use crate::event::Target;
@@ -23,170 +28,357 @@ pub struct NginxInstance {
     pub netns: u32,
     /// The main configuration file as the master sees it (inside its mount namespace).
     pub conf: String,
-    pub config: Result<NginxConfig, String>,
+    pub config: NginxConfig,
+    /// Files of the configuration that could not be read or parsed, with why (what did
+    /// parse is kept in `config`).
+    pub config_errors: Vec<String>,
+    /// The master's root directory, held open: its files (error logs) are resolved inside
+    /// it, also after this master exits (a restart after a log rotation).
+    pub root: Arc<RootDir>,
 }
 
-impl NginxInstance {
-    /// A path of the master's mount namespace, as this process can open it.
-    pub fn host_path(&self, path: &str) -> PathBuf {
-        Path::new(&format!("/proc/{}/root", self.master)).join(path.trim_start_matches('/'))
-    }
+/// Reads configuration files inside a process's root, never outside it.
+struct RootFiles<'a> {
+    root: &'a RootDir,
 }
 
-/// Reads configuration files inside a process's mount namespace.
-struct ProcRootFiles {
-    root: PathBuf,
-}
-
-impl ConfigFiles for ProcRootFiles {
-    fn read(&self, path: &str) -> Option<String> {
-        fs::read_to_string(self.root.join(path.trim_start_matches('/'))).ok()
+impl ConfigFiles for RootFiles<'_> {
+    fn read(&self, path: &str) -> Result<String, String> {
+        self.root.read_to_string(path, rootfs::MAX_CONFIG_BYTES).map_err(|e| e.to_string())
     }
 
     fn glob(&self, pattern: &str) -> Vec<String> {
         let Some((dir, file_pattern)) = pattern.rsplit_once('/') else { return Vec::new() };
-        let Ok(entries) = fs::read_dir(self.root.join(dir.trim_start_matches('/'))) else { return Vec::new() };
-        let mut out: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| wildcard_match(file_pattern, name))
-            .map(|name| format!("{dir}/{name}"))
-            .collect();
-        // nginx includes in sorted order.
+        let Ok(names) = self.root.list_dir(if dir.is_empty() { "/" } else { dir }) else { return Vec::new() };
+        let mut out: Vec<String> =
+            names.into_iter().filter(|name| glob_match(file_pattern, name)).map(|name| format!("{dir}/{name}")).collect();
+        // nginx includes in sorted order (glob(3) without GLOB_NOSORT).
         out.sort();
         out
     }
 }
 
-/// `*` matches any run of characters (all nginx include patterns need in practice).
-fn wildcard_match(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, tail)) => {
-            name.starts_with(head) && {
-                let rest = &name[head.len()..];
-                (0..=rest.len()).any(|i| rest.is_char_boundary(i) && wildcard_match(tail, &rest[i..]))
+/// Whether `name` matches a glob(3) pattern as Nginx's `include` uses it: `*`, `?` and
+/// `[...]` classes; a leading dot is matched only by a pattern that starts with a dot, so
+/// an editor's `.#draft.conf` or `.site.conf.swp` is not included (as `nginx -t` agrees).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Iterative matching with one backtrack point for the last `*`: linear in practice, and
+    // never exponential on hostile patterns.
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
             }
+            Some('?') => Some(pi + 1),
+            Some('[') => match class_match(&p[pi..], n[ni]) {
+                Some((true, len)) => Some(pi + len),
+                Some((false, _)) => None,
+                // An unclosed `[` is a literal.
+                None => (n[ni] == '[').then_some(pi + 1),
+            },
+            Some(&c) => (c == n[ni]).then_some(pi + 1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(next), _) => {
+                pi = next;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// `[...]` at the start of `p` against `c`: (matched, length of the class), or None when the
+/// class is not closed.
+fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(i), Some('!') | Some('^'));
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    let mut first = true;
+    while let Some(&pc) = p.get(i) {
+        if pc == ']' && !first {
+            return Some((matched != negate, i + 1));
+        }
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&e| e != ']') {
+            matched |= pc <= c && c <= p[i + 2];
+            i += 3;
+        } else {
+            matched |= pc == c;
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Nginx's compiled-in paths: where it looks for its configuration and logs when the
+/// command line does not say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledDefaults {
+    pub prefix: String,
+    pub conf: String,
+    pub error_log: String,
+}
+
+impl Default for CompiledDefaults {
+    /// Debian's and most distributions' paths.
+    fn default() -> Self {
+        CompiledDefaults {
+            prefix: "/usr/share/nginx".into(),
+            conf: "/etc/nginx/nginx.conf".into(),
+            error_log: "/var/log/nginx/error.log".into(),
         }
     }
 }
 
-/// The compiled-in defaults of an nginx binary (`nginx -V`): prefix, conf path, error log.
-fn compiled_defaults(exe: &Path) -> (String, String, String) {
-    let mut prefix = "/usr/share/nginx".to_string();
-    let mut conf = "/etc/nginx/nginx.conf".to_string();
-    let mut error_log = "/var/log/nginx/error.log".to_string();
-    if let Ok(out) = Command::new(exe).arg("-V").output() {
-        let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-        for word in text.split_whitespace() {
-            if let Some(v) = word.strip_prefix("--prefix=") {
-                prefix = v.to_string();
-            } else if let Some(v) = word.strip_prefix("--conf-path=") {
-                conf = v.to_string();
-            } else if let Some(v) = word.strip_prefix("--error-log-path=") {
-                error_log = v.to_string();
-            }
+/// The `configure arguments` string that every nginx binary embeds (what `nginx -V` would
+/// print), read from the file's bytes: tracer never runs another process's binary.
+pub fn defaults_from_binary(bytes: &[u8]) -> CompiledDefaults {
+    let mut d = CompiledDefaults::default();
+    // The NUL-terminated string holding `--conf-path=`, else `--prefix=`.
+    let Some(at) = find(bytes, b"--conf-path=").or_else(|| find(bytes, b"--prefix=")) else { return d };
+    let start = bytes[..at].iter().rposition(|&b| b == 0).map(|i| i + 1).unwrap_or(0);
+    let end = bytes[at..].iter().position(|&b| b == 0).map(|i| at + i).unwrap_or(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[start..end.min(start + 16 * 1024)]).into_owned();
+    for word in text.split_whitespace() {
+        if let Some(v) = word.strip_prefix("--prefix=") {
+            d.prefix = v.to_string();
+        } else if let Some(v) = word.strip_prefix("--conf-path=") {
+            d.conf = v.to_string();
+        } else if let Some(v) = word.strip_prefix("--error-log-path=") {
+            d.error_log = v.to_string();
         }
     }
-    (prefix, conf, error_log)
+    d
 }
 
-/// Every Nginx master on the host with its parsed configuration.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An nginx binary is about a megabyte; a file much larger is not read whole.
+const MAX_BINARY_BYTES: u64 = 64 << 20;
+
+/// The compiled-in defaults of the binary a master runs, read (not run) from /proc/PID/exe.
+fn compiled_defaults(pid: u32) -> CompiledDefaults {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/{pid}/exe"))
+    else {
+        return CompiledDefaults::default();
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return CompiledDefaults::default();
+    }
+    let mut bytes = Vec::new();
+    if file.take(MAX_BINARY_BYTES).read_to_end(&mut bytes).is_err() {
+        return CompiledDefaults::default();
+    }
+    defaults_from_binary(&bytes)
+}
+
+/// The main config file and prefix of a master: its command line (`nginx: master process
+/// /usr/sbin/nginx -c /etc/nginx/nginx.conf -p /srv/`) over the compiled-in defaults.
+pub fn conf_and_prefix(args: &str, defaults: &CompiledDefaults) -> (String, String) {
+    let (mut conf, mut prefix) = (defaults.conf.clone(), defaults.prefix.clone());
+    let words: Vec<&str> = args.split_whitespace().collect();
+    for (i, w) in words.iter().enumerate() {
+        match *w {
+            "-c" => conf = words.get(i + 1).unwrap_or(&"").to_string(),
+            "-p" => prefix = words.get(i + 1).unwrap_or(&"").to_string(),
+            _ => {}
+        }
+    }
+    if !conf.starts_with('/') {
+        conf = format!("{}/{conf}", prefix.trim_end_matches('/'));
+    }
+    (conf, prefix)
+}
+
+/// How long discovery may hold up start-up. Each master is read in its own thread; one whose
+/// files block (a FUSE mount that never answers) is left behind with a warning.
+pub const DISCOVERY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Every Nginx master on the host with its parsed configuration, within DISCOVERY_DEADLINE.
 pub fn discover() -> Vec<NginxInstance> {
     let Ok(proc_dir) = fs::read_dir("/proc") else { return Vec::new() };
-    let mut out = Vec::new();
+    let (tx, rx) = mpsc::channel();
+    let mut started = 0;
     for entry in proc_dir.filter_map(|e| e.ok()) {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         // nginx rewrites its title: "nginx: master process nginx -c /etc/nginx/nginx.conf".
         let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let Some(args) = title.trim().strip_prefix("nginx: master process") else { continue };
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let (mut prefix, mut conf, default_error_log) = compiled_defaults(&exe);
-        let words: Vec<&str> = args.split_whitespace().collect();
-        for (i, w) in words.iter().enumerate() {
-            match *w {
-                "-c" => conf = words.get(i + 1).unwrap_or(&"").to_string(),
-                "-p" => prefix = words.get(i + 1).unwrap_or(&"").to_string(),
-                _ => {}
-            }
-        }
-        if !conf.starts_with('/') {
-            conf = format!("{}/{conf}", prefix.trim_end_matches('/'));
-        }
-        let files = ProcRootFiles { root: PathBuf::from(format!("/proc/{pid}/root")) };
-        let config = config::parse(&files, &conf, &prefix).map(|mut c| {
-            if c.error_logs.is_empty() {
-                c.error_logs.push(default_error_log.clone());
-            }
-            c
+        let (args, tx) = (args.to_string(), tx.clone());
+        let spawned = std::thread::Builder::new().name(format!("nginx-{pid}")).spawn(move || {
+            let _ = tx.send((pid, inspect(pid, &args)));
         });
-        out.push(NginxInstance { master: pid, netns: netns_inode_of_pid(pid).unwrap_or(0), conf, config });
+        if spawned.is_ok() {
+            started += 1;
+        }
     }
+    drop(tx);
+    let deadline = Instant::now() + DISCOVERY_DEADLINE;
+    let mut out = Vec::new();
+    for _ in 0..started {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok((_, Some(inst))) => out.push(inst),
+            Ok((_, None)) => {}
+            Err(_) => {
+                eprintln!(
+                    "tracer: warning: reading the files of {} nginx master(s) took longer than {:?}; continuing without their configuration",
+                    started - out.len(),
+                    DISCOVERY_DEADLINE
+                );
+                break;
+            }
+        }
+    }
+    out.sort_by_key(|i| i.master);
     out
 }
 
-/// The configured target matching `target` in `netns` (any instance when netns is unknown).
-pub fn lookup<'a>(instances: &'a [NginxInstance], netns: u32, target: &Target) -> Option<&'a config::ConfiguredTarget> {
-    let mut fallback = None;
-    for inst in instances {
-        let Ok(cfg) = &inst.config else { continue };
-        if let Some(t) = cfg.lookup(target) {
-            if inst.netns == netns || netns == 0 {
+/// One master's configuration, read inside its root.
+fn inspect(pid: u32, args: &str) -> Option<NginxInstance> {
+    let root = Arc::new(RootDir::of_pid(pid).ok()?);
+    let defaults = compiled_defaults(pid);
+    let (conf, prefix) = conf_and_prefix(args, &defaults);
+    let parsed = config::parse(&RootFiles { root: &root }, &conf, &prefix);
+    let mut config = parsed.config;
+    // No `error_log` in the configuration: the compiled-in one, unless that is not a file
+    // (Debian builds with `--error-log-path=stderr`).
+    if config.error_logs.is_empty() && defaults.error_log != "stderr" && !defaults.error_log.is_empty() {
+        let log = match defaults.error_log.starts_with('/') {
+            true => defaults.error_log.clone(),
+            false => format!("{}/{}", prefix.trim_end_matches('/'), defaults.error_log),
+        };
+        config.error_logs.push(log);
+    }
+    Some(NginxInstance { master: pid, netns: netns_inode_of_pid(pid).unwrap_or(0), conf, config, config_errors: parsed.errors, root })
+}
+
+/// The configured target matching `target` for a finding in `netns`, from the Nginx of that
+/// namespace only: another namespace's upstream of the same address is a different one.
+/// `masters` (the parents of the finding's clients) picks among several Nginx in one
+/// namespace. netns 0 (unknown) takes any.
+pub fn lookup<'a>(
+    instances: &'a [NginxInstance],
+    netns: u32,
+    masters: &[u32],
+    target: &Target,
+) -> Option<&'a config::ConfiguredTarget> {
+    let mut same_netns = None;
+    for inst in instances.iter().filter(|i| netns == 0 || i.netns == netns) {
+        if let Some(t) = inst.config.lookup(target) {
+            if masters.contains(&inst.master) {
                 return Some(t);
             }
-            fallback.get_or_insert(t);
+            same_netns.get_or_insert(t);
         }
     }
-    fallback
+    same_netns
 }
 
 /// An error log being followed: the file as it was when tracing started (held open, so a
-/// master that exits or a path that changes does not lose it) and where it ended then.
+/// master that exits or a path that changes does not lose it), read on from where it ended.
 pub struct LogTail {
-    pub path: PathBuf,
+    /// The path inside `root`, as its Nginx names it.
+    pub path: String,
+    /// Where the path is resolved: the writing master's root, held open so that a rotation
+    /// followed by a restart (the old master gone) still finds the new file.
+    root: Arc<RootDir>,
     file: fs::File,
-    start: u64,
+    /// Where the next read starts (after the last complete line handed out).
+    pos: u64,
     /// (device, inode) of the held file, to notice a rotation and to skip duplicates.
     pub id: (u64, u64),
+    /// Network namespaces of the Nginx masters that write this log; empty for a log named on
+    /// the command line (its lines may belong to any Nginx).
+    pub writers: Vec<u32>,
 }
 
 /// At most this much log is read per file per trace.
 const MAX_LOG_READ: u64 = 64 << 20;
 
-fn read_from(f: &mut fs::File, from: u64) -> Vec<String> {
+/// The complete lines of `f` from `*pos`, advancing `*pos` past them (a line still being
+/// written stays for the next read). A file shorter than `*pos` was truncated in place
+/// (copytruncate): it is read from the start.
+fn read_lines_from(f: &mut fs::File, pos: &mut u64, budget: &mut u64) -> Vec<String> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    // Truncated in place (copytruncate): read it from the start.
-    let from = if len < from { 0 } else { from };
+    if len < *pos {
+        *pos = 0;
+    }
     let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(from)).is_err() || f.take((len - from).min(MAX_LOG_READ)).read_to_end(&mut buf).is_err() {
+    if f.seek(SeekFrom::Start(*pos)).is_err() || f.take((len - *pos).min(*budget)).read_to_end(&mut buf).is_err() {
         return Vec::new();
     }
-    String::from_utf8_lossy(&buf).lines().map(str::to_string).collect()
+    let complete = buf.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+    *pos += complete as u64;
+    *budget = budget.saturating_sub(complete as u64);
+    String::from_utf8_lossy(&buf[..complete]).lines().map(str::to_string).collect()
 }
 
 impl LogTail {
-    /// Starts following `path` from its current end. Errors name the file.
+    /// Starts following a log named on the command line, from its current end. Only a regular
+    /// file is accepted (a FIFO would block, a directory has no lines). Errors are one line
+    /// that names the file.
     pub fn open(path: &Path) -> anyhow::Result<LogTail> {
-        use std::os::unix::fs::MetadataExt;
-        let file = fs::File::open(path).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the Nginx error log {}: {e} (pass the right one with --nginx-error-log PATH)",
-                path.display()
-            )
-        })?;
-        let meta = file.metadata()?;
-        Ok(LogTail { path: path.to_path_buf(), file, start: meta.len(), id: (meta.dev(), meta.ino()) })
+        let shown = path.display().to_string();
+        let root = RootDir::host().map_err(|e| anyhow::anyhow!("cannot open /: {e}"))?;
+        let abs = if path.is_absolute() {
+            shown.clone()
+        } else {
+            std::env::current_dir().map(|d| d.join(path).display().to_string()).unwrap_or_else(|_| shown.clone())
+        };
+        Self::open_in(Arc::new(root), &abs, Vec::new()).map_err(|e| {
+            anyhow::anyhow!("cannot read the Nginx error log: {e} (pass a regular file with --nginx-error-log PATH)")
+        })
     }
 
-    /// The lines written since `open`: the rest of the held file, plus the whole file now at
-    /// the path when the log was rotated meanwhile.
+    /// Starts following `path` inside `root` (a master's root), from its current end.
+    pub fn open_in(root: Arc<RootDir>, path: &str, writers: Vec<u32>) -> std::io::Result<LogTail> {
+        use std::os::unix::fs::MetadataExt;
+        let file = root.open_regular(path)?;
+        let meta = file.metadata()?;
+        Ok(LogTail { path: path.to_string(), root, file, pos: meta.len(), id: (meta.dev(), meta.ino()), writers })
+    }
+
+    /// The lines written since the last call (since `open` the first time): the rest of the
+    /// held file, then, when the log was rotated meanwhile, the file now at the path, which
+    /// is held from then on.
     pub fn new_lines(&mut self) -> Vec<String> {
         use std::os::unix::fs::MetadataExt;
-        let mut lines = read_from(&mut self.file, self.start);
-        if let Ok(mut now) = fs::File::open(&self.path) {
-            if now.metadata().is_ok_and(|m| (m.dev(), m.ino()) != self.id) {
-                lines.extend(read_from(&mut now, 0));
+        let mut budget = MAX_LOG_READ;
+        let mut lines = read_lines_from(&mut self.file, &mut self.pos, &mut budget);
+        if let Ok(now) = self.root.open_regular(&self.path) {
+            if let Ok(meta) = now.metadata() {
+                if (meta.dev(), meta.ino()) != self.id {
+                    self.file = now;
+                    self.id = (meta.dev(), meta.ino());
+                    self.pos = 0;
+                    lines.extend(read_lines_from(&mut self.file, &mut self.pos, &mut budget));
+                }
             }
         }
         lines
@@ -198,10 +390,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn include_wildcards() {
-        assert!(wildcard_match("*.conf", "site.conf"));
-        assert!(wildcard_match("*", "anything"));
-        assert!(!wildcard_match("*.conf", "site.conf.bak"));
-        assert!(wildcard_match("a*b*c", "a-b-c"));
+    fn include_patterns_follow_glob() {
+        assert!(glob_match("*.conf", "site.conf"));
+        assert!(glob_match("*", "anything"));
+        assert!(!glob_match("*.conf", "site.conf.bak"));
+        assert!(glob_match("a*b*c", "a-b-c"));
+        assert!(glob_match("site?.conf", "site1.conf") && !glob_match("site?.conf", "site12.conf"));
+        assert!(glob_match("[a-c]*.conf", "b.conf") && !glob_match("[!a-c]*.conf", "b.conf"));
+        // Hidden files: an editor's lock or swap file is not included, as nginx agrees.
+        assert!(!glob_match("*.conf", ".#draft.conf"));
+        assert!(!glob_match("*", ".site.conf.swp"));
+        assert!(glob_match(".*.conf", ".hidden.conf"));
+        // A hostile pattern stays linear.
+        let long = "a".repeat(5000);
+        assert!(!glob_match(&"*a".repeat(200).to_string().replace("**", "*"), &format!("{long}b")));
+    }
+
+    #[test]
+    fn defaults_are_read_from_the_configure_string_in_the_binary() {
+        let mut elf = b"\x7fELF\0\0junk\0configure arguments:\0".to_vec();
+        elf.extend_from_slice(b" --with-cc-opt='-g -O2' --prefix=/opt/ng --conf-path=/opt/ng/conf/ng.conf --error-log-path=/opt/ng/logs/e.log --with-http_ssl_module\0more\0");
+        let d = defaults_from_binary(&elf);
+        assert_eq!(d, CompiledDefaults { prefix: "/opt/ng".into(), conf: "/opt/ng/conf/ng.conf".into(), error_log: "/opt/ng/logs/e.log".into() });
+        assert_eq!(defaults_from_binary(b"no nginx here"), CompiledDefaults::default());
+        let (conf, prefix) = conf_and_prefix(" /usr/sbin/nginx -c conf/x.conf -p /srv/ng/", &d);
+        assert_eq!((conf.as_str(), prefix.as_str()), ("/srv/ng/conf/x.conf", "/srv/ng/"));
+    }
+
+    #[test]
+    fn log_tail_hands_out_complete_lines_once_and_follows_a_rotation() {
+        let dir = std::env::temp_dir().join(format!("tracer-logtail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("error.log");
+        std::fs::write(&log, "old line\n").unwrap();
+        let mut tail = LogTail::open(&log).unwrap();
+        let append = |p: &Path, s: &str| {
+            use std::io::Write;
+            std::fs::OpenOptions::new().append(true).create(true).open(p).unwrap().write_all(s.as_bytes()).unwrap()
+        };
+        append(&log, "one\ntwo (half");
+        assert_eq!(tail.new_lines(), ["one"]);
+        append(&log, " done)\n");
+        assert_eq!(tail.new_lines(), ["two (half done)"]);
+        assert!(tail.new_lines().is_empty());
+        // Rotation: the old file gets a last line, the new one takes over.
+        std::fs::rename(&log, dir.join("error.log.1")).unwrap();
+        append(&dir.join("error.log.1"), "last old\n");
+        append(&log, "first new\n");
+        assert_eq!(tail.new_lines(), ["last old", "first new"]);
+        append(&log, "second new\n");
+        assert_eq!(tail.new_lines(), ["second new"]);
+        // Not a regular file: one line naming it, no blocking.
+        nix::unistd::mkfifo(&dir.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = LogTail::open(&dir.join("fifo")).err().unwrap().to_string();
+        assert!(err.contains("not a regular file") && !err.contains('\n'), "{err}");
+        assert!(LogTail::open(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
