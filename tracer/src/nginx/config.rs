@@ -125,52 +125,124 @@ struct Directive {
     line: usize,
 }
 
-/// Reads config files for the parser (through /proc/PID/root in production, a map in tests).
+/// Reads config files for the parser (inside a master's root in production, a map in tests).
 pub trait ConfigFiles {
-    fn read(&self, path: &str) -> Option<String>;
-    /// Paths matching an `include` pattern (only `*` in the last component needs support).
+    /// A file's text, or why it cannot be read (never its contents).
+    fn read(&self, path: &str) -> Result<String, String>;
+    /// Paths matching an `include` pattern (wildcards in the last component), sorted.
     fn glob(&self, pattern: &str) -> Vec<String>;
 }
 
-/// Parses the configuration rooted at `main_conf`, with `prefix` for relative paths.
-pub fn parse(files: &dyn ConfigFiles, main_conf: &str, prefix: &str) -> Result<NginxConfig, String> {
+/// What a configuration gave: everything that parsed, and each file that did not, with why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Parsed {
+    pub config: NginxConfig,
+    /// `file:line: what` for each file that could not be read or parsed. Nginx may still
+    /// run an older version of that file; the rest of the configuration is still used.
+    pub errors: Vec<String>,
+}
+
+/// Parses the configuration rooted at `main_conf`, with `prefix` for relative paths. A file
+/// that does not parse is reported and skipped from its error on; the others still count.
+pub fn parse(files: &dyn ConfigFiles, main_conf: &str, prefix: &str) -> Parsed {
     let mut cfg = NginxConfig::default();
     let conf_dir = main_conf.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_else(|| ".".into());
-    let mut p = Parser { files, conf_dir, prefix: prefix.to_string(), cfg: &mut cfg, depth_guard: 0, stack: Vec::new() };
-    p.file(main_conf, true)?;
-    Ok(cfg)
+    let mut p = Parser { files, conf_dir, prefix: prefix.to_string(), cfg: &mut cfg, depth: 0, stack: Vec::new(), errors: Vec::new(), files_read: 0, bytes_read: 0, including: Vec::new() };
+    p.file(main_conf, true);
+    let errors = p.errors;
+    Parsed { config: cfg, errors }
 }
+
+/// Include nesting deeper than this is a loop (a file including itself).
+const MAX_INCLUDE_DEPTH: usize = 32;
+/// Blocks nested deeper than this are not a real configuration (and would exhaust the stack).
+const MAX_BLOCK_DEPTH: usize = 64;
+/// More files than this is not a configuration anyone wrote by hand.
+const MAX_FILES: usize = 4096;
+/// Bytes tokenized per configuration, all includes counted: a large file that includes itself
+/// would otherwise be tokenized MAX_FILES times (gigabytes) and its targets copied as often.
+const MAX_TOTAL_BYTES: usize = 32 << 20;
+/// Errors kept per configuration (each distinct): an include loop repeats the same ones.
+const MAX_ERRORS: usize = 64;
 
 struct Parser<'a> {
     files: &'a dyn ConfigFiles,
     conf_dir: String,
     prefix: String,
     cfg: &'a mut NginxConfig,
-    depth_guard: usize,
+    /// Include nesting.
+    depth: usize,
     /// Enclosing blocks: (directive name, first argument).
     stack: Vec<(String, String)>,
+    errors: Vec<String>,
+    files_read: usize,
+    bytes_read: usize,
+    /// The files being parsed, outermost first (an include of one of them is a loop).
+    including: Vec<String>,
 }
 
 impl Parser<'_> {
-    fn file(&mut self, path: &str, required: bool) -> Result<(), String> {
-        self.depth_guard += 1;
-        if self.depth_guard > 64 {
-            return Err(format!("{path}: too many nested includes"));
+    /// Parses one file; its errors are recorded, never propagated: a broken include does not
+    /// take the rest of the configuration with it.
+    fn file(&mut self, path: &str, required: bool) {
+        if self.including.iter().any(|p| p == path) {
+            self.error(format!("{path}: includes itself (an include loop); not followed again"));
+            return;
         }
-        let Some(src) = self.files.read(path) else {
-            if required {
-                return Err(format!("cannot read {path}"));
+        if self.depth >= MAX_INCLUDE_DEPTH {
+            self.error(format!("{path}: includes nested deeper than {MAX_INCLUDE_DEPTH} (an include loop?)"));
+            return;
+        }
+        if self.files_read >= MAX_FILES {
+            self.error(format!("{path}: more than {MAX_FILES} files included; the rest are skipped"));
+            return;
+        }
+        if self.bytes_read >= MAX_TOTAL_BYTES {
+            // Not even read: reading is work too (up to MAX_CONFIG_BYTES a file).
+            self.error(format!("{path}: more than {} MiB of configuration included; the rest is skipped", MAX_TOTAL_BYTES >> 20));
+            return;
+        }
+        self.files_read += 1;
+        let src = match self.files.read(path) {
+            Ok(src) => src,
+            Err(why) => {
+                if required {
+                    self.error(format!("cannot read {path}: {why}"));
+                }
+                return;
             }
-            return Ok(());
         };
+        self.bytes_read += src.len();
+        if self.bytes_read > MAX_TOTAL_BYTES {
+            self.error(format!("{path}: more than {} MiB of configuration included; the rest is skipped", MAX_TOTAL_BYTES >> 20));
+            return;
+        }
         let tokens = tokenize(&src);
         let mut i = 0;
-        self.block(path, &tokens, &mut i, 0)?;
-        self.depth_guard -= 1;
-        Ok(())
+        self.depth += 1;
+        self.including.push(path.to_string());
+        // The blocks this file opens are closed by this file: an error leaves them.
+        let stack_len = self.stack.len();
+        if let Err(e) = self.block(path, &tokens, &mut i, 0) {
+            self.error(e);
+        }
+        self.stack.truncate(stack_len);
+        self.including.pop();
+        self.depth -= 1;
+    }
+
+    /// Records an error once, and no more than MAX_ERRORS of them.
+    fn error(&mut self, e: String) {
+        if self.errors.len() < MAX_ERRORS && !self.errors.contains(&e) {
+            self.errors.push(e);
+        }
     }
 
     fn block(&mut self, path: &str, tokens: &[Token], i: &mut usize, depth: usize) -> Result<(), String> {
+        if depth > MAX_BLOCK_DEPTH {
+            let line = tokens.get(*i).map(|t| t.line).unwrap_or(0);
+            return Err(format!("{path}:{line}: blocks nested deeper than {MAX_BLOCK_DEPTH}"));
+        }
         loop {
             let Some(d) = next_directive(tokens, i, path)? else {
                 if depth > 0 {
@@ -213,12 +285,12 @@ impl Parser<'_> {
         match name {
             "include" if d.words.len() >= 2 => {
                 let pattern = self.resolve(&d.words[1], true);
-                if pattern.contains('*') {
+                if pattern.contains(['*', '?', '[']) {
                     for f in self.files.glob(&pattern) {
-                        self.file(&f, false)?;
+                        self.file(&f, false);
                     }
                 } else {
-                    self.file(&pattern, true)?;
+                    self.file(&pattern, true);
                 }
             }
             "error_log" if d.words.len() >= 2 => {
@@ -366,13 +438,18 @@ mod tests {
 
     struct Files(HashMap<&'static str, &'static str>);
     impl ConfigFiles for Files {
-        fn read(&self, path: &str) -> Option<String> {
-            self.0.get(path).map(|s| s.to_string())
+        fn read(&self, path: &str) -> Result<String, String> {
+            self.0.get(path).map(|s| s.to_string()).ok_or_else(|| "No such file or directory".into())
         }
         fn glob(&self, pattern: &str) -> Vec<String> {
-            let (dir, _) = pattern.rsplit_once('/').unwrap();
-            let mut v: Vec<String> =
-                self.0.keys().filter(|k| k.starts_with(dir) && k.ends_with(".conf")).map(|k| k.to_string()).collect();
+            let (dir, file_pattern) = pattern.rsplit_once('/').unwrap();
+            let mut v: Vec<String> = self
+                .0
+                .keys()
+                .filter_map(|k| k.strip_prefix(dir).and_then(|r| r.strip_prefix('/')))
+                .filter(|name| !name.contains('/') && crate::nginx::glob_match(file_pattern, name))
+                .map(|name| format!("{dir}/{name}"))
+                .collect();
             v.sort();
             v
         }
@@ -406,7 +483,9 @@ server {
 
     fn cfg() -> NginxConfig {
         let files = Files(HashMap::from([("/etc/nginx/nginx.conf", MAIN), ("/etc/nginx/conf.d/site.conf", SITE)]));
-        parse(&files, "/etc/nginx/nginx.conf", "/usr/share/nginx").expect("parses")
+        let parsed = parse(&files, "/etc/nginx/nginx.conf", "/usr/share/nginx");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed.config
     }
 
     fn t(s: &str) -> Target {
@@ -440,12 +519,43 @@ server {
     #[test]
     fn reports_syntax_errors_with_file_and_line() {
         let files = Files(HashMap::from([("/c/nginx.conf", "http {\n server { listen 80 }\n")]));
-        let err = parse(&files, "/c/nginx.conf", "/").unwrap_err();
-        assert!(err.contains("/c/nginx.conf:2"), "{err}");
+        let errors = parse(&files, "/c/nginx.conf", "/").errors;
+        assert!(errors.len() == 1 && errors[0].contains("/c/nginx.conf:2"), "{errors:?}");
         let files = Files(HashMap::from([("/c/nginx.conf", "http {\n")]));
-        assert!(parse(&files, "/c/nginx.conf", "/").unwrap_err().contains("end of file"));
+        assert!(parse(&files, "/c/nginx.conf", "/").errors[0].contains("end of file"));
         let files = Files(HashMap::new());
-        assert!(parse(&files, "/c/nginx.conf", "/").unwrap_err().contains("cannot read"));
+        assert!(parse(&files, "/c/nginx.conf", "/").errors[0].contains("cannot read /c/nginx.conf"));
+    }
+
+    #[test]
+    fn a_broken_include_costs_only_itself() {
+        // An editor's lock file (never included by nginx) and a half-edited site beside a
+        // good one: the good site and the main file's upstream still count, the broken
+        // file is named.
+        let files = Files(HashMap::from([
+            ("/etc/nginx/nginx.conf", MAIN),
+            ("/etc/nginx/conf.d/a-good.conf", "server { location / { proxy_pass http://127.0.0.1:9100; } }"),
+            ("/etc/nginx/conf.d/b-broken.conf", "server { location / { proxy_pass http://127.0.0.1:9200 } }"),
+            ("/etc/nginx/conf.d/.#draft.conf", "this is { not nginx"),
+        ]));
+        let parsed = parse(&files, "/etc/nginx/nginx.conf", "/usr/share/nginx");
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert!(parsed.errors[0].starts_with("/etc/nginx/conf.d/b-broken.conf:1"), "{:?}", parsed.errors);
+        let c = parsed.config;
+        assert!(c.lookup(&t("127.0.0.1:9100")).is_some());
+        assert!(c.lookup(&t("127.0.0.1:8000")).is_some(), "the upstream after the include still counts");
+        assert_eq!(c.error_logs, ["/var/log/nginx/error.log"]);
+    }
+
+    #[test]
+    fn include_loops_and_deep_nesting_end_with_an_error() {
+        let files = Files(HashMap::from([("/c/nginx.conf", "include /c/nginx.conf;")]));
+        let errors = parse(&files, "/c/nginx.conf", "/").errors;
+        assert_eq!(errors, ["/c/nginx.conf: includes itself (an include loop); not followed again"]);
+        let deep: &'static str = Box::leak(format!("{}{}", "a {".repeat(100_000), "}".repeat(100_000)).into_boxed_str());
+        let files = Files(HashMap::from([("/c/nginx.conf", deep)]));
+        let errors = parse(&files, "/c/nginx.conf", "/").errors;
+        assert!(errors.iter().any(|e| e.contains("blocks nested deeper")), "{errors:?}");
     }
 
     #[test]
