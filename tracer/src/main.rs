@@ -17,6 +17,7 @@ mod top;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -126,7 +127,14 @@ fn parse_unix_path(s: &str) -> Result<String, String> {
         return Err("an empty Unix socket path names nothing".into());
     }
     if p.len() > 107 {
-        return Err(format!("'{p}' is longer than a Unix socket path can be (107 bytes)"));
+        return Err(format!("{p:?} is longer than a Unix socket path can be (107 bytes)"));
+    }
+    // Nginx and every other client connect to absolute paths (or abstract names): a relative
+    // path would be compared with absolute ones and match nothing, a false all-clear.
+    if !p.starts_with('/') && !p.starts_with('@') {
+        return Err(format!(
+            "{p:?} is not an absolute Unix socket path (give it as nginx names it, e.g. /run/gunicorn.sock, or @name for an abstract socket)"
+        ));
     }
     Ok(p.to_string())
 }
@@ -172,6 +180,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // `tracer ... | head -1`: the reader took what it wanted. Everything is detached by
+        // now (the capture is dropped on the way out); end quietly with the status a shell
+        // gives `cat` killed by SIGPIPE (128 + 13).
+        Err(_) if stdout_gone() => ExitCode::from(141),
         Err(e) => {
             eprintln!("tracer: error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
@@ -197,6 +209,148 @@ fn require_root() -> Result<()> {
         bail!("tracer must run as root (it loads eBPF programs and reads other processes' sockets): run it with sudo");
     }
     Ok(())
+}
+
+/// The signal (SIGINT, SIGTERM or SIGHUP) that asked tracer to stop, 0 while none has.
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_stop_signal(signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOP_SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP (an ssh session dropping) ask for the orderly end instead
+/// of killing tracer, from the first instant of a trace: a signal during start-up (probing,
+/// attaching, reading Nginx's files) is remembered and honoured once start-up is done.
+/// tokio's handlers, added later for the main loop, chain to this one (signal-hook-registry
+/// calls the previous handler), so the flag stays right. No signal is ever blocked.
+fn install_stop_handlers() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(SigHandler::Handler(note_stop_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("installing the {signal} handler"))?;
+    }
+    Ok(())
+}
+
+fn stop_requested() -> bool {
+    STOP_SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+/// Set once writing to stdout failed because nobody reads it any more (EPIPE: `| head -1`
+/// exited; EIO: the terminal hung up).
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::SeqCst)
+}
+
+/// stdout, noting when its reader has gone so that the exit can be quiet instead of an error.
+struct Stdout<'a>(std::io::StdoutLock<'a>);
+
+impl Stdout<'_> {
+    fn lock() -> Stdout<'static> {
+        Stdout(std::io::stdout().lock())
+    }
+
+    fn note(result: std::io::Result<usize>) -> std::io::Result<usize> {
+        if let Err(e) = &result {
+            if e.kind() == std::io::ErrorKind::BrokenPipe || e.raw_os_error() == Some(libc::EIO) {
+                STDOUT_GONE.store(true, Ordering::SeqCst);
+            }
+        }
+        result
+    }
+}
+
+impl Write for Stdout<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Stdout::note(self.0.write(buf))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Stdout::note(self.0.flush().map(|()| 0)).map(|_| ())
+    }
+}
+
+/// Refuses, before anything is attached, what names nothing usable: `--netns` and `--cgroup`
+/// filters that match nothing on the host when tracing starts (they would end in "No failed
+/// upstream connections seen.", a false all-clear; a namespace inode cannot be known before
+/// the namespace exists, and a cgroup filter is meant for a container or unit that runs), and
+/// `--nginx-error-log` files that are not regular files (a FIFO would block the open).
+fn validate_args(args: &TraceArgs) -> Result<()> {
+    for path in &args.nginx_error_logs {
+        // Opened again, and held, by the operator once attached; this open only checks.
+        nginx::LogTail::open(path)?;
+    }
+    if let Some(inode) = args.netns {
+        if !existing_netns_inodes().contains(&inode) {
+            bail!(
+                "--netns {inode}: no network namespace has this inode now; give one that `lsns -t net` or `readlink /proc/PID/ns/net` shows"
+            );
+        }
+    }
+    if let Some(text) = &args.cgroup {
+        if !cgroup_exists_containing(text) {
+            bail!(
+                "--cgroup {text:?}: no cgroup path contains this text now (see /proc/PID/cgroup or `systemd-cgls`); start tracer once the container or unit runs"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The network namespaces of every process, and those kept by `ip netns add` without one.
+fn existing_netns_inodes() -> std::collections::HashSet<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut inodes: std::collections::HashSet<u32> =
+        enrich::netns::all_pids().into_iter().filter_map(enrich::netns_inode_of_pid).collect();
+    for dir in ["/run/netns", "/var/run/netns"] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if let Some(inode) = std::fs::metadata(entry.path()).ok().and_then(|m| u32::try_from(m.ino()).ok()) {
+                inodes.insert(inode);
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether some process's cgroup path (what `--cgroup` is matched against) or some cgroup
+/// under /sys/fs/cgroup contains `text`.
+fn cgroup_exists_containing(text: &str) -> bool {
+    let by_process = enrich::netns::all_pids()
+        .into_iter()
+        .filter_map(enrich::cgroup::cgroup_of)
+        .any(|c| c.path.contains(text));
+    by_process || cgroup_dir_containing(std::path::Path::new("/sys/fs/cgroup"), "", text, &mut 0)
+}
+
+/// Walks the cgroup tree below `dir` (as `/relative/path`), bounded in depth and in the number
+/// of cgroups visited so that a huge tree cannot stall start-up.
+fn cgroup_dir_containing(dir: &std::path::Path, relative: &str, text: &str, visited: &mut usize) -> bool {
+    const MAX_CGROUPS: usize = 200_000;
+    if relative.matches('/').count() > 32 {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    for entry in entries.filter_map(|e| e.ok()) {
+        // Directories only: the tree's files are its control knobs. DirEntry::file_type does
+        // not follow symlinks, and cgroupfs has none.
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        *visited += 1;
+        if *visited > MAX_CGROUPS {
+            return false;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        let path = format!("{relative}/{name}");
+        if path.contains(text) || cgroup_dir_containing(&entry.path(), &path, text, visited) {
+            return true;
+        }
+    }
+    false
 }
 
 impl ReasonNames for kernel::btf::BtfNames {
@@ -240,7 +394,10 @@ impl Filter {
 }
 
 fn run_trace(args: TraceArgs, mode: Mode) -> Result<ExitCode> {
+    // First: a SIGTERM, SIGINT or SIGHUP from now on ends in the report, exit 0.
+    install_stop_handlers()?;
     require_root()?;
+    validate_args(&args)?;
     let facts = kernel::facts::probe_kernel()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(trace(args, mode, facts))
@@ -267,9 +424,11 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
         })
         .collect();
 
-    // Signals first, so a Ctrl-C during start-up still goes through the orderly exit below.
+    // These only wake the loop below: `install_stop_handlers` (chained to) already notes
+    // every stop signal, those sent during start-up included.
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     // Bound before anything is attached: an address in use fails at once.
     let metrics_listener = match args.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),
@@ -331,20 +490,17 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     // After the `tracing:` line, which stays on the normal screen.
     let mut top = if mode == Mode::Top { Some(top::TopView::start(clock)?) } else { None };
 
-    let mut out = std::io::stdout().lock();
-    // Configured targets nobody listens on: at start, before any finding line (README).
-    if mode == Mode::Watch && args.json {
-        for v in ops.config_check_json() {
-            writeln!(out, "{v}")?;
-        }
-        out.flush()?;
-    }
+    let mut out = Stdout::lock();
     let mut batch: Vec<Event> = Vec::with_capacity(1024);
     let mut last_probe: HashMap<(u32, Target), u64> = HashMap::new();
     let mut ticker = tokio::time::interval(TICK);
     let mut ticks: u64 = 0;
     let mut reported_lost: BTreeMap<String, u64> = BTreeMap::new();
     loop {
+        // A stop signal during start-up, or one that arrived while the last batch was absorbed.
+        if stop_requested() {
+            break;
+        }
         let sleep_until_deadline = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d).await,
@@ -363,7 +519,7 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
                 }
                 lost_events(&capture, &mut reported_lost, now, &mut engine);
                 let updates = engine.tick(now);
-                if mode == Mode::Watch { print_updates(&mut out, &updates, &filter, &clock, args.json, &mut ops, || engine.findings())?; }
+                if mode == Mode::Watch { print_updates(&mut out, &updates, &filter, &clock, args.json)?; }
                 if let Some(m) = &metrics {
                     m.observe(updates.iter().filter(|u| filter.update(u)), |f| upstream_of(&ops, f));
                     m.observe_capture(&capture);
@@ -378,6 +534,7 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
             _ = sleep_until_deadline => break,
         }
         if !batch.is_empty() {
@@ -413,15 +570,9 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
     if mode == Mode::Watch {
         // The last attempts as lines; the findings they changed come once, in the report below.
         let attempts: Vec<Update> = updates.into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
-        print_updates(&mut out, &attempts, &filter, &clock, args.json, &mut ops, Vec::new)?;
+        print_updates(&mut out, &attempts, &filter, &clock, args.json)?;
     }
     if args.json {
-        // `watch` printed its config_check lines at start; `diagnose` puts them first too.
-        if mode != Mode::Watch {
-            for v in ops.config_check_json() {
-                writeln!(out, "{v}")?;
-            }
-        }
         for (f, log_lines) in findings.iter().zip(&context.explained) {
             let mut v = report::json::finding_json(f, &clock);
             ops.annotate_json(&mut v, f, log_lines);
@@ -505,49 +656,8 @@ fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64
     }
 }
 
-/// `watch` lines for one tick's updates: each attempt, and each finding that opened or
-/// changed. A JSON finding line carries the same Nginx context as the final report
-/// (`Operator::annotate_json`: upstream, config line, cgroups), with `log_lines` counting the
-/// error-log lines matched so far: the logs are read now and matched, as the report does at
-/// the end, against every finding kept so far (`all_findings`, asked only when a JSON finding
-/// line is printed), so a live count never holds a line the report gives another finding.
-fn print_updates(
-    out: &mut impl Write,
-    updates: &[Update],
-    filter: &Filter,
-    clock: &Clock,
-    json: bool,
-    ops: &mut operator::Operator,
-    all_findings: impl FnOnce() -> Vec<Finding>,
-) -> Result<()> {
-    let mut all_findings = Some(all_findings);
-    // (the findings kept, the log lines each explains), read once per tick.
-    let mut live: Option<(Vec<Finding>, operator::Context)> = None;
+fn print_updates(out: &mut impl Write, updates: &[Update], filter: &Filter, clock: &Clock, json: bool) -> Result<()> {
     for u in updates {
-        if let (Update::Finding(f), true) = (u, json) {
-            if !filter.finding(f) || !ops.keep(f) {
-                continue;
-            }
-            if live.is_none() {
-                let mut kept: Vec<Finding> =
-                    all_findings.take().map(|all| all()).unwrap_or_default().into_iter().filter(|k| filter.finding(k)).collect();
-                ops.note_processes(&kept);
-                kept.retain(|k| ops.keep(k));
-                let context = ops.finish(&kept);
-                live = Some((kept, context));
-            }
-            let log_lines: &[String] = live
-                .as_ref()
-                .and_then(|(kept, context)| {
-                    let i = kept.iter().position(|k| (k.cause, &k.target, k.netns) == (f.cause, &f.target, f.netns))?;
-                    context.explained.get(i).map(Vec::as_slice)
-                })
-                .unwrap_or(&[]);
-            let mut v = report::json::finding_json(f, clock);
-            ops.annotate_json(&mut v, f, log_lines);
-            writeln!(out, "{v}")?;
-            continue;
-        }
         match u {
             Update::Attempt(a) => {
                 if !filter.target(&a.target) || !filter.comm(&a.client.comm) {
@@ -560,11 +670,14 @@ fn print_updates(
                 }
             }
             Update::Finding(f) => {
-                // --netns and --cgroup too, as in the report.
-                if !filter.finding(f) || !ops.keep(f) {
+                if !filter.finding(f) {
                     continue;
                 }
-                report::text::write_finding(out, f, clock)?;
+                if json {
+                    writeln!(out, "{}", report::json::finding_json(f, clock))?;
+                } else {
+                    report::text::write_finding(out, f, clock)?;
+                }
             }
         }
     }
@@ -573,76 +686,105 @@ fn print_updates(
 }
 
 #[cfg(test)]
-mod watch_tests {
+mod tests {
     use super::*;
-    use crate::event::{FlowAddr, TaskInfo};
 
-    const REFUSED: &str = r#"2026/11/24 10:05:53 [error] 812#812: *3 connect() failed (111: Connection refused) while connecting to upstream, client: 127.0.0.1, server: , request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:8000/", host: "127.0.0.1:8080""#;
-
-    /// A dead-listener finding for 127.0.0.1:8000 made by the engine (an nginx worker, pid 812,
-    /// in a network namespace no running Nginx is in), after `attempts` refused connects.
-    fn engine_with_refusals(attempts: u64) -> Engine {
-        let mut e = Engine::new(EngineOptions::default());
-        let nginx = TaskInfo { pid: 812, tid: 812, uid: 33, comm: "nginx".into() };
-        for i in 0..attempts {
-            let flow = FlowAddr { src: format!("127.0.0.1:{}", 40000 + i).parse().unwrap(), dst: "127.0.0.1:8000".parse().unwrap() };
-            let t0 = 1_000_000_000 * (i + 1);
-            let body = EventBody::TcpRstSentNoSocket { flow, reason: None };
-            e.push(&Event { ts_ns: t0, netns: 1, sock: 0, task: nginx.clone(), body });
-            let body = EventBody::TcpAttemptFailed { flow, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: t0 };
-            e.push(&Event { ts_ns: t0 + 10, netns: 1, sock: 7 + i, task: nginx.clone(), body });
-        }
-        e
+    fn trace_args(argv: &[&str]) -> Result<TraceArgs, clap::Error> {
+        let mut all = vec!["tracer", "diagnose"];
+        all.extend_from_slice(argv);
+        Cli::try_parse_from(all).map(|cli| match cli.command {
+            Command::Diagnose(args) => args,
+            _ => unreachable!("parsed as diagnose"),
+        })
     }
 
-    fn append(path: &std::path::Path, line: &str) {
-        let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
-        writeln!(f, "{line}").unwrap();
-    }
-
-    /// Live `watch --json` finding lines carry the report's Nginx keys, and `log_lines` counts
-    /// the error-log lines matched so far; the lines each tick reads stay for the end.
     #[test]
-    fn live_json_finding_lines_carry_the_nginx_context_and_log_lines_so_far() {
-        let dir = std::env::temp_dir().join(format!("tracer-ut-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("error.log");
-        std::fs::write(&log, format!("{REFUSED}\n")).unwrap(); // before tracing: not counted
-        let args = operator::OperatorArgs { error_logs: vec![log.clone()], netns: None, cgroup: None };
-        let mut ops = operator::Operator::start(&args, &mut Enricher::new()).unwrap();
-        let filter = Filter { ports: vec![], unix_paths: vec![], comms: vec![] };
-        let clock = Clock::fixed(0);
-        let line = |engine: &mut Engine, ops: &mut operator::Operator| {
-            let updates = engine.finish();
-            let mut out = Vec::new();
-            print_updates(&mut out, &updates, &filter, &clock, true, ops, || engine.findings()).unwrap();
-            let text = String::from_utf8(out).unwrap();
-            let findings: Vec<serde_json::Value> =
-                text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["type"] == "finding").collect();
-            assert_eq!(findings.len(), 1, "{text}");
-            findings[0].clone()
-        };
-
-        let mut engine = engine_with_refusals(1);
-        append(&log, REFUSED);
-        let v = line(&mut engine, &mut ops);
-        for key in ["upstream", "config_line", "config_place", "log_lines", "log_example"] {
-            assert!(v.get(key).is_some(), "live finding line lacks {key:?}: {v}");
+    fn unix_paths_must_be_absolute_or_abstract() {
+        assert_eq!(parse_unix_path("/run/gunicorn.sock").unwrap(), "/run/gunicorn.sock");
+        assert_eq!(parse_unix_path("unix:/run/g.sock").unwrap(), "/run/g.sock");
+        assert_eq!(parse_unix_path("@abstract").unwrap(), "@abstract");
+        for relative in ["relative/path", "g.sock", "./g.sock", "unix:run/g.sock"] {
+            let e = parse_unix_path(relative).unwrap_err();
+            assert!(e.contains("not an absolute Unix socket path") && !e.contains('\n'), "{relative}: {e}");
         }
-        assert_eq!(v["log_lines"], 1, "{v}");
-        assert_eq!(v["log_example"], REFUSED, "{v}");
-        assert!(v["clients"][0].get("cgroup").is_some(), "clients carry their cgroup: {v}");
+        // At argument parsing: a usage error (exit 2 in main).
+        let e = trace_args(&["--unix", "relative/path"]).err().expect("refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        // Escaped, one line, whatever the path holds.
+        let e = parse_unix_path("a\nFIREWALL DROP\x1b[2J").unwrap_err();
+        assert!(!e.contains('\n') && !e.contains('\x1b'), "{e}");
+    }
 
-        // The next tick: one more refusal, one more line; the first is still counted.
-        let mut engine = engine_with_refusals(2);
-        append(&log, REFUSED);
-        let v = line(&mut engine, &mut ops);
-        assert_eq!((v["count"].as_u64(), v["log_lines"].as_u64()), (Some(2), Some(2)), "{v}");
+    #[test]
+    fn filters_naming_nothing_are_refused_in_one_line() {
+        let own = enrich::netns::own_netns_inode().expect("own netns");
+        validate_args(&trace_args(&["--netns", &own.to_string()]).unwrap()).expect("the namespace tracer runs in exists");
+        // Namespace inodes are allocated from 0xF0000000 up: 12345 is never one.
+        let e = validate_args(&trace_args(&["--netns", "12345"]).unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with("--netns 12345: no network namespace has this inode now") && !e.contains('\n'), "{e}");
 
-        // The end reads nothing new and still matches both lines.
-        let end = ops.finish(&engine.findings());
-        assert_eq!(end.explained, vec![vec![REFUSED.to_string(), REFUSED.to_string()]]);
+        let e = validate_args(&trace_args(&["--cgroup", "no-such-cgroup-\u{1b}[2J"]).unwrap()).unwrap_err().to_string();
+        assert!(e.starts_with("--cgroup \"no-such-cgroup-\\u{1b}[2J\": no cgroup path contains"), "{e}");
+        assert!(!e.contains('\n') && !e.contains('\x1b'), "{e}");
+        if let Some(own) = enrich::cgroup::cgroup_of(std::process::id()) {
+            validate_args(&trace_args(&["--cgroup", &own.path]).unwrap()).expect("tracer's own cgroup exists");
+        }
+    }
+
+    #[test]
+    fn error_logs_that_are_not_regular_files_are_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("tracer-unit-logs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let file = dir.join("error.log");
+        std::fs::write(&file, "old line\n").unwrap();
+        for (path, kind) in [(&fifo, "FIFO"), (&dir, "directory")] {
+            // No writer on the FIFO: a blocking open would hang this test.
+            let e = validate_args(&trace_args(&["--nginx-error-log", path.to_str().unwrap()]).unwrap()).unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains(path.to_str().unwrap()) && e.contains("regular file") && !e.contains('\n'), "{kind}: {e}");
+        }
+        let missing = dir.join("missing.log");
+        assert!(validate_args(&trace_args(&["--nginx-error-log", missing.to_str().unwrap()]).unwrap()).is_err());
+        validate_args(&trace_args(&["--nginx-error-log", file.to_str().unwrap()]).unwrap()).expect("a regular file");
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
 
+    #[test]
+    fn cgroup_tree_walk_finds_nested_paths_only() {
+        let root = std::env::temp_dir().join(format!("tracer-unit-cgroups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("system.slice/gunicorn.service")).unwrap();
+        std::fs::write(root.join("system.slice/cgroup.procs"), "").unwrap();
+        let found = |text: &str| cgroup_dir_containing(&root, "", text, &mut 0);
+        assert!(found("gunicorn.service"));
+        assert!(found("/system.slice/gunicorn"));
+        assert!(!found("cgroup.procs"), "files are no cgroups");
+        assert!(!found("no-such"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_stop_signal_is_noted_not_fatal() {
+        install_stop_handlers().unwrap();
+        assert!(!stop_requested());
+        // SIGHUP's default action would end this test process.
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGHUP).unwrap();
+        assert!(stop_requested());
+        assert_eq!(STOP_SIGNAL.load(Ordering::SeqCst), libc::SIGHUP);
+        STOP_SIGNAL.store(0, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn stdout_notes_a_reader_that_went_away() {
+        assert!(Stdout::note(Ok(3)).is_ok());
+        assert!(!stdout_gone());
+        let _ = Stdout::note(Err(std::io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(!stdout_gone(), "only EPIPE and EIO mean the reader is gone");
+        let _ = Stdout::note(Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)));
+        assert!(stdout_gone());
+        STDOUT_GONE.store(false, Ordering::SeqCst);
+    }
+}
