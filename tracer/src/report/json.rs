@@ -27,6 +27,8 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> Value {
         "delayed": f.delayed,
         "pending": f.pending,
         "clients": f.clients.iter().map(process).collect::<Vec<_>>(),
+        // false: no client is a proxy (explain::PROXY_COMMS); the finding is not why a proxy fails.
+        "proxy_client": f.proxy_client(),
         "uids": f.uids,
         "listener": f.listener.as_ref().map(process),
         "listener_note": f.listener_note,

@@ -61,8 +61,20 @@ fn needs_escape(c: char) -> bool {
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
-/// All findings (or "No failed upstream connections seen."), with a loud warning first when
-/// the kernel lost events, and a closing summary line.
+/// Full blocks in a report: the largest finding of each of the first this many groups.
+pub const DETAILED_GROUPS: usize = 5;
+/// One-line rows for the other findings, at most; the rest are counted.
+pub const ONE_LINE_ROWS: usize = 20;
+/// Groups in the summary at the top, at most; the rest are counted.
+pub const SUMMARY_GROUPS: usize = 12;
+/// Targets (or port ranges) named in one summary line, at most.
+pub const TARGETS_PER_GROUP: usize = 6;
+
+/// The report: the summary first (one line per group of similar findings, the cause in the
+/// first words, findings of clients that are not proxies after those of proxies), then the
+/// largest finding of each leading group in full, the others one line each, bounded, and a
+/// closing line with what was traced. A loud warning first (and last) when the kernel lost
+/// events. A single finding needs no summary: its block starts with its cause.
 pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summary, clock: &Clock) -> io::Result<()> {
     write_lost_warning(w, &summary.lost_events)?;
     if findings.is_empty() {
@@ -76,21 +88,49 @@ pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summar
             repeated.insert((f.cause, f.target.clone()));
         }
     }
-    for (i, f) in findings.iter().enumerate() {
+    let show_netns = |f: &Finding| repeated.contains(&(f.cause, f.target.clone()));
+    let groups = group_findings(findings);
+    if findings.len() > 1 {
+        write_summary(w, &groups, clock)?;
+        writeln!(w)?;
+    }
+    // The largest finding of each leading group in full; every other one on one line.
+    let mut detailed: Vec<&Finding> = Vec::new();
+    let mut rest: Vec<&Finding> = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let (head, tail) = g.findings.split_first().expect("groups are never empty");
+        if i < DETAILED_GROUPS {
+            detailed.push(head);
+        } else {
+            rest.push(head);
+        }
+        rest.extend(tail);
+    }
+    for (i, f) in detailed.iter().enumerate() {
         if i > 0 {
             writeln!(w)?;
         }
-        write_finding_inner(w, f, clock, repeated.contains(&(f.cause, f.target.clone())))?;
+        write_finding_inner(w, f, clock, show_netns(f))?;
+    }
+    if !rest.is_empty() {
+        writeln!(w)?;
+        writeln!(w, "OTHER FINDINGS ({}, one line each; every detail: --json)", rest.len())?;
+        for f in rest.iter().take(ONE_LINE_ROWS) {
+            writeln!(w, "  {}", one_line(f, clock, show_netns(f)))?;
+        }
+        if rest.len() > ONE_LINE_ROWS {
+            writeln!(w, "  ... and {} more", rest.len() - ONE_LINE_ROWS)?;
+        }
     }
     writeln!(w)?;
-    let hooks = if summary.hooks.is_empty() { "none".to_string() } else { summary.hooks.join(", ") };
     writeln!(
         w,
-        "Traced {:.1} s: {} events, {} finding{}; hooks: {hooks}",
+        "Traced {:.1} s: {} events, {} finding{}; {} hooks active (the list: tracer doctor)",
         summary.duration_s,
         summary.events,
         findings.len(),
-        if findings.len() == 1 { "" } else { "s" }
+        if findings.len() == 1 { "" } else { "s" },
+        summary.hooks.len()
     )?;
     if summary.lost_total() > 0 {
         write_lost_warning(w, &summary.lost_events)?;
@@ -98,19 +138,246 @@ pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summar
     Ok(())
 }
 
+/// Findings alike enough to be told as one: the same cause, the same kind of client (proxy
+/// or not) and the same listener program (or none), largest first.
+#[derive(Debug)]
+struct Group<'a> {
+    proxy_client: bool,
+    cause: crate::explain::Cause,
+    listener: Option<String>,
+    /// Largest first.
+    findings: Vec<&'a Finding>,
+}
+
+impl Group<'_> {
+    fn attempts(&self) -> u64 {
+        self.findings.iter().map(|f| f.count).sum()
+    }
+}
+
+/// Groups, proxy clients' first, then by attempts (most first), then by cause.
+fn group_findings(findings: &[Finding]) -> Vec<Group<'_>> {
+    let mut by_key: BTreeMap<(bool, crate::explain::Cause, Option<String>), Vec<&Finding>> = BTreeMap::new();
+    for f in findings {
+        by_key.entry((f.proxy_client(), f.cause, f.listener.as_ref().map(|l| l.comm.clone()))).or_default().push(f);
+    }
+    let mut groups: Vec<Group<'_>> = by_key
+        .into_iter()
+        .map(|((proxy_client, cause, listener), mut fs)| {
+            fs.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.target.cmp(&b.target)).then_with(|| a.netns.cmp(&b.netns)));
+            Group { proxy_client, cause, listener, findings: fs }
+        })
+        .collect();
+    groups.sort_by(|a, b| b.proxy_client.cmp(&a.proxy_client).then_with(|| b.attempts().cmp(&a.attempts())).then_with(|| a.cause.cmp(&b.cause)));
+    groups
+}
+
+/// The summary: one line per group, proxies' first; when no proxy failed, the first line says
+/// so, so that another program's failure is never read as the proxy's.
+fn write_summary(w: &mut impl Write, groups: &[Group<'_>], clock: &Clock) -> io::Result<()> {
+    if groups.first().is_some_and(|g| !g.proxy_client) {
+        writeln!(w, "No failed connections from a proxy (nginx, haproxy, envoy ...); other clients failed:")?;
+    }
+    for g in groups.iter().take(SUMMARY_GROUPS) {
+        let lead = if !g.proxy_client && groups[0].proxy_client { "not from a proxy: " } else { "" };
+        writeln!(w, "{lead}{}", group_line(g, clock))?;
+    }
+    if groups.len() > SUMMARY_GROUPS {
+        let more: usize = groups[SUMMARY_GROUPS..].iter().map(|g| g.findings.len()).sum();
+        writeln!(w, "... and {} more groups ({more} findings)", groups.len() - SUMMARY_GROUPS)?;
+    }
+    Ok(())
+}
+
+/// "DEAD LISTENER  500 targets: 127.0.0.1:9000-9499  (1000 failed attempts, 10:01:02 - 10:01:05 UTC); no listener seen".
+fn group_line(g: &Group<'_>, clock: &Clock) -> String {
+    let f0 = g.findings[0];
+    if g.findings.len() == 1 {
+        return one_line(f0, clock, false);
+    }
+    let title = title_of(f0);
+    let targets = compact_targets(g.findings.iter().map(|f| &f.target), TARGETS_PER_GROUP);
+    let first = g.findings.iter().map(|f| f.first_seen_ns).min().unwrap_or(0);
+    let last = g.findings.iter().map(|f| f.last_seen_ns).max().unwrap_or(0);
+    let listener = match &g.listener {
+        Some(comm) => {
+            let pids: BTreeSet<u32> = g.findings.iter().filter_map(|f| f.listener.as_ref().map(|l| l.pid)).collect();
+            let shown: Vec<String> = pids.iter().take(3).map(|p| p.to_string()).collect();
+            let more = if pids.len() > 3 { format!(" and {} more", pids.len() - 3) } else { String::new() };
+            format!("listener {} (pid {}{more})", escape(comm), shown.join(", "))
+        }
+        None => "no listener named".to_string(),
+    };
+    let client = if g.proxy_client { String::new() } else { format!("; clients {}", clients_phrase(&g.findings)) };
+    format!(
+        "{title}  {} targets: {targets}  ({}, {}); {listener}{client}",
+        g.findings.len(),
+        counts_phrase(g.attempts(), g.findings.iter().map(|f| f.delayed).sum(), g.findings.iter().map(|f| f.pending).sum()),
+        when_phrase(first, last, clock)
+    )
+}
+
+/// One finding on one line: cause, target, counts, time, and the listener.
+fn one_line(f: &Finding, clock: &Clock, show_netns: bool) -> String {
+    let netns = if show_netns { format!("  netns {}", f.netns) } else { String::new() };
+    let proxy = if f.proxy_client() { String::new() } else { format!("; {}", not_a_proxy_label(f)) };
+    format!(
+        "{}  {}{netns}  ({}, {}); {}{proxy}",
+        title_of(f),
+        escape(&f.target.to_string()),
+        count_phrase(f),
+        when_phrase(f.first_seen_ns, f.last_seen_ns, clock),
+        escape(&f.listener_note)
+    )
+}
+
+/// "client is not a proxy: logger (pid 5)" (at most three clients named).
+fn not_a_proxy_label(f: &Finding) -> String {
+    format!("client is not a proxy: {}", clients_phrase(&[f]))
+}
+
+fn clients_phrase(fs: &[&Finding]) -> String {
+    let clients: BTreeSet<String> = fs.iter().flat_map(|f| f.clients.iter().map(|c| c.comm.clone())).collect();
+    let shown: Vec<String> = clients.iter().take(3).map(|c| escape(c).into_owned()).collect();
+    let more = if clients.len() > 3 { format!(" and {} more", clients.len() - 3) } else { String::new() };
+    format!("{}{more}", shown.join(", "))
+}
+
+/// The cause's title; an abstract Unix name (`@name`) is no file, so it is never "missing" or
+/// "stale" in the heading (JSON keeps the stable cause names).
+fn title_of(f: &Finding) -> String {
+    use crate::explain::Cause;
+    match (&f.target, f.cause) {
+        (crate::event::Target::Unix(p), Cause::UnixMissing | Cause::UnixStale) if p.starts_with('@') => "UNIX NAME NOT BOUND".to_string(),
+        _ => f.cause.title(),
+    }
+}
+
+fn when_phrase(first_ns: u64, last_ns: u64, clock: &Clock) -> String {
+    if clock.to_hms(first_ns) == clock.to_hms(last_ns) {
+        format!("at {} UTC", clock.to_hms(first_ns))
+    } else {
+        format!("{} - {} UTC", clock.to_hms(first_ns), clock.to_hms(last_ns))
+    }
+}
+
+/// Targets in order, consecutive TCP ports of one address folded into a range
+/// ("127.0.0.1:9000-9499"), at most `max` items, then "... and N more".
+fn compact_targets<'a>(targets: impl Iterator<Item = &'a crate::event::Target>, max: usize) -> String {
+    use crate::event::Target;
+    let mut all: Vec<&Target> = targets.collect();
+    all.sort();
+    all.dedup();
+    // (first, last port) per address, or a Unix path.
+    let mut items: Vec<String> = Vec::new();
+    let mut run: Option<(std::net::SocketAddr, u16)> = None;
+    let flush = |run: &mut Option<(std::net::SocketAddr, u16)>, items: &mut Vec<String>| {
+        if let Some((start, end)) = run.take() {
+            items.push(if start.port() == end { start.to_string() } else { format!("{start}-{end}") });
+        }
+    };
+    for t in all {
+        match t {
+            Target::Tcp(a) => match run {
+                Some((start, end)) if start.ip() == a.ip() && end.checked_add(1) == Some(a.port()) => run = Some((start, a.port())),
+                _ => {
+                    flush(&mut run, &mut items);
+                    run = Some((*a, a.port()));
+                }
+            },
+            Target::Unix(_) => {
+                flush(&mut run, &mut items);
+                items.push(escape(&t.to_string()).into_owned());
+            }
+        }
+    }
+    flush(&mut run, &mut items);
+    let more = items.len().saturating_sub(max);
+    items.truncate(max);
+    let mut s = items.join(", ");
+    if more > 0 {
+        s.push_str(&format!(" ... and {more} more"));
+    }
+    s
+}
+
 /// One finding (for `watch`, when a finding opens or changes).
 pub fn write_finding(w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Result<()> {
     write_finding_inner(w, f, clock, false)
 }
 
+/// `watch` in text: a finding in full when it opens, when its listener changes, or when it
+/// comes back after a quiet spell; otherwise at most one short count line per
+/// `WATCH_UPDATE_EVERY_NS` of the finding's own (kernel) time. The engine reports a changed
+/// finding on every tick (250 ms): printed in full each time, one busy finding buried
+/// everything else (18 copies of 15 lines for 196 attempts).
+#[derive(Debug, Default)]
+pub struct WatchText {
+    printed: BTreeMap<(crate::explain::Cause, crate::event::Target, u32), WatchPrinted>,
+}
+
+#[derive(Debug, Clone)]
+struct WatchPrinted {
+    listener: Option<u32>,
+    /// Kernel time of the finding's last attempt when it was last printed (full or count).
+    last_seen_ns: u64,
+    count: u64,
+}
+
+/// How often a finding that keeps growing gets a count line in `watch` text.
+pub const WATCH_UPDATE_EVERY_NS: u64 = 5_000_000_000;
+/// A finding silent this long and then failing again is printed in full again.
+pub const WATCH_REOPEN_AFTER_NS: u64 = 60_000_000_000;
+/// Findings remembered by `WatchText` (bounded: the oldest are forgotten first).
+const WATCH_MAX_REMEMBERED: usize = 10_000;
+
+impl WatchText {
+    pub fn new() -> WatchText {
+        WatchText::default()
+    }
+
+    /// Prints what is new about `f` (see the type), or nothing.
+    pub fn finding(&mut self, w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Result<()> {
+        let key = (f.cause, f.target.clone(), f.netns);
+        let listener = f.listener.as_ref().map(|l| l.pid);
+        let full = match self.printed.get(&key) {
+            None => true,
+            Some(p) => p.listener != listener || f.last_seen_ns.saturating_sub(p.last_seen_ns) >= WATCH_REOPEN_AFTER_NS,
+        };
+        if full {
+            if self.printed.len() >= WATCH_MAX_REMEMBERED {
+                if let Some(oldest) = self.printed.iter().min_by_key(|(_, p)| p.last_seen_ns).map(|(k, _)| k.clone()) {
+                    self.printed.remove(&oldest);
+                }
+            }
+            write_finding(w, f, clock)?;
+            self.printed.insert(key, WatchPrinted { listener, last_seen_ns: f.last_seen_ns, count: f.count });
+            return Ok(());
+        }
+        let p = self.printed.get_mut(&key).expect("checked above");
+        if f.count != p.count && f.last_seen_ns.saturating_sub(p.last_seen_ns) >= WATCH_UPDATE_EVERY_NS {
+            writeln!(
+                w,
+                "{}  {}  still failing: {} so far (+{} since {} UTC), last at {} UTC",
+                title_of(f),
+                escape(&f.target.to_string()),
+                count_phrase(f),
+                f.count.saturating_sub(p.count),
+                clock.to_hms(p.last_seen_ns),
+                clock.to_hms(f.last_seen_ns)
+            )?;
+            p.last_seen_ns = f.last_seen_ns;
+            p.count = f.count;
+        }
+        Ok(())
+    }
+}
+
 fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netns: bool) -> io::Result<()> {
-    let when = if clock.to_hms(f.first_seen_ns) == clock.to_hms(f.last_seen_ns) {
-        format!("at {} UTC", clock.to_hms(f.first_seen_ns))
-    } else {
-        format!("{} - {} UTC", clock.to_hms(f.first_seen_ns), clock.to_hms(f.last_seen_ns))
-    };
+    let when = when_phrase(f.first_seen_ns, f.last_seen_ns, clock);
     let netns = if show_netns { format!("  netns {}", f.netns) } else { String::new() };
-    writeln!(w, "{}  {}{netns}  ({}, {when})", f.cause.title(), f.target, count_phrase(f))?;
+    let proxy = if f.proxy_client() { String::new() } else { format!("  [{}]", not_a_proxy_label(f)) };
+    writeln!(w, "{}  {}{netns}  ({}, {when}){proxy}", title_of(f), escape(&f.target.to_string()), count_phrase(f))?;
     let clients = f.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
     field(w, "who tried:", &clients)?;
     if !f.uids.is_empty() {
@@ -164,15 +431,15 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
 
 /// One line per concluded attempt (for `watch`).
 pub fn write_attempt(w: &mut impl Write, a: &AttemptRecord, clock: &Clock) -> io::Result<()> {
-    let client = format!("{} (pid {})", a.client.comm, a.client.pid);
+    let client = format!("{} (pid {})", escape(&a.client.comm), a.client.pid);
     writeln!(
         w,
         "{}  {}  {}  {client}  {}  [{}]",
         clock.to_hms_millis(a.ts_ns),
         a.cause.title(),
-        a.target,
+        escape(&a.target.to_string()),
         a.outcome.as_str(),
-        counters_phrase(&a.evidence)
+        escape(&counters_phrase(&a.evidence))
     )
 }
 
@@ -191,21 +458,26 @@ pub fn write_lost_warning(w: &mut impl Write, lost: &BTreeMap<String, u64>) -> i
 
 /// "3 failed attempts" / "5 attempts: 3 failed, 1 delayed then connected, 1 pending".
 fn count_phrase(f: &Finding) -> String {
-    let failed = f.count.saturating_sub(f.delayed + f.pending);
-    if f.delayed == 0 && f.pending == 0 {
+    counts_phrase(f.count, f.delayed, f.pending)
+}
+
+/// `count_phrase` of attempts counted apart (a group's sums).
+fn counts_phrase(count: u64, delayed: u64, pending: u64) -> String {
+    let failed = count.saturating_sub(delayed + pending);
+    if delayed == 0 && pending == 0 {
         return format!("{failed} failed attempt{}", if failed == 1 { "" } else { "s" });
     }
     let mut parts = Vec::new();
     if failed > 0 {
         parts.push(format!("{failed} failed"));
     }
-    if f.delayed > 0 {
-        parts.push(format!("{} delayed then connected", f.delayed));
+    if delayed > 0 {
+        parts.push(format!("{delayed} delayed then connected"));
     }
-    if f.pending > 0 {
-        parts.push(format!("{} pending", f.pending));
+    if pending > 0 {
+        parts.push(format!("{pending} pending"));
     }
-    format!("{} attempt{}: {}", f.count, if f.count == 1 { "" } else { "s" }, parts.join(", "))
+    format!("{count} attempt{}: {}", if count == 1 { "" } else { "s" }, parts.join(", "))
 }
 
 /// "tcp:tcp_send_reset NO_SOCKET x3, tcp:tcp_receive_reset x3".
@@ -216,10 +488,11 @@ fn counters_phrase(c: &BTreeMap<String, u64>) -> String {
     c.iter().map(|(k, n)| if *n == 1 { k.clone() } else { format!("{k} x{n}") }).collect::<Vec<_>>().join(", ")
 }
 
-/// `  label:      value`, the value wrapped under itself.
+/// `  label:      value`, the value wrapped under itself. Values are built from outside
+/// strings (comms, paths, notes and fixes quoting them): escaped here, once, for all fields.
 fn field(w: &mut impl Write, label: &str, value: &str) -> io::Result<()> {
     let head = format!("  {label:<width$}", width = LABEL_WIDTH - 2);
-    let lines = wrap(value, WIDTH - LABEL_WIDTH);
+    let lines = wrap(&escape(value), WIDTH - LABEL_WIDTH);
     for (i, line) in lines.iter().enumerate() {
         if i == 0 {
             writeln!(w, "{head}{line}")?;
@@ -325,6 +598,155 @@ mod tests {
             let e = escape(&c.to_string()).into_owned();
             assert!(!e.chars().any(|c| c.is_control()), "{c:?} -> {e:?}");
         }
+    }
+
+    /// A finding as the engine makes it for one client and target (`count` attempts).
+    fn engine_finding(client: &str, path_or_addr: &str, errno: i32, count: u64) -> Finding {
+        use crate::event::{Event, EventBody};
+        let mut e = crate::explain::Engine::new(crate::explain::EngineOptions::default());
+        for i in 0..count {
+            e.push(&Event {
+                ts_ns: 2_000_000_000 + i * 1_000_000,
+                netns: 1,
+                sock: 0x1000 + i,
+                task: TaskInfo { pid: 4242, tid: 4242, uid: 0, comm: client.into() },
+                body: EventBody::UnixConnectFailed { path: path_or_addr.into(), errno },
+            });
+        }
+        e.finish();
+        e.findings().remove(0)
+    }
+
+    /// No raw control byte (C0 but newline, DEL, C1, bidi) anywhere in `text`.
+    fn assert_no_raw_control(text: &str) {
+        for c in text.chars() {
+            assert!(c == '\n' || !(c.is_control() || ('\u{2028}'..='\u{2069}').contains(&c)), "raw {c:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_forged_heading_in_a_unix_path_is_escaped_everywhere_in_text() {
+        let evil = "/tmp/x\n\x1b[31mFIREWALL DROP 10.0.0.1:443\r\u{9b}2J";
+        let mut f = engine_finding("nginx", evil, libc::ENOENT, 2);
+        f.clients[0].comm = "ngin\x1b]0;x\x07".into();
+        let mut other = finding();
+        other.target = Target::Unix(format!("{evil}.2"));
+        let text = render(&[f.clone(), other], &summary(0));
+        assert_no_raw_control(&text);
+        assert!(!text.lines().any(|l| l.starts_with("FIREWALL DROP")), "{text}");
+        assert!(text.contains("unix:/tmp/x\\n\\x1b[31mFIREWALL DROP 10.0.0.1:443\\r\\x9b2J"), "{text}");
+        // The suggested command is one shell word, and escaped on screen.
+        assert!(text.contains("ls -la $'/tmp/x\\n\\x1b[31mFIREWALL"), "{text}");
+        let mut out = Vec::new();
+        write_finding(&mut out, &f, &Clock::fixed(OFFSET)).unwrap();
+        WatchText::new().finding(&mut out, &f, &Clock::fixed(OFFSET)).unwrap();
+        let a = AttemptRecord {
+            ts_ns: 1,
+            start_ns: 1,
+            cause: Cause::UnixMissing,
+            target: f.target.clone(),
+            netns: 1,
+            sock: 1,
+            client: TaskInfo { pid: 1, tid: 1, uid: 0, comm: "a\x1bb".into() },
+            evidence: BTreeMap::new(),
+            outcome: Outcome::Failed,
+            errno: 2,
+        };
+        write_attempt(&mut out, &a, &Clock::fixed(OFFSET)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_no_raw_control(&text);
+        assert!(!text.lines().any(|l| l.starts_with("FIREWALL DROP")), "{text}");
+    }
+
+    #[test]
+    fn findings_of_clients_that_are_not_proxies_are_labelled_and_kept_out_of_the_headline() {
+        let logger = engine_finding("logger", "/dev/log", libc::ENOENT, 40);
+        let nginx = finding();
+        let text = render(&[logger.clone(), nginx.clone()], &summary(0));
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with("DEAD LISTENER  127.0.0.1:8000"), "{text}");
+        assert!(text.contains("not from a proxy: UNIX MISSING  unix:/dev/log"), "{text}");
+        assert!(text.contains("[client is not a proxy: logger]"), "{text}");
+        // Only non-proxy findings: the first line says no proxy failed.
+        let text = render(&[logger.clone(), engine_finding("logger", "/run/x.sock", libc::ENOENT, 1)], &summary(0));
+        assert!(text.starts_with("No failed connections from a proxy"), "{text}");
+        assert_eq!(crate::report::json::finding_json(&logger, &Clock::fixed(OFFSET))["proxy_client"], false);
+        assert_eq!(crate::report::json::finding_json(&nginx, &Clock::fixed(OFFSET))["proxy_client"], true);
+    }
+
+    #[test]
+    fn abstract_names_are_not_called_missing_or_stale_in_text() {
+        let f = engine_finding("nginx", "@app", libc::ECONNREFUSED, 1);
+        let text = render(&[f], &summary(0));
+        assert!(text.starts_with("UNIX NAME NOT BOUND  unix:@app"), "{text}");
+        assert!(!text.to_lowercase().contains("stale"), "{text}");
+    }
+
+    #[test]
+    fn five_hundred_targets_give_a_short_report_with_the_summary_first() {
+        let findings: Vec<Finding> = (0..500u64)
+            .map(|i| {
+                let mut f = finding();
+                f.target = Target::Tcp(format!("127.0.0.1:{}", 9000 + i).parse().unwrap());
+                f.listener = None;
+                f.listener_note = "no listener seen on this port since tracing started".into();
+                f.hint = None;
+                f.count = 2 + (i == 42) as u64;
+                f
+            })
+            .collect();
+        let text = render(&findings, &summary(0));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() <= 60, "{} lines:\n{text}", lines.len());
+        assert!(
+            lines[0].starts_with("DEAD LISTENER  500 targets: 127.0.0.1:9000-9499  (1001 failed attempts, "),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].ends_with("; no listener named"), "{}", lines[0]);
+        // The largest in full, the others one line each, bounded and counted.
+        assert_eq!(lines.iter().filter(|l| l.starts_with("DEAD LISTENER  127.0.0.1:9042")).count(), 1, "{text}");
+        assert!(text.contains("  fix:        "), "{text}");
+        assert_eq!(text.matches("  fix:").count(), 1, "{text}");
+        assert!(text.contains("OTHER FINDINGS (499, one line each; every detail: --json)"), "{text}");
+        assert!(text.contains(&format!("  ... and {} more\n", 499 - ONE_LINE_ROWS)), "{text}");
+        assert!(lines.last().unwrap().starts_with("Traced 10.0 s: 42 events, 500 findings; 1 hooks active"), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= 160), "{text}");
+    }
+
+    #[test]
+    fn compact_targets_folds_port_runs_and_bounds_the_list() {
+        let t = |s: &str| Target::Tcp(s.parse().unwrap());
+        let ts = [t("10.0.0.1:80"), t("127.0.0.1:9001"), t("127.0.0.1:9000"), t("127.0.0.1:9002"), t("127.0.0.1:9004"), Target::Unix("/a\nb".into())];
+        assert_eq!(compact_targets(ts.iter(), 10), "10.0.0.1:80, 127.0.0.1:9000-9002, 127.0.0.1:9004, unix:/a\\nb");
+        assert_eq!(compact_targets(ts.iter(), 2), "10.0.0.1:80, 127.0.0.1:9000-9002 ... and 2 more");
+    }
+
+    #[test]
+    fn watch_prints_a_finding_in_full_once_then_bounded_count_lines() {
+        let clock = Clock::fixed(OFFSET);
+        let mut watch = WatchText::new();
+        let mut out = Vec::new();
+        let mut f = finding();
+        // 196 attempts reported every 250 ms over 12 s of kernel time.
+        for tick in 0..48u64 {
+            f.count = 4 * (tick + 1);
+            f.last_seen_ns = 2_000_000_000 + tick * 250_000_000;
+            watch.finding(&mut out, &f, &clock).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("  fix:").count(), 1, "{text}");
+        let updates: Vec<&str> = text.lines().filter(|l| l.contains("still failing")).collect();
+        // One line per 5 s of the finding's own time at most.
+        assert_eq!(updates.len(), 2, "{text}");
+        assert!(updates[0].starts_with("DEAD LISTENER  127.0.0.1:8000  still failing: 84 failed attempts so far (+80 since 10:01:02 UTC)"), "{}", updates[0]);
+        // A new listener, or a cause change (another key), prints in full again.
+        let mut out = Vec::new();
+        f.listener = Some(ProcessRef { pid: 701, comm: "python3".into() });
+        watch.finding(&mut out, &f, &clock).unwrap();
+        f.cause = Cause::BacklogFull;
+        watch.finding(&mut out, &f, &clock).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap().matches("  fix:").count(), 2);
     }
 
     #[test]
