@@ -17,6 +17,9 @@ use crate::explain::Finding;
 use crate::nginx::{self, config::ConfiguredTarget, errlog, LogTail, NginxInstance};
 use crate::report::text::escape;
 
+/// Configured targets checked for a listener at start, per Nginx.
+const MAX_CHECKED_TARGETS: usize = 256;
+
 /// Operator options from the command line.
 pub struct OperatorArgs {
     pub error_logs: Vec<PathBuf>,
@@ -96,7 +99,16 @@ impl Operator {
                     }
                 }
             }
-            for t in &cfg.targets {
+            // A configuration with thousands of servers (or a planted one) must not hold up
+            // start-up with as many sock_diag queries.
+            if cfg.targets.len() > MAX_CHECKED_TARGETS {
+                eprintln!(
+                    "tracer: warning: nginx (pid {}) configures {} upstream targets; only the first {MAX_CHECKED_TARGETS} are checked for a listener at start",
+                    inst.master,
+                    cfg.targets.len()
+                );
+            }
+            for t in cfg.targets.iter().take(MAX_CHECKED_TARGETS) {
                 if enricher.probe_target(inst.netns, &t.target).is_none() {
                     unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
                 }
