@@ -33,6 +33,7 @@ use crate::capture::Capture;
 use crate::enrich::monotonic_ns;
 use crate::event::{Queue, Target};
 use crate::explain::{Cause, Finding, ProcessRef};
+use crate::report::text::escape;
 use crate::report::Clock;
 
 /// How often the view is redrawn (keys are read on every trace-loop tick).
@@ -158,12 +159,97 @@ pub const HEADER: [&str; 8] = ["TARGET", "NETNS", "UPSTREAM", "ATTEMPTS", "FAILU
 pub fn cells(r: &Row, clock: &Clock, now_ns: u64) -> [String; 8] {
     let attempts = if r.pending > 0 { format!("{} ({} pending)", r.attempts, r.pending) } else { r.attempts.to_string() };
     let causes = r.by_cause.iter().map(|(c, n)| format!("{} {n}", c.as_str())).collect::<Vec<_>>().join(", ");
-    let listener = r.listener.as_ref().map(|l| format!("{} {}", l.comm, l.pid)).unwrap_or_else(|| "-".into());
+    let listener = r.listener.as_ref().map(|l| format!("{} {}", escape(&l.comm), l.pid)).unwrap_or_else(|| "-".into());
     let queue = r.queue.map(|q| format!("{}/{}", q.len, q.max)).unwrap_or_else(|| "-".into());
     let ago = now_ns.saturating_sub(r.last_seen_ns) / 1_000_000_000;
     let last = format!("{} {} ({ago} s ago)", r.last_cause.as_str(), clock.to_hms(r.last_seen_ns));
-    let upstream = if r.upstream.is_empty() { "-".to_string() } else { r.upstream.clone() };
-    [r.target.to_string(), r.netns.to_string(), upstream, attempts, causes, listener, queue, last]
+    let upstream = if r.upstream.is_empty() { "-".to_string() } else { escape(&r.upstream).into_owned() };
+    [escape(&r.target.to_string()).into_owned(), r.netns.to_string(), upstream, attempts, causes, listener, queue, last]
+}
+
+/// Columns whose cells are numbers (NETNS, ATTEMPTS, QUEUE): never cut, since a cut number
+/// reads as another number (1234 as `123`).
+const NUMBER_COLUMNS: [usize; 3] = [1, 3, 6];
+/// Space between columns.
+const COLUMN_SPACING: usize = 2;
+/// A text column is never narrower than this: one character and the cut mark.
+const MIN_TEXT_WIDTH: usize = 2;
+/// A text column is never wider than this (a long path is cut, visibly).
+const MAX_TEXT_WIDTH: usize = 64;
+
+/// Column widths for a terminal `width` columns wide: each column as wide as its widest cell
+/// (text columns at most `MAX_TEXT_WIDTH`). When they do not all fit, the widest text column
+/// gives way first, down to `MIN_TEXT_WIDTH`; number columns never shrink. When even that does
+/// not fit, columns are hidden from the right (`None`), TARGET last.
+pub fn fit_columns(texts: &[[String; 8]], width: usize) -> Vec<Option<usize>> {
+    let mut widths: Vec<Option<usize>> = (0..HEADER.len())
+        .map(|i| {
+            let widest = texts.iter().map(|t| t[i].chars().count()).chain([HEADER[i].chars().count()]).max().unwrap_or(0);
+            Some(if NUMBER_COLUMNS.contains(&i) { widest } else { widest.min(MAX_TEXT_WIDTH) })
+        })
+        .collect();
+    let total = |ws: &[Option<usize>]| {
+        let shown: Vec<usize> = ws.iter().flatten().copied().collect();
+        shown.iter().sum::<usize>() + COLUMN_SPACING * shown.len().saturating_sub(1)
+    };
+    while total(&widths) > width {
+        let excess = total(&widths) - width;
+        let widest_text = (0..widths.len())
+            .filter(|i| !NUMBER_COLUMNS.contains(i))
+            .filter_map(|i| widths[i].filter(|w| *w > MIN_TEXT_WIDTH).map(|w| (w, i)))
+            .max();
+        match widest_text {
+            Some((w, i)) => {
+                // Down to the next widest text column's width at most, so they shrink together.
+                let next = (0..widths.len())
+                    .filter(|j| *j != i && !NUMBER_COLUMNS.contains(j))
+                    .filter_map(|j| widths[j])
+                    .filter(|n| *n < w)
+                    .max()
+                    .unwrap_or(MIN_TEXT_WIDTH)
+                    .max(MIN_TEXT_WIDTH);
+                widths[i] = Some(w - excess.min(w - next).max(1));
+            }
+            None => match (1..widths.len()).rev().find(|i| widths[*i].is_some()) {
+                Some(i) => widths[i] = None,
+                None => break,
+            },
+        }
+    }
+    widths
+}
+
+/// Greedy word wrap to `width` columns (at least one line); a word longer than a line is cut
+/// with the cut mark.
+fn wrap_words(text: &str, width: usize) -> Vec<String> {
+    let width = width.max(2);
+    if text.chars().count() <= width {
+        return vec![text.to_string()];
+    }
+    let mut lines = vec![String::new()];
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let last = lines.last_mut().expect("never empty");
+        let len = last.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            lines.push(cut(word, width));
+        } else {
+            if len > 0 {
+                last.push(' ');
+            }
+            last.push_str(&cut(word, width - len.min(width - 1) - usize::from(len > 0)));
+        }
+    }
+    lines
+}
+
+/// A cell cut to `width` characters; a cut cell ends in `…` so it shows it was cut.
+pub fn cut(cell: &str, width: usize) -> String {
+    if cell.chars().count() <= width {
+        return cell.to_string();
+    }
+    let mut s: String = cell.chars().take(width.saturating_sub(1)).collect();
+    s.push('…');
+    s
 }
 
 /// The first line: time, how long and how well tracer has been tracing, the sort, the keys.
@@ -190,29 +276,35 @@ pub fn status_line(s: &Status, sort: SortBy, clock: &Clock, now_ns: u64) -> Stri
 }
 
 /// Draws the whole view into a frame (any backend: the tests use ratatui's TestBackend).
+/// Nothing is cut silently: the status line wraps, number cells are whole, a cut text cell
+/// ends in `…`, and hidden columns are counted on the status line.
 pub fn draw(frame: &mut Frame<'_>, rows: &[Row], status: &Status, sort: SortBy, clock: &Clock, now_ns: u64) {
-    let [top, gap, body] = Layout::vertical([Constraint::Length(1), Constraint::Length(1), Constraint::Min(1)]).areas(frame.area());
+    let area = frame.area();
+    let texts: Vec<[String; 8]> = rows.iter().map(|r| cells(r, clock, now_ns)).collect();
+    let widths = fit_columns(&texts, area.width as usize);
+    let hidden = widths.iter().filter(|w| w.is_none()).count();
+    let mut line = status_line(status, sort, clock, now_ns);
+    if hidden > 0 && !rows.is_empty() {
+        line.push_str(&format!("  ({hidden} columns hidden: widen the terminal)"));
+    }
+    let status_lines = wrap_words(&line, area.width as usize);
+    let [top, gap, body] =
+        Layout::vertical([Constraint::Length(status_lines.len() as u16), Constraint::Length(1), Constraint::Min(1)]).areas(area);
     let _ = gap;
-    frame.render_widget(Paragraph::new(status_line(status, sort, clock, now_ns)), top);
+    frame.render_widget(Paragraph::new(status_lines.into_iter().map(Line::from).collect::<Vec<_>>()), top);
     if rows.is_empty() {
         frame.render_widget(Paragraph::new(Line::from("No failed upstream connections seen yet.")), body);
         return;
     }
-    let header = TableRow::new(HEADER.iter().enumerate().map(|(i, h)| {
+    let shown: Vec<(usize, usize)> = widths.iter().enumerate().filter_map(|(i, w)| w.map(|w| (i, w))).collect();
+    let header = TableRow::new(shown.iter().map(|&(i, w)| {
         let style = if i == sort.column() { Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED) } else { Style::new().add_modifier(Modifier::BOLD) };
-        Cell::from(*h).style(style)
+        Cell::from(cut(HEADER[i], w)).style(style)
     }));
-    let texts: Vec<[String; 8]> = rows.iter().map(|r| cells(r, clock, now_ns)).collect();
-    // Every column as wide as its widest cell (bounded); a terminal too narrow for them all
-    // shrinks them.
-    let widths: Vec<Constraint> = (0..HEADER.len())
-        .map(|i| {
-            let widest = texts.iter().map(|t| t[i].chars().count()).chain([HEADER[i].len()]).max().unwrap_or(0);
-            Constraint::Length(widest.min(64) as u16)
-        })
-        .collect();
-    let body_rows: Vec<TableRow<'_>> = texts.into_iter().map(TableRow::new).collect();
-    frame.render_widget(Table::new(body_rows, widths).header(header).column_spacing(2), body);
+    let body_rows: Vec<TableRow<'_>> =
+        texts.iter().map(|t| TableRow::new(shown.iter().map(|&(i, w)| Cell::from(cut(&t[i], w))))).collect();
+    let constraints: Vec<Constraint> = shown.iter().map(|&(_, w)| Constraint::Length(w as u16)).collect();
+    frame.render_widget(Table::new(body_rows, constraints).header(header).column_spacing(COLUMN_SPACING as u16), body);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -571,6 +663,66 @@ mod tests {
         ] {
             assert!(s.contains(text), "{text:?} is cut:\n{s}");
         }
+    }
+
+    fn screen_of(rows: &[Row], width: u16) -> String {
+        let mut t = Terminal::new(TestBackend::new(width, 10)).unwrap();
+        let status = Status { traced_s: 12, events: 1234567, lost: 0, hooks_active: 9, hooks_total: 11 };
+        t.draw(|f| draw(f, rows, &status, SortBy::Attempts, &Clock::fixed(0), 23 * S)).unwrap();
+        let buf = t.backend().buffer();
+        (0..buf.area.height)
+            .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().trim_end().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn narrow_terminals_never_cut_a_number_and_mark_every_cut_cell() {
+        let mut f = finding(Cause::DeadListener, "unix:/run/some/very/long/path/to/the/application.sock", 1234, 20);
+        f.netns = 4026531840;
+        f.listener = Some(ProcessRef { pid: 4_000_000, comm: "python3-service".into() });
+        f.queue = Some(Queue { len: 4096, max: 4096 });
+        let rows = rows(&named(&[f]), SortBy::Attempts);
+        let texts: Vec<[String; 8]> = rows.iter().map(|r| cells(r, &Clock::fixed(0), 23 * S)).collect();
+        for width in [200u16, 120, 90, 70, 50, 30] {
+            let s = screen_of(&rows, width);
+            let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+            let ws = fit_columns(&texts, width as usize);
+            let used: usize = ws.iter().flatten().sum::<usize>() + COLUMN_SPACING * (ws.iter().flatten().count() - 1);
+            assert!(used <= width as usize, "{width}: {ws:?}");
+            // Numbers: whole or their column hidden (and counted), never a prefix.
+            for (i, number) in [(1usize, "4026531840"), (3, "1234"), (6, "4096/4096")] {
+                match ws[i] {
+                    Some(_) => assert!(s.contains(number), "{width}: {number} cut:\n{s}"),
+                    None => assert!(flat.contains("columns hidden: widen the terminal"), "{width}:\n{s}"),
+                }
+            }
+            // The status line's numbers are whole too (it wraps).
+            assert!(flat.contains("events 1234567"), "{width}:\n{s}");
+            // Each text cell is whole or ends in the cut mark.
+            for (i, w) in ws.iter().enumerate() {
+                if let Some(w) = w {
+                    if texts[0][i].chars().count() > *w {
+                        assert!(s.contains(&cut(&texts[0][i], *w)), "{width}: column {i}:\n{s}");
+                    }
+                }
+            }
+        }
+        assert!(screen_of(&rows, 200).contains("unix:/run/some/very/long/path/to/the/application.sock"));
+        assert_eq!(cut("1234", 3), "12…");
+        assert_eq!(cut("abc", 3), "abc");
+    }
+
+    #[test]
+    fn outside_strings_in_cells_are_escaped() {
+        let mut f = finding(Cause::UnixMissing, "unix:/tmp/a", 1, 20);
+        f.target = Target::Unix("/tmp/x\n\x1b[31mFIREWALL".into());
+        f.listener = Some(ProcessRef { pid: 7, comm: "ev\x1bil".into() });
+        let rows = rows(&[(f, Some("up\rstream".into()))], SortBy::Attempts);
+        let c = cells(&rows[0], &Clock::fixed(0), 23 * S);
+        assert_eq!(c[0], "unix:/tmp/x\\n\\x1b[31mFIREWALL");
+        assert_eq!(c[2], "up\\rstream");
+        assert_eq!(c[5], "ev\\x1bil 7");
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn host_hooks(tracer: &Path) -> Result<(String, HookMap, HookMap, HookMap)> {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let one = |backend: &str| -> Result<HookMap> {
         let out = Command::new(tracer)
-            .args(["diagnose", "--duration", "300ms", "--json", "--backend", backend])
+            .args(["diagnose", "--verbose", "--duration", "300ms", "--json", "--backend", backend])
             .stdin(Stdio::null())
             .output()
             .context("running tracer on the host")?;

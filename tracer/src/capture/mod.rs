@@ -169,8 +169,15 @@ impl Capture {
         }
     }
 
-    /// The `tracing:` line's content: which hooks are active, on which backend.
+    /// The `tracing:` line's content, short: the backend and how many hooks of each kind are
+    /// active (`describe_hooks` has the list; `tracer doctor` explains each one).
     pub fn describe(&self) -> String {
+        describe_counts(self.backend.describe(), &self.hooks)
+    }
+
+    /// The full list (`--verbose`): `backend=B hooks=a,b,c inactive=x (why); y (why)`. The VM
+    /// tests read which hook served each function from it.
+    pub fn describe_hooks(&self) -> String {
         let active: Vec<&str> = self.hooks.iter().filter(|h| h.active).map(|h| h.hook.as_str()).collect();
         let inactive: Vec<String> = self
             .hooks
@@ -294,4 +301,53 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<
     prog.load().map_err(|e| anyhow!("load refused: {e}"))?;
     prog.attach(category, name).map_err(|e| anyhow!("attach refused: {e}"))?;
     Ok(())
+}
+
+/// The kind of a hook named like `fentry:tcp_connect`, `kprobe+kretprobe:inet_csk_accept` or
+/// `tcp:tcp_send_reset` (a tracepoint, named by its category).
+fn hook_kind(hook: &str) -> &str {
+    match hook.split_once(':') {
+        Some((kind, _)) if kind.starts_with("fentry") || kind.starts_with("fexit") || kind.starts_with("kprobe") || kind.starts_with("kretprobe") => kind,
+        _ => "tracepoint",
+    }
+}
+
+/// "backend=function-hooks+tracepoints, 15 hooks: 11 tracepoint, 3 fentry, 1 kprobe+kretprobe; 2 inactive (tracer doctor, or --verbose, lists them)".
+fn describe_counts(backend: &str, hooks: &[HookState]) -> String {
+    let mut kinds: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for h in hooks.iter().filter(|h| h.active) {
+        *kinds.entry(hook_kind(&h.hook)).or_default() += 1;
+    }
+    let mut kinds: Vec<(&str, usize)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let active: usize = kinds.iter().map(|(_, n)| n).sum();
+    let per_kind = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ");
+    let inactive = hooks.iter().filter(|h| !h.active).count();
+    let mut s = format!("backend={backend}, {active} hooks: {per_kind}");
+    if inactive > 0 {
+        s.push_str(&format!("; {inactive} inactive"));
+    }
+    s.push_str(" (the list: --verbose; what each needs: tracer doctor)");
+    s
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    #[test]
+    fn the_tracing_line_counts_hooks_per_kind_and_stays_short() {
+        let hook = |name: &str, active: bool| HookState { hook: name.into(), active, why_not: (!active).then(|| "not in this kernel -> tracepoints".into()), serves: "" };
+        let mut hooks: Vec<HookState> = (0..14).map(|i| hook(&format!("syscalls:sys_enter_thing_with_a_long_name_{i}"), true)).collect();
+        hooks.push(hook("fentry:tcp_connect", true));
+        hooks.push(hook("fentry:tcp_conn_request", true));
+        hooks.push(hook("kprobe+kretprobe:inet_csk_accept", true));
+        hooks.push(hook("unix_find_other", false));
+        let line = describe_counts("function-hooks+tracepoints", &hooks);
+        assert_eq!(
+            line,
+            "backend=function-hooks+tracepoints, 17 hooks: 14 tracepoint, 2 fentry, 1 kprobe+kretprobe; 1 inactive (the list: --verbose; what each needs: tracer doctor)"
+        );
+        assert!(line.len() < 200, "{}", line.len());
+    }
 }

@@ -306,6 +306,14 @@ pub fn write_finding(w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Resu
     write_finding_inner(w, f, clock, false)
 }
 
+/// A finding in `tracer watch` text: through the process's one `WatchText` (a process has one
+/// watch stream; kept here so the trace loop's signature need not carry it).
+pub fn write_watch_finding(w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Result<()> {
+    static WATCH: std::sync::Mutex<WatchText> = std::sync::Mutex::new(WatchText { printed: BTreeMap::new() });
+    let mut watch = WATCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    watch.finding(w, f, clock)
+}
+
 /// `watch` in text: a finding in full when it opens, when its listener changes, or when it
 /// comes back after a quiet spell; otherwise at most one short count line per
 /// `WATCH_UPDATE_EVERY_NS` of the finding's own (kernel) time. The engine reports a changed

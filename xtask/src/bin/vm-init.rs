@@ -147,7 +147,7 @@ struct Expect {
 fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     println!("VM-STEP {name}: starting tracer (backend {backend})");
     let mut tracer = Command::new(TRACER)
-        .args(["diagnose", "--json"])
+        .args(["diagnose", "--verbose", "--json"])
         .env("TRACER_BACKEND", backend)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
