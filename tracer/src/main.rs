@@ -86,6 +86,9 @@ struct TraceArgs {
     /// Default: $TRACER_BACKEND, else auto.
     #[arg(long, value_parser = capture::fhooks::BackendChoice::parse)]
     backend: Option<capture::fhooks::BackendChoice>,
+    /// Name every hook on the `tracing:` line (default: counts per kind).
+    #[arg(long)]
+    verbose: bool,
 }
 
 #[derive(Args, Clone)]
@@ -477,7 +480,7 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
 
     let started_ns = monotonic_ns();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    eprintln!("tracing: {}", capture.describe());
+    eprintln!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
     if let Ok(signal) = nix::sys::signal::Signal::try_from(STOP_SIGNAL.load(Ordering::SeqCst)) {
         // The report that follows covers no time: say so, lest it read as an all-clear.
         eprintln!("tracer: {signal} arrived during start-up: stopping now; the report below covers no tracing time");
@@ -732,7 +735,7 @@ fn print_updates(
                 if !filter.finding(f) || !ops.keep(f) {
                     continue;
                 }
-                report::text::write_finding(out, f, clock)?;
+                report::text::write_watch_finding(out, f, clock)?;
             }
         }
     }
