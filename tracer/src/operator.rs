@@ -4,6 +4,7 @@
 //!
 //! I/O at start (discovery, log positions) and at the end (log lines, cgroups); the matching
 //! itself is in the pure `nginx::errlog`.
+use crate::report::text::Escaped;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -257,21 +258,22 @@ impl Operator {
     pub fn write_text(&mut self, w: &mut impl Write, findings: &[Finding], ctx: &Context) -> std::io::Result<()> {
         let mut rows: Vec<String> = Vec::new();
         for (f, lines) in findings.iter().zip(&ctx.explained) {
-            let mut row = format!("  {}", f.target);
+            // Outside strings (paths, Nginx names and lines, log lines) are escaped for the terminal.
+            let mut row = format!("  {}", Escaped(&f.target.to_string()));
             if let Some(c) = self.configured(f) {
-                row.push_str(&format!("  upstream {}: `{}` ({})", c.upstream, c.line, c.place));
+                row.push_str(&format!("  upstream {}: `{}` ({})", Escaped(&c.upstream), Escaped(&c.line), Escaped(&c.place)));
             }
             if !lines.is_empty() {
                 let example = lines[0].split(", client:").next().unwrap_or(&lines[0]);
-                row.push_str(&format!("\n      nginx error log: {} line(s) explained, e.g. {example}", lines.len()));
+                row.push_str(&format!("\n      nginx error log: {} line(s) explained, e.g. {}", lines.len(), Escaped(example)));
             }
             let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for p in f.clients.iter().chain(f.listener.iter()) {
                 if let Some(c) = self.cgroup(p.pid) {
                     let label = match (&c.container, &c.unit) {
                         (Some(id), _) => format!("container {}", &id[..12]),
-                        (None, Some(u)) => format!("unit {u}"),
-                        _ => format!("cgroup {}", c.path),
+                        (None, Some(u)) => format!("unit {}", Escaped(u)),
+                        _ => format!("cgroup {}", Escaped(&c.path)),
                     };
                     groups.entry(label).or_default().push(p.pid);
                 }
@@ -285,20 +287,27 @@ impl Operator {
             return Ok(());
         }
         writeln!(w, "NGINX CONTEXT")?;
-        for r in rows {
+        // Bounded at scale (500 failing targets): the findings above are bounded alike.
+        for r in rows.iter().take(crate::report::text::ONE_LINE_ROWS) {
             writeln!(w, "{r}")?;
+        }
+        if rows.len() > crate::report::text::ONE_LINE_ROWS {
+            writeln!(w, "  ... and {} more targets (every one: --json)", rows.len() - crate::report::text::ONE_LINE_ROWS)?;
         }
         for u in &self.unlistened {
             writeln!(
                 w,
                 "  configured but nothing listens now: {} (upstream {}: `{}`, {})",
-                u.target.target, u.target.upstream, u.target.line, u.target.place
+                Escaped(&u.target.target.to_string()),
+                Escaped(&u.target.upstream),
+                Escaped(&u.target.line),
+                Escaped(&u.target.place)
             )?;
         }
         if !ctx.unexplained.is_empty() {
             writeln!(w, "  error-log lines tracer could not explain: {}", ctx.unexplained.len())?;
             for (line, why) in ctx.unexplained.iter().take(5) {
-                writeln!(w, "    {line}\n      ({why})")?;
+                writeln!(w, "    {}\n      ({})", Escaped(line), Escaped(why))?;
             }
         }
         Ok(())
