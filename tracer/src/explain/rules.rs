@@ -218,6 +218,15 @@ struct RestartWords {
 
 fn restart_words(l: Option<&ListenerFacts>) -> RestartWords {
     match l {
+        // Only a service can be restarted by name; a scope (a login session, a container's
+        // scope) is where the process ran, not how to start it again.
+        Some(ListenerFacts { comm, pid, unit: Some(unit) }) if !unit.ends_with(".service") => RestartWords {
+            who: format!("{comm} (pid {pid}, in {unit})"),
+            how: "the way it is run on this host (it ran in no systemd service: its supervisor, container or start script)".to_string(),
+            log: format!("its own log (or `journalctl {} --since '5 min ago'`)", shell_word(&format!("_COMM={comm}"))),
+            supervise: "run it under a supervisor (e.g. a systemd unit with `Restart=always`)".to_string(),
+            known: true,
+        },
         Some(ListenerFacts { comm, pid, unit: Some(unit) }) => RestartWords {
             who: format!("{comm} (pid {pid}, unit {unit})"),
             how: format!("(`sudo systemctl restart {}`)", shell_word(unit)),

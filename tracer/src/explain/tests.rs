@@ -1060,6 +1060,20 @@ fn dead_listener_fix_names_the_python3_listener_and_its_unit_never_gunicorn() {
     assert!(!f.fix.to_lowercase().contains("gunicorn"), "{}", f.fix);
     assert!(f.proxy_client());
 
+    // A scope is where it ran, not a service to restart.
+    let scoped: Vec<Event> = events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            if let EventBody::ProcessInfo { unit, .. } = &mut e.body {
+                *unit = Some("session-4.scope".into());
+            }
+            e
+        })
+        .collect();
+    let f = only(&run(&scoped).0);
+    assert!(f.fix.contains("python3 (pid 700, in session-4.scope)") && !f.fix.contains("systemctl restart"), "{}", f.fix);
+
     // Without a unit: the process is named, no unit is guessed.
     let events: Vec<Event> = events.into_iter().filter(|e| !matches!(e.body, EventBody::ProcessInfo { .. })).collect();
     let f = only(&run(&events).0);
