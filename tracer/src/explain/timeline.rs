@@ -255,7 +255,11 @@ pub fn build(life: &Lifecycle, s: &Story) -> Vec<TimelineEntry> {
         }
         None => {
             let down = death_ns.map(|d| format!(" (down for at least {:.1} s)", s.last_failure_ns.saturating_sub(d) as f64 / 1e9));
-            out.push(entry(s.last_failure_ns, "still_down", None, format!("no listener since{}", down.unwrap_or_default())));
+            let detail = match down {
+                Some(down) => format!("no listener since{down}"),
+                None => "no listener at the last failed attempt".to_string(),
+            };
+            out.push(entry(s.last_failure_ns, "still_down", None, detail));
         }
     }
     out.sort_by_key(|e| e.at_ns);

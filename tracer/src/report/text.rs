@@ -514,11 +514,26 @@ fn field(w: &mut impl Write, label: &str, value: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Greedy word wrap; words longer than the width stay whole.
+/// Greedy word wrap; words longer than the width stay whole, and so do `code spans` (a
+/// command cut over two lines cannot be pasted).
 fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut open_span = false;
+    for word in text.split_whitespace() {
+        match words.last_mut() {
+            Some(last) if open_span => {
+                last.push(' ');
+                last.push_str(word);
+            }
+            _ => words.push(word.to_string()),
+        }
+        if word.matches('`').count() % 2 == 1 {
+            open_span = !open_span;
+        }
+    }
     let mut lines = Vec::new();
     let mut line = String::new();
-    for word in text.split_whitespace() {
+    for word in &words {
         if !line.is_empty() && line.chars().count() + 1 + word.chars().count() > width {
             lines.push(std::mem::take(&mut line));
         }
@@ -755,6 +770,13 @@ mod tests {
         f.cause = Cause::BacklogFull;
         watch.finding(&mut out, &f, &clock).unwrap();
         assert_eq!(String::from_utf8(out).unwrap().matches("  fix:").count(), 2);
+    }
+
+    #[test]
+    fn wrap_keeps_a_command_on_one_line() {
+        let lines = wrap("then check with `ls -la /run/a b.sock` and more words here", 20);
+        assert!(lines.iter().any(|l| l.contains("`ls -la /run/a b.sock`")), "{lines:?}");
+        assert_eq!(wrap("a b c", 3), ["a b", "c"]);
     }
 
     #[test]
