@@ -271,7 +271,7 @@ impl Operator {
             for p in f.clients.iter().chain(f.listener.iter()) {
                 if let Some(c) = self.cgroup(p.pid) {
                     let label = match (&c.container, &c.unit) {
-                        (Some(id), _) => format!("container {}", &id[..12]),
+                        (Some(id), _) => format!("container {}", Escaped(id.get(..12).unwrap_or(id))),
                         (None, Some(u)) => format!("unit {}", Escaped(u)),
                         _ => format!("cgroup {}", Escaped(&c.path)),
                     };
@@ -294,7 +294,8 @@ impl Operator {
         if rows.len() > crate::report::text::ONE_LINE_ROWS {
             writeln!(w, "  ... and {} more targets (every one: --json)", rows.len() - crate::report::text::ONE_LINE_ROWS)?;
         }
-        for u in &self.unlistened {
+        const MAX_UNLISTENED_ROWS: usize = 20;
+        for u in self.unlistened.iter().take(MAX_UNLISTENED_ROWS) {
             writeln!(
                 w,
                 "  configured but nothing listens now: {} (upstream {}: `{}`, {})",
@@ -303,6 +304,9 @@ impl Operator {
                 Escaped(&u.target.line),
                 Escaped(&u.target.place)
             )?;
+        }
+        if self.unlistened.len() > MAX_UNLISTENED_ROWS {
+            writeln!(w, "  ... and {} more configured targets nothing listens on (all of them: --json)", self.unlistened.len() - MAX_UNLISTENED_ROWS)?;
         }
         if !ctx.unexplained.is_empty() {
             writeln!(w, "  error-log lines tracer could not explain: {}", ctx.unexplained.len())?;
