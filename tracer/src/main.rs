@@ -3,6 +3,15 @@
 //! Data flows one way: kernel programs -> `capture` (decode) -> `explain` (pure) -> `report`.
 //! `enrich` adds userspace measurements (sock_diag, /proc) to the same event stream.
 
+/// A line on stderr that never panics: with `2>&1 | head` its reader may be gone, and a
+/// warning must not become a crash (`eprintln!` panics when the write fails).
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod capture;
 mod enrich;
 mod event;
@@ -169,7 +178,7 @@ fn main() -> ExitCode {
             // One line: what is wrong; the usage is one `--help` away.
             let rendered = e.render().to_string();
             let first = rendered.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            eprintln!("tracer: {} (see `tracer --help`)", first.trim_start_matches("error: "));
+            note!("tracer: {} (see `tracer --help`)", first.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };
@@ -188,7 +197,7 @@ fn main() -> ExitCode {
         // gives `cat` killed by SIGPIPE (128 + 13).
         Err(_) if stdout_gone() => ExitCode::from(141),
         Err(e) => {
-            eprintln!("tracer: error: {}", format!("{e:#}").replace('\n', " "));
+            note!("tracer: error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
         }
     }
@@ -480,14 +489,14 @@ async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -
 
     let started_ns = monotonic_ns();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    eprintln!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
+    note!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
     if let Ok(signal) = nix::sys::signal::Signal::try_from(STOP_SIGNAL.load(Ordering::SeqCst)) {
         // The report that follows covers no time: say so, lest it read as an all-clear.
-        eprintln!("tracer: {signal} arrived during start-up: stopping now; the report below covers no tracing time");
+        note!("tracer: {signal} arrived during start-up: stopping now; the report below covers no tracing time");
     }
     let metrics = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
-            eprintln!("metrics: http://{addr}/metrics");
+            note!("metrics: http://{addr}/metrics");
         }
         let m = metrics::Metrics::new();
         metrics::spawn_server(listener, m.registry());
@@ -669,7 +678,7 @@ fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64
     for (kind, count) in lost {
         let before = reported.get(&kind).copied().unwrap_or(0);
         if count > before {
-            eprintln!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
+            note!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
             engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind: kind.clone(), count: count - before } });
             reported.insert(kind, count);
         }

@@ -449,7 +449,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         Ok(l) => Ok(l),
         Err(e) if every_address && ipv6_unavailable(&e) => {
             let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
-            eprintln!("tracer: warning: IPv6 is not available here ({e}); serving metrics on {v4} (IPv4 only)");
+            note!("tracer: warning: IPv6 is not available here ({e}); serving metrics on {v4} (IPv4 only)");
             listen(v4, false).with_context(|| format!("cannot serve metrics on {v4}"))
         }
         Err(e) => Err(e).with_context(|| format!("cannot serve metrics on {addr}")),

@@ -70,13 +70,13 @@ impl Operator {
         for inst in &instances {
             let cfg = &inst.config;
             for e in &inst.config_errors {
-                eprintln!(
+                note!(
                     "tracer: warning: nginx (pid {}): {}; the rest of its configuration is used (check it with `nginx -t`)",
                     inst.master,
                     escape(e)
                 );
             }
-            eprintln!(
+            note!(
                 "nginx: master pid {} (netns {}), {}: {} upstream targets, error log {}",
                 inst.master,
                 inst.netns,
@@ -92,7 +92,7 @@ impl Operator {
                             Some(shared) => shared.writers.push(inst.netns),
                             None => logs.push(t),
                         },
-                        Err(e) => eprintln!(
+                        Err(e) => note!(
                             "tracer: warning: cannot read the error log of nginx (pid {}): {}",
                             inst.master,
                             escape(&e.to_string())
@@ -103,7 +103,7 @@ impl Operator {
             // A configuration with thousands of servers (or a planted one) must not hold up
             // start-up with as many sock_diag queries.
             if cfg.targets.len() > MAX_CHECKED_TARGETS {
-                eprintln!(
+                note!(
                     "tracer: warning: nginx (pid {}) configures {} upstream targets; only the first {MAX_CHECKED_TARGETS} are checked for a listener at start",
                     inst.master,
                     cfg.targets.len()

@@ -462,7 +462,7 @@ impl TopView {
             // after it, and that a panic restores the terminal (tests/operators.rs).
             if std::env::var_os("TRACER_TEST_TOP_PANIC").is_some() {
                 if self.draws == 2 {
-                    eprintln!("tracer: warning: TRACER_TEST_TOP_PANIC: a warning written while the view is up");
+                    note!("tracer: warning: TRACER_TEST_TOP_PANIC: a warning written while the view is up");
                 }
                 if self.draws == 3 {
                     panic!("TRACER_TEST_TOP_PANIC is set: panicking inside the view");

@@ -14,7 +14,7 @@ use super::*;
 fn is_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!("skipped {test}: needs root");
+        note!("skipped {test}: needs root");
     }
     root
 }
@@ -222,14 +222,14 @@ fn finds_listener_in_another_namespace() {
         return;
     }
     if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped finds_listener_in_another_namespace: no `ip` command (iproute2)");
+        note!("skipped finds_listener_in_another_namespace: no `ip` command (iproute2)");
         return;
     }
     let python = ["/usr/bin/python3", "python3"]
         .into_iter()
         .find(|p| Command::new(p).arg("-V").output().is_ok_and(|o| o.status.success()));
     let Some(python) = python else {
-        eprintln!("skipped finds_listener_in_another_namespace: no python3");
+        note!("skipped finds_listener_in_another_namespace: no python3");
         return;
     };
     const NAME: &str = "tracer-enrich-test";

@@ -448,12 +448,12 @@ pub(crate) mod tests {
         let btf = BTF.get_or_init(|| match KernelBtf::load() {
             Ok(btf) => Some(btf),
             Err(e) => {
-                eprintln!("skipping BTF tests: {e}");
+                note!("skipping BTF tests: {e}");
                 None
             }
         });
         if btf.is_none() {
-            eprintln!("skipped: no kernel BTF at {VMLINUX_BTF}");
+            note!("skipped: no kernel BTF at {VMLINUX_BTF}");
         }
         btf.as_ref()
     }

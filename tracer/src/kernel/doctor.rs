@@ -398,7 +398,7 @@ mod tests {
     #[test]
     fn report_on_this_machine() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: doctor may need to mount tracefs, which needs root");
+            note!("skipped: doctor may need to mount tracefs, which needs root");
             return;
         }
         let mut out = Vec::new();

@@ -796,7 +796,7 @@ format:
             return;
         }
         if !nix::unistd::geteuid().is_root() && tracefs::find_tracefs().is_none() {
-            eprintln!("skipped: tracefs not mounted and not root");
+            note!("skipped: tracefs not mounted and not root");
             return;
         }
         let facts = probe_kernel().unwrap();

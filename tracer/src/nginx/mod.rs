@@ -246,7 +246,7 @@ pub fn discover() -> Vec<NginxInstance> {
             Ok((_, Some(inst))) => out.push(inst),
             Ok((_, None)) => {}
             Err(_) => {
-                eprintln!(
+                note!(
                     "tracer: warning: reading the files of {} nginx master(s) took longer than {:?}; continuing without their configuration",
                     started - out.len(),
                     DISCOVERY_DEADLINE

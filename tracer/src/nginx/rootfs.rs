@@ -14,7 +14,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 
@@ -92,8 +92,10 @@ impl RootDir {
     }
 
     fn resolve(&self, path: &str, flags: OFlag) -> io::Result<OwnedFd> {
+        // O_PATH admits only O_CLOEXEC, O_DIRECTORY and O_NOFOLLOW beside it.
+        let extra = if flags.contains(OFlag::O_PATH) { OFlag::O_CLOEXEC } else { OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK };
         let how = OpenHow::new()
-            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
+            .flags(flags | extra)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
         // Relative to the root: RESOLVE_IN_ROOT treats a leading '/' as that root anyway.
         Ok(openat2(self.fd.as_fd(), OsStr::from_bytes(path.as_bytes()), how)?)
@@ -102,7 +104,18 @@ impl RootDir {
     /// Opens a regular file inside this root for reading. Anything else (a FIFO, a device,
     /// a directory, a socket) is refused without blocking.
     pub fn open_regular(&self, path: &str) -> io::Result<File> {
-        let file = File::from(self.resolve(path, OFlag::O_RDONLY)?);
+        // First a handle that opens nothing (O_PATH): a device's open() can act on the
+        // device, a FIFO's would wait for a writer. Only a regular file is then opened for
+        // reading, through that very handle, so what was checked is what gets read.
+        let handle = File::from(self.resolve(path, OFlag::O_PATH)?);
+        if !handle.metadata()?.file_type().is_file() {
+            return Err(refused(path, "not a regular file"));
+        }
+        let file = File::from(nix::fcntl::open(
+            format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        )?);
         let meta = file.metadata()?;
         if !meta.file_type().is_file() {
             return Err(refused(path, "not a regular file"));
