@@ -205,7 +205,7 @@ fn main() -> ExitCode {
 
 fn doctor() -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let ok = kernel::doctor::doctor_report(&mut out)?;
+    let ok = kernel::doctor::doctor_report(&mut out, &capture::probe_function_hooks)?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -39,7 +39,7 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::capture::Capture;
+use crate::kernel::hooks::CaptureHealth;
 use crate::event::Target;
 use crate::explain::{AttemptRecord, Cause, Finding, Outcome, Update};
 
@@ -378,11 +378,11 @@ impl Metrics {
         }
     }
 
-    /// Reads tracer's health from the capture (kernel counters, hooks).
-    pub fn observe_capture(&self, capture: &Capture) {
-        let hooks: Vec<(String, bool)> = capture.hooks.iter().map(|h| (h.hook.clone(), h.active)).collect();
-        let (emitted, lost) = capture.counters().unwrap_or_default();
-        self.observe_health(&emitted, &lost, &hooks);
+    /// Reads tracer's health as capture publishes it (kernel counters, hooks).
+    pub fn observe_capture(&self, health: impl Into<CaptureHealth>) {
+        let health = health.into();
+        let hooks: Vec<(String, bool)> = health.hooks.iter().map(|h| (h.hook.clone(), h.active)).collect();
+        self.observe_health(&health.emitted, &health.lost, &hooks);
     }
 
     /// The whole exposition in `format`.

@@ -29,7 +29,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row as TableRow, Table};
 use ratatui::{Frame, Terminal};
 
-use crate::capture::Capture;
+use crate::kernel::hooks::CaptureHealth;
 use crate::enrich::monotonic_ns;
 use crate::event::{Queue, Target};
 use crate::explain::{Cause, Finding, ProcessRef};
@@ -428,8 +428,9 @@ impl TopView {
     }
 
     /// Called on every trace-loop tick: reads the keys pressed since, and redraws once a
-    /// second or at once after a key. Returns true when the user asked to quit.
-    pub fn tick(&mut self, capture: &Capture, findings: impl FnOnce() -> Vec<Named>) -> Result<bool> {
+    /// second or at once after a key. Returns true when the user asked to quit. `health` (as
+    /// capture publishes it) is only read for a redraw.
+    pub fn tick(&mut self, health: impl Into<CaptureHealth>, findings: impl FnOnce() -> Vec<Named>) -> Result<bool> {
         let mut redraw = self.last_draw.is_none_or(|t| t.elapsed() >= REFRESH);
         while event::poll(Duration::ZERO).context("reading the terminal")? {
             match event::read().context("reading the terminal")? {
@@ -447,13 +448,13 @@ impl TopView {
             }
         }
         if redraw {
-            let (emitted, lost) = capture.counters().unwrap_or_default();
+            let health = health.into();
             let status = Status {
                 traced_s: self.started.elapsed().as_secs(),
-                events: emitted.values().sum(),
-                lost: lost.values().sum(),
-                hooks_active: capture.hooks.iter().filter(|h| h.active).count(),
-                hooks_total: capture.hooks.len(),
+                events: health.emitted.values().sum(),
+                lost: health.lost.values().sum(),
+                hooks_active: health.hooks_active(),
+                hooks_total: health.hooks.len(),
             };
             let rows = rows(&findings(), self.sort);
             self.draw(&rows, &status)?;

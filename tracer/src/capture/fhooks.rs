@@ -9,162 +9,11 @@ use aya::{
     programs::{FEntry, FExit, KProbe},
     Btf, Ebpf,
 };
-use tracer_common::{AcceptWaitKey, ACCEPT_WAIT_SLOTS, FN_ACCEPT, FN_CONN_REQUEST, FN_TCP_CONNECT, FN_UNIX_CONNECT, FN_UNIX_PEER};
+use tracer_common::{AcceptWaitKey, ACCEPT_WAIT_SLOTS, FN_ACCEPT};
 
-use super::HookState;
-use crate::kernel::btf::FnPrototype;
 use crate::kernel::facts::Availability;
-
-/// Which backend the user allows (`--backend`, or TRACER_BACKEND).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    /// Function hooks where they load, tracepoints for the rest (the default).
-    Auto,
-    /// Like `Auto` without trying fentry/fexit: kprobes or tracepoints (tests the fallback).
-    Kprobes,
-    /// Tracepoints only: the function hooks are not even tried.
-    Tracepoints,
-}
-
-impl BackendChoice {
-    pub fn parse(s: &str) -> Result<BackendChoice, String> {
-        match s {
-            "auto" | "functions" | "fentry" => Ok(BackendChoice::Auto),
-            "kprobes" | "kprobe" => Ok(BackendChoice::Kprobes),
-            "tracepoints" | "tracepoint" => Ok(BackendChoice::Tracepoints),
-            _ => Err(format!("'{s}' is not a backend (use auto, kprobes or tracepoints)")),
-        }
-    }
-}
-
-/// What start-up needs to decide the function hooks: prototypes from BTF, kprobe support.
-pub struct FnHookPlan<'a> {
-    pub choice: BackendChoice,
-    pub functions: &'a [(&'static str, Option<FnPrototype>)],
-    pub kprobes: &'a Availability,
-}
-
-/// One hooked kernel function: its programs per prototype, and what it serves.
-struct FnSpec {
-    function: &'static str,
-    bit: u32,
-    serves: &'static str,
-    /// Without this hook, which tracepoints serve the same cause.
-    fallback: &'static str,
-    /// (parameter types of a prototype, fentry/fexit program for it, is fexit).
-    trampoline: &'static [(&'static [&'static str], &'static str, bool)],
-    /// kprobe program, kretprobe program (if any); used for any prototype whose leading
-    /// arguments match `kprobe_args`.
-    kprobe: (&'static str, Option<&'static str>),
-    kprobe_args: &'static [&'static str],
-}
-
-const SOCK: &str = "struct sock *";
-
-const SPECS: &[FnSpec] = &[
-    FnSpec {
-        function: "tcp_connect",
-        bit: FN_TCP_CONNECT,
-        serves: "who connects where: the attempt's owner as the SYN leaves",
-        fallback: "sock:inet_sock_set_state CLOSE->SYN_SENT",
-        trampoline: &[(&[SOCK], "tracer_fe_tcp_connect", false)],
-        kprobe: ("tracer_kp_tcp_connect", None),
-        kprobe_args: &[SOCK],
-    },
-    FnSpec {
-        function: "inet_csk_accept",
-        bit: FN_ACCEPT,
-        serves: "who accepts from which listener, and how long each connection waited in the accept queue",
-        fallback: "no tracepoint measures accept-queue waits: not measured",
-        trampoline: &[
-            // before 6.10
-            (&[SOCK, "int", "int *", "bool"], "tracer_fx_accept4", true),
-            // 6.10 and later
-            (&[SOCK, "struct proto_accept_arg *"], "tracer_fx_accept2", true),
-        ],
-        kprobe: ("tracer_kp_accept", Some("tracer_kr_accept")),
-        kprobe_args: &[SOCK],
-    },
-    FnSpec {
-        function: "tcp_conn_request",
-        bit: FN_CONN_REQUEST,
-        serves: "SYNs hitting a full accept queue, with the queue length and maximum at that moment (backlog_full)",
-        fallback: "tcp:tcp_retransmit_skb (the queue read at SYN retransmits) and ListenOverflows",
-        trampoline: &[(
-            &["struct request_sock_ops *", "struct tcp_request_sock_ops *", SOCK, "struct sk_buff *"],
-            "tracer_fe_conn_request",
-            false,
-        )],
-        kprobe: ("tracer_kp_conn_request", None),
-        kprobe_args: &["struct request_sock_ops *", "struct tcp_request_sock_ops *", SOCK, "struct sk_buff *"],
-    },
-    FnSpec {
-        function: "unix_stream_connect",
-        bit: FN_UNIX_CONNECT,
-        serves: "Unix socket connects: the error and the path (unix_missing, unix_stale, unix_backlog_full, unix_permission_denied)",
-        fallback: "syscalls:sys_enter_connect + sys_exit_connect",
-        trampoline: &[(&["struct socket *", "struct sockaddr *", "int", "int"], "tracer_fx_unix_connect", true)],
-        kprobe: ("tracer_kp_unix_connect", Some("tracer_kr_unix_connect")),
-        kprobe_args: &["struct socket *", "struct sockaddr *", "int"],
-    },
-    FnSpec {
-        function: "unix_find_other",
-        bit: FN_UNIX_PEER,
-        serves: "the listener a Unix connect reaches: its queue length and maximum when the connect fails with EAGAIN (unix_backlog_full)",
-        fallback: "the listener's queue from a sock_diag snapshot",
-        trampoline: &[
-            // 5.19 .. 6.12
-            (&["struct net *", "struct sockaddr_un *", "int", "int"], "tracer_fx_unix_peer4", true),
-            // later (a `flags` argument)
-            (&["struct net *", "struct sockaddr_un *", "int", "int", "int"], "tracer_fx_unix_peer5", true),
-        ],
-        // Only the return value is read: a kretprobe alone.
-        kprobe: ("tracer_kr_unix_peer", None),
-        kprobe_args: &[],
-    },
-];
-
-/// The outcome for one function.
-#[derive(Clone, Debug)]
-pub struct FnHookOutcome {
-    pub function: &'static str,
-    /// BTF prototype as C, or why there is none.
-    pub prototype: String,
-    /// `fentry:tcp_connect`, `kprobe:tcp_conn_request`, ... or None.
-    pub active: Option<String>,
-    /// The program (variant) serving it, e.g. `tracer_fx_accept4` for the 4-argument prototype.
-    pub program: Option<&'static str>,
-    /// Why fentry/fexit, then kprobe, were not used.
-    pub why_not: Vec<String>,
-    pub serves: &'static str,
-    pub fallback: &'static str,
-}
-
-impl FnHookOutcome {
-    pub fn hook_state(&self) -> HookState {
-        match &self.active {
-            Some(h) => HookState { hook: h.clone(), active: true, why_not: None, serves: self.serves },
-            None => HookState {
-                hook: self.function.to_string(),
-                active: false,
-                why_not: Some(format!("{} -> tracepoints", self.why_not.join("; "))),
-                serves: self.serves,
-            },
-        }
-    }
-
-    /// One line for `doctor` and the logs: `tcp_connect: fentry:tcp_connect` or
-    /// `tcp_conn_request: none (fentry: ...; kprobe: ...) -> tracepoints`.
-    pub fn line(&self) -> String {
-        match &self.active {
-            Some(h) => match self.program {
-                Some(p) => format!("{}: {h} (program {p})", self.function),
-                None => format!("{}: {h}", self.function),
-            },
-            None => format!("{}: none ({}) -> tracepoints ({})", self.function, self.why_not.join("; "), self.fallback),
-        }
-    }
-}
+use crate::kernel::hooks;
+pub use crate::kernel::hooks::{BackendChoice, FnHookOutcome, FnHookPlan};
 
 /// Loads (and, with `attach`, attaches) the function hooks this kernel allows. Returns the
 /// outcome per function and the `FN_*` bits of those attached. Never fails: a hook that does
@@ -177,7 +26,7 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
         BackendChoice::Auto => Some(Btf::from_sys_fs().map_err(|e| format!("kernel BTF for trampolines: {e}"))),
         BackendChoice::Kprobes => Some(Err("skipped (--backend kprobes)".to_string())),
     };
-    for spec in SPECS {
+    for (hook, spec) in hooks::functions() {
         let proto = plan.functions.iter().find(|(n, _)| *n == spec.function).and_then(|(_, p)| p.clone());
         let mut o = FnHookOutcome {
             function: spec.function,
@@ -185,7 +34,7 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
             active: None,
             program: None,
             why_not: Vec::new(),
-            serves: spec.serves,
+            serves: hook.serves,
             fallback: spec.fallback,
         };
         let Some(btf) = &btf else {
@@ -201,17 +50,17 @@ pub fn start(ebpf: &mut Ebpf, plan: &FnHookPlan<'_>, attach: bool) -> (Vec<FnHoo
         let types = proto.types();
 
         // fentry / fexit: the variant written for this exact prototype.
-        let variant = spec.trampoline.iter().find(|(want, _, _)| types.as_slice() == *want);
+        let variant = spec.trampolines.iter().find(|t| types.as_slice() == t.params);
         let kind = |fexit: bool| if fexit { "fexit" } else { "fentry" };
         match (variant, btf) {
             (None, _) => o.why_not.push(format!("fentry: no program variant for {}", proto.render())),
             (Some(_), Err(e)) => o.why_not.push(format!("fentry: {e}")),
-            (Some((_, program, fexit)), Ok(btf)) => match trampoline(ebpf, program, *fexit, spec.function, btf, attach) {
+            (Some(t), Ok(btf)) => match trampoline(ebpf, t.program, t.fexit, spec.function, btf, attach) {
                 Ok(()) => {
-                    o.active = Some(format!("{}:{}", kind(*fexit), spec.function));
-                    o.program = Some(program);
+                    o.active = Some(format!("{}:{}", kind(t.fexit), spec.function));
+                    o.program = Some(t.program);
                 }
-                Err(e) => o.why_not.push(format!("{}: {e}", kind(*fexit))),
+                Err(e) => o.why_not.push(format!("{}: {e}", kind(t.fexit))),
             },
         }
 
@@ -386,43 +235,5 @@ fn short(e: &dyn std::error::Error) -> String {
         name
     } else {
         format!("{name}; verifier: {verifier}")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_function_has_a_variant_and_a_kprobe_signature() {
-        for spec in SPECS {
-            assert!(!spec.trampoline.is_empty());
-            for (types, _, _) in spec.trampoline {
-                assert!(types.len() >= spec.kprobe_args.len());
-                assert_eq!(&types[..spec.kprobe_args.len()], spec.kprobe_args, "{}", spec.function);
-            }
-        }
-        assert_eq!(BackendChoice::parse("tracepoints"), Ok(BackendChoice::Tracepoints));
-        assert_eq!(BackendChoice::parse("auto"), Ok(BackendChoice::Auto));
-        assert_eq!(BackendChoice::parse("kprobes"), Ok(BackendChoice::Kprobes));
-        assert!(BackendChoice::parse("ebpf").is_err());
-    }
-
-    #[test]
-    fn inactive_hooks_say_why_and_what_serves_instead() {
-        let o = FnHookOutcome {
-            function: "tcp_conn_request",
-            prototype: String::new(),
-            active: None,
-            program: None,
-            why_not: vec!["fentry: load refused (EPERM)".into(), "kprobes: CONFIG_KPROBES is not set".into()],
-            serves: "x",
-            fallback: "tcp:tcp_retransmit_skb",
-        };
-        assert_eq!(
-            o.line(),
-            "tcp_conn_request: none (fentry: load refused (EPERM); kprobes: CONFIG_KPROBES is not set) -> tracepoints (tcp:tcp_retransmit_skb)"
-        );
-        assert!(!o.hook_state().active);
     }
 }

@@ -4,7 +4,6 @@
 //! an error on the way up) closes the program and link fds, which detaches every program.
 pub mod decode;
 pub mod fhooks;
-pub mod programs;
 
 use std::collections::BTreeMap;
 
@@ -18,8 +17,9 @@ use tokio::io::unix::AsyncFd;
 use tracer_common::{Config, EventKind, KIND_SLOTS, LOST_BASE};
 
 use crate::event::Event;
+use crate::kernel::hooks;
+pub use crate::kernel::hooks::{CaptureHealth, HookState};
 use decode::ReasonNames;
-use programs::{Backend, PROGRAMS};
 
 /// How often the ring buffer is drained when the kernel did not wake us: its programs submit
 /// without a wake-up until a batch has piled up (tracer-ebpf maps.rs), so an event waits at
@@ -29,13 +29,21 @@ pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20
 /// The kernel object built by tracer/build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
 
-/// One hook's state after start-up, for the `tracing:` line, the summary and `doctor`.
-#[derive(Clone, Debug)]
-pub struct HookState {
-    pub hook: String,
-    pub active: bool,
-    pub why_not: Option<String>,
-    pub serves: &'static str,
+/// How tracer reaches the kernel: tracepoints only, or function hooks (fentry/fexit, else
+/// kprobe/kretprobe) where they load, per function, and the tracepoints for everything else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Tracepoints,
+    FunctionHooks,
+}
+
+impl Backend {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Backend::Tracepoints => "tracepoints",
+            Backend::FunctionHooks => "function-hooks+tracepoints",
+        }
+    }
 }
 
 /// Whether a tracepoint is usable on this kernel, as found by `kernel::facts`.
@@ -114,21 +122,21 @@ impl Capture {
             cfg_map.set(0, config, 0).context("writing the active function hooks into the CONFIG map")?;
         }
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
-        for spec in PROGRAMS {
-            let avail = available.iter().find(|a| a.category == spec.category && a.name == spec.tracepoint);
-            let served_by_function = fn_bits & tracer_common::FN_UNIX_CONNECT != 0 && spec.category == "syscalls" && spec.tracepoint.ends_with("_connect");
+        for (spec, tp) in hooks::tracepoints() {
+            let avail = available.iter().find(|a| a.category == tp.category && a.name == tp.name);
+            let served_by_function = fn_bits & tracer_common::FN_UNIX_CONNECT != 0 && tp.category == "syscalls" && tp.name.ends_with("_connect");
             let why_not = match avail {
                 _ if served_by_function => Some("not needed: unix_stream_connect is hooked".to_string()),
-                Some(a) if a.available => attach(&mut ebpf, spec.program, spec.category, spec.tracepoint).err().map(|e| format!("{e:#}")),
+                Some(a) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
                 Some(a) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
                 None => Some("not probed".into()),
             };
             if spec.required && !served_by_function {
                 if let Some(why) = &why_not {
-                    bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", spec.hook());
+                    bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", tp.full_name());
                 }
             }
-            hooks.push(HookState { hook: spec.hook(), active: why_not.is_none(), why_not, serves: spec.serves });
+            hooks.push(HookState { hook: tp.full_name(), active: why_not.is_none(), why_not });
         }
 
         if fold_no_socket && !hooks.iter().any(|h| h.active && h.hook == "tcp:tcp_send_reset") {
@@ -229,6 +237,13 @@ impl Capture {
         }
     }
 
+    /// What capture publishes about itself (metrics and `top` read it): the hooks and the
+    /// kernel's counters (empty when they cannot be read).
+    pub fn health(&self) -> CaptureHealth {
+        let (emitted, lost) = self.counters().unwrap_or_default();
+        CaptureHealth { hooks: self.hooks.clone(), emitted, lost }
+    }
+
     /// Events emitted and lost (ring buffer full) per kind, summed over CPUs.
     pub fn counters(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
         let mut emitted = BTreeMap::new();
@@ -264,6 +279,12 @@ pub fn probe_function_hooks(config: &Config, plan: &fhooks::FnHookPlan<'_>) -> R
         cfg_map.set(0, *config, 0)?;
     }
     Ok(fhooks::start(&mut ebpf, plan, false).0)
+}
+
+impl From<&Capture> for CaptureHealth {
+    fn from(capture: &Capture) -> CaptureHealth {
+        capture.health()
+    }
 }
 
 impl Drop for Capture {
@@ -337,7 +358,7 @@ mod describe_tests {
 
     #[test]
     fn the_tracing_line_counts_hooks_per_kind_and_stays_short() {
-        let hook = |name: &str, active: bool| HookState { hook: name.into(), active, why_not: (!active).then(|| "not in this kernel -> tracepoints".into()), serves: "" };
+        let hook = |name: &str, active: bool| HookState { hook: name.into(), active, why_not: (!active).then(|| "not in this kernel -> tracepoints".into()) };
         let mut hooks: Vec<HookState> = (0..14).map(|i| hook(&format!("syscalls:sys_enter_thing_with_a_long_name_{i}"), true)).collect();
         hooks.push(hook("fentry:tcp_connect", true));
         hooks.push(hook("fentry:tcp_conn_request", true));

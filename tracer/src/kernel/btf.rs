@@ -368,10 +368,6 @@ impl KernelBtf {
     }
 }
 
-/// The kernel functions the function-hook backend attaches to.
-pub const HOOKED_FUNCTIONS: &[&str] =
-    &["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect", "unix_find_other"];
-
 /// A kernel function's prototype as BTF gives it: parameter names and C-like types.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FnPrototype {
@@ -542,12 +538,12 @@ pub(crate) mod tests {
 #[cfg(test)]
 mod prototype_tests {
     use super::tests::kernel_btf;
-    use super::*;
+    use crate::kernel::hooks;
 
     #[test]
     fn hooked_functions_have_prototypes_here() {
         let Some(btf) = kernel_btf() else { return };
-        for (name, proto) in btf.function_prototypes(HOOKED_FUNCTIONS) {
+        for (name, proto) in btf.function_prototypes(&hooks::function_names()) {
             let proto = proto.unwrap_or_else(|| panic!("no BTF prototype for {name}"));
             println!("{}", proto.render());
             assert_eq!(proto.types().first().map(|t| t.ends_with('*')), Some(true), "{}", proto.render());

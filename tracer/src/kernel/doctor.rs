@@ -4,20 +4,26 @@
 
 use std::io::Write;
 
-use tracer_common::{KernelEnums, KernelOffsets, FIELD_ABSENT};
+use tracer_common::{Config, KernelEnums, KernelOffsets, FIELD_ABSENT};
 
 use super::btf::{KernelBtf, VMLINUX_BTF};
 use super::facts::{
     fentry_availability, kernel_release, kprobes_availability, privileges, tracepoint_config, Availability,
     TracepointInfo,
 };
+use super::hooks::{BackendChoice, FnHookOutcome, FnHookPlan};
 use super::tracefs::locate_or_mount_tracefs;
+use crate::explain::Cause;
+
+/// Loads (never attaches) each function hook, as `diagnose` would pick it: capture's
+/// `probe_function_hooks`, handed in so that doctor, below capture, never imports it.
+pub type FnHookProbe<'a> = &'a dyn Fn(&Config, &FnHookPlan<'_>) -> anyhow::Result<Vec<FnHookOutcome>>;
 
 /// The backend v1 uses.
 pub const BACKEND: &str = "tracepoints (classic, fields from tracefs formats)";
 
 /// Writes the report; returns whether tracer can run here.
-pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
+pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) -> anyhow::Result<bool> {
     let mut blockers: Vec<String> = Vec::new();
     let release = kernel_release();
     writeln!(w, "tracer doctor")?;
@@ -126,12 +132,8 @@ pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
     writeln!(w, "function hooks (fentry/fexit, else kprobe/kretprobe; each loaded to test, none attached):")?;
     match super::facts::probe_kernel() {
         Ok(facts) => {
-            let plan = crate::capture::fhooks::FnHookPlan {
-                choice: crate::capture::fhooks::BackendChoice::Auto,
-                functions: &facts.functions,
-                kprobes: &facts.kprobes,
-            };
-            match crate::capture::probe_function_hooks(&facts.config, &plan) {
+            let plan = FnHookPlan { choice: BackendChoice::Auto, functions: &facts.functions, kprobes: &facts.kprobes };
+            match probe_function_hooks(&facts.config, &plan) {
                 Ok(outcomes) => {
                     for o in outcomes {
                         any_function_hook |= o.active.is_some();
@@ -165,7 +167,7 @@ pub fn doctor_report(w: &mut impl Write) -> anyhow::Result<bool> {
     let listen_overflow_reason =
         kernel_values.map(|(_, e)| e.drop_tcp_listen_overflow != FIELD_ABSENT).unwrap_or(false);
     for row in cause_visibility(&available, listen_overflow_reason) {
-        writeln!(w, "  {:<23} {:<8} {}", row.cause, row.seen.word(), row.how)?;
+        writeln!(w, "  {:<23} {:<8} {}", row.cause.as_str(), row.seen.word(), row.how)?;
     }
 
     writeln!(w)?;
@@ -218,14 +220,16 @@ impl Seen {
     }
 }
 
-/// How well one cause of a 502 is seen with the available tracepoints.
+/// How well one cause of a 502 is seen with the available hooks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CauseVisibility {
-    pub cause: &'static str,
+    pub cause: Cause,
     pub seen: Seen,
     pub how: String,
 }
 
+// Registry keys (`HookSpec::key`) the rules below read; a test checks each is in the
+// registry, and that each cause reads exactly the hooks the registry says prove it.
 const SET_STATE: &str = "sock:inet_sock_set_state";
 const RETRANSMIT: &str = "tcp:tcp_retransmit_skb";
 const RECEIVE_RESET: &str = "tcp:tcp_receive_reset";
@@ -234,130 +238,106 @@ const ICMP_SEND: &str = "icmp:icmp_send";
 const KFREE_SKB: &str = "skb:kfree_skb";
 const CONNECT_ENTER: &str = "syscalls:sys_enter_connect";
 const CONNECT_EXIT: &str = "syscalls:sys_exit_connect";
+const FN_CONN_REQUEST: &str = "fn:tcp_conn_request";
+const FN_ACCEPT: &str = "fn:inet_csk_accept";
+const FN_UNIX_CONNECT: &str = "fn:unix_stream_connect";
+const FN_UNIX_PEER: &str = "fn:unix_find_other";
 
-/// Per cause: which evidence (KERNEL-NOTES.md) the available tracepoints give.
-/// `available("cat:name")` says whether a tracepoint is usable.
-pub fn cause_visibility(
-    available: &dyn Fn(&str) -> bool,
-    listen_overflow_reason: bool,
-) -> Vec<CauseVisibility> {
-    let row = |cause, seen, how: &str| CauseVisibility { cause, seen, how: how.to_string() };
-    let attempts = available(SET_STATE);
-    let mut rows = Vec::new();
+/// The order of doctor's "what tracer will therefore see" rows.
+const SHOWN: [Cause; 10] = [
+    Cause::DeadListener,
+    Cause::BacklogFull,
+    Cause::FirewallDrop,
+    Cause::FirewallReject,
+    Cause::RemoteRefused,
+    Cause::NoResponse,
+    Cause::UnixMissing,
+    Cause::UnixStale,
+    Cause::UnixBacklogFull,
+    Cause::UnixPermissionDenied,
+];
 
-    rows.push(match (attempts, available(SEND_RESET) || available(KFREE_SKB)) {
-        (true, true) => row("dead_listener", Seen::Yes, "refused attempts, and the RST this host sent because no socket listens"),
-        (true, false) => row("dead_listener", Seen::Partly, "refused attempts only: not told from a firewall reject (needs tcp:tcp_send_reset or skb:kfree_skb)"),
-        (false, true) => row("dead_listener", Seen::Partly, "RSTs from no socket, without the attempts they answer (needs sock:inet_sock_set_state)"),
-        (false, false) => row("dead_listener", Seen::No, "needs sock:inet_sock_set_state and tcp:tcp_send_reset"),
-    });
+/// Per cause: which evidence (KERNEL-NOTES.md) the available hooks give.
+/// `available(key)` says whether a hook is usable (`cat:name`, or `fn:function`).
+pub fn cause_visibility(available: &dyn Fn(&str) -> bool, listen_overflow_reason: bool) -> Vec<CauseVisibility> {
+    SHOWN.iter().map(|&cause| visibility(cause, available, listen_overflow_reason)).collect()
+}
 
-    let overflow = if listen_overflow_reason { "; drops with TCP_LISTEN_OVERFLOW" } else { "" };
-    let syn_time = if available("fn:tcp_conn_request") {
-        "; SYN-time overflows seen directly in tcp_conn_request, with the queue and its owner"
-    } else {
-        ""
-    };
-    let waits = if available("fn:inet_csk_accept") { "; accept-queue wait times" } else { "" };
-    rows.push(if attempts && available(RETRANSMIT) {
-        row(
-            "backlog_full",
-            Seen::Yes,
-            &format!("SYN retransmits with the listener's accept queue read in the kernel{overflow}{syn_time}{waits}; ListenOverflows counters"),
-        )
-    } else if !syn_time.is_empty() {
-        row("backlog_full", Seen::Yes, &format!("{}{waits}; ListenOverflows counters", syn_time.trim_start_matches("; ")))
-    } else {
-        row("backlog_full", Seen::Partly, "only the ListenOverflows counters and queue snapshots from sock_diag (needs sock:inet_sock_set_state and tcp:tcp_retransmit_skb)")
-    });
-
-    rows.push(match (available(KFREE_SKB), available(RETRANSMIT)) {
-        (true, true) => {
-            row("firewall_drop", Seen::Yes, "NETFILTER_DROP drops of the SYN and its retransmits")
+/// One cause's row: how well the hooks that prove it (hooks::proving) see it here.
+fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, listen_overflow_reason: bool) -> CauseVisibility {
+    let row = |seen, how: &str| CauseVisibility { cause, seen, how: how.to_string() };
+    match cause {
+        Cause::DeadListener => match (available(SET_STATE), available(SEND_RESET) || available(KFREE_SKB)) {
+            (true, true) => row(Seen::Yes, "refused attempts, and the RST this host sent because no socket listens"),
+            (true, false) => row(Seen::Partly, "refused attempts only: not told from a firewall reject (needs tcp:tcp_send_reset or skb:kfree_skb)"),
+            (false, true) => row(Seen::Partly, "RSTs from no socket, without the attempts they answer (needs sock:inet_sock_set_state)"),
+            (false, false) => row(Seen::No, "needs sock:inet_sock_set_state and tcp:tcp_send_reset"),
+        },
+        Cause::BacklogFull => {
+            let overflow = if listen_overflow_reason { "; drops with TCP_LISTEN_OVERFLOW" } else { "" };
+            let syn_time = if available(FN_CONN_REQUEST) {
+                "; SYN-time overflows seen directly in tcp_conn_request, with the queue and its owner"
+            } else {
+                ""
+            };
+            let waits = if available(FN_ACCEPT) { "; accept-queue wait times" } else { "" };
+            if available(SET_STATE) && available(RETRANSMIT) {
+                row(
+                    Seen::Yes,
+                    &format!("SYN retransmits with the listener's accept queue read in the kernel{overflow}{syn_time}{waits}; ListenOverflows counters"),
+                )
+            } else if !syn_time.is_empty() {
+                row(Seen::Yes, &format!("{}{waits}; ListenOverflows counters", syn_time.trim_start_matches("; ")))
+            } else {
+                row(Seen::Partly, "only the ListenOverflows counters and queue snapshots from sock_diag (needs sock:inet_sock_set_state and tcp:tcp_retransmit_skb)")
+            }
         }
-        (true, false) => row(
-            "firewall_drop",
-            Seen::Partly,
-            "NETFILTER_DROP drops, without the retransmitting attempt (needs tcp:tcp_retransmit_skb)",
-        ),
-        (false, true) => row(
-            "firewall_drop",
-            Seen::Partly,
-            "unanswered SYNs only: not told from a lost or overloaded peer (needs skb:kfree_skb)",
-        ),
-        (false, false) => row("firewall_drop", Seen::No, "needs skb:kfree_skb and tcp:tcp_retransmit_skb"),
-    });
-
-    let tcp_reset = available(KFREE_SKB) && available(RECEIVE_RESET);
-    let icmp = available(ICMP_SEND);
-    rows.push(match (tcp_reset, icmp) {
-        (true, true) => row(
-            "firewall_reject",
-            Seen::Yes,
-            "reject with tcp reset (NETFILTER_DROP + RST received) and with icmp (ICMP sent)",
-        ),
-        (true, false) => row(
-            "firewall_reject",
-            Seen::Partly,
-            "reject with tcp reset only (needs icmp:icmp_send for reject with icmp)",
-        ),
-        (false, true) => row(
-            "firewall_reject",
-            Seen::Partly,
-            "reject with icmp only (needs skb:kfree_skb and tcp:tcp_receive_reset for tcp reset)",
-        ),
-        (false, false) => {
-            row("firewall_reject", Seen::No, "needs skb:kfree_skb, tcp:tcp_receive_reset, icmp:icmp_send")
+        Cause::FirewallDrop => match (available(KFREE_SKB), available(RETRANSMIT)) {
+            (true, true) => row(Seen::Yes, "NETFILTER_DROP drops of the SYN and its retransmits"),
+            (true, false) => row(Seen::Partly, "NETFILTER_DROP drops, without the retransmitting attempt (needs tcp:tcp_retransmit_skb)"),
+            (false, true) => row(Seen::Partly, "unanswered SYNs only: not told from a lost or overloaded peer (needs skb:kfree_skb)"),
+            (false, false) => row(Seen::No, "needs skb:kfree_skb and tcp:tcp_retransmit_skb"),
+        },
+        Cause::FirewallReject => {
+            let tcp_reset = available(KFREE_SKB) && available(RECEIVE_RESET);
+            match (tcp_reset, available(ICMP_SEND)) {
+                (true, true) => row(Seen::Yes, "reject with tcp reset (NETFILTER_DROP + RST received) and with icmp (ICMP sent)"),
+                (true, false) => row(Seen::Partly, "reject with tcp reset only (needs icmp:icmp_send for reject with icmp)"),
+                (false, true) => row(Seen::Partly, "reject with icmp only (needs skb:kfree_skb and tcp:tcp_receive_reset for tcp reset)"),
+                (false, false) => row(Seen::No, "needs skb:kfree_skb, tcp:tcp_receive_reset, icmp:icmp_send"),
+            }
         }
-    });
-
-    rows.push(match (attempts, available(RECEIVE_RESET)) {
-        (true, true) => {
-            row("remote_refused", Seen::Yes, "attempts closed with ECONNREFUSED after an RST from the peer")
+        Cause::RemoteRefused => match (available(SET_STATE), available(RECEIVE_RESET)) {
+            (true, true) => row(Seen::Yes, "attempts closed with ECONNREFUSED after an RST from the peer"),
+            (true, false) => row(Seen::Partly, "attempts closed with ECONNREFUSED, the RST itself not seen (needs tcp:tcp_receive_reset)"),
+            (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
+        },
+        Cause::NoResponse => match (available(SET_STATE), available(RETRANSMIT)) {
+            (true, true) => row(Seen::Yes, "attempts that time out after SYN retransmits with no drop, reset or ICMP on this host"),
+            (true, false) => row(Seen::Partly, "attempts that time out, without their retransmits (needs tcp:tcp_retransmit_skb)"),
+            (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
+        },
+        Cause::UnixMissing | Cause::UnixStale | Cause::UnixBacklogFull | Cause::UnixPermissionDenied => {
+            let unix = (available(CONNECT_ENTER) && available(CONNECT_EXIT)) || available(FN_UNIX_CONNECT);
+            if !unix {
+                return row(Seen::No, "needs syscalls:sys_enter_connect and syscalls:sys_exit_connect");
+            }
+            let errno = match cause {
+                Cause::UnixMissing => "ENOENT: the socket path does not exist",
+                Cause::UnixStale => "ECONNREFUSED: a stale socket file, nobody listening",
+                Cause::UnixBacklogFull => "EAGAIN: the listener's queue is full",
+                _ => "EACCES/EPERM: the caller may not use the socket file",
+            };
+            let extra = if cause == Cause::UnixBacklogFull && available(FN_UNIX_PEER) { "; the listener's queue read in the kernel" } else { "" };
+            row(Seen::Yes, &format!("connect() failing with {errno}{extra}"))
         }
-        (true, false) => row(
-            "remote_refused",
-            Seen::Partly,
-            "attempts closed with ECONNREFUSED, the RST itself not seen (needs tcp:tcp_receive_reset)",
-        ),
-        (false, _) => row("remote_refused", Seen::No, "needs sock:inet_sock_set_state"),
-    });
-
-    rows.push(match (attempts, available(RETRANSMIT)) {
-        (true, true) => row(
-            "no_response",
-            Seen::Yes,
-            "attempts that time out after SYN retransmits with no drop, reset or ICMP on this host",
-        ),
-        (true, false) => row(
-            "no_response",
-            Seen::Partly,
-            "attempts that time out, without their retransmits (needs tcp:tcp_retransmit_skb)",
-        ),
-        (false, _) => row("no_response", Seen::No, "needs sock:inet_sock_set_state"),
-    });
-
-    let unix = (available(CONNECT_ENTER) && available(CONNECT_EXIT)) || available("fn:unix_stream_connect");
-    let peer_queue = available("fn:unix_find_other");
-    for (cause, errno) in [
-        ("unix_missing", "ENOENT: the socket path does not exist"),
-        ("unix_stale", "ECONNREFUSED: a stale socket file, nobody listening"),
-        ("unix_backlog_full", "EAGAIN: the listener's queue is full"),
-        ("unix_permission_denied", "EACCES/EPERM: the caller may not use the socket file"),
-    ] {
-        rows.push(if unix {
-            let extra = if cause == "unix_backlog_full" && peer_queue { "; the listener's queue read in the kernel" } else { "" };
-            row(cause, Seen::Yes, &format!("connect() failing with {errno}{extra}"))
-        } else {
-            row(cause, Seen::No, "needs syscalls:sys_enter_connect and syscalls:sys_exit_connect")
-        });
     }
-    rows
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::hooks;
 
     #[test]
     fn everything_available_sees_every_cause() {
@@ -371,27 +351,48 @@ mod tests {
     #[test]
     fn function_hooks_alone_see_backlogs_and_unix_errors() {
         let rows = cause_visibility(&|name| name.starts_with("fn:"), false);
-        let get = |cause: &str| rows.iter().find(|r| r.cause == cause).unwrap().clone();
-        assert_eq!(get("backlog_full").seen, Seen::Yes, "{rows:?}");
-        assert!(get("backlog_full").how.contains("tcp_conn_request"));
-        assert_eq!(get("unix_missing").seen, Seen::Yes);
-        assert!(get("unix_backlog_full").how.contains("queue read in the kernel"));
+        let get = |cause: Cause| rows.iter().find(|r| r.cause == cause).unwrap().clone();
+        assert_eq!(get(Cause::BacklogFull).seen, Seen::Yes, "{rows:?}");
+        assert!(get(Cause::BacklogFull).how.contains("tcp_conn_request"));
+        assert_eq!(get(Cause::UnixMissing).seen, Seen::Yes);
+        assert!(get(Cause::UnixBacklogFull).how.contains("queue read in the kernel"));
         // Without any tracepoint, a dead listener is still not seen.
-        assert_eq!(get("dead_listener").seen, Seen::No);
+        assert_eq!(get(Cause::DeadListener).seen, Seen::No);
     }
 
     #[test]
     fn missing_tracepoints_degrade_causes() {
         let rows = cause_visibility(&|name| name == SET_STATE, false);
-        let seen = |cause: &str| rows.iter().find(|r| r.cause == cause).unwrap().seen;
-        assert_eq!(seen("dead_listener"), Seen::Partly);
-        assert_eq!(seen("backlog_full"), Seen::Partly);
-        assert_eq!(seen("firewall_drop"), Seen::No);
-        assert_eq!(seen("firewall_reject"), Seen::No);
-        assert_eq!(seen("remote_refused"), Seen::Partly);
-        assert_eq!(seen("unix_missing"), Seen::No);
-        assert_eq!(seen("unix_stale"), Seen::No);
-        assert_eq!(seen("no_response"), Seen::Partly);
+        let seen = |cause: Cause| rows.iter().find(|r| r.cause == cause).unwrap().seen;
+        assert_eq!(seen(Cause::DeadListener), Seen::Partly);
+        assert_eq!(seen(Cause::BacklogFull), Seen::Partly);
+        assert_eq!(seen(Cause::FirewallDrop), Seen::No);
+        assert_eq!(seen(Cause::FirewallReject), Seen::No);
+        assert_eq!(seen(Cause::RemoteRefused), Seen::Partly);
+        assert_eq!(seen(Cause::UnixMissing), Seen::No);
+        assert_eq!(seen(Cause::UnixStale), Seen::No);
+        assert_eq!(seen(Cause::NoResponse), Seen::Partly);
+    }
+
+    /// The rules read exactly the hooks the registry says prove each cause: a hook added to
+    /// the registry for a cause, or a rule reading a hook the registry does not list for it,
+    /// fails here.
+    #[test]
+    fn each_cause_reads_the_hooks_the_registry_says_prove_it() {
+        for cause in Cause::ALL {
+            let asked = std::cell::RefCell::new(std::collections::BTreeSet::new());
+            for answer in [true, false] {
+                let record = |key: &str| {
+                    asked.borrow_mut().insert(key.to_string());
+                    answer
+                };
+                visibility(cause, &record, true);
+            }
+            let proving: std::collections::BTreeSet<String> = hooks::proving(cause).into_iter().collect();
+            assert_eq!(asked.into_inner(), proving, "{cause:?}");
+        }
+        let shown: std::collections::BTreeSet<Cause> = SHOWN.into_iter().collect();
+        assert_eq!(shown.len(), Cause::ALL.len());
     }
 
     /// Runs the whole report on this machine; it must not fail, and names every section.
@@ -402,7 +403,7 @@ mod tests {
             return;
         }
         let mut out = Vec::new();
-        let can_run = doctor_report(&mut out).unwrap();
+        let can_run = doctor_report(&mut out, &crate::capture::probe_function_hooks).unwrap();
         let text = String::from_utf8(out).unwrap();
         println!("{text}");
         for section in [

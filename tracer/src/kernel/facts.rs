@@ -12,6 +12,7 @@ use tracer_common::{
 };
 
 use super::btf::{BtfNames, KernelBtf};
+use super::hooks::{self, HookSpec, Layout, TracepointHook};
 use super::tracefs::{self, TracepointFormat};
 
 /// Everything tracer learned about the running kernel.
@@ -71,7 +72,7 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     config.fn_hooks = btf.fn_hook_config()?;
     // The exit status of a listener's owner (listener lifecycle); absent: exits show no code.
     config.lifecycle.task_exit_code = btf.offset_of_sized("task_struct", &["exit_code"], 4).unwrap_or(FIELD_ABSENT);
-    let functions = btf.function_prototypes(super::btf::HOOKED_FUNCTIONS);
+    let functions = btf.function_prototypes(&hooks::function_names());
     Ok(KernelFacts {
         functions,
         config,
@@ -120,270 +121,6 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
 const SYSCALL_ABSENT: TpSyscallFields =
     TpSyscallFields { fd: FIELD_ABSENT, addr: FIELD_ABSENT, addrlen: FIELD_ABSENT, ret: FIELD_ABSENT };
 
-/// Where a format field's offset goes in `Config`.
-type Slot = fn(&mut Config) -> &mut u32;
-
-/// One field tracer reads: its name in the format file, where its offset goes, whether the
-/// tracepoint is useless without it, and the size tracer reads (None: any size).
-struct FieldSpec {
-    name: &'static str,
-    slot: Slot,
-    required: bool,
-    size: Option<u32>,
-}
-
-/// A field layout a tracepoint may have; kernels changed some (tcp_send_reset in 6.10).
-struct Layout {
-    /// Said in `notes` when this layout is not the first one.
-    label: &'static str,
-    fields: Vec<FieldSpec>,
-}
-
-struct TracepointSpec {
-    category: &'static str,
-    name: &'static str,
-    serves: &'static str,
-    /// Tried in order; the first whose required fields all match is used.
-    layouts: Vec<Layout>,
-}
-
-fn req(name: &'static str, size: u32, slot: Slot) -> FieldSpec {
-    FieldSpec { name, slot, required: true, size: Some(size) }
-}
-
-fn opt(name: &'static str, size: u32, slot: Slot) -> FieldSpec {
-    FieldSpec { name, slot, required: false, size: Some(size) }
-}
-
-/// Sizes tracer reads. Pointers are 8 bytes: tracer supports 64-bit kernels only.
-const PTR: u32 = 8;
-const INT: u32 = 4;
-const U16: u32 = 2;
-const V4: u32 = 4;
-const V6: u32 = 16;
-/// `sizeof(struct sockaddr_in6)`: tracepoints that store addresses as sockaddr images.
-const SOCKADDR_IN6: u32 = 28;
-/// Syscall tracepoint arguments are stored as longs whatever their C type.
-const SYSCALL_ARG: u32 = 8;
-
-/// The standard address block of TCP tracepoints (TP_STORE_ADDR_PORTS), all required.
-macro_rules! addr_ports {
-    ($group:ident) => {
-        vec![
-            req("sport", U16, |c| &mut c.$group.sport),
-            req("dport", U16, |c| &mut c.$group.dport),
-            req("family", U16, |c| &mut c.$group.family),
-            req("saddr", V4, |c| &mut c.$group.saddr),
-            req("daddr", V4, |c| &mut c.$group.daddr),
-            req("saddr_v6", V6, |c| &mut c.$group.saddr_v6),
-            req("daddr_v6", V6, |c| &mut c.$group.daddr_v6),
-        ]
-    };
-}
-
-fn with(mut head: Vec<FieldSpec>, tail: Vec<FieldSpec>) -> Vec<FieldSpec> {
-    head.extend(tail);
-    head
-}
-
-fn tracepoint_specs() -> Vec<TracepointSpec> {
-    vec![
-        TracepointSpec {
-            category: "sock",
-            name: "inet_sock_set_state",
-            serves: "TCP attempts failing (SYN_SENT->CLOSE with the socket error) and listeners opening/closing: remote_refused, dead_listener, no_response",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: with(
-                    vec![
-                        req("skaddr", PTR, |c| &mut c.set_state.skaddr),
-                        req("oldstate", INT, |c| &mut c.set_state.oldstate),
-                        req("newstate", INT, |c| &mut c.set_state.newstate),
-                        req("protocol", U16, |c| &mut c.set_state.protocol),
-                    ],
-                    addr_ports!(set_state),
-                ),
-            }],
-        },
-        TracepointSpec {
-            category: "tcp",
-            name: "tcp_retransmit_skb",
-            serves: "SYN retransmits (nobody answers): backlog_full (queue read from the listener), firewall_drop, no_response",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: with(
-                    vec![
-                        opt("skbaddr", PTR, |c| &mut c.retransmit.skbaddr),
-                        req("skaddr", PTR, |c| &mut c.retransmit.skaddr),
-                        req("state", INT, |c| &mut c.retransmit.state),
-                    ],
-                    addr_ports!(retransmit),
-                ),
-            }],
-        },
-        TracepointSpec {
-            category: "tcp",
-            name: "tcp_receive_reset",
-            serves: "RSTs received by connecting sockets: remote_refused, firewall_reject (tcp reset)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: with(
-                    vec![req("skaddr", PTR, |c| &mut c.receive_reset.skaddr)],
-                    addr_ports!(receive_reset),
-                ),
-            }],
-        },
-        TracepointSpec {
-            category: "tcp",
-            name: "tcp_send_reset",
-            serves: "RSTs this host sends because no socket matched: dead_listener (tells it from firewall_reject)",
-            layouts: vec![
-                Layout {
-                    label: "sport/dport/saddr fields",
-                    fields: with(
-                        vec![
-                            opt("skbaddr", PTR, |c| &mut c.send_reset.skbaddr),
-                            req("skaddr", PTR, |c| &mut c.send_reset.skaddr),
-                            opt("state", INT, |c| &mut c.send_reset.state),
-                            opt("reason", INT, |c| &mut c.send_reset.reason),
-                        ],
-                        addr_ports!(send_reset),
-                    ),
-                },
-                // Since 6.10 the addresses are `struct sockaddr_in6`-sized images of a
-                // sockaddr_in/sockaddr_in6 (family, port, address) in saddr/daddr, and
-                // sport/dport/family/saddr_v6/daddr_v6 do not exist. The kernel programs see
-                // this layout as: family == FIELD_ABSENT while saddr != FIELD_ABSENT.
-                Layout {
-                    label: "addresses as sockaddr images in saddr/daddr (no sport/dport/family fields)",
-                    fields: vec![
-                        opt("skbaddr", PTR, |c| &mut c.send_reset.skbaddr),
-                        req("skaddr", PTR, |c| &mut c.send_reset.skaddr),
-                        opt("state", INT, |c| &mut c.send_reset.state),
-                        opt("reason", INT, |c| &mut c.send_reset.reason),
-                        req("saddr", SOCKADDR_IN6, |c| &mut c.send_reset.saddr),
-                        req("daddr", SOCKADDR_IN6, |c| &mut c.send_reset.daddr),
-                    ],
-                },
-            ],
-        },
-        TracepointSpec {
-            category: "icmp",
-            name: "icmp_send",
-            serves: "ICMP errors this host sends: firewall_reject (with icmp port-unreachable)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![
-                    req("skbaddr", PTR, |c| &mut c.icmp_send.skbaddr),
-                    req("type", INT, |c| &mut c.icmp_send.state),
-                    req("code", INT, |c| &mut c.icmp_send.reason),
-                    req("saddr", V4, |c| &mut c.icmp_send.saddr),
-                    req("daddr", V4, |c| &mut c.icmp_send.daddr),
-                    opt("sport", U16, |c| &mut c.icmp_send.sport),
-                    opt("dport", U16, |c| &mut c.icmp_send.dport),
-                ],
-            }],
-        },
-        TracepointSpec {
-            category: "skb",
-            name: "kfree_skb",
-            serves: "packets dropped with a reason: NO_SOCKET (dead_listener), NETFILTER_DROP (firewall_drop, firewall_reject), TCP_LISTEN_OVERFLOW (backlog_full)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![
-                    req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr),
-                    req("protocol", U16, |c| &mut c.kfree_skb.protocol),
-                    req("reason", INT, |c| &mut c.kfree_skb.reason),
-                ],
-            }],
-        },
-        TracepointSpec {
-            category: "syscalls",
-            name: "sys_enter_connect",
-            serves: "connect() calls (the Unix socket path asked for): unix_missing, unix_stale, unix_backlog_full, unix_permission_denied",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![
-                    req("fd", SYSCALL_ARG, |c| &mut c.connect_enter.fd),
-                    req("uservaddr", SYSCALL_ARG, |c| &mut c.connect_enter.addr),
-                    req("addrlen", SYSCALL_ARG, |c| &mut c.connect_enter.addrlen),
-                ],
-            }],
-        },
-        TracepointSpec {
-            category: "syscalls",
-            name: "sys_exit_connect",
-            serves: "connect() results (errno): unix_missing (ENOENT), unix_stale (ECONNREFUSED), unix_backlog_full (EAGAIN), unix_permission_denied (EACCES)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![req("ret", SYSCALL_ARG, |c| &mut c.connect_exit.ret)],
-            }],
-        },
-        TracepointSpec {
-            category: "syscalls",
-            name: "sys_enter_bind",
-            serves: "bind() of Unix socket paths: who created a socket file (unix listener history)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![
-                    req("fd", SYSCALL_ARG, |c| &mut c.bind_enter.fd),
-                    req("umyaddr", SYSCALL_ARG, |c| &mut c.bind_enter.addr),
-                    req("addrlen", SYSCALL_ARG, |c| &mut c.bind_enter.addrlen),
-                ],
-            }],
-        },
-        TracepointSpec {
-            category: "sched",
-            name: "sched_process_exit",
-            serves: "a listener's owner exiting, with its exit code or signal (listener timeline)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![
-                    req("pid", INT, |c| &mut c.lifecycle.exit_pid),
-                    opt("group_dead", 1, |c| &mut c.lifecycle.exit_group_dead),
-                ],
-            }],
-        },
-        TracepointSpec {
-            category: "signal",
-            name: "signal_generate",
-            serves: "fatal signals sent to a listener's owner, and by whom (listener timeline)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![
-                    req("sig", INT, |c| &mut c.lifecycle.sig_sig),
-                    req("pid", INT, |c| &mut c.lifecycle.sig_pid),
-                    req("comm", 16, |c| &mut c.lifecycle.sig_comm),
-                ],
-            }],
-        },
-        TracepointSpec {
-            category: "oom",
-            name: "mark_victim",
-            serves: "the OOM killer choosing a listener's owner (listener timeline)",
-            layouts: vec![Layout { label: "standard", fields: vec![req("pid", INT, |c| &mut c.lifecycle.oom_pid)] }],
-        },
-        TracepointSpec {
-            category: "syscalls",
-            name: "sys_enter_unlinkat",
-            serves: "a Unix socket file deleted, and by whom (unix_missing timeline)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![req("pathname", SYSCALL_ARG, |c| &mut c.lifecycle.unlinkat_pathname)],
-            }],
-        },
-        TracepointSpec {
-            category: "syscalls",
-            name: "sys_enter_unlink",
-            serves: "a Unix socket file deleted, and by whom (unix_missing timeline)",
-            layouts: vec![Layout {
-                label: "standard",
-                fields: vec![req("pathname", SYSCALL_ARG, |c| &mut c.lifecycle.unlink_pathname)],
-            }],
-        },
-    ]
-}
-
 /// Why `layout` cannot be used with `format`, if it cannot.
 fn layout_mismatch(format: &TracepointFormat, layout: &Layout) -> Option<String> {
     for spec in layout.fields.iter().filter(|s| s.required) {
@@ -426,12 +163,13 @@ fn apply_layout(config: &mut Config, format: &TracepointFormat, layout: &Layout)
 /// Resolves one tracepoint against its format file, filling `config` when usable.
 fn resolve_tracepoint(
     config: &mut Config,
-    spec: &TracepointSpec,
+    spec: &HookSpec,
+    tracepoint: &TracepointHook,
     format: anyhow::Result<TracepointFormat>,
 ) -> TracepointInfo {
     let mut info = TracepointInfo {
-        category: spec.category,
-        name: spec.name,
+        category: tracepoint.category,
+        name: tracepoint.name,
         available: false,
         why_not: None,
         serves: spec.serves,
@@ -445,7 +183,7 @@ fn resolve_tracepoint(
         }
     };
     let mut first_mismatch = None;
-    for (i, layout) in spec.layouts.iter().enumerate() {
+    for (i, layout) in tracepoint.layouts.iter().enumerate() {
         match layout_mismatch(&format, layout) {
             None => {
                 info.available = true;
@@ -460,7 +198,7 @@ fn resolve_tracepoint(
             }
         }
     }
-    info.why_not = first_mismatch.map(|why| format!("{}:{} {why}", spec.category, spec.name));
+    info.why_not = first_mismatch.map(|why| format!("{} {why}", tracepoint.full_name()));
     info
 }
 
@@ -486,9 +224,8 @@ fn tracepoint_config_with(
     mut read: impl FnMut(&str, &str) -> anyhow::Result<TracepointFormat>,
 ) -> (Config, Vec<TracepointInfo>) {
     let mut config = empty_config(offsets, enums);
-    let infos = tracepoint_specs()
-        .iter()
-        .map(|spec| resolve_tracepoint(&mut config, spec, read(spec.category, spec.name)))
+    let infos = hooks::tracepoints()
+        .map(|(spec, tp)| resolve_tracepoint(&mut config, spec, tp, read(tp.category, tp.name)))
         .collect();
     (config, infos)
 }

@@ -5,4 +5,5 @@
 pub mod btf;
 pub mod doctor;
 pub mod facts;
+pub mod hooks;
 pub mod tracefs;
