@@ -41,7 +41,8 @@ const PACKAGES: &[(&str, &str)] =
 /// Per VM: boot, both passes, power-off.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 
-const HOOKED: [&str; 5] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect", "unix_find_other"];
+mod summary;
+use summary::{hook_of, summary_hooks, HOOKED};
 
 pub fn vm_test() -> Result<()> {
     require_root("vm-test")?;
@@ -155,29 +156,14 @@ fn host_hooks(tracer: &Path) -> Result<(String, HookMap, HookMap, HookMap)> {
             .stdin(Stdio::null())
             .output()
             .context("running tracer on the host")?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let line = stderr
-            .lines()
-            .find(|l| l.starts_with("tracing:"))
-            .ok_or_else(|| anyhow!("tracer printed no tracing: line on the host: {stderr}"))?;
-        println!("vm-test: [host] --backend {backend}: {line}");
-        Ok(HOOKED.iter().map(|f| (f.to_string(), hook_of(line, f))).collect())
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let objects: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let hooks = summary_hooks(&objects)
+            .ok_or_else(|| anyhow!("tracer printed no JSON summary on the host: {}", String::from_utf8_lossy(&out.stderr)))?;
+        println!("vm-test: [host] --backend {backend}: hooks {}", hooks.join(","));
+        Ok(HOOKED.iter().map(|f| (f.to_string(), hook_of(&hooks, f))).collect())
     };
     Ok((release, one("auto")?, one("kprobes")?, one("tracepoints")?))
-}
-
-/// Same reading of the `tracing:` line as vm-init's.
-fn hook_of(tracing_line: &str, function: &str) -> String {
-    let hooks = tracing_line.split(" hooks=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("");
-    for h in hooks.split(',') {
-        if h.ends_with(&format!(":{function}")) && !h.starts_with("syscalls") {
-            return h.to_string();
-        }
-    }
-    match tracing_line.split(" inactive=").nth(1) {
-        Some(rest) if rest.contains(&format!("{function} (")) => "none -> tracepoints".to_string(),
-        _ => "none".to_string(),
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -135,32 +135,34 @@ impl AcceptWaits {
     }
 }
 
+/// Loads an fentry or fexit program on `function` and, with `attach`, attaches it; without,
+/// unloads it again (doctor only asks whether it loads). FEntry and FExit share no trait
+/// for this, hence the macro.
 fn trampoline(ebpf: &mut Ebpf, program: &str, fexit: bool, function: &str, btf: &Btf, attach: bool) -> Result<(), String> {
-    let prog = ebpf.program_mut(program).ok_or_else(|| format!("program {program} missing from the eBPF object"))?;
-    if fexit {
-        let p: &mut FExit = prog.try_into().map_err(|e| format!("{e}"))?;
-        p.load(function, btf).map_err(|e| format!("load refused ({})", short(&e)))?;
-        if attach {
+    macro_rules! load_then_attach {
+        ($kind:ty) => {{
+            let p: &mut $kind = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            p.load(function, btf).map_err(|e| format!("load refused ({})", short(&e)))?;
+            if !attach {
+                let _ = p.unload();
+                return Ok(());
+            }
             if let Err(e) = p.attach() {
                 let _ = p.unload();
                 return Err(format!("attach refused ({})", short(&e)));
             }
-        } else {
-            let _ = p.unload();
-        }
-    } else {
-        let p: &mut FEntry = prog.try_into().map_err(|e| format!("{e}"))?;
-        p.load(function, btf).map_err(|e| format!("load refused ({})", short(&e)))?;
-        if attach {
-            if let Err(e) = p.attach() {
-                let _ = p.unload();
-                return Err(format!("attach refused ({})", short(&e)));
-            }
-        } else {
-            let _ = p.unload();
-        }
+            Ok(())
+        }};
     }
-    Ok(())
+    if fexit {
+        load_then_attach!(FExit)
+    } else {
+        load_then_attach!(FEntry)
+    }
 }
 
 fn kprobes(ebpf: &mut Ebpf, entry: &str, ret: Option<&str>, function: &str, attach: bool) -> Result<(), String> {

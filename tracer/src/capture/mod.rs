@@ -183,8 +183,8 @@ impl Capture {
         describe_counts(self.backend.describe(), &self.hooks)
     }
 
-    /// The full list (`--verbose`): `backend=B hooks=a,b,c inactive=x (why); y (why)`. The VM
-    /// tests read which hook served each function from it.
+    /// The full list (`--verbose`): `backend=B hooks=a,b,c inactive=x (why); y (why)`. (The VM
+    /// tests read which hook served each function from the JSON summary's `hooks`.)
     pub fn describe_hooks(&self) -> String {
         let active: Vec<&str> = self.hooks.iter().filter(|h| h.active).map(|h| h.hook.as_str()).collect();
         let inactive: Vec<String> = self

@@ -403,7 +403,9 @@ mod tests {
             return;
         }
         let mut out = Vec::new();
-        let can_run = doctor_report(&mut out, &crate::capture::probe_function_hooks).unwrap();
+        // The real probe loads the eBPF object (capture, above this module; the integration
+        // suite runs it through `tracer doctor`): here none loads.
+        let can_run = doctor_report(&mut out, &|_, _| Ok(Vec::new())).unwrap();
         let text = String::from_utf8(out).unwrap();
         println!("{text}");
         for section in [

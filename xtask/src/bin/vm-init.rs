@@ -4,8 +4,8 @@
 //! `tracer diagnose --json`, waits for its `tracing:` line, produces every cause that needs no
 //! Nginx (dead listener, full TCP backlog, Unix missing/stale/full), stops tracer and checks
 //! cause, target, count, client PID and listener PID. It prints a per-hook table
-//! (`VM-HOOK ...` lines), `VM-PASS`/`VM-FAIL` lines and, when everything held,
-//! `VM-TEST-SUCCESS`, then powers the VM off.
+//! (`VM-HOOK ...` lines, read from the `hooks` of tracer's JSON summary), `VM-PASS`/`VM-FAIL`
+//! lines and, when everything held, `VM-TEST-SUCCESS`, then powers the VM off.
 //!
 //! The same binary is the scenario helper: `/init listen-tcp ...`, `/init client-tcp ...` and
 //! so on run as separate processes, so client and listener PIDs are real and distinct.
@@ -22,7 +22,9 @@ use serde_json::Value;
 
 const TRACER: &str = "/bin/tracer";
 const BUSYBOX: &str = "/bin/busybox";
-const HOOKED: [&str; 5] = ["tcp_connect", "inet_csk_accept", "tcp_conn_request", "unix_stream_connect", "unix_find_other"];
+#[path = "../vm/summary.rs"]
+mod summary;
+use summary::{hook_of, summary_hooks, HOOKED};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -170,13 +172,14 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
         s
     });
     let t0 = Instant::now();
-    let tracing_line = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(l) => l,
+    // The `tracing:` line says the hooks are attached; which they are, the summary says.
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(_) => {}
         Err(_) => {
             kill(&mut tracer);
             return Err("tracer printed no tracing: line within 120 s".into());
         }
-    };
+    }
     println!("VM-STEP {name}: tracer ready after {:.1} s", t0.elapsed().as_secs_f64());
 
     let mut expects = Vec::new();
@@ -270,6 +273,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     }
     let objects: Vec<Value> = out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let findings: Vec<&Value> = objects.iter().filter(|v| v["type"] == "finding").collect();
+    let hooks = summary_hooks(&objects).ok_or("tracer printed no summary line with a hooks list")?;
     for f in &findings {
         println!("  finding: {}", f);
     }
@@ -277,7 +281,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     // The per-hook table: which program served each hooked function.
     let mut hooks_ok = true;
     for function in HOOKED {
-        let served = hook_of(&tracing_line, function);
+        let served = hook_of(&hooks, function);
         println!("VM-HOOK {name} {function} {served}");
         let is_kprobe = served.starts_with("kprobe") || served.starts_with("kretprobe");
         let function_hook = served.starts_with("fentry") || served.starts_with("fexit") || is_kprobe;
@@ -327,7 +331,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
         }
         if e.cause == "unix_backlog_full" {
             let seen = f["evidence"]["unix_stream_connect: peer queue full"].as_u64().unwrap_or(0);
-            let hooked = !hook_of(&tracing_line, "unix_find_other").starts_with("none");
+            let hooked = !hook_of(&hooks, "unix_find_other").starts_with("none");
             if hooked && (seen == 0 || f["queue"]["max"].as_u64() != Some(1)) {
                 bad.push(format!("unix_find_other is hooked: want the peer queue read in the kernel (evidence {seen}, queue {})", f["queue"]));
             }
@@ -342,8 +346,8 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
             }
             let overflow_seen = f["evidence"]["tcp_conn_request: queue full"].as_u64().unwrap_or(0);
             let waits = f["accept_wait_ms"].as_object().map(|o| o.len()).unwrap_or(0);
-            let conn_request_hooked = !hook_of(&tracing_line, "tcp_conn_request").starts_with("none");
-            let accept_hooked = !hook_of(&tracing_line, "inet_csk_accept").starts_with("none");
+            let conn_request_hooked = !hook_of(&hooks, "tcp_conn_request").starts_with("none");
+            let accept_hooked = !hook_of(&hooks, "inet_csk_accept").starts_with("none");
             if conn_request_hooked && overflow_seen == 0 {
                 bad.push("tcp_conn_request is hooked but no SYN-time overflow in the evidence".into());
             }
@@ -385,21 +389,6 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
         Ok(())
     } else {
         Err(problems.join(" | "))
-    }
-}
-
-/// What served `function` according to tracer's `tracing:` line: `fentry:tcp_connect`,
-/// `kprobe+kretprobe:inet_csk_accept`, or `none (...)`.
-fn hook_of(tracing_line: &str, function: &str) -> String {
-    let hooks = tracing_line.split(" hooks=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or("");
-    for h in hooks.split(',') {
-        if h.ends_with(&format!(":{function}")) && !h.starts_with("syscalls") {
-            return h.to_string();
-        }
-    }
-    match tracing_line.split(" inactive=").nth(1) {
-        Some(rest) if rest.contains(&format!("{function} (")) => "none -> tracepoints".to_string(),
-        _ => "none".to_string(),
     }
 }
 
