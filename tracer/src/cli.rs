@@ -1,0 +1,170 @@
+//! The command line: what each command takes, and the one-line refusals of values that
+//! cannot name anything (parsed by clap in main.rs, run by `run`).
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{capture, metrics};
+
+#[derive(Parser)]
+#[command(name = "tracer", version, about = "Explains, from inside the kernel, why Nginx answers 502 Bad Gateway")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Trace for a while (or until Ctrl-C), then print one finding per cause and upstream.
+    Diagnose(TraceArgs),
+    /// Print each failed upstream connection as it happens, and findings as they open or change.
+    Watch(WatchArgs),
+    /// A live terminal view: one row per upstream target, refreshed every second (s: sort, q: quit).
+    Top(TraceArgs),
+    /// Show what this kernel offers and what tracer will therefore see; attaches nothing.
+    Doctor,
+}
+
+#[derive(Args, Clone)]
+pub struct TraceArgs {
+    /// Where `watch --metrics` serves (set from `WatchArgs`; not a flag of every command).
+    #[arg(skip)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// How long to trace (e.g. 30s, 2m, 500ms); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only upstream TCP targets on this port (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
+    pub ports: Vec<u16>,
+    /// Only this Unix socket path (repeatable).
+    #[arg(long = "unix", value_name = "PATH", value_parser = parse_unix_path)]
+    pub unix_paths: Vec<String>,
+    /// Only attempts made by processes with this command name, e.g. nginx (repeatable).
+    #[arg(long = "client-comm", value_name = "NAME", value_parser = parse_comm)]
+    pub client_comms: Vec<String>,
+    /// Print the kernel programs' debug log (aya-log) to stderr.
+    #[arg(long)]
+    pub debug_kernel: bool,
+    /// Nginx error log whose lines written while tracing are matched to the findings
+    /// (repeatable; default: the error_log files of every running Nginx's configuration).
+    #[arg(long = "nginx-error-log", value_name = "PATH")]
+    pub nginx_error_logs: Vec<std::path::PathBuf>,
+    /// Only findings in this network namespace (its inode, as `readlink /proc/PID/ns/net` shows).
+    #[arg(long, value_name = "INODE")]
+    pub netns: Option<u32>,
+    /// Only findings whose client or listener cgroup path contains TEXT (a container id, a unit).
+    #[arg(long, value_name = "TEXT", value_parser = parse_cgroup)]
+    pub cgroup: Option<String>,
+    /// `auto`: function hooks (fentry, else kprobe) where the kernel allows, tracepoints for
+    /// the rest; `kprobes`: the same without trying fentry; `tracepoints`: tracepoints only.
+    /// Default: $TRACER_BACKEND, else auto.
+    #[arg(long, value_parser = capture::fhooks::BackendChoice::parse)]
+    pub backend: Option<capture::fhooks::BackendChoice>,
+    /// Name every hook on the `tracing:` line (default: counts per kind).
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (127.0.0.1:9464 when ADDR is not given).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = metrics::DEFAULT_ADDR, value_parser = metrics::parse_addr)]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (use e.g. 30s, 2m, 500ms)"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    };
+    if !(secs > 0.0 && secs < 365.0 * 86400.0) {
+        return Err(format!("'{s}' must be a positive duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("'{s}' is not a TCP port (1-65535)")),
+        Ok(p) => Ok(p),
+    }
+}
+
+fn parse_unix_path(s: &str) -> Result<String, String> {
+    let p = s.strip_prefix("unix:").unwrap_or(s);
+    if p.is_empty() {
+        return Err("an empty Unix socket path names nothing".into());
+    }
+    if p.len() > 107 {
+        return Err(format!("{p:?} is longer than a Unix socket path can be (107 bytes)"));
+    }
+    // Nginx and every other client connect to absolute paths (or abstract names): a relative
+    // path would be compared with absolute ones and match nothing, a false all-clear.
+    if !p.starts_with('/') && !p.starts_with('@') {
+        return Err(format!(
+            "{p:?} is not an absolute Unix socket path (give it as nginx names it, e.g. /run/gunicorn.sock, or @name for an abstract socket)"
+        ));
+    }
+    Ok(p.to_string())
+}
+
+fn parse_cgroup(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty cgroup filter matches nothing".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("an empty command name matches nothing".into());
+    }
+    // The kernel keeps 15 bytes of a command name.
+    Ok(s.chars().take(15).collect())
+}
+
+/// `tracer diagnose ARGV...` parsed (tests).
+#[cfg(test)]
+pub(crate) fn diagnose_args(argv: &[&str]) -> Result<TraceArgs, clap::Error> {
+    let mut all = vec!["tracer", "diagnose"];
+    all.extend_from_slice(argv);
+    Cli::try_parse_from(all).map(|cli| match cli.command {
+        Command::Diagnose(args) => args,
+        _ => unreachable!("parsed as diagnose"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_paths_must_be_absolute_or_abstract() {
+        assert_eq!(parse_unix_path("/run/gunicorn.sock").unwrap(), "/run/gunicorn.sock");
+        assert_eq!(parse_unix_path("unix:/run/g.sock").unwrap(), "/run/g.sock");
+        assert_eq!(parse_unix_path("@abstract").unwrap(), "@abstract");
+        for relative in ["relative/path", "g.sock", "./g.sock", "unix:run/g.sock"] {
+            let e = parse_unix_path(relative).unwrap_err();
+            assert!(e.contains("not an absolute Unix socket path") && !e.contains('\n'), "{relative}: {e}");
+        }
+        // At argument parsing: a usage error (exit 2 in main).
+        let e = diagnose_args(&["--unix", "relative/path"]).err().expect("refused");
+        assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);
+        // Escaped, one line, whatever the path holds.
+        let e = parse_unix_path("a\nFIREWALL DROP\x1b[2J").unwrap_err();
+        assert!(!e.contains('\n') && !e.contains('\x1b'), "{e}");
+    }
+
+}

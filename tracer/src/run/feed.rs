@@ -1,0 +1,66 @@
+//! What goes into the engine besides the kernel's own records: sock_diag probes, listener
+//! owners' process facts, and lost-event counts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::capture::Capture;
+use crate::enrich::{self, Enricher};
+use crate::event::{Event, EventBody, Target};
+use crate::explain::Engine;
+
+/// Do not ask sock_diag about the same target more often than this.
+const PROBE_EVERY_NS: u64 = 200_000_000;
+
+/// Feeds a batch to the engine in time order, asking sock_diag about listeners where the
+/// kernel could not measure them itself (listeners older than tracer, Unix listeners).
+pub fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, last_probe: &mut HashMap<(u32, Target), u64>) {
+    // Records from different CPUs interleave in the ring: restore time order.
+    batch.sort_by_key(|e| e.ts_ns);
+    let me = std::process::id();
+    for ev in batch.drain(..) {
+        // tracer's own listener (--metrics) is not an upstream anyone meant.
+        if ev.task.pid == me && matches!(ev.body, EventBody::TcpListenStart { .. } | EventBody::TcpListenStop { .. }) {
+            continue;
+        }
+        let probe = match &ev.body {
+            EventBody::TcpSynRetransmit { flow, queue: None, .. } => Some((ev.netns, Target::Tcp(flow.dst))),
+            // The kernel recorded the caller's netns: it decides which sock_diag to ask.
+            EventBody::UnixConnectFailed { path, errno } if *errno == libc::EAGAIN || *errno == libc::ECONNREFUSED => {
+                Some((ev.netns, Target::Unix(path.clone())))
+            }
+            _ => None,
+        };
+        engine.push(&ev);
+        // A new listener: its owner's parent, cgroup and unit, while it is alive to be read.
+        if matches!(ev.body, EventBody::TcpListenStart { .. } | EventBody::UnixBind { .. }) {
+            if let Some(info) = enrich::cgroup::process_info_event(&ev.task, ev.ts_ns, ev.netns) {
+                engine.push(&info);
+            }
+        }
+        if let Some(key) = probe {
+            let due = last_probe.get(&key).is_none_or(|t| ev.ts_ns.saturating_sub(*t) >= PROBE_EVERY_NS);
+            if due {
+                last_probe.insert(key.clone(), ev.ts_ns);
+                if let Some(seen) = enricher.probe_target(key.0, &key.1) {
+                    engine.push(&seen);
+                }
+            }
+        }
+    }
+    if last_probe.len() > 10_000 {
+        last_probe.clear();
+    }
+}
+
+/// Turns kernel lost-event counters into `Lost` events (only the increase since last time).
+pub fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64, engine: &mut Engine) {
+    let Ok((_, lost)) = capture.counters() else { return };
+    for (kind, count) in lost {
+        let before = reported.get(&kind).copied().unwrap_or(0);
+        if count > before {
+            note!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
+            engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind: kind.clone(), count: count - before } });
+            reported.insert(kind, count);
+        }
+    }
+}
