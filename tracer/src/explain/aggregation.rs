@@ -1,0 +1,248 @@
+//! Aggregation: concluded attempts summed into findings per (cause, target, netns), and a
+//! finding's current state told as a `Finding` (its words come from `story` and `rules`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::event::{Queue, Target, TaskInfo};
+
+use super::attempt::{fuller, SynOverflow};
+use super::conclusion::LABEL_LISTEN_OVERFLOWS;
+use super::engine::Engine;
+use super::output::{clients_include_a_proxy, AttemptRecord, Finding, Outcome, ProcessRef, Update};
+use super::rules::{Cause, ListenerFacts, Wording};
+use super::timeline;
+
+/// sock_diag samples are taken periodically: one shortly before an attempt still describes it.
+pub(super) const SAMPLE_SLACK_NS: u64 = 1_000_000_000;
+
+pub(super) type FindingKey = (Cause, Target, u32);
+
+/// Aggregate of the attempts of one finding.
+#[derive(Clone, Debug)]
+pub(super) struct FindingState {
+    pub(super) count: u64,
+    pub(super) delayed: u64,
+    pub(super) pending: u64,
+    pub(super) clients: BTreeSet<ProcessRef>,
+    pub(super) uids: BTreeSet<u32>,
+    pub(super) evidence: BTreeMap<String, u64>,
+    pub(super) first_seen_ns: u64,
+    pub(super) last_seen_ns: u64,
+    pub(super) fullest_queue: Option<Queue>,
+    /// The listener's queue at SYN-time overflows (tcp_conn_request), latest few.
+    pub(super) syn_overflows: VecDeque<SynOverflow>,
+    /// The listener on the target as the kernel read it at a SYN retransmit (latest).
+    pub(super) kernel_listener: Option<TaskInfo>,
+    pub(super) syn_retransmits: u64,
+    pub(super) resets_sent: u64,
+    pub(super) netfilter_drops: u64,
+    pub(super) rejected_by_reset: u64,
+    pub(super) rejected_by_icmp: u64,
+}
+
+impl FindingState {
+    pub(super) fn new(first_seen_ns: u64) -> FindingState {
+        FindingState {
+            count: 0,
+            delayed: 0,
+            pending: 0,
+            clients: BTreeSet::new(),
+            uids: BTreeSet::new(),
+            evidence: BTreeMap::new(),
+            first_seen_ns,
+            last_seen_ns: first_seen_ns,
+            fullest_queue: None,
+            syn_overflows: VecDeque::new(),
+            kernel_listener: None,
+            syn_retransmits: 0,
+            resets_sent: 0,
+            netfilter_drops: 0,
+            rejected_by_reset: 0,
+            rejected_by_icmp: 0,
+        }
+    }
+}
+
+
+impl Engine {
+
+    /// Current findings, sorted by count desc then target.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out: Vec<Finding> = self.findings.iter().map(|(k, st)| self.snapshot(k, st)).collect();
+        out.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.target.cmp(&b.target))
+                .then_with(|| a.cause.cmp(&b.cause))
+                .then_with(|| a.netns.cmp(&b.netns))
+        });
+        out
+    }
+
+    /// Accept-queue wait histograms per listener address (function-hook backend).
+    pub fn accept_waits(&self) -> BTreeMap<(Target, u32), BTreeMap<String, u64>> {
+        let keys: BTreeSet<&(Target, u32)> = self.accept_waits.keys().chain(self.accept_wait_totals.keys()).collect();
+        keys.into_iter().map(|k| (k.clone(), self.accept_wait_histogram(k))).collect()
+    }
+
+    /// One listener's accept-wait histogram: per-connection events plus the kernel's totals.
+    pub(super) fn accept_wait_histogram(&self, key: &(Target, u32)) -> BTreeMap<String, u64> {
+        let mut h: BTreeMap<String, u64> = BTreeMap::new();
+        if let Some(events) = self.accept_waits.get(key) {
+            for (b, n) in events {
+                *h.entry(b.to_string()).or_insert(0) += n;
+            }
+        }
+        if let Some(totals) = self.accept_wait_totals.get(key) {
+            for (b, n) in ACCEPT_WAIT_BUCKETS.iter().zip(totals) {
+                if *n > 0 {
+                    *h.entry(b.to_string()).or_insert(0) += n;
+                }
+            }
+        }
+        h
+    }
+
+    /// Adds one concluded attempt to its finding.
+    pub(super) fn aggregate(&mut self, key: &FindingKey, r: &AttemptRecord, extra: impl FnOnce(&mut FindingState)) {
+        let st = self.findings.entry(key.clone()).or_insert_with(|| FindingState::new(r.start_ns));
+        st.count += 1;
+        match r.outcome {
+            Outcome::Delayed => st.delayed += 1,
+            Outcome::Pending => st.pending += 1,
+            Outcome::Failed => {}
+        }
+        st.clients.insert(ProcessRef::of(&r.client));
+        for (label, n) in &r.evidence {
+            // Counted once per finding in conclude_tcp, not per attempt.
+            if label != LABEL_LISTEN_OVERFLOWS {
+                *st.evidence.entry(label.clone()).or_insert(0) += n;
+            }
+        }
+        st.first_seen_ns = st.first_seen_ns.min(r.start_ns);
+        st.last_seen_ns = st.last_seen_ns.max(r.ts_ns);
+        extra(st);
+        self.changed.insert(key.clone());
+    }
+
+    pub(super) fn push_ready(&mut self, r: AttemptRecord) {
+        // Bounded when tick() is not called for a long time; findings stay complete.
+        if self.ready.len() >= self.opts.max_tracked {
+            self.ready.pop_front();
+        }
+        self.ready.push_back(r);
+    }
+
+
+    pub(super) fn drain_updates(&mut self) -> Vec<Update> {
+        let mut records: Vec<AttemptRecord> = self.ready.drain(..).collect();
+        // Unix attempts conclude as they come, TCP ones after their grace: report in time order.
+        records.sort_by_key(|r| r.ts_ns);
+        let mut out: Vec<Update> = records.into_iter().map(Update::Attempt).collect();
+        let changed = std::mem::take(&mut self.changed);
+        for key in changed {
+            if let Some(st) = self.findings.get(&key) {
+                out.push(Update::Finding(self.snapshot(&key, st)));
+            }
+        }
+        out
+    }
+
+    // ---- findings -------------------------------------------------------------------------
+
+    pub(super) fn snapshot(&self, key: &FindingKey, st: &FindingState) -> Finding {
+        let (cause, target, netns) = (key.0, &key.1, key.2);
+        let uids: Vec<u32> = st.uids.iter().copied().collect();
+        let queue = match cause {
+            Cause::BacklogFull | Cause::UnixBacklogFull => st.fullest_queue.or_else(|| {
+                // Samples measured after the attempts concluded still describe them.
+                self.listeners
+                    .samples_during(
+                        netns,
+                        target,
+                        self.wildcards_cover(target),
+                        st.first_seen_ns.saturating_sub(SAMPLE_SLACK_NS),
+                        st.last_seen_ns.saturating_add(SAMPLE_SLACK_NS),
+                    )
+                    .into_iter()
+                    .fold(None, |acc, q| Some(fuller(acc, q)))
+            }),
+            _ => None,
+        };
+        let about = self.listener_story(cause, target, netns, st);
+        let proxy_client = clients_include_a_proxy(&st.clients);
+        let listener_unit = about.listener.as_ref().and_then(|l| self.lifecycle.unit_of(l.pid));
+        let wording = Wording {
+            listener: about.listener.as_ref().map(|l| ListenerFacts { comm: &l.comm, pid: l.pid, unit: listener_unit }),
+            proxy_client,
+            target: Some(target),
+            count: st.count,
+            delayed: st.delayed,
+            pending: st.pending,
+            syn_retransmits: st.syn_retransmits,
+            resets_sent: st.resets_sent,
+            netfilter_drops: st.netfilter_drops,
+            rejected_by_reset: st.rejected_by_reset,
+            rejected_by_icmp: st.rejected_by_icmp,
+            queue,
+            uids: &uids,
+        };
+        let hint = match cause {
+            Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale => {
+                self.wrong_address_hint(target, netns, st, about.listener.as_ref())
+            }
+            _ => None,
+        };
+        let (detail, mut fix) = (cause.detail(&wording), cause.fix(&wording));
+        let timeline = self.timeline(cause, target, netns, st);
+        if let Some(more) = timeline::fix_addendum(&timeline, listener_unit) {
+            fix = format!("{fix} {more}");
+        }
+        Finding {
+            cause,
+            target: target.clone(),
+            netns,
+            count: st.count,
+            delayed: st.delayed,
+            pending: st.pending,
+            clients: st.clients.iter().cloned().collect(),
+            uids,
+            listener: about.listener,
+            listener_note: about.note,
+            listener_closed_ns: about.closed_ns,
+            queue,
+            hint,
+            evidence: st.evidence.clone(),
+            detail,
+            fix,
+            first_seen_ns: st.first_seen_ns,
+            last_seen_ns: st.last_seen_ns,
+            timeline,
+            accept_wait_ms: match cause {
+                Cause::BacklogFull => self.accept_wait_histogram(&(target.clone(), netns)),
+                _ => BTreeMap::new(),
+            },
+            syn_overflows: {
+                let mut v: Vec<SynOverflow> = st.syn_overflows.iter().cloned().collect();
+                v.sort_by_key(|o| o.ts_ns);
+                v
+            },
+        }
+    }
+
+
+}
+
+/// The histogram bucket of an accept-queue wait, in milliseconds.
+pub const ACCEPT_WAIT_BUCKETS: [&str; 5] = ["<1", "1-10", "10-100", "100-1000", ">=1000"];
+
+pub fn accept_wait_bucket(wait_ns: u64) -> &'static str {
+    let ms = wait_ns / 1_000_000;
+    match ms {
+        0 => ACCEPT_WAIT_BUCKETS[0],
+        1..=9 => ACCEPT_WAIT_BUCKETS[1],
+        10..=99 => ACCEPT_WAIT_BUCKETS[2],
+        100..=999 => ACCEPT_WAIT_BUCKETS[3],
+        _ => ACCEPT_WAIT_BUCKETS[4],
+    }
+}

@@ -1,0 +1,278 @@
+//! The `Engine`: its state, and the public entry points (`push`, `tick`, `finish`,
+//! `findings`). Each event kind goes to a named step in `correlation`; concluding is in
+//! `conclusion`, findings in `aggregation`, the words in `story`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::IpAddr;
+
+use crate::event::{Event, EventBody, Queue, Target};
+
+use super::aggregation::{FindingKey, FindingState};
+use super::aggregation::accept_wait_bucket;
+use super::attempt::{drop_reason_name, Attempt, Close, AttemptKey, FlowEvidence, FlowEvidenceKind, FlowKey};
+use super::buffer::KeyedBuffer;
+use super::conclusion::ConcludeWhy;
+use super::correlation::{address_pair, IcmpSeen, OverflowRise, TCP_RTO_MAX_NS};
+use super::listeners::Listeners;
+use super::output::{AttemptRecord, EngineOptions, Update};
+use super::rules::classify_unix;
+use super::timeline;
+
+pub struct Engine {
+    pub(super) opts: EngineOptions,
+    pub(super) attempts: HashMap<AttemptKey, Attempt>,
+    /// Open attempts by flow, for socket-less evidence.
+    pub(super) attempt_by_flow: HashMap<FlowKey, AttemptKey>,
+    /// Socket-less evidence no tracked attempt has claimed yet.
+    pub(super) flow_buffer: KeyedBuffer<FlowKey, FlowEvidence>,
+    /// ICMP errors sent by this host, by address pair, until an attempt claims them.
+    pub(super) icmp_buffer: KeyedBuffer<(IpAddr, IpAddr), IcmpSeen>,
+    pub(super) overflows: VecDeque<OverflowRise>,
+    pub(super) listeners: Listeners,
+    /// Attempts concluded recently: late events for them must not open a new attempt.
+    /// (end, key, start_ns); the set maps each key to the start of the attempt concluded last.
+    pub(super) recently_concluded: VecDeque<(u64, AttemptKey, u64)>,
+    pub(super) recently_concluded_set: HashMap<AttemptKey, u64>,
+    /// Addresses seen as the source of our clients' attempts: addresses of this host.
+    pub(super) local_ips: BTreeSet<IpAddr>,
+    pub(super) findings: BTreeMap<FindingKey, FindingState>,
+    pub(super) changed: BTreeSet<FindingKey>,
+    /// Concluded attempts not yet returned by tick()/finish() (bounded; oldest dropped).
+    pub(super) ready: VecDeque<AttemptRecord>,
+    pub(super) lost: BTreeMap<String, u64>,
+    /// Exits, signals, OOM kills, unlinks and owners' facts, for dead-listener timelines.
+    pub(super) lifecycle: timeline::Lifecycle,
+    /// Per listener (address, netns): how long accepted connections waited in its accept
+    /// queue, as a histogram (bucket label -> count). Function-hook backend only.
+    pub(super) accept_waits: BTreeMap<(Target, u32), BTreeMap<&'static str, u64>>,
+    /// The kernel's own accept-wait histograms per listener (absolute totals, replaced on
+    /// each reading), bucket i = ACCEPT_WAIT_BUCKETS[i].
+    pub(super) accept_wait_totals: BTreeMap<(Target, u32), [u64; 5]>,
+    /// Unix listeners' queues read in the kernel at EAGAIN connects: (ts, netns, path, queue).
+    pub(super) unix_peer_queues: VecDeque<(u64, u32, String, Queue)>,
+}
+
+impl Engine {
+    pub fn new(opts: EngineOptions) -> Engine {
+        let max = opts.max_tracked.max(1);
+        Engine {
+            opts: EngineOptions { max_tracked: max, ..opts },
+            attempts: HashMap::new(),
+            attempt_by_flow: HashMap::new(),
+            flow_buffer: KeyedBuffer::new(max),
+            icmp_buffer: KeyedBuffer::new(max),
+            overflows: VecDeque::new(),
+            listeners: Listeners::new(max),
+            recently_concluded: VecDeque::new(),
+            recently_concluded_set: HashMap::new(),
+            local_ips: BTreeSet::new(),
+            findings: BTreeMap::new(),
+            changed: BTreeSet::new(),
+            ready: VecDeque::new(),
+            lost: BTreeMap::new(),
+            lifecycle: timeline::Lifecycle::new(max),
+            accept_waits: BTreeMap::new(),
+            unix_peer_queues: VecDeque::new(),
+            accept_wait_totals: BTreeMap::new(),
+        }
+    }
+
+    /// Feed one event (events come roughly in ts order; evidence for a flow may arrive up to
+    /// grace_ns AFTER the attempt's close event).
+    pub fn push(&mut self, ev: &Event) {
+        match &ev.body {
+            EventBody::TcpAttemptFailed { flow, sk_err, syn_retransmits, rst_received, start_ns } => {
+                if let Some(a) = self.attempt_mut(ev, flow, *start_ns) {
+                    a.syn_retransmits = a.syn_retransmits.max(*syn_retransmits);
+                    a.rst_received |= *rst_received;
+                    if a.close.is_none() {
+                        a.close = Some(Close::Failed { ts_ns: ev.ts_ns, sk_err: *sk_err });
+                    }
+                }
+            }
+            EventBody::TcpSynRetransmit { flow, syn_retransmits, queue, listener } => {
+                if let Some(a) = self.attempt_mut(ev, flow, 0) {
+                    // The kernel's running count when it has one (a duplicate delivery then
+                    // changes nothing), else one more than seen.
+                    a.syn_retransmits = if *syn_retransmits > 0 {
+                        a.syn_retransmits.max(*syn_retransmits)
+                    } else {
+                        a.syn_retransmits + 1
+                    };
+                    if let Some(q) = queue {
+                        a.note_queue(*q);
+                    }
+                    if let Some(l) = listener {
+                        if l.pid != 0 || a.kernel_listener.is_none() {
+                            a.kernel_listener = Some(l.clone());
+                        }
+                    }
+                }
+            }
+            EventBody::TcpAttemptDelayed { flow, syn_retransmits, start_ns } => {
+                if let Some(a) = self.attempt_mut(ev, flow, *start_ns) {
+                    a.syn_retransmits = a.syn_retransmits.max(*syn_retransmits);
+                    if a.close.is_none() {
+                        a.close = Some(Close::Delayed { ts_ns: ev.ts_ns });
+                    }
+                }
+            }
+            EventBody::TcpRstReceived { flow } => {
+                if let Some(a) = self.attempt_mut(ev, flow, 0) {
+                    a.rst_received = true;
+                }
+            }
+            EventBody::TcpRstSentNoSocket { flow, reason } => self.flow_evidence(FlowEvidence {
+                ts_ns: ev.ts_ns,
+                flow: *flow,
+                kind: FlowEvidenceKind::ResetFromNoSocket { reason: reason.clone() },
+            }),
+            EventBody::SkbDropped { flow, reason } => {
+                // A drop without parsed addresses cannot be matched to anything.
+                if let Some(flow) = flow {
+                    self.flow_evidence(FlowEvidence {
+                        ts_ns: ev.ts_ns,
+                        flow: *flow,
+                        kind: FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) },
+                    })
+                }
+            }
+            EventBody::IcmpSent { flow, icmp_type, code } => {
+                self.icmp_buffer.push(
+                    address_pair(flow.src.ip(), flow.dst.ip()),
+                    IcmpSeen {
+                        ts_ns: ev.ts_ns,
+                        icmp_type: *icmp_type,
+                        code: *code,
+                        ports: (flow.src.port(), flow.dst.port()),
+                    },
+                );
+            }
+            EventBody::TcpListenStart { addr, .. } => {
+                self.lifecycle.push(ev);
+                self.listeners.listen_start(ev.netns, *addr, &ev.task, ev.sock, ev.ts_ns)
+            }
+            EventBody::TcpListenStop { addr, actor } => {
+                self.listeners.listen_stop(ev.netns, *addr, &ev.task, actor, ev.sock, ev.ts_ns)
+            }
+            EventBody::UnixConnectFailed { path, errno } => {
+                if let Some(cause) = classify_unix(*errno, path) {
+                    self.conclude_unix(ev, path, *errno, cause);
+                }
+            }
+            EventBody::UnixBind { path } => self.listeners.unix_bind(ev.netns, path, &ev.task, ev.ts_ns),
+            EventBody::ListenerSeen { target, queue } => {
+                self.listeners.seen(ev.netns, target, *queue, &ev.task, ev.ts_ns, self.opts.evidence_ttl_ns)
+            }
+            EventBody::ListenOverflows { delta } => {
+                if *delta > 0 {
+                    if self.overflows.len() >= self.opts.max_tracked {
+                        self.overflows.pop_front();
+                    }
+                    self.overflows.push_back(OverflowRise {
+                        ts_ns: ev.ts_ns,
+                        netns: ev.netns,
+                        delta: *delta,
+                        counted: false,
+                    });
+                }
+            }
+            EventBody::Lost { kind, count } => *self.lost.entry(kind.clone()).or_insert(0) += count,
+            EventBody::ProcessExit { .. }
+            | EventBody::SignalGenerated { .. }
+            | EventBody::OomKilled
+            | EventBody::UnixUnlink { .. }
+            | EventBody::ProcessInfo { .. } => self.lifecycle.push(ev),
+            EventBody::UnixPeerQueue { path, queue } => {
+                // Kept until the failure it precedes concludes (bounded).
+                if self.unix_peer_queues.len() >= 1024 {
+                    self.unix_peer_queues.pop_front();
+                }
+                self.unix_peer_queues.push_back((ev.ts_ns, ev.netns, path.clone(), *queue));
+            }
+            EventBody::TcpListenOverflow { flow, queue, listener, .. } => {
+                // Without the SYN's addresses it cannot be tied to an attempt; the
+                // ListenOverflows counter tells the same story then.
+                if let Some(flow) = flow {
+                    self.flow_evidence(FlowEvidence {
+                        ts_ns: ev.ts_ns,
+                        flow: *flow,
+                        kind: FlowEvidenceKind::SynOverflow { queue: *queue, listener: listener.clone() },
+                    })
+                }
+            }
+            EventBody::AcceptWaitTotals { listener, counts } => {
+                let key = (Target::Tcp(*listener), ev.netns);
+                if self.accept_wait_totals.contains_key(&key) || self.accept_wait_totals.len() < self.opts.max_tracked {
+                    self.accept_wait_totals.insert(key, *counts);
+                }
+            }
+            EventBody::TcpAccepted { flow, wait_ns, .. } => {
+                let key = (Target::Tcp(flow.dst), ev.netns);
+                if !self.accept_waits.contains_key(&key) && self.accept_waits.len() >= self.opts.max_tracked {
+                    return;
+                }
+                let h = self.accept_waits.entry(key).or_default();
+                *h.entry(accept_wait_bucket(*wait_ns)).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Conclude attempts whose close is older than now_ns - grace_ns; returns what changed
+    /// (for `watch`).
+    pub fn tick(&mut self, now_ns: u64) -> Vec<Update> {
+        self.expire(now_ns);
+        let horizon = now_ns.saturating_sub(self.opts.grace_ns);
+        let silent_after = self.opts.evidence_ttl_ns.saturating_add(TCP_RTO_MAX_NS);
+        let mut due: Vec<(u64, AttemptKey, ConcludeWhy)> = self
+            .attempts
+            .values()
+            .filter_map(|a| match a.close {
+                Some(c) if c.ts_ns() < horizon => Some((c.ts_ns(), a.key, ConcludeWhy::Closed)),
+                None if a.last_event_ns.saturating_add(silent_after) < now_ns => {
+                    Some((a.last_event_ns, a.key, ConcludeWhy::Silent))
+                }
+                _ => None,
+            })
+            .collect();
+        due.sort();
+        for (_, key, why) in due {
+            self.conclude_tcp(&key, why);
+        }
+        self.drain_updates()
+    }
+
+    /// Conclude everything (end of `diagnose`), including attempts still pending (in SYN_SENT
+    /// with retransmits): they are classified too and counted as pending.
+    pub fn finish(&mut self) -> Vec<Update> {
+        let mut all: Vec<(u64, AttemptKey, ConcludeWhy)> = self
+            .attempts
+            .values()
+            .map(|a| {
+                let why = if a.close.is_some() { ConcludeWhy::Closed } else { ConcludeWhy::EndOfTracing };
+                (a.end_ns(), a.key, why)
+            })
+            .collect();
+        all.sort();
+        for (_, key, why) in all {
+            self.conclude_tcp(&key, why);
+        }
+        self.drain_updates()
+    }
+
+
+    pub fn lost_events(&self) -> BTreeMap<String, u64> {
+        self.lost.clone()
+    }
+
+    /// Attempts currently followed (open, or closed and waiting out the grace period).
+    pub fn tracked_attempts(&self) -> usize {
+        self.attempts.len()
+    }
+
+    /// Socket-less evidence, ICMP errors and counter rises waiting for an attempt, plus known
+    /// listener addresses: everything else that grows with traffic.
+    pub fn buffered_evidence(&self) -> usize {
+        self.flow_buffer.len() + self.icmp_buffer.len() + self.overflows.len() + self.listeners.len()
+    }
+}

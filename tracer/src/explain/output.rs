@@ -1,0 +1,156 @@
+//! What the engine hands out: concluded attempts, findings and the updates `watch` prints,
+//! plus the engine's tuning. Plain data; the engine that fills them is in `engine`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Queue, Target, TaskInfo};
+
+use super::rules::{self, Cause};
+use super::{SynOverflow, TimelineEntry};
+
+/// Tuning of the engine. All times are CLOCK_MONOTONIC nanoseconds, like event timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// How long after an attempt's close late evidence (from other CPUs) is still awaited.
+    pub grace_ns: u64,
+    /// How long socket-less evidence and measurements are kept waiting for their attempt.
+    pub evidence_ttl_ns: u64,
+    /// Bound on tracked attempts, buffered evidence and known listeners (each).
+    pub max_tracked: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { grace_ns: 300_000_000, evidence_ttl_ns: 120_000_000_000, max_tracked: 200_000 }
+    }
+}
+
+/// A process named in a finding.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessRef {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl ProcessRef {
+    pub fn of(t: &TaskInfo) -> ProcessRef {
+        ProcessRef { pid: t.pid, comm: t.comm.clone() }
+    }
+}
+
+impl std::fmt::Display for ProcessRef {
+    /// `gunicorn (pid 700)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pid {})", self.comm, self.pid)
+    }
+}
+
+/// How a concluded attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// It never connected.
+    Failed,
+    /// It connected, late (after SYN retransmits).
+    Delayed,
+    /// It was still waiting (SYN_SENT) when tracing ended or it stopped being tracked.
+    Pending,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Failed => "failed",
+            Outcome::Delayed => "delayed",
+            Outcome::Pending => "pending",
+        }
+    }
+}
+
+/// One concluded attempt.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    /// When it failed / connected (for pending ones: its last sign of life).
+    pub ts_ns: u64,
+    /// When it started (connect()), as well as known.
+    pub start_ns: u64,
+    pub cause: Cause,
+    pub target: Target,
+    pub netns: u32,
+    pub sock: u64,
+    /// The socket's owner at connect time (TCP) or the caller of connect() (Unix).
+    pub client: TaskInfo,
+    pub evidence: BTreeMap<String, u64>,
+    pub outcome: Outcome,
+    /// Unix: connect()'s errno; TCP: the socket error at close (0 when none).
+    pub errno: i32,
+}
+
+/// Everything known about one cause of failure on one target.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub cause: Cause,
+    pub target: Target,
+    pub netns: u32,
+    /// Distinct attempts (failed + delayed + pending).
+    pub count: u64,
+    /// Of `count`: attempts that connected late (backlog only).
+    pub delayed: u64,
+    /// Of `count`: attempts still waiting at the end.
+    pub pending: u64,
+    pub clients: Vec<ProcessRef>,
+    /// uids of the clients (unix_permission_denied).
+    pub uids: Vec<u32>,
+    pub listener: Option<ProcessRef>,
+    pub listener_note: String,
+    /// When the listener named by `listener_note` closed (monotonic ns), for wall-clock display.
+    pub listener_closed_ns: Option<u64>,
+    /// Backlog causes: the fullest accept queue measured.
+    pub queue: Option<Queue>,
+    pub hint: Option<String>,
+    pub evidence: BTreeMap<String, u64>,
+    pub detail: String,
+    pub fix: String,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    /// Backlog causes, function-hook backend: how long the connections the listener did
+    /// accept had waited in its queue (bucket in ms -> count; empty when not measured).
+    pub accept_wait_ms: BTreeMap<String, u64>,
+    /// Backlog causes, function-hook backend: the listener's queue at each SYN that
+    /// tcp_conn_request dropped on it (the latest few; the evidence counts them all).
+    pub syn_overflows: Vec<SynOverflow>,
+    /// dead_listener / unix_missing / unix_stale: the listener's story (who listened, how it
+    /// died, the refusals, the recovery or "still down"), in time order.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// What changed in a `tick`/`finish`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    Attempt(AttemptRecord),
+    /// A finding opened or changed (its current state).
+    Finding(Finding),
+}
+
+/// Whether any client is a proxy (`PROXY_COMMS`). No client known: assume one, so nothing is
+/// hidden for lack of a name.
+pub(super) fn clients_include_a_proxy<'a>(clients: impl IntoIterator<Item = &'a ProcessRef>) -> bool {
+    let mut any = false;
+    for c in clients {
+        if rules::is_proxy_comm(&c.comm) {
+            return true;
+        }
+        any = true;
+    }
+    !any
+}
+
+impl Finding {
+    /// Whether a proxy (Nginx and the like, `PROXY_COMMS`) made these attempts. Findings of
+    /// other clients (`logger` on /dev/log) are reported apart, out of the headline.
+    pub fn proxy_client(&self) -> bool {
+        clients_include_a_proxy(&self.clients)
+    }
+}
