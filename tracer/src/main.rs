@@ -49,6 +49,6 @@ fn main() -> ExitCode {
 
 fn doctor() -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let ok = kernel::doctor::doctor_report(&mut out)?;
+    let ok = kernel::doctor::doctor_report(&mut out, &tracer::capture::probe_function_hooks)?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
