@@ -78,21 +78,18 @@ pub struct WatchArgs {
     pub metrics: Option<std::net::SocketAddr>,
 }
 
+/// `30s`, `2m`, `500ms`, `1h` (humantime's units), or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
-    let value: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration (use e.g. 30s, 2m, 500ms)"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("'{s}' has an unknown unit (use ms, s, m or h)")),
+    let parsed = match s.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(s),
     };
-    if !(secs > 0.0 && secs < 365.0 * 86400.0) {
+    let d = parsed.map_err(|e| format!("'{s}' is not a duration (use e.g. 30s, 2m, 500ms): {e}"))?;
+    if d.is_zero() || d >= Duration::from_secs(365 * 86400) {
         return Err(format!("'{s}' must be a positive duration"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -149,6 +146,17 @@ pub(crate) fn diagnose_args(argv: &[&str]) -> Result<TraceArgs, clap::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_the_usual_units_and_refuse_the_rest_in_one_line() {
+        for (text, expected) in [("30s", 30_000), ("2m", 120_000), ("500ms", 500), ("1h", 3_600_000), ("45", 45_000)] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(expected)), "{text}");
+        }
+        for bad in ["nonsense", "0s", "30x", "", "400days"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.starts_with(&format!("'{bad}' ")) && !e.contains('\n'), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn unix_paths_must_be_absolute_or_abstract() {

@@ -14,20 +14,20 @@
 //! panic message is printed. Warnings written to stderr meanwhile are held and printed after.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Stdout};
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ratatui::backend::{Backend, CrosstermBackend};
+use ratatui::backend::Backend;
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind, KeyModifiers};
-use ratatui::crossterm::{cursor, execute, terminal};
+use ratatui::crossterm::{cursor, execute};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row as TableRow, Table};
-use ratatui::{Frame, Terminal};
+use ratatui::Frame;
 
 use crate::kernel::hooks::CaptureHealth;
 use crate::enrich::monotonic_ns;
@@ -326,8 +326,9 @@ static HELD_STDERR: AtomicI32 = AtomicI32::new(-1);
 /// may both run).
 pub fn restore_terminal() {
     if ACTIVE.swap(false, Ordering::SeqCst) {
-        let _ = terminal::disable_raw_mode();
-        let _ = execute!(std::io::stdout(), terminal::LeaveAlternateScreen, cursor::Show);
+        // ratatui leaves raw mode and the alternate screen; the cursor `start` hid is ours.
+        let _ = ratatui::try_restore();
+        let _ = execute!(std::io::stdout(), cursor::Show);
     }
     release_stderr();
 }
@@ -397,7 +398,7 @@ impl Drop for Guard {
 }
 
 pub struct TopView {
-    terminal: Terminal<CrosstermBackend<Stdout>>,
+    terminal: ratatui::DefaultTerminal,
     sort: SortBy,
     clock: Clock,
     started: Instant,
@@ -419,10 +420,10 @@ impl TopView {
         });
         ACTIVE.store(true, Ordering::SeqCst);
         let guard = Guard;
-        terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
-        execute!(std::io::stdout(), terminal::EnterAlternateScreen, cursor::Hide).context("entering the alternate screen")?;
+        // Raw mode and the alternate screen (ratatui's own panic hook restores them too).
+        let mut terminal = ratatui::try_init().context("setting up the terminal")?;
+        terminal.hide_cursor().context("setting up the terminal")?;
         hold_stderr();
-        let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout())).context("setting up the terminal")?;
         terminal.clear().context("clearing the terminal")?;
         Ok(TopView { terminal, sort: SortBy::Attempts, clock, started: Instant::now(), last_draw: None, draws: 0, _guard: guard })
     }
@@ -488,6 +489,7 @@ mod tests {
     use crate::event::{Event, EventBody, TaskInfo};
     use crate::explain::{Engine, EngineOptions};
     use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
 
     const S: u64 = 1_000_000_000;
 
