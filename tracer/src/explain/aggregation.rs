@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::event::{Queue, Target, TaskInfo};
 
 use super::attempt::{fuller, SynOverflow};
-use super::conclusion::LABEL_LISTEN_OVERFLOWS;
 use super::engine::Engine;
+use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{clients_include_a_proxy, AttemptRecord, Finding, Outcome, ProcessRef, Update};
 use super::rules::{Cause, ListenerFacts, Wording};
 use super::timeline;
@@ -25,7 +25,7 @@ pub(super) struct FindingState {
     pub(super) pending: u64,
     pub(super) clients: BTreeSet<ProcessRef>,
     pub(super) uids: BTreeSet<u32>,
-    pub(super) evidence: BTreeMap<String, u64>,
+    pub(super) evidence: EvidenceCounts,
     pub(super) first_seen_ns: u64,
     pub(super) last_seen_ns: u64,
     pub(super) fullest_queue: Option<Queue>,
@@ -48,7 +48,7 @@ impl FindingState {
             pending: 0,
             clients: BTreeSet::new(),
             uids: BTreeSet::new(),
-            evidence: BTreeMap::new(),
+            evidence: EvidenceCounts::new(),
             first_seen_ns,
             last_seen_ns: first_seen_ns,
             fullest_queue: None,
@@ -113,10 +113,10 @@ impl Engine {
             Outcome::Failed => {}
         }
         st.clients.insert(ProcessRef::of(&r.client));
-        for (label, n) in &r.evidence {
+        for (e, n) in r.evidence.iter() {
             // Counted once per finding in conclude_tcp, not per attempt.
-            if label != LABEL_LISTEN_OVERFLOWS {
-                *st.evidence.entry(label.clone()).or_insert(0) += n;
+            if *e != Evidence::ListenOverflows {
+                st.evidence.add(e.clone(), n);
             }
         }
         st.first_seen_ns = st.first_seen_ns.min(r.start_ns);

@@ -1,11 +1,10 @@
 //! One TCP connection attempt (a socket in SYN_SENT) and the evidence matched to it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::event::{FlowAddr, Queue, TaskInfo};
 
-use super::rules::errno_name;
+use super::evidence::{Evidence, EvidenceCounts};
 use super::ProcessRef;
 
 /// Identity of an attempt: the kernel socket address plus its flow (socket memory is reused,
@@ -70,9 +69,6 @@ pub struct SynOverflow {
 /// Bound on the overflow samples kept per attempt and per finding.
 pub const MAX_OVERFLOW_SAMPLES: usize = 16;
 
-/// Evidence label of a SYN dropped by tcp_conn_request on a full accept queue.
-pub const LABEL_SYN_OVERFLOW: &str = "tcp_conn_request: queue full";
-
 /// How an attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Close {
@@ -119,8 +115,8 @@ pub struct Attempt {
     pub syn_overflows: u64,
     /// The listener's queue at each of them (the first few).
     pub overflow_samples: Vec<SynOverflow>,
-    /// Counters named after what fired, for the report.
-    pub flow_labels: BTreeMap<String, u64>,
+    /// What the socket-less events matched to it proved.
+    pub flow_evidence: EvidenceCounts,
 }
 
 impl Attempt {
@@ -145,7 +141,7 @@ impl Attempt {
             listen_overflow_drops: 0,
             syn_overflows: 0,
             overflow_samples: Vec::new(),
-            flow_labels: BTreeMap::new(),
+            flow_evidence: EvidenceCounts::new(),
         }
     }
 
@@ -188,49 +184,56 @@ impl Attempt {
         // A reset or NO_SOCKET drop of a packet going to the client (e.g. a late SYN-ACK after
         // the client gave up) says nothing about the target's listener.
         let to_target = ev.flow.dst == self.flow.dst && ev.flow.src == self.flow.src;
-        let suffix = if to_target { "" } else { " (to client)" };
-        let label = match &ev.kind {
-            FlowEvidenceKind::ResetFromNoSocket { reason } => {
-                if to_target {
-                    self.no_socket_to_target += 1;
-                    self.resets_sent_to_target += 1;
-                }
-                let reason = reason.as_deref().map(|r| r.trim_start_matches("SK_RST_REASON_")).unwrap_or("NO_SOCKET");
-                format!("tcp:tcp_send_reset {reason}{suffix}")
-            }
-            FlowEvidenceKind::Dropped { reason } => {
-                match reason.as_str() {
-                    // Netfilter drops count in either direction: a dropped SYN or a dropped answer.
-                    "NETFILTER_DROP" => self.netfilter_drops += 1,
-                    "NO_SOCKET" if to_target => self.no_socket_to_target += 1,
-                    "TCP_LISTEN_OVERFLOW" => self.listen_overflow_drops += 1,
-                    _ => {}
-                }
-                let sfx = if reason == "NETFILTER_DROP" { "" } else { suffix };
-                format!("skb:kfree_skb {reason}{sfx}")
-            }
+        let evidence = match &ev.kind {
+            FlowEvidenceKind::ResetFromNoSocket { reason } => self.note_reset_sent(reason.as_deref(), to_target),
+            FlowEvidenceKind::Dropped { reason } => self.note_drop(reason, to_target),
             FlowEvidenceKind::SynOverflow { queue, listener } => {
                 if !to_target {
                     return;
                 }
-                self.syn_overflows += 1;
-                if self.overflow_samples.len() < MAX_OVERFLOW_SAMPLES {
-                    self.overflow_samples.push(SynOverflow {
-                        ts_ns: ev.ts_ns,
-                        queue: *queue,
-                        listener: listener.as_ref().filter(|l| l.pid != 0).map(|l| ProcessRef { pid: l.pid, comm: l.comm.clone() }),
-                    });
-                }
-                self.fullest_queue = Some(fuller(self.fullest_queue, *queue));
-                if let Some(l) = listener {
-                    if l.pid != 0 || self.kernel_listener.is_none() {
-                        self.kernel_listener = Some(l.clone());
-                    }
-                }
-                LABEL_SYN_OVERFLOW.to_string()
+                self.note_syn_overflow(ev.ts_ns, *queue, listener.as_ref())
             }
         };
-        *self.flow_labels.entry(label).or_insert(0) += 1;
+        self.flow_evidence.add(evidence, 1);
+    }
+
+    fn note_reset_sent(&mut self, reason: Option<&str>, to_target: bool) -> Evidence {
+        if to_target {
+            self.no_socket_to_target += 1;
+            self.resets_sent_to_target += 1;
+        }
+        let reason = reason.map(|r| r.trim_start_matches("SK_RST_REASON_")).unwrap_or("NO_SOCKET");
+        Evidence::ResetSent { reason: reason.to_string(), to_client: !to_target }
+    }
+
+    fn note_drop(&mut self, reason: &str, to_target: bool) -> Evidence {
+        match reason {
+            // Netfilter drops count in either direction: a dropped SYN or a dropped answer.
+            "NETFILTER_DROP" => self.netfilter_drops += 1,
+            "NO_SOCKET" if to_target => self.no_socket_to_target += 1,
+            "TCP_LISTEN_OVERFLOW" => self.listen_overflow_drops += 1,
+            _ => {}
+        }
+        let to_client = !to_target && reason != "NETFILTER_DROP";
+        Evidence::Dropped { reason: reason.to_string(), to_client }
+    }
+
+    fn note_syn_overflow(&mut self, ts_ns: u64, queue: Queue, listener: Option<&TaskInfo>) -> Evidence {
+        self.syn_overflows += 1;
+        if self.overflow_samples.len() < MAX_OVERFLOW_SAMPLES {
+            self.overflow_samples.push(SynOverflow {
+                ts_ns,
+                queue,
+                listener: listener.filter(|l| l.pid != 0).map(ProcessRef::of),
+            });
+        }
+        self.fullest_queue = Some(fuller(self.fullest_queue, queue));
+        if let Some(l) = listener {
+            if l.pid != 0 || self.kernel_listener.is_none() {
+                self.kernel_listener = Some(l.clone());
+            }
+        }
+        Evidence::SynOverflow
     }
 
     /// The socket error it closed with (0 when closed by its owner or still open).
@@ -241,21 +244,21 @@ impl Attempt {
         }
     }
 
-    /// Counters named after what fired, for this attempt alone.
-    pub fn evidence_labels(&self) -> BTreeMap<String, u64> {
-        let mut e = self.flow_labels.clone();
+    /// What fired, for this attempt alone.
+    pub fn evidence(&self) -> EvidenceCounts {
+        let mut e = self.flow_evidence.clone();
         if self.rst_received {
-            e.insert("tcp:tcp_receive_reset".into(), 1);
+            e.set(Evidence::ResetReceived, 1);
         }
         if self.syn_retransmits > 0 {
-            e.insert("tcp:tcp_retransmit_skb SYN_SENT".into(), self.syn_retransmits as u64);
+            e.set(Evidence::SynRetransmits, self.syn_retransmits as u64);
         }
         if self.kernel_queue_full_samples > 0 {
-            e.insert("accept queue full (read in kernel)".into(), self.kernel_queue_full_samples);
+            e.set(Evidence::KernelQueueFull, self.kernel_queue_full_samples);
         }
         let sk_err = self.sk_err();
         if sk_err != 0 {
-            e.insert(format!("connect() {}", errno_name(sk_err)), 1);
+            e.set(Evidence::ConnectErrno(sk_err), 1);
         }
         e
     }

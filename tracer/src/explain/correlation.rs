@@ -50,6 +50,14 @@ pub(super) struct OverflowRise {
     pub(super) counted: bool,
 }
 
+impl OverflowRise {
+    /// Whether this rise can be about an attempt in `netns` between `from` and `to` (a netns
+    /// of 0 is unknown and matches any).
+    pub(super) fn during(&self, netns: u32, from: u64, to: u64) -> bool {
+        (self.netns == netns || self.netns == 0 || netns == 0) && self.ts_ns >= from && self.ts_ns <= to
+    }
+}
+
 /// An ICMP may precede the attempt's first event slightly (it is sent while the SYN leaves).
 pub(super) const ICMP_SLACK_NS: u64 = 1_000_000_000;
 

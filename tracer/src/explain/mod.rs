@@ -21,6 +21,7 @@ mod buffer;
 mod conclusion;
 mod correlation;
 mod engine;
+mod evidence;
 mod listeners;
 mod output;
 pub mod rules;
@@ -29,12 +30,14 @@ mod timeline;
 #[cfg(test)]
 mod fn_tests;
 #[cfg(test)]
+pub(crate) mod test_kit;
+#[cfg(test)]
 mod tests;
 
 pub use aggregation::{accept_wait_bucket, ACCEPT_WAIT_BUCKETS};
-pub use attempt::{SynOverflow, LABEL_SYN_OVERFLOW};
-pub use conclusion::LABEL_UNIX_PEER_FULL;
+pub use attempt::SynOverflow;
 pub use engine::Engine;
+pub use evidence::{Evidence, EvidenceCounts};
 pub use output::{AttemptRecord, EngineOptions, Finding, Outcome, ProcessRef, Update};
 pub use rules::{is_proxy_comm, Cause, PROXY_COMMS};
 pub use story::duration;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Queue, Target, TaskInfo};
 
+use super::evidence::EvidenceCounts;
 use super::rules::{self, Cause};
 use super::{SynOverflow, TimelineEntry};
 
@@ -82,7 +83,7 @@ pub struct AttemptRecord {
     pub sock: u64,
     /// The socket's owner at connect time (TCP) or the caller of connect() (Unix).
     pub client: TaskInfo,
-    pub evidence: BTreeMap<String, u64>,
+    pub evidence: EvidenceCounts,
     pub outcome: Outcome,
     /// Unix: connect()'s errno; TCP: the socket error at close (0 when none).
     pub errno: i32,
@@ -110,7 +111,7 @@ pub struct Finding {
     /// Backlog causes: the fullest accept queue measured.
     pub queue: Option<Queue>,
     pub hint: Option<String>,
-    pub evidence: BTreeMap<String, u64>,
+    pub evidence: EvidenceCounts,
     pub detail: String,
     pub fix: String,
     pub first_seen_ns: u64,

@@ -1,155 +1,9 @@
 //! Unit tests on recorded event sequences: every cause, and the ambiguous mixes.
 
-use std::net::SocketAddr;
-
 use super::rules::{classify_tcp, classify_unix, RejectKind, TcpFacts};
+use super::test_kit::*;
 use super::*;
-use crate::event::{Event, EventBody, FlowAddr, Queue, Target, TaskInfo};
-
-const NS: u32 = 4026531840;
-const MS: u64 = 1_000_000;
-const S: u64 = 1_000_000_000;
-
-fn nginx(pid: u32) -> TaskInfo {
-    TaskInfo { pid, tid: pid, uid: 33, comm: "nginx".into() }
-}
-
-fn task(pid: u32, comm: &str) -> TaskInfo {
-    TaskInfo { pid, tid: pid, uid: 1000, comm: comm.into() }
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn flow(src: &str, dst: &str) -> FlowAddr {
-    FlowAddr { src: addr(src), dst: addr(dst) }
-}
-
-fn ev(ts_ns: u64, sock: u64, task: &TaskInfo, body: EventBody) -> Event {
-    Event { ts_ns, netns: NS, sock, task: task.clone(), body }
-}
-
-/// Events with no socket: the current task is meaningless there.
-fn packet(ts_ns: u64, body: EventBody) -> Event {
-    ev(ts_ns, 0, &task(0, "swapper/0"), body)
-}
-
-fn listen_start(ts: u64, owner: &TaskInfo, a: &str) -> Event {
-    ev(ts, 0xa000 + owner.pid as u64, owner, EventBody::TcpListenStart { addr: addr(a), backlog: None })
-}
-
-fn listen_stop(ts: u64, owner: &TaskInfo, a: &str) -> Event {
-    ev(ts, 0xa000 + owner.pid as u64, owner, EventBody::TcpListenStop { addr: addr(a), actor: owner.clone() })
-}
-
-#[allow(clippy::too_many_arguments)] // mirrors the event's fields one to one
-fn failed(
-    ts: u64,
-    sock: u64,
-    client: &TaskInfo,
-    f: FlowAddr,
-    sk_err: i32,
-    retrans: u32,
-    rst: bool,
-    start: u64,
-) -> Event {
-    ev(
-        ts,
-        sock,
-        client,
-        EventBody::TcpAttemptFailed { flow: f, sk_err, syn_retransmits: retrans, rst_received: rst, start_ns: start },
-    )
-}
-
-fn retransmit(
-    ts: u64,
-    sock: u64,
-    client: &TaskInfo,
-    f: FlowAddr,
-    n: u32,
-    queue: Option<Queue>,
-    listener: Option<TaskInfo>,
-) -> Event {
-    ev(ts, sock, client, EventBody::TcpSynRetransmit { flow: f, syn_retransmits: n, queue, listener })
-}
-
-fn rst_received(ts: u64, sock: u64, client: &TaskInfo, f: FlowAddr) -> Event {
-    ev(ts, sock, client, EventBody::TcpRstReceived { flow: f })
-}
-
-fn rst_sent_no_socket(ts: u64, f: FlowAddr) -> Event {
-    packet(ts, EventBody::TcpRstSentNoSocket { flow: f, reason: Some("SK_RST_REASON_NO_SOCKET".into()) })
-}
-
-fn dropped(ts: u64, f: FlowAddr, reason: &str) -> Event {
-    packet(ts, EventBody::SkbDropped { flow: Some(f), reason: reason.into() })
-}
-
-fn unix_failed(ts: u64, client: &TaskInfo, path: &str, errno: i32) -> Event {
-    ev(ts, 0xb000 + ts, client, EventBody::UnixConnectFailed { path: path.into(), errno })
-}
-
-/// What the kernel shows for one connect to a port nothing listens on (loopback order: the
-/// stack's reset and the SYN's drop come before the client socket hears the reset).
-fn dead_listener_attempt(ts: u64, sock: u64, client: &TaskInfo, f: FlowAddr) -> Vec<Event> {
-    vec![
-        rst_sent_no_socket(ts + 10_000, f),
-        dropped(ts + 20_000, f, "NO_SOCKET"),
-        rst_received(ts + 30_000, sock, client, f),
-        failed(ts + 40_000, sock, client, f, 111, 0, true, ts),
-    ]
-}
-
-/// A connect whose SYN and `retrans` retransmits are dropped by netfilter, then times out.
-fn dropped_attempt(ts: u64, sock: u64, client: &TaskInfo, f: FlowAddr, retrans: u32) -> Vec<Event> {
-    let mut v = vec![dropped(ts, f, "NETFILTER_DROP")];
-    for i in 1..=retrans {
-        let t = ts + (1u64 << i) * S / 2;
-        v.push(retransmit(t, sock, client, f, i, None, None));
-        v.push(dropped(t + 1000, f, "NETFILTER_DROP"));
-    }
-    v.push(failed(ts + (1u64 << (retrans + 1)) * S / 2, sock, client, f, 110, retrans, false, ts));
-    v
-}
-
-fn engine() -> Engine {
-    Engine::new(EngineOptions::default())
-}
-
-fn run(events: &[Event]) -> (Engine, Vec<Update>) {
-    let mut e = engine();
-    for ev in events {
-        e.push(ev);
-    }
-    let updates = e.finish();
-    (e, updates)
-}
-
-/// The only finding; fails when there are none or several.
-fn only(e: &Engine) -> Finding {
-    let f = e.findings();
-    assert_eq!(f.len(), 1, "expected exactly one finding, got {f:#?}");
-    f.into_iter().next().unwrap()
-}
-
-fn pids(f: &Finding) -> Vec<u32> {
-    f.clients.iter().map(|c| c.pid).collect()
-}
-
-fn listener_pid(f: &Finding) -> Option<u32> {
-    f.listener.as_ref().map(|l| l.pid)
-}
-
-fn attempts(updates: &[Update]) -> Vec<AttemptRecord> {
-    updates
-        .iter()
-        .filter_map(|u| match u {
-            Update::Attempt(a) => Some(a.clone()),
-            _ => None,
-        })
-        .collect()
-}
+use crate::event::{Event, EventBody, Queue, Target, TaskInfo};
 
 // ---- the verdict table on its own ---------------------------------------------------------
 
@@ -234,10 +88,10 @@ fn dead_listener_names_the_last_listener() {
         f.listener_note
     );
     assert_eq!(f.listener_closed_ns, Some(2 * S));
-    assert_eq!(f.evidence["tcp:tcp_send_reset NO_SOCKET"], 3);
-    assert_eq!(f.evidence["skb:kfree_skb NO_SOCKET"], 3);
-    assert_eq!(f.evidence["tcp:tcp_receive_reset"], 3);
-    assert_eq!(f.evidence["connect() ECONNREFUSED"], 3);
+    assert_eq!(f.evidence[reset_sent("NO_SOCKET")], 3);
+    assert_eq!(f.evidence[dropped_for("NO_SOCKET")], 3);
+    assert_eq!(f.evidence[Evidence::ResetReceived], 3);
+    assert_eq!(f.evidence[Evidence::ConnectErrno(111)], 3);
     assert_eq!(f.first_seen_ns, 3 * S);
     assert_eq!(f.last_seen_ns, 5 * S + 40_000);
     // The fix names the listener the evidence names; its unit was never learnt, so no
@@ -375,7 +229,7 @@ fn reset_plus_netfilter_drop_is_a_firewall_reject_not_a_dead_listener() {
     assert_eq!(listener_pid(&f), None);
     assert!(f.detail.contains("netfilter answered with a TCP reset"), "{}", f.detail);
     assert!(f.fix.contains("nft list ruleset | grep reject") && f.fix.contains("reject with tcp reset"), "{}", f.fix);
-    assert_eq!(f.evidence["skb:kfree_skb NETFILTER_DROP"], 1);
+    assert_eq!(f.evidence[dropped_for("NETFILTER_DROP")], 1);
 
     // Even if a socket-less reset for the flow shows up too, the netfilter drop decides.
     let mut mixed = events.clone();
@@ -407,8 +261,8 @@ fn icmp_reject_is_a_firewall_reject() {
     assert_eq!(listener_pid(&f), None);
     assert!(f.detail.contains("ICMP"), "{}", f.detail);
     assert!(f.fix.contains("reject with icmp"), "{}", f.fix);
-    assert_eq!(f.evidence["icmp:icmp_send 3/3"], 1);
-    assert_eq!(attempts(&updates)[0].evidence["icmp:icmp_send 3/3"], 1);
+    assert_eq!(f.evidence[ICMP_PORT_UNREACHABLE], 1);
+    assert_eq!(attempts(&updates)[0].evidence[ICMP_PORT_UNREACHABLE], 1);
 
     // The drop event lost: the ICMP alone still proves a local reject.
     let (e, _) = run(&[icmp, failed(S + 20_000, 0x1, &nginx(812), f1, 111, 0, false, S)]);
@@ -437,7 +291,7 @@ fn icmp_with_ports_is_claimed_only_by_the_attempt_it_is_about() {
     for f in &findings {
         assert_eq!(f.cause, Cause::FirewallReject);
         assert_eq!(f.count, 1);
-        let icmp = f.evidence.get("icmp:icmp_send 3/3").copied().unwrap_or(0);
+        let icmp = f.evidence.get(&ICMP_PORT_UNREACHABLE);
         match &f.target {
             Target::Tcp(a) if a.port() == 8005 => assert_eq!(icmp, 0, "RST reject got the ICMP: {:?}", f.evidence),
             Target::Tcp(a) if a.port() == 8006 => assert_eq!(icmp, 1, "{:?}", f.evidence),
@@ -477,7 +331,7 @@ fn no_socket_drop_of_a_packet_to_the_client_is_not_a_dead_listener() {
     assert_eq!(f.cause, Cause::NoResponse);
     assert_eq!(f.count, 1);
     assert_eq!(pids(&f), [812]);
-    assert_eq!(f.evidence["skb:kfree_skb NO_SOCKET (to client)"], 1);
+    assert_eq!(f.evidence[Evidence::Dropped { reason: "NO_SOCKET".into(), to_client: true }], 1);
 }
 
 // ---- unanswered SYNs: backlog vs firewall drop vs nothing ---------------------------------
@@ -505,8 +359,8 @@ fn syn_retransmits_with_a_full_queue_are_backlog_full() {
     assert_eq!(listener_pid(&f), Some(700));
     assert_eq!(f.listener_note, "gunicorn (pid 700) listens here");
     assert_eq!(f.queue, Some(Queue { len: 3, max: 1 }));
-    assert_eq!(f.evidence["tcp:tcp_retransmit_skb SYN_SENT"], 3);
-    assert_eq!(f.evidence["accept queue full (read in kernel)"], 3);
+    assert_eq!(f.evidence[Evidence::SynRetransmits], 3);
+    assert_eq!(f.evidence[Evidence::KernelQueueFull], 3);
     assert!(
         f.fix.contains("--backlog") && f.fix.contains("net.core.somaxconn") && f.fix.contains("(2 x CPU cores) + 1")
     );
@@ -532,7 +386,7 @@ fn listen_overflows_alone_make_backlog_full_and_count_once() {
     assert_eq!(f.count, 2);
     assert_eq!(pids(&f), [812]);
     assert_eq!(listener_pid(&f), None);
-    assert_eq!(f.evidence["ListenOverflows"], 4);
+    assert_eq!(f.evidence[Evidence::ListenOverflows], 4);
     assert!(f.listener_note.starts_with("no listener seen by tracer"), "{}", f.listener_note);
 }
 
@@ -549,9 +403,9 @@ fn syn_retransmits_with_netfilter_drops_are_firewall_drop_even_with_a_listener()
     assert_eq!(f.count, 1);
     assert_eq!(pids(&f), [812]);
     assert_eq!(listener_pid(&f), Some(700));
-    assert_eq!(f.evidence["skb:kfree_skb NETFILTER_DROP"], 4);
-    assert_eq!(f.evidence["tcp:tcp_retransmit_skb SYN_SENT"], 3);
-    assert_eq!(f.evidence["connect() ETIMEDOUT"], 1);
+    assert_eq!(f.evidence[dropped_for("NETFILTER_DROP")], 4);
+    assert_eq!(f.evidence[Evidence::SynRetransmits], 3);
+    assert_eq!(f.evidence[Evidence::ConnectErrno(110)], 1);
     assert!(
         f.fix.contains("nft list ruleset") && f.fix.contains("iptables -S") && f.fix.contains("proxy_connect_timeout")
     );
@@ -575,8 +429,8 @@ fn syn_retransmits_with_nothing_else_are_no_response_never_firewall_drop() {
     assert_eq!(f.count, 1);
     assert_eq!(pids(&f), [812]);
     assert_eq!(listener_pid(&f), None);
-    assert_eq!(f.evidence["tcp:tcp_retransmit_skb SYN_SENT"], 6);
-    assert!(!f.evidence.keys().any(|k| k.contains("NETFILTER")));
+    assert_eq!(f.evidence[Evidence::SynRetransmits], 6);
+    assert!(!f.evidence.iter().any(|(e, _)| matches!(e, Evidence::Dropped { reason, .. } if reason.contains("NETFILTER"))));
 }
 
 #[test]
@@ -594,7 +448,7 @@ fn distinct_attempts_are_counted_once_whatever_the_retransmits() {
     assert_eq!(f.cause, Cause::NoResponse);
     assert_eq!(f.count, 1);
     assert_eq!(pids(&f), [812]);
-    assert_eq!(f.evidence["tcp:tcp_retransmit_skb SYN_SENT"], 6);
+    assert_eq!(f.evidence[Evidence::SynRetransmits], 6);
     assert_eq!(attempts(&updates).len(), 1);
 }
 
@@ -678,7 +532,7 @@ fn delayed_then_connected_counts_only_under_backlog() {
     assert_eq!(pids(&f), [812]);
     assert_eq!(listener_pid(&f), Some(700));
     assert_eq!(f.queue, Some(Queue { len: 129, max: 128 }));
-    assert_eq!(f.evidence["delayed then connected"], 1);
+    assert_eq!(f.evidence[Evidence::DelayedThenConnected], 1);
     let recs = attempts(&updates);
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].outcome, Outcome::Delayed);
@@ -699,7 +553,7 @@ fn attempts_still_waiting_at_finish_are_classified_and_pending() {
     let updates = e.finish();
     let recs = attempts(&updates);
     assert_eq!(recs.len(), 2);
-    assert!(recs.iter().all(|a| a.outcome == Outcome::Pending && a.evidence["pending at end"] == 1));
+    assert!(recs.iter().all(|a| a.outcome == Outcome::Pending && a.evidence[Evidence::PendingAtEnd] == 1));
     let all = e.findings();
     assert_eq!(all.len(), 2);
     let backlog = all.iter().find(|f| f.cause == Cause::BacklogFull).unwrap();
@@ -756,7 +610,7 @@ fn unix_errnos_map_to_their_causes() {
     assert_eq!(pids(missing), [812, 813]);
     assert_eq!(listener_pid(missing), None);
     assert_eq!(missing.listener_note, "no bind() of this path seen since tracing started");
-    assert!(missing.evidence["connect() ENOENT"] == 2);
+    assert!(missing.evidence[Evidence::ConnectErrno(2)] == 2);
     assert!(missing.fix.contains("recreates") && missing.fix.contains("tmpfiles"));
     // Another path in the same directory is bound by a live process.
     assert_eq!(
@@ -922,7 +776,7 @@ fn an_open_attempt_silent_for_too_long_is_concluded_as_pending() {
     let recs = attempts(&e.tick(300 * S));
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].outcome, Outcome::Pending);
-    assert_eq!(recs[0].evidence["pending, no close seen"], 1);
+    assert_eq!(recs[0].evidence[Evidence::PendingNoCloseSeen], 1);
     // Its lost close arriving late does not count it twice.
     e.push(&failed(301 * S, 0x1, &nginx(812), f1, 110, 6, false, 0));
     e.finish();
@@ -930,12 +784,6 @@ fn an_open_attempt_silent_for_too_long_is_concluded_as_pending() {
 }
 
 // ---- recorded streams ---------------------------------------------------------------------
-
-fn fixture(name: &str) -> Vec<Event> {
-    let path = format!("{}/src/explain/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 #[test]
 fn recorded_dead_listener_stream() {
@@ -973,40 +821,6 @@ fn recorded_mixed_stream() {
     assert_eq!(listener_pid(drop), None);
 }
 
-#[test]
-fn engine_findings_render_as_text_and_json() {
-    use crate::report::{json, text, Clock, Summary};
-    let mut events = fixture("dead_listener.json");
-    events.extend(fixture("backlog_and_drop.json"));
-    events.push(unix_failed(9 * S, &TaskInfo { uid: 33, ..nginx(812) }, "/run/app.sock", 13));
-    let (e, updates) = run(&events);
-    let findings = e.findings();
-    let clock = Clock::fixed(1_714_557_660_000_000_000);
-    let summary = Summary {
-        duration_s: 9.0,
-        events: events.len() as u64,
-        lost_events: e.lost_events(),
-        hooks: vec![],
-        findings: findings.len() as u64,
-    };
-    let mut out = Vec::new();
-    text::write_findings(&mut out, &findings, &summary, &clock).unwrap();
-    for u in &updates {
-        if let Update::Attempt(a) = u {
-            text::write_attempt(&mut out, a, &clock).unwrap();
-        }
-    }
-    let rendered = String::from_utf8(out).unwrap();
-    println!("{rendered}");
-    for f in &findings {
-        assert!(rendered.contains(&format!("{}  {}", f.cause.title(), f.target)), "{rendered}");
-        let v = json::finding_json(f, &clock);
-        assert_eq!(v["cause"], f.cause.as_str());
-        assert_eq!(v["count"], f.count);
-        println!("{v}");
-    }
-}
-
 /// A refused-connect flood: socket memory and ephemeral ports are reused within moments, so
 /// the same (socket, flow) comes back while the previous attempt is still followed or was
 /// just concluded. Every attempt must count once, each with its own evidence.
@@ -1033,9 +847,9 @@ fn flood_with_reused_sockets_and_ports_counts_every_attempt() {
     let f = only(&e);
     assert_eq!(f.cause, Cause::DeadListener);
     assert_eq!(f.count, n);
-    assert_eq!(f.evidence["tcp:tcp_send_reset NO_SOCKET"], n);
-    assert_eq!(f.evidence["skb:kfree_skb NO_SOCKET"], n);
-    assert_eq!(f.evidence["connect() ECONNREFUSED"], n);
+    assert_eq!(f.evidence[reset_sent("NO_SOCKET")], n);
+    assert_eq!(f.evidence[dropped_for("NO_SOCKET")], n);
+    assert_eq!(f.evidence[Evidence::ConnectErrno(111)], n);
 }
 
 // ---- issue 10 item 10: the fix follows the evidence -------------------------------------

@@ -42,7 +42,7 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> Value {
                 .collect::<Vec<_>>()
         }),
         "hint": f.hint,
-        "evidence": counters(&f.evidence),
+        "evidence": counters(&super::evidence::labelled(&f.evidence)),
         "detail": f.detail,
         "fix": f.fix,
         "timeline": f.timeline.iter().map(|e| json!({
@@ -69,7 +69,7 @@ pub fn attempt_json(a: &AttemptRecord, clock: &Clock) -> Value {
         "client": { "pid": a.client.pid, "comm": a.client.comm, "uid": a.client.uid },
         "outcome": a.outcome.as_str(),
         "errno": a.errno,
-        "evidence": counters(&a.evidence),
+        "evidence": counters(&super::evidence::labelled(&a.evidence)),
     })
 }
 

@@ -1,8 +1,11 @@
 //! Text and JSON-lines rendering of attempts and findings. Render only: no I/O besides writing
 //! to the `Write` it is given.
 
+pub mod evidence;
 pub mod json;
 pub mod text;
+#[cfg(test)]
+mod engine_tests;
 
 use std::collections::BTreeMap;
 

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
-use crate::explain::{AttemptRecord, Finding};
+use crate::explain::{AttemptRecord, EvidenceCounts, Finding};
 
 use super::{Clock, Summary};
 
@@ -409,7 +409,8 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
     }
     if let (Some(first), Some(last)) = (f.syn_overflows.first(), f.syn_overflows.last()) {
         let queues: std::collections::BTreeSet<String> = f.syn_overflows.iter().map(|o| format!("{}/{}", o.queue.len, o.queue.max)).collect();
-        let n = f.evidence.get(crate::explain::LABEL_SYN_OVERFLOW).copied().unwrap_or(f.syn_overflows.len() as u64);
+        let overflow = crate::explain::Evidence::SynOverflow;
+        let n = if f.evidence.contains(&overflow) { f.evidence.get(&overflow) } else { f.syn_overflows.len() as u64 };
         field(
             w,
             "overflows:",
@@ -488,12 +489,13 @@ fn counts_phrase(count: u64, delayed: u64, pending: u64) -> String {
     format!("{count} attempt{}: {}", if count == 1 { "" } else { "s" }, parts.join(", "))
 }
 
-/// "tcp:tcp_send_reset NO_SOCKET x3, tcp:tcp_receive_reset x3".
-fn counters_phrase(c: &BTreeMap<String, u64>) -> String {
+/// "tcp:tcp_send_reset NO_SOCKET x3, tcp:tcp_receive_reset x3", in label order.
+fn counters_phrase(c: &EvidenceCounts) -> String {
     if c.is_empty() {
         return "none".to_string();
     }
-    c.iter().map(|(k, n)| if *n == 1 { k.clone() } else { format!("{k} x{n}") }).collect::<Vec<_>>().join(", ")
+    let labelled = super::evidence::labelled(c);
+    labelled.iter().map(|(k, n)| if *n == 1 { k.clone() } else { format!("{k} x{n}") }).collect::<Vec<_>>().join(", ")
 }
 
 /// `  label:      value`, the value wrapped under itself. Values are built from outside
@@ -553,16 +555,19 @@ mod tests {
     use super::*;
     use crate::event::TaskInfo;
     use crate::event::{Queue, Target};
-    use crate::explain::{Cause, Outcome, ProcessRef};
+    use crate::explain::{Cause, Evidence, Outcome, ProcessRef};
     use crate::report::json::{attempt_json, finding_json, summary_json};
 
     /// 2024-05-01T10:01:00Z as a boot offset, with monotonic 0 = that moment.
     const OFFSET: i128 = 1_714_557_660_000_000_000;
 
     fn finding() -> Finding {
-        let mut evidence = BTreeMap::new();
-        evidence.insert("tcp:tcp_send_reset NO_SOCKET".to_string(), 3);
-        evidence.insert("tcp:tcp_receive_reset".to_string(), 3);
+        let evidence: EvidenceCounts = [
+            (Evidence::ResetSent { reason: "NO_SOCKET".into(), to_client: false }, 3),
+            (Evidence::ResetReceived, 3),
+        ]
+        .into_iter()
+        .collect();
         Finding {
             cause: Cause::DeadListener,
             target: Target::Tcp("127.0.0.1:8000".parse().unwrap()),
@@ -671,7 +676,7 @@ mod tests {
             netns: 1,
             sock: 1,
             client: TaskInfo { pid: 1, tid: 1, uid: 0, comm: "a\x1bb".into() },
-            evidence: BTreeMap::new(),
+            evidence: EvidenceCounts::new(),
             outcome: Outcome::Failed,
             errno: 2,
         };
@@ -842,7 +847,7 @@ mod tests {
             netns: 1,
             sock: 0xffff_8880_0000_1000,
             client: TaskInfo { pid: 812, tid: 812, uid: 33, comm: "nginx".into() },
-            evidence: [("connect() ENOENT".to_string(), 1)].into_iter().collect(),
+            evidence: [(Evidence::ConnectErrno(2), 1)].into_iter().collect(),
             outcome: Outcome::Failed,
             errno: 2,
         };

@@ -1,0 +1,110 @@
+//! The evidence an attempt or a finding counts: one typed kind per kernel event or engine
+//! fact that supports a verdict. The words for each kind (the labels of the JSON `evidence`
+//! object and of the text report's `proof:` line) belong to the report, not here.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// One kind of evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Evidence {
+    /// This host sent an RST because no socket matched (tcp:tcp_send_reset); `reason` is the
+    /// kernel's sk_rst_reason without its prefix (`NO_SOCKET` when not given).
+    ResetSent { reason: String, to_client: bool },
+    /// A packet freed with a watched drop reason (skb:kfree_skb), without its prefix. A
+    /// `NETFILTER_DROP` counts in either direction and is never `to_client`.
+    Dropped { reason: String, to_client: bool },
+    /// A SYN dropped by tcp_conn_request on a full accept queue.
+    SynOverflow,
+    /// The attempt's socket received an RST (tcp:tcp_receive_reset).
+    ResetReceived,
+    /// SYN retransmits of the attempt (tcp:tcp_retransmit_skb in SYN_SENT).
+    SynRetransmits,
+    /// The listener's accept queue read full in the kernel at a SYN retransmit.
+    KernelQueueFull,
+    /// connect() failed (Unix) or the socket closed (TCP) with this positive errno.
+    ConnectErrno(i32),
+    /// This host sent an ICMP error of this type and code (icmp:icmp_send).
+    IcmpSent { icmp_type: u8, code: u8 },
+    /// The netns' TcpExtListenOverflows counter rose (counted once per finding).
+    ListenOverflows,
+    /// Attempts made while sock_diag saw the listener's queue full.
+    SockDiagQueueFull,
+    /// Attempts made while a local listener was present.
+    LiveListener,
+    /// The attempt connected, late.
+    DelayedThenConnected,
+    /// The attempt still waited when tracing ended.
+    PendingAtEnd,
+    /// The attempt went silent for too long: its close was lost.
+    PendingNoCloseSeen,
+    /// The attempt still waited when it was dropped from tracking (memory bound).
+    PendingWhenEvicted,
+    /// A Unix connect whose listener's queue the kernel read full (unix_stream_connect).
+    UnixPeerQueueFull,
+}
+
+/// Evidence kinds with their counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EvidenceCounts(BTreeMap<Evidence, u64>);
+
+impl EvidenceCounts {
+    pub fn new() -> EvidenceCounts {
+        EvidenceCounts::default()
+    }
+
+    /// Adds `n` to the count of `e`.
+    pub fn add(&mut self, e: Evidence, n: u64) {
+        *self.0.entry(e).or_insert(0) += n;
+    }
+
+    /// Sets the count of `e` (a per-attempt fact, counted once).
+    pub fn set(&mut self, e: Evidence, n: u64) {
+        self.0.insert(e, n);
+    }
+
+    /// The count of `e` (0 when never seen).
+    pub fn get(&self, e: &Evidence) -> u64 {
+        self.0.get(e).copied().unwrap_or(0)
+    }
+
+    pub fn contains(&self, e: &Evidence) -> bool {
+        self.0.contains_key(e)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Evidence, u64)> {
+        self.0.iter().map(|(e, n)| (e, *n))
+    }
+}
+
+impl FromIterator<(Evidence, u64)> for EvidenceCounts {
+    fn from_iter<I: IntoIterator<Item = (Evidence, u64)>>(iter: I) -> Self {
+        let mut c = EvidenceCounts::new();
+        for (e, n) in iter {
+            c.add(e, n);
+        }
+        c
+    }
+}
+
+impl std::ops::Index<Evidence> for EvidenceCounts {
+    type Output = u64;
+
+    /// The count of `e`; 0 when never seen (tests read counts this way).
+    fn index(&self, e: Evidence) -> &u64 {
+        self.0.get(&e).unwrap_or(&0)
+    }
+}
+
+/// Serialized as a list of `[kind, count]` pairs: kinds are not strings, and their words are
+/// the report's (`report::evidence`).
+impl Serialize for EvidenceCounts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
