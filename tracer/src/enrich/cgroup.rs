@@ -1,5 +1,7 @@
 //! Which cgroup (and container, or systemd unit) a process lives in, from /proc/PID/cgroup.
 
+use procfs::ProcessCGroups;
+
 /// A process's cgroup and what it tells about containers and units.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CgroupInfo {
@@ -12,24 +14,20 @@ pub struct CgroupInfo {
 
 /// The cgroup v2 path of `pid` (or the first v1 hierarchy's), `None` when the process is gone.
 pub fn cgroup_of(pid: u32) -> Option<CgroupInfo> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    parse_cgroup_file(&text)
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    from_cgroups(&process.cgroups().ok()?)
 }
 
-pub fn parse_cgroup_file(text: &str) -> Option<CgroupInfo> {
-    let mut lines = text.lines().filter_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        Some((id, controllers, path))
-    });
-    let all: Vec<(&str, &str, &str)> = lines.by_ref().collect();
-    // Prefer the unified hierarchy ("0::/path"), then systemd's, then any.
+/// The cgroup to report among a process's hierarchies: the unified one ("0::/path"), then
+/// systemd's, then any.
+pub fn from_cgroups(cgroups: &ProcessCGroups) -> Option<CgroupInfo> {
+    let all = &cgroups.0;
     let path = all
         .iter()
-        .find(|(id, c, _)| *id == "0" && c.is_empty())
-        .or_else(|| all.iter().find(|(_, c, _)| *c == "name=systemd"))
+        .find(|c| c.hierarchy == 0 && c.controllers.is_empty())
+        .or_else(|| all.iter().find(|c| c.controllers.iter().any(|n| n == "name=systemd")))
         .or_else(|| all.first())
-        .map(|(_, _, p)| p.to_string())?;
+        .map(|c| c.pathname.clone())?;
     Some(CgroupInfo { container: container_id(&path), unit: systemd_unit(&path), path })
 }
 
@@ -51,6 +49,10 @@ fn systemd_unit(path: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse_cgroup_file(text: &str) -> Option<CgroupInfo> {
+        from_cgroups(&procfs::FromBufRead::from_buf_read(text.as_bytes()).ok()?)
+    }
 
     #[test]
     fn reads_paths_units_and_container_ids() {
@@ -74,8 +76,8 @@ mod tests {
 /// A `ProcessInfo` event for a listener's owner (parent pid, cgroup, systemd unit), read from
 /// /proc while the process lives; `None` once it is gone.
 pub fn process_info_event(task: &crate::event::TaskInfo, ts_ns: u64, netns: u32) -> Option<crate::event::Event> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", task.pid)).ok()?;
-    let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let status = procfs::process::Process::new(i32::try_from(task.pid).ok()?).ok()?.status().ok()?;
+    let ppid = u32::try_from(status.ppid).unwrap_or(0);
     let cg = cgroup_of(task.pid);
     Some(crate::event::Event {
         ts_ns,

@@ -24,8 +24,9 @@ fn inode_of(ns_path: &str) -> Option<u32> {
 
 /// Every pid in /proc, ascending (lowest first: usually the parent of a process family).
 pub fn all_pids() -> Vec<u32> {
-    let mut pids: Vec<u32> = fs::read_dir("/proc")
-        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect())
+    // Each `Process` holds an fd on its /proc directory: keep only the pid.
+    let mut pids: Vec<u32> = procfs::process::all_processes()
+        .map(|all| all.filter_map(|p| u32::try_from(p.ok()?.pid()).ok()).collect())
         .unwrap_or_default();
     pids.sort_unstable();
     pids

@@ -3,8 +3,8 @@
 //! pid holding it, normally the parent that created it, so the answer is stable across scans.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::path::Path;
+
+use procfs::process::{FDTarget, Process};
 
 use crate::event::TaskInfo;
 
@@ -31,7 +31,7 @@ impl OwnerCache {
             .iter()
             .copied()
             .filter(|inode| match self.owners.get(inode) {
-                Some(task) => !Path::new(&format!("/proc/{}", task.pid)).exists(),
+                Some(task) => process(task.pid).is_none(),
                 None => true,
             })
             .collect();
@@ -56,11 +56,10 @@ pub fn scan_socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, TaskInfo> {
         if found.len() == wanted.len() {
             break;
         }
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Some(fds) = process(pid).and_then(|p| p.fd().ok()) else { continue };
         let mut task: Option<TaskInfo> = None;
         for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else { continue };
-            let Some(inode) = socket_inode(target.to_str().unwrap_or("")) else { continue };
+            let FDTarget::Socket(inode) = fd.target else { continue };
             if wanted.contains(&inode) && !found.contains_key(&inode) {
                 // Read comm and uid once per process, and only for processes that matter.
                 let owner = task.get_or_insert_with(|| task_info(pid)).clone();
@@ -71,46 +70,29 @@ pub fn scan_socket_owners(wanted: &HashSet<u64>) -> HashMap<u64, TaskInfo> {
     found
 }
 
-/// `socket:[12345]` -> 12345.
-pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+fn process(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
 }
 
 /// pid, comm and real uid of a process (comm empty, uid 0 when it exited meanwhile).
 pub fn task_info(pid: u32) -> TaskInfo {
-    let comm = fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_string())
-        .unwrap_or_default();
-    let uid = fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0);
+    let p = process(pid);
+    // stat's comm is the raw name (status' Name is escaped).
+    let comm = p.as_ref().and_then(|p| p.stat().ok()).map(|s| s.comm).unwrap_or_default();
+    let uid = p.and_then(|p| p.status().ok()).map(|s| s.ruid).unwrap_or(0);
     TaskInfo { pid, tid: pid, uid, comm }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
-
-    #[test]
-    fn parses_socket_links() {
-        assert_eq!(socket_inode("socket:[12345]"), Some(12345));
-        assert_eq!(socket_inode("pipe:[12345]"), None);
-        assert_eq!(socket_inode("socket:[x]"), None);
-        assert_eq!(socket_inode("/dev/null"), None);
-    }
 
     #[test]
     fn finds_the_owner_of_own_socket() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        use std::os::fd::AsRawFd;
-        let link = fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
-        let inode = socket_inode(link.to_str().unwrap()).unwrap();
+        let inode = fs::metadata(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&listener))).unwrap().ino();
         let mut cache = OwnerCache::new();
         let owners = cache.owners_of(&[inode, u64::MAX]);
         let me = owners.get(&inode).expect("own socket found");

@@ -221,11 +221,10 @@ pub const DISCOVERY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Every Nginx master on the host with its parsed configuration, within DISCOVERY_DEADLINE.
 pub fn discover() -> Vec<NginxInstance> {
-    let Ok(proc_dir) = fs::read_dir("/proc") else { return Vec::new() };
     let (tx, rx) = mpsc::channel();
     let mut started = 0;
-    for entry in proc_dir.filter_map(|e| e.ok()) {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+    for pid in crate::enrich::netns::all_pids() {
+        // Read as bytes (procfs' cmdline wants UTF-8): a title is matched whatever it holds.
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         // nginx rewrites its title: "nginx: master process nginx -c /etc/nginx/nginx.conf".
         let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");

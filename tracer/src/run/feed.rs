@@ -11,9 +11,73 @@ use crate::explain::Engine;
 /// Do not ask sock_diag about the same target more often than this.
 const PROBE_EVERY_NS: u64 = 200_000_000;
 
+/// The userspace side of the event stream and what it remembers between batches.
+pub struct Feed {
+    pub enricher: Enricher,
+    /// When each (netns, target) was last asked about, so that a storm asks once in a while.
+    last_probe: HashMap<(u32, Target), u64>,
+    /// Lost-event counts already turned into `Lost` events, by kind.
+    reported_lost: BTreeMap<String, u64>,
+}
+
+impl Feed {
+    pub fn new(enricher: Enricher) -> Feed {
+        Feed { enricher, last_probe: HashMap::new(), reported_lost: BTreeMap::new() }
+    }
+
+    /// Who listens where right now (pushed to the engine with the owners' process facts), so
+    /// that a listener that dies a second from now is still named. Returns the owners' pids
+    /// and the Unix paths, for the kernel to watch.
+    pub fn snapshot_listeners(&mut self, engine: &mut Engine) -> (Vec<u32>, Vec<String>) {
+        let mut owners = Vec::new();
+        let mut paths = Vec::new();
+        for ev in self.enricher.snapshot_listeners() {
+            engine.push(&ev);
+            if let EventBody::ListenerSeen { target, .. } = &ev.body {
+                if ev.task.pid != 0 {
+                    owners.push(ev.task.pid);
+                    if let Some(info) = enrich::cgroup::process_info_event(&ev.task, ev.ts_ns, ev.netns) {
+                        engine.push(&info);
+                    }
+                }
+                if let Target::Unix(p) = target {
+                    paths.push(p.clone());
+                }
+            }
+        }
+        owners.sort_unstable();
+        owners.dedup();
+        let _ = self.enricher.poll_overflows();
+        (owners, paths)
+    }
+
+    /// Listen-queue overflows sock_diag saw, and the kernel's accept-wait histograms (function
+    /// hook on inet_csk_accept).
+    pub fn poll(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
+        for ev in self.enricher.poll_overflows() {
+            engine.push(&ev);
+        }
+        self.accept_waits(capture, now, engine);
+    }
+
+    pub fn accept_waits(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
+        for ev in capture.accept_waits.as_ref().map(|a| a.events(now)).unwrap_or_default() {
+            engine.push(&ev);
+        }
+    }
+
+    pub fn absorb(&mut self, batch: &mut Vec<Event>, engine: &mut Engine) {
+        absorb(batch, engine, &mut self.enricher, &mut self.last_probe);
+    }
+
+    pub fn lost_events(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
+        lost_events(capture, &mut self.reported_lost, now, engine);
+    }
+}
+
 /// Feeds a batch to the engine in time order, asking sock_diag about listeners where the
 /// kernel could not measure them itself (listeners older than tracer, Unix listeners).
-pub fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, last_probe: &mut HashMap<(u32, Target), u64>) {
+fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, last_probe: &mut HashMap<(u32, Target), u64>) {
     // Records from different CPUs interleave in the ring: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
     let me = std::process::id();
@@ -53,7 +117,7 @@ pub fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enrich
 }
 
 /// Turns kernel lost-event counters into `Lost` events (only the increase since last time).
-pub fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64, engine: &mut Engine) {
+fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64, engine: &mut Engine) {
     let Ok((_, lost)) = capture.counters() else { return };
     for (kind, count) in lost {
         let before = reported.get(&kind).copied().unwrap_or(0);

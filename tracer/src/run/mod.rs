@@ -8,22 +8,25 @@ pub mod stdout;
 mod validate;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+use crate::capture::fhooks::BackendChoice;
 use crate::capture::{self, decode::ReasonNames, Availability, Capture};
 use crate::cli::TraceArgs;
-use crate::enrich::{self, monotonic_ns, Enricher};
-use crate::event::{Event, EventBody, Target};
+use crate::enrich::{monotonic_ns, Enricher};
+use crate::event::Event;
 use crate::explain::{Engine, EngineOptions, Finding, Update};
+use crate::kernel::facts::KernelFacts;
 use crate::report::{self, Clock, Summary};
 use crate::{kernel, metrics, operator, top};
 
-use feed::{absorb, lost_events};
+use feed::Feed;
 use filter::Filter;
 use signals::{install_stop_handlers, stop_requested};
 use stdout::Stdout;
@@ -65,204 +68,302 @@ pub fn run_trace(args: TraceArgs, mode: Mode) -> Result<ExitCode> {
 
 /// How often pending attempts are concluded and counters read.
 const TICK: Duration = Duration::from_millis(250);
+/// Every this many ticks, sock_diag's overflow poll and the accept-wait histograms are read.
+const POLL_EVERY_TICKS: u64 = 4;
 
-async fn trace(args: TraceArgs, mode: Mode, facts: kernel::facts::KernelFacts) -> Result<ExitCode> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let filter = Filter { ports: args.ports.clone(), unix_paths: args.unix_paths.clone(), comms: args.client_comms.clone() };
-    // Filters naming TCP ports only: the syscall tracepoints serve Unix sockets alone, and an
-    // enabled syscall tracepoint sends every syscall of every task through the kernel's slow
-    // path (measured: a few % of an Nginx proxy's throughput). Leave them out.
+async fn trace(args: TraceArgs, mode: Mode, facts: KernelFacts) -> Result<ExitCode> {
+    // These only wake the loop: `install_stop_handlers` (chained to) already notes every stop
+    // signal, those sent during start-up included.
+    let mut stops = StopSignals::install()?;
+    // Bound before anything is attached: an address in use fails at once.
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    let mut trace = Trace::start(args, mode, facts)?;
+    trace.metrics = metrics_listener.map(|listener| start_metrics(listener, &trace.capture));
+    // After the `tracing:` line, which stays on the normal screen.
+    if mode == Mode::Top {
+        trace.top = Some(top::TopView::start(trace.clock)?);
+    }
+    trace.begin()?;
+    trace.run(&mut stops).await?;
+    trace.end()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// tokio's SIGINT, SIGTERM and SIGHUP streams, to wake the loop.
+struct StopSignals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<StopSignals> {
+        Ok(StopSignals {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Records,
+    Tick,
+    Stop,
+}
+
+/// One trace's state, from attaching to the report.
+struct Trace {
+    args: TraceArgs,
+    mode: Mode,
+    facts: KernelFacts,
+    filter: Filter,
+    capture: Capture,
+    engine: Engine,
+    feed: Feed,
+    ops: operator::Operator,
+    clock: Clock,
+    metrics: Option<metrics::Metrics>,
+    top: Option<top::TopView>,
+    out: Stdout<'static>,
+    batch: Vec<Event>,
+    started_ns: u64,
+}
+
+impl Trace {
+    /// Attaches the kernel programs, takes the listener snapshot and reads Nginx's files.
+    fn start(args: TraceArgs, mode: Mode, facts: KernelFacts) -> Result<Trace> {
+        let filter = Filter { ports: args.ports.clone(), unix_paths: args.unix_paths.clone(), comms: args.client_comms.clone() };
+        let available = available_tracepoints(&facts, &args);
+        let plan = capture::fhooks::FnHookPlan { choice: backend_choice(&args)?, functions: &facts.functions, kprobes: &facts.kprobes };
+        let mut capture = Capture::start(&facts.config, &available, args.debug_kernel, &plan)?;
+        let clock = wall_clock();
+        let mut engine = Engine::new(EngineOptions::default());
+        let mut feed = Feed::new(Enricher::new());
+        let (owners, paths) = feed.snapshot_listeners(&mut engine);
+        capture.watch_listeners(&owners, &paths);
+        let operator_args =
+            operator::OperatorArgs { error_logs: args.nginx_error_logs.clone(), netns: args.netns, cgroup: args.cgroup.clone() };
+        let ops = operator::Operator::start(&operator_args, &mut feed.enricher)?;
+        note!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
+        if let Some(signal) = signals::stopped_by() {
+            // The report that follows covers no time: say so, lest it read as an all-clear.
+            note!("tracer: {signal} arrived during start-up: stopping now; the report below covers no tracing time");
+        }
+        Ok(Trace {
+            args,
+            mode,
+            facts,
+            filter,
+            capture,
+            engine,
+            feed,
+            ops,
+            clock,
+            metrics: None,
+            top: None,
+            out: Stdout::lock(),
+            batch: Vec::with_capacity(1024),
+            started_ns: monotonic_ns(),
+        })
+    }
+
+    /// `watch --json`: configured targets nobody listens on, before any finding line (README).
+    fn begin(&mut self) -> Result<()> {
+        if self.mode == Mode::Watch && self.args.json {
+            self.write_config_check()?;
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Until a stop signal, the deadline or `q` in `top`.
+    async fn run(&mut self, stops: &mut StopSignals) -> Result<()> {
+        let deadline = self.args.duration.map(|d| tokio::time::Instant::now() + d);
+        let mut ticker = tokio::time::interval(TICK);
+        let mut ticks: u64 = 0;
+        // A stop signal during start-up, or one that arrived while the last batch was absorbed.
+        while !stop_requested() {
+            let sleep_until_deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let wake = tokio::select! {
+                r = self.capture.wait_and_drain(&mut self.batch, &self.facts.names) => { r?; Wake::Records }
+                _ = ticker.tick() => Wake::Tick,
+                _ = stops.int.recv() => Wake::Stop,
+                _ = stops.term.recv() => Wake::Stop,
+                _ = stops.hup.recv() => Wake::Stop,
+                _ = sleep_until_deadline => Wake::Stop,
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::Tick => {
+                    ticks += 1;
+                    if self.tick(ticks)? {
+                        break;
+                    }
+                }
+                Wake::Records => {}
+            }
+            if !self.batch.is_empty() {
+                self.feed.absorb(&mut self.batch, &mut self.engine);
+            }
+        }
+        Ok(())
+    }
+
+    /// Concludes what is due and shows it: `watch` lines, metrics, the `top` view. True when
+    /// the user quit `top`.
+    fn tick(&mut self, ticks: u64) -> Result<bool> {
+        let now = monotonic_ns();
+        if ticks % POLL_EVERY_TICKS == 0 {
+            self.feed.poll(&self.capture, now, &mut self.engine);
+        }
+        self.feed.lost_events(&self.capture, now, &mut self.engine);
+        let updates = self.engine.tick(now);
+        if self.mode == Mode::Watch {
+            let engine = &self.engine;
+            print_updates(&mut self.out, &updates, &self.filter, &self.clock, self.args.json, &mut self.ops, || engine.findings())?;
+        }
+        if let Some(m) = &self.metrics {
+            m.observe(updates.iter().filter(|u| self.filter.update(u)), |f| upstream_of(&self.ops, f));
+            m.observe_capture(&self.capture);
+        }
+        let Some(view) = &mut self.top else { return Ok(false) };
+        let (engine, filter, ops) = (&self.engine, &self.filter, &mut self.ops);
+        view.tick(&self.capture, || {
+            let kept: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f) && ops.keep(f)).collect();
+            kept.into_iter().map(|f| (upstream_of(ops, &f), f)).map(|(upstream, f)| (f, upstream)).collect()
+        })
+    }
+
+    /// Orderly end: the terminal back, what the kernel already wrote taken, everything
+    /// concluded, every program detached, then the report.
+    fn end(mut self) -> Result<()> {
+        drop(self.top.take());
+        self.capture.drain(&mut self.batch, &self.facts.names);
+        self.feed.absorb(&mut self.batch, &mut self.engine);
+        let now = monotonic_ns();
+        self.feed.lost_events(&self.capture, now, &mut self.engine);
+        self.feed.accept_waits(&self.capture, now, &mut self.engine);
+        let updates = self.engine.finish();
+        let (emitted, lost) = self.capture.counters()?;
+        let hooks: Vec<String> = self.capture.hooks.iter().filter(|h| h.active).map(|h| h.hook.clone()).collect();
+        drop(self.capture); // detaches every program before we print
+
+        let mut findings: Vec<Finding> = self.engine.findings().into_iter().filter(|f| self.filter.finding(f)).collect();
+        self.ops.note_processes(&findings);
+        findings.retain(|f| self.ops.keep(f));
+        let context = self.ops.finish(&findings);
+        let summary = Summary {
+            duration_s: (now.saturating_sub(self.started_ns)) as f64 / 1e9,
+            events: emitted.values().sum(),
+            lost_events: lost,
+            hooks,
+            findings: findings.len() as u64,
+        };
+        let mut report = Report { args: &self.args, mode: self.mode, filter: &self.filter, clock: &self.clock, ops: &mut self.ops, out: &mut self.out };
+        if self.mode == Mode::Watch {
+            // The last attempts as lines; the findings they changed come once, in the report below.
+            let attempts: Vec<Update> = updates.into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
+            print_updates(report.out, &attempts, report.filter, report.clock, report.args.json, report.ops, Vec::new)?;
+        }
+        match self.args.json {
+            true => report.json(&findings, &context, &summary)?,
+            false => report.text(&findings, &context, &summary)?,
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn write_config_check(&mut self) -> Result<()> {
+        for v in self.ops.config_check_json() {
+            writeln!(self.out, "{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The closing report, in text or JSON lines.
+struct Report<'a> {
+    args: &'a TraceArgs,
+    mode: Mode,
+    filter: &'a Filter,
+    clock: &'a Clock,
+    ops: &'a mut operator::Operator,
+    out: &'a mut Stdout<'static>,
+}
+
+impl Report<'_> {
+    fn json(&mut self, findings: &[Finding], context: &operator::Context, summary: &Summary) -> Result<()> {
+        // `watch` printed its config_check lines at start; `diagnose` puts them first too.
+        if self.mode != Mode::Watch {
+            for v in self.ops.config_check_json() {
+                writeln!(self.out, "{v}")?;
+            }
+        }
+        for (f, log_lines) in findings.iter().zip(&context.explained) {
+            let mut v = report::json::finding_json(f, self.clock);
+            self.ops.annotate_json(&mut v, f, log_lines);
+            writeln!(self.out, "{v}")?;
+        }
+        for v in self.ops.extra_json(context) {
+            writeln!(self.out, "{v}")?;
+        }
+        writeln!(self.out, "{}", report::json::summary_json(summary, self.clock))?;
+        Ok(())
+    }
+
+    fn text(&mut self, findings: &[Finding], context: &operator::Context, summary: &Summary) -> Result<()> {
+        report::text::write_findings(self.out, findings, summary, self.clock)?;
+        self.ops.write_text(self.out, findings, context)?;
+        Ok(())
+    }
+}
+
+/// The tracepoints to attach. Filters naming TCP ports only leave the syscall tracepoints
+/// out: they serve Unix sockets alone, and an enabled syscall tracepoint sends every syscall
+/// of every task through the kernel's slow path (measured: a few % of an Nginx proxy's
+/// throughput).
+fn available_tracepoints<'a>(facts: &'a KernelFacts, args: &TraceArgs) -> Vec<Availability<'a>> {
     let tcp_only = !args.ports.is_empty() && args.unix_paths.is_empty();
-    let available: Vec<Availability<'_>> = facts
+    facts
         .tracepoints
         .iter()
         .map(|t| match tcp_only && t.category == "syscalls" {
             true => Availability { category: t.category, name: t.name, available: false, why_not: Some("not needed: the filters name TCP ports only".into()) },
             false => Availability { category: t.category, name: t.name, available: t.available, why_not: t.why_not.clone() },
         })
-        .collect();
+        .collect()
+}
 
-    // These only wake the loop below: `install_stop_handlers` (chained to) already notes
-    // every stop signal, those sent during start-up included.
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    // Bound before anything is attached: an address in use fails at once.
-    let metrics_listener = match args.metrics {
-        Some(addr) => Some(metrics::bind(addr).await?),
-        None => None,
-    };
+/// `--backend`, else $TRACER_BACKEND, else auto.
+fn backend_choice(args: &TraceArgs) -> Result<BackendChoice> {
+    if let Some(choice) = args.backend {
+        return Ok(choice);
+    }
+    match std::env::var("TRACER_BACKEND") {
+        Ok(v) if !v.is_empty() => BackendChoice::parse(&v).map_err(|e| anyhow::anyhow!("TRACER_BACKEND: {e}")),
+        _ => Ok(BackendChoice::Auto),
+    }
+}
 
-    let choice = match args.backend {
-        Some(c) => c,
-        None => match std::env::var("TRACER_BACKEND") {
-            Ok(v) if !v.is_empty() => capture::fhooks::BackendChoice::parse(&v).map_err(|e| anyhow::anyhow!("TRACER_BACKEND: {e}"))?,
-            _ => capture::fhooks::BackendChoice::Auto,
-        },
-    };
-    let plan = capture::fhooks::FnHookPlan { choice, functions: &facts.functions, kprobes: &facts.kprobes };
-    let mut capture = Capture::start(&facts.config, &available, args.debug_kernel, &plan)?;
-    let clock = wall_clock();
-    let mut engine = Engine::new(EngineOptions::default());
-    let mut enricher = Enricher::new();
-    // Who listens where right now, so a listener that dies a second from now is still named.
-    let mut owners = Vec::new();
-    let mut paths = Vec::new();
-    for ev in enricher.snapshot_listeners() {
-        engine.push(&ev);
-        if let EventBody::ListenerSeen { target, .. } = &ev.body {
-            if ev.task.pid != 0 {
-                owners.push(ev.task.pid);
-                if let Some(info) = enrich::cgroup::process_info_event(&ev.task, ev.ts_ns, ev.netns) {
-                    engine.push(&info);
-                }
-            }
-            if let Target::Unix(p) = target {
-                paths.push(p.clone());
-            }
-        }
+/// Serves `/metrics` from the listener bound at start.
+fn start_metrics(listener: tokio::net::TcpListener, capture: &Capture) -> metrics::Metrics {
+    if let Ok(addr) = listener.local_addr() {
+        note!("metrics: http://{addr}/metrics");
     }
-    owners.sort_unstable();
-    owners.dedup();
-    capture.watch_listeners(&owners, &paths);
-    let _ = enricher.poll_overflows();
-    let operator_args = operator::OperatorArgs {
-        error_logs: args.nginx_error_logs.clone(),
-        netns: args.netns,
-        cgroup: args.cgroup.clone(),
-    };
-    let mut ops = operator::Operator::start(&operator_args, &mut enricher)?;
-
-    let started_ns = monotonic_ns();
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    note!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
-    if let Some(signal) = signals::stopped_by() {
-        // The report that follows covers no time: say so, lest it read as an all-clear.
-        note!("tracer: {signal} arrived during start-up: stopping now; the report below covers no tracing time");
-    }
-    let metrics = metrics_listener.map(|listener| {
-        if let Ok(addr) = listener.local_addr() {
-            note!("metrics: http://{addr}/metrics");
-        }
-        let m = metrics::Metrics::new();
-        metrics::spawn_server(listener, m.registry());
-        m.observe_capture(&capture);
-        m
-    });
-    // After the `tracing:` line, which stays on the normal screen.
-    let mut top = if mode == Mode::Top { Some(top::TopView::start(clock)?) } else { None };
-
-    let mut out = Stdout::lock();
-    // Configured targets nobody listens on: at start, before any finding line (README).
-    if mode == Mode::Watch && args.json {
-        for v in ops.config_check_json() {
-            writeln!(out, "{v}")?;
-        }
-        out.flush()?;
-    }
-    let mut batch: Vec<Event> = Vec::with_capacity(1024);
-    let mut last_probe: HashMap<(u32, Target), u64> = HashMap::new();
-    let mut ticker = tokio::time::interval(TICK);
-    let mut ticks: u64 = 0;
-    let mut reported_lost: BTreeMap<String, u64> = BTreeMap::new();
-    loop {
-        // A stop signal during start-up, or one that arrived while the last batch was absorbed.
-        if stop_requested() {
-            break;
-        }
-        let sleep_until_deadline = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = capture.wait_and_drain(&mut batch, &facts.names) => { r?; }
-            _ = ticker.tick() => {
-                ticks += 1;
-                let now = monotonic_ns();
-                if ticks % 4 == 0 {
-                    for ev in enricher.poll_overflows() { engine.push(&ev); }
-                    // The kernel's accept-wait histograms (function hook on inet_csk_accept).
-                    for ev in capture.accept_waits.as_ref().map(|a| a.events(now)).unwrap_or_default() { engine.push(&ev); }
-                }
-                lost_events(&capture, &mut reported_lost, now, &mut engine);
-                let updates = engine.tick(now);
-                if mode == Mode::Watch { print_updates(&mut out, &updates, &filter, &clock, args.json, &mut ops, || engine.findings())?; }
-                if let Some(m) = &metrics {
-                    m.observe(updates.iter().filter(|u| filter.update(u)), |f| upstream_of(&ops, f));
-                    m.observe_capture(&capture);
-                }
-                if let Some(view) = &mut top {
-                    let quit = view.tick(&capture, || {
-                        let fs: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f) && ops.keep(f)).collect();
-                        fs.into_iter().map(|f| { let u = upstream_of(&ops, &f); (f, u) }).collect()
-                    })?;
-                    if quit { break; }
-                }
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
-            _ = sleep_until_deadline => break,
-        }
-        if !batch.is_empty() {
-            absorb(&mut batch, &mut engine, &mut enricher, &mut last_probe);
-        }
-    }
-
-    drop(top); // the terminal is restored before anything is printed
-    // Orderly end: take what the kernel already wrote, then conclude everything.
-    capture.drain(&mut batch, &facts.names);
-    absorb(&mut batch, &mut engine, &mut enricher, &mut last_probe);
-    let now = monotonic_ns();
-    lost_events(&capture, &mut reported_lost, now, &mut engine);
-    for ev in capture.accept_waits.as_ref().map(|a| a.events(now)).unwrap_or_default() {
-        engine.push(&ev);
-    }
-    let updates = engine.finish();
-    let (emitted, lost) = capture.counters()?;
-    let hooks: Vec<String> = capture.hooks.iter().filter(|h| h.active).map(|h| h.hook.clone()).collect();
-    drop(capture); // detaches every program before we print
-
-    let mut findings: Vec<Finding> = engine.findings().into_iter().filter(|f| filter.finding(f)).collect();
-    ops.note_processes(&findings);
-    findings.retain(|f| ops.keep(f));
-    let context = ops.finish(&findings);
-    let summary = Summary {
-        duration_s: (now.saturating_sub(started_ns)) as f64 / 1e9,
-        events: emitted.values().sum(),
-        lost_events: lost,
-        hooks,
-        findings: findings.len() as u64,
-    };
-    if mode == Mode::Watch {
-        // The last attempts as lines; the findings they changed come once, in the report below.
-        let attempts: Vec<Update> = updates.into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
-        print_updates(&mut out, &attempts, &filter, &clock, args.json, &mut ops, Vec::new)?;
-    }
-    if args.json {
-        // `watch` printed its config_check lines at start; `diagnose` puts them first too.
-        if mode != Mode::Watch {
-            for v in ops.config_check_json() {
-                writeln!(out, "{v}")?;
-            }
-        }
-        for (f, log_lines) in findings.iter().zip(&context.explained) {
-            let mut v = report::json::finding_json(f, &clock);
-            ops.annotate_json(&mut v, f, log_lines);
-            writeln!(out, "{v}")?;
-        }
-        for v in ops.extra_json(&context) {
-            writeln!(out, "{v}")?;
-        }
-        writeln!(out, "{}", report::json::summary_json(&summary, &clock))?;
-    } else {
-        report::text::write_findings(&mut out, &findings, &summary, &clock)?;
-        ops.write_text(&mut out, &findings, &context)?;
-    }
-    out.flush()?;
-    Ok(ExitCode::SUCCESS)
+    let m = metrics::Metrics::new();
+    metrics::spawn_server(listener, m.registry());
+    m.observe_capture(capture);
+    m
 }
 
 /// The Nginx upstream a finding's target is configured in (metrics labels, `top`).
