@@ -136,10 +136,17 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
-    pub cause: String,
+    pub cause: Cause,
     pub target: String,
     pub upstream: String,
     pub client_comm: String,
+}
+
+/// A cause as a label value: its stable snake_case name (`dead_listener`), as in the JSON.
+impl prometheus_client::encoding::EncodeLabelValue for Cause {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        prometheus_client::encoding::EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -346,7 +353,7 @@ impl Metrics {
             .cloned()
             .unwrap_or_default();
         let labels = AttemptLabels {
-            cause: a.cause.as_str().to_string(),
+            cause: a.cause,
             target: self.targets.lock().unwrap().admit(&a.target.to_string()),
             upstream,
             client_comm: self.client_comms.lock().unwrap().admit(&a.client.comm),
