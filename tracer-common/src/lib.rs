@@ -516,3 +516,28 @@ impl UnixEvent {
         &self.path[..len]
     }
 }
+
+// The kernel programs write these types and userspace reads them (ring records, map values,
+// the CONFIG slot): a field added, dropped or realigned on one side would be read at the wrong
+// offsets on the other. Each size is pinned here, so such a change fails to compile until it is
+// made on purpose (and the padding fields stay explicit).
+const _: () = assert!(core::mem::size_of::<Task>() == 32);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
+const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 200);
+const _: () = assert!(core::mem::size_of::<UnixEvent>() == 184);
+const _: () = assert!(core::mem::size_of::<TpSockFields>() == 56);
+const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
+const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 496);
+const _: () = assert!(core::mem::size_of::<LifecycleConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<FnHookConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<AcceptWaitKey>() == 24);
+const _: () = assert!(core::mem::size_of::<QueuedChild>() == 56);
+const _: () = assert!(core::mem::size_of::<AttemptState>() == 56);
+const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ListenerState>() == 48);
+const _: () = assert!(core::mem::size_of::<EventKind>() == 4);

@@ -3,9 +3,12 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::{AttemptState, Config, ListenerKey, ListenerState, COUNTER_SLOTS, LOST_BASE};
+use tracer_common::{
+    AcceptWaitKey, AttemptState, Config, ListenerKey, ListenerState, QueuedChild, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS, LOST_BASE,
+    UNIX_PATH_MAX,
+};
 
 /// One slot: the running kernel's facts, written by userspace before any attach.
 #[map]
@@ -32,6 +35,32 @@ pub static UNIX_CONNECTS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entri
 /// Per-CPU counters: events emitted per kind, then events lost per kind (ring buffer full).
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+// ---- the function hooks (probes/fhooks.rs) ----
+
+/// Children that reached ESTABLISHED on a listener's accept queue (recorded by set_state while
+/// `FN_ACCEPT` is active), keyed by the child's `struct sock *`, until accept() takes them.
+#[map]
+pub static QUEUED: LruHashMap<u64, QueuedChild> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Accept-queue wait histograms per listener address (per-CPU: counted without atomics).
+#[map]
+pub static ACCEPT_WAITS: LruPerCpuHashMap<AcceptWaitKey, [u64; ACCEPT_WAIT_SLOTS]> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+/// kprobe variants: arguments saved at entry for the kretprobe, keyed by pid_tgid (tagged per
+/// function).
+#[map]
+pub static FN_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16_384, 0);
+
+// ---- the listener lifecycle (probes/lifecycle.rs) ----
+
+/// Listener owners (tgid -> 1).
+#[map]
+pub static WATCHED_PIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Unix socket paths of listeners, NUL-padded to 108 bytes -> 1.
+#[map]
+pub static WATCHED_PATHS: LruHashMap<[u8; UNIX_PATH_MAX], u32> = LruHashMap::with_max_entries(4_096, 0);
 
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {

@@ -12,35 +12,20 @@
 //! Everything kernel-specific (struct member offsets, enum values) comes from the CONFIG map,
 //! read from BTF in userspace.
 use aya_ebpf::{
-    macros::map,
-    maps::{LruHashMap, LruPerCpuHashMap},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_probe_read_kernel as read_kernel_raw},
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    AcceptWaitKey, AttemptState, Config, EventKind, Flow, ListenerKey, QueuedChild, TcpEvent, UnixEvent, AF_INET,
+    AcceptWaitKey, AttemptState, Config, EventKind, Flow, ListenerKey, TcpEvent, UnixEvent, AF_INET,
     AF_INET6, ACCEPT_WAIT_BOUNDS_NS, ACCEPT_WAIT_SLOTS, UNIX_PATH_MAX,
 };
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS, LISTENERS},
+    maps::{config, emit_with, ACCEPT_WAITS, ATTEMPTS, FN_ARGS, LISTENERS, QUEUED},
     read::{current_netns, current_task, kernel, netns_of},
 };
 
-/// Children that reached ESTABLISHED on a listener's accept queue (recorded by set_state while
-/// `FN_ACCEPT` is active), keyed by the child's `struct sock *`, until accept() takes them.
-#[map]
-pub static QUEUED: LruHashMap<u64, QueuedChild> = LruHashMap::with_max_entries(65_536, 0);
-
-/// Accept-queue wait histograms per listener address (per-CPU: counted without atomics).
-#[map]
-pub static ACCEPT_WAITS: LruPerCpuHashMap<AcceptWaitKey, [u64; ACCEPT_WAIT_SLOTS]> = LruPerCpuHashMap::with_max_entries(4096, 0);
-
-/// kprobe variants: arguments saved at entry for the kretprobe, keyed by pid_tgid (tagged per
-/// function).
-#[map]
-pub static FN_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16_384, 0);
 
 
 // ---- tcp_connect ---------------------------------------------------------------------------

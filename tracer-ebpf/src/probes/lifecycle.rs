@@ -6,24 +6,16 @@
 //! the many exits, signals and unlinks of a busy host cost one map lookup each.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_user_str_bytes},
-    macros::{map, tracepoint},
-    maps::LruHashMap,
+    macros::tracepoint,
     programs::TracePointContext,
 };
 use tracer_common::{EventKind, ProcessEvent, UnixEvent, UNIX_PATH_MAX};
 
 use crate::{
-    maps::{config, emit_with},
+    maps::{config, emit_with, WATCHED_PATHS, WATCHED_PIDS},
     read::{current_netns, current_task, field, kernel},
 };
 
-/// Listener owners (tgid -> 1).
-#[map]
-pub static WATCHED_PIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_384, 0);
-
-/// Unix socket paths of listeners, NUL-padded to 108 bytes -> 1.
-#[map]
-pub static WATCHED_PATHS: LruHashMap<[u8; UNIX_PATH_MAX], u32> = LruHashMap::with_max_entries(4_096, 0);
 
 /// Signals that end a process unless it handles them (UAPI numbers).
 const FATAL_SIGNALS: [i32; 9] = [1, 2, 3, 6, 9, 11, 13, 15, 7]; // HUP INT QUIT ABRT KILL SEGV PIPE TERM BUS

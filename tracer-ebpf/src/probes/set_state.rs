@@ -10,8 +10,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS, LISTENERS},
-    probes::fhooks::QUEUED,
+    maps::{config, emit_with, ATTEMPTS, LISTENERS, QUEUED},
     read::{current_task, field, kernel, netns_of, sock_flow},
 };
 

@@ -124,14 +124,14 @@ impl Capture {
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
         for (spec, tp) in hooks::tracepoints() {
             let avail = available.iter().find(|a| a.category == tp.category && a.name == tp.name);
-            let served_by_function = fn_bits & tracer_common::FN_UNIX_CONNECT != 0 && tp.category == "syscalls" && tp.name.ends_with("_connect");
-            let why_not = match avail {
-                _ if served_by_function => Some("not needed: unix_stream_connect is hooked".to_string()),
-                Some(a) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
-                Some(a) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
-                None => Some("not probed".into()),
+            let replaced_by = tp.replaced_by.filter(|f| fn_bits & hooks::function_bit(f) != 0);
+            let why_not = match (avail, replaced_by) {
+                (_, Some(function)) => Some(format!("not needed: {function} is hooked")),
+                (Some(a), None) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
+                (Some(a), None) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
+                (None, None) => Some("not probed".into()),
             };
-            if spec.required && !served_by_function {
+            if spec.required && replaced_by.is_none() {
                 if let Some(why) = &why_not {
                     bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", tp.full_name());
                 }

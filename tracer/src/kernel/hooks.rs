@@ -39,6 +39,9 @@ pub struct TracepointHook {
     pub program: &'static str,
     /// Tried in order; the first whose required fields all match is used.
     pub layouts: Vec<Layout>,
+    /// The hooked kernel function that does this program's work when it attaches (the
+    /// tracepoint is then not attached at all).
+    pub replaced_by: Option<&'static str>,
 }
 
 impl TracepointHook {
@@ -137,6 +140,11 @@ pub fn function_names() -> Vec<&'static str> {
     functions().map(|(_, f)| f.function).collect()
 }
 
+/// The `FN_*` bit of the hooked kernel function `function` (0 when it is not in the table).
+pub fn function_bit(function: &str) -> u32 {
+    functions().find(|(_, f)| f.function == function).map_or(0, |(_, f)| f.bit)
+}
+
 /// The registry keys (`HookSpec::key`) of the hooks that prove `cause`.
 pub fn proving(cause: Cause) -> Vec<String> {
     registry().iter().filter(|s| s.proves.contains(&cause)).map(HookSpec::key).collect()
@@ -199,7 +207,20 @@ fn tp(
     serves: &'static str,
     layouts: Vec<Layout>,
 ) -> HookSpec {
-    HookSpec { hook: Hook::Tracepoint(TracepointHook { category, name, program, layouts }), required, proves, serves }
+    HookSpec {
+        hook: Hook::Tracepoint(TracepointHook { category, name, program, layouts, replaced_by: None }),
+        required,
+        proves,
+        serves,
+    }
+}
+
+/// A tracepoint whose work `function`'s hook does when it attaches.
+fn replaced_by(function: &'static str, mut spec: HookSpec) -> HookSpec {
+    if let Hook::Tracepoint(t) = &mut spec.hook {
+        t.replaced_by = Some(function);
+    }
+    spec
 }
 
 fn func(proves: &'static [Cause], serves: &'static str, hook: FunctionHook) -> HookSpec {
@@ -408,7 +429,7 @@ fn build() -> Vec<HookSpec> {
                 opt("dport", U16, |c| &mut c.icmp_send.dport),
             ]),
         ),
-        tp(
+        replaced_by("unix_stream_connect", tp(
             "syscalls",
             "sys_enter_connect",
             "tracer_conn_enter",
@@ -420,8 +441,8 @@ fn build() -> Vec<HookSpec> {
                 req("uservaddr", SYSCALL_ARG, |c| &mut c.connect_enter.addr),
                 req("addrlen", SYSCALL_ARG, |c| &mut c.connect_enter.addrlen),
             ]),
-        ),
-        tp(
+        )),
+        replaced_by("unix_stream_connect", tp(
             "syscalls",
             "sys_exit_connect",
             "tracer_conn_exit",
@@ -429,7 +450,7 @@ fn build() -> Vec<HookSpec> {
             UNIX_CAUSES,
             "connect() results (errno): unix_missing (ENOENT), unix_stale (ECONNREFUSED), unix_backlog_full (EAGAIN), unix_permission_denied (EACCES)",
             standard(vec![req("ret", SYSCALL_ARG, |c| &mut c.connect_exit.ret)]),
-        ),
+        )),
         tp(
             "sched",
             "sched_process_exit",
@@ -634,6 +655,10 @@ mod tests {
         let required: Vec<String> = registry().iter().filter(|s| s.required).map(HookSpec::key).collect();
         assert_eq!(required, ["sock:inet_sock_set_state"]);
         assert!(tracepoints().all(|(_, t)| !t.layouts.is_empty()));
+        for (_, t) in tracepoints() {
+            assert!(t.replaced_by.is_none_or(|f| function_bit(f) != 0), "{}", t.full_name());
+        }
+        assert_eq!(function_bit("unix_stream_connect"), FN_UNIX_CONNECT);
     }
 
     #[test]
