@@ -9,7 +9,8 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tracer_common::EventKind;
 
 /// A task (process) as recorded by the kernel.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -65,6 +66,55 @@ impl Queue {
     /// its maximum also refuses the next connection, so treat len >= max as full.
     pub fn is_full(&self) -> bool {
         self.len >= self.max
+    }
+}
+
+/// A kind of kernel record the ring buffer could not take: the wire enum's variant. Its name
+/// (`TcpAttemptFailed`) is what the JSON `lost_events` keys and the metrics' `kind` label show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LostKind(pub EventKind);
+
+impl LostKind {
+    /// The stable name: the variant's (`TcpAttemptFailed`).
+    pub fn name(self) -> String {
+        format!("{:?}", self.0)
+    }
+
+    /// The kind of this name, if there is one.
+    pub fn from_name(name: &str) -> Option<LostKind> {
+        EventKind::ALL.iter().map(|&k| LostKind(k)).find(|k| k.name() == name)
+    }
+}
+
+impl fmt::Display for LostKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+/// Ordered by name, as reports list them.
+impl Ord for LostKind {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.name().cmp(&other.name())
+    }
+}
+
+impl PartialOrd for LostKind {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for LostKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for LostKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        LostKind::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown event kind {name:?}")))
     }
 }
 
@@ -141,7 +191,7 @@ pub enum EventBody {
     /// Measured by tracer: TcpExtListenOverflows rose by `delta` in `netns` since last read.
     ListenOverflows { delta: u64 },
     /// The kernel lost `count` events of `kind` (ring buffer full); reported, never silent.
-    Lost { kind: String, count: u64 },
+    Lost { kind: LostKind, count: u64 },
     /// A SYN reached a listener whose accept queue was full (`tcp_conn_request`, function-hook
     /// backend): the kernel drops it. `flow` client -> listener (None when the packet could not
     /// be parsed), `listen` the listener's port, `listener` its owner when tracer saw it listen.

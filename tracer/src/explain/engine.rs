@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
-use crate::event::{Event, EventBody, Queue, Target};
+use crate::event::{Event, EventBody, LostKind, Queue, Target};
 
 use super::aggregation::{FindingKey, FindingState};
 use super::aggregation::accept_wait_bucket;
@@ -39,7 +39,7 @@ pub struct Engine {
     pub(super) changed: BTreeSet<FindingKey>,
     /// Concluded attempts not yet returned by tick()/finish() (bounded; oldest dropped).
     pub(super) ready: VecDeque<AttemptRecord>,
-    pub(super) lost: BTreeMap<String, u64>,
+    pub(super) lost: BTreeMap<LostKind, u64>,
     /// Exits, signals, OOM kills, unlinks and owners' facts, for dead-listener timelines.
     pub(super) lifecycle: timeline::Lifecycle,
     /// Per listener (address, netns): how long accepted connections waited in its accept
@@ -177,7 +177,7 @@ impl Engine {
                     });
                 }
             }
-            EventBody::Lost { kind, count } => *self.lost.entry(kind.clone()).or_insert(0) += count,
+            EventBody::Lost { kind, count } => *self.lost.entry(*kind).or_insert(0) += count,
             EventBody::ProcessExit { .. }
             | EventBody::SignalGenerated { .. }
             | EventBody::OomKilled
@@ -261,7 +261,7 @@ impl Engine {
     }
 
 
-    pub fn lost_events(&self) -> BTreeMap<String, u64> {
+    pub fn lost_events(&self) -> BTreeMap<LostKind, u64> {
         self.lost.clone()
     }
 

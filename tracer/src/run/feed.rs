@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::capture::Capture;
 use crate::enrich::{self, Enricher};
-use crate::event::{Event, EventBody, Target};
+use crate::event::{Event, EventBody, LostKind, Target};
 use crate::explain::Engine;
 
 /// Do not ask sock_diag about the same target more often than this.
@@ -123,7 +123,10 @@ fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64
         let before = reported.get(&kind).copied().unwrap_or(0);
         if count > before {
             note!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
-            engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind: kind.clone(), count: count - before } });
+            // The names come from the wire enum (Capture::counters): each has its kind.
+            if let Some(kind) = LostKind::from_name(&kind) {
+                engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
+            }
             reported.insert(kind, count);
         }
     }
