@@ -5,9 +5,9 @@
 
 use std::net::IpAddr;
 
-use crate::event::{Event, FlowAddr, Target};
+use crate::event::{Event, EventBody, FlowAddr, Target};
 
-use super::attempt::{Attempt, AttemptKey, FlowEvidence, FlowKey};
+use super::attempt::{drop_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
 use super::conclusion::ConcludeWhy;
 use super::engine::Engine;
 
@@ -71,6 +71,84 @@ pub(super) const MAX_LOCAL_IPS: usize = 1024;
 
 
 impl Engine {
+    /// An event of an attempt's own socket: updates its attempt (created on first sight).
+    pub(super) fn attempt_event(&mut self, ev: &Event) {
+        match &ev.body {
+            EventBody::TcpAttemptFailed { flow, sk_err, syn_retransmits, rst_received, start_ns } => {
+                if let Some(a) = self.attempt_mut(ev, flow, *start_ns) {
+                    a.syn_retransmits = a.syn_retransmits.max(*syn_retransmits);
+                    a.rst_received |= *rst_received;
+                    if a.close.is_none() {
+                        a.close = Some(Close::Failed { ts_ns: ev.ts_ns, sk_err: *sk_err });
+                    }
+                }
+            }
+            EventBody::TcpSynRetransmit { flow, syn_retransmits, queue, listener } => {
+                if let Some(a) = self.attempt_mut(ev, flow, 0) {
+                    // The kernel's running count when it has one (a duplicate delivery then
+                    // changes nothing), else one more than seen.
+                    a.syn_retransmits = if *syn_retransmits > 0 {
+                        a.syn_retransmits.max(*syn_retransmits)
+                    } else {
+                        a.syn_retransmits + 1
+                    };
+                    if let Some(q) = queue {
+                        a.note_queue(*q);
+                    }
+                    if let Some(l) = listener {
+                        if l.pid != 0 || a.kernel_listener.is_none() {
+                            a.kernel_listener = Some(l.clone());
+                        }
+                    }
+                }
+            }
+            EventBody::TcpAttemptDelayed { flow, syn_retransmits, start_ns } => {
+                if let Some(a) = self.attempt_mut(ev, flow, *start_ns) {
+                    a.syn_retransmits = a.syn_retransmits.max(*syn_retransmits);
+                    if a.close.is_none() {
+                        a.close = Some(Close::Delayed { ts_ns: ev.ts_ns });
+                    }
+                }
+            }
+            EventBody::TcpRstReceived { flow } => {
+                if let Some(a) = self.attempt_mut(ev, flow, 0) {
+                    a.rst_received = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An event with no socket of the attempt (a reset or drop by the stack, an ICMP error, a
+    /// SYN-time overflow): matched to its attempt by flow or addresses, or kept until one
+    /// claims it. Without parsed addresses it cannot be tied to anything (for overflows, the
+    /// ListenOverflows counter tells the same story then).
+    pub(super) fn socketless_event(&mut self, ev: &Event) {
+        let (flow, kind) = match &ev.body {
+            EventBody::TcpRstSentNoSocket { flow, reason } => {
+                (*flow, FlowEvidenceKind::ResetFromNoSocket { reason: reason.clone() })
+            }
+            EventBody::SkbDropped { flow: Some(flow), reason } => {
+                (*flow, FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) })
+            }
+            EventBody::TcpListenOverflow { flow: Some(flow), queue, listener, .. } => {
+                (*flow, FlowEvidenceKind::SynOverflow { queue: *queue, listener: listener.clone() })
+            }
+            EventBody::IcmpSent { flow, icmp_type, code } => {
+                let seen = IcmpSeen {
+                    ts_ns: ev.ts_ns,
+                    icmp_type: *icmp_type,
+                    code: *code,
+                    ports: (flow.src.port(), flow.dst.port()),
+                };
+                self.icmp_buffer.push(address_pair(flow.src.ip(), flow.dst.ip()), seen);
+                return;
+            }
+            _ => return,
+        };
+        self.flow_evidence(FlowEvidence { ts_ns: ev.ts_ns, flow, kind });
+    }
+
 
     // ---- matching -------------------------------------------------------------------------
 

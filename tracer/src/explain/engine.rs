@@ -3,16 +3,16 @@
 //! `conclusion`, findings in `aggregation`, the words in `story`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::event::{Event, EventBody, LostKind, Queue, Target};
 
 use super::aggregation::{FindingKey, FindingState};
 use super::aggregation::accept_wait_bucket;
-use super::attempt::{drop_reason_name, Attempt, Close, AttemptKey, FlowEvidence, FlowEvidenceKind, FlowKey};
+use super::attempt::{Attempt, AttemptKey, FlowEvidence, FlowKey};
 use super::buffer::KeyedBuffer;
 use super::conclusion::ConcludeWhy;
-use super::correlation::{address_pair, IcmpSeen, OverflowRise, TCP_RTO_MAX_NS};
+use super::correlation::{IcmpSeen, OverflowRise, TCP_RTO_MAX_NS};
 use super::listeners::Listeners;
 use super::output::{AttemptRecord, EngineOptions, Update};
 use super::rules::classify_unix;
@@ -81,73 +81,14 @@ impl Engine {
     /// grace_ns AFTER the attempt's close event).
     pub fn push(&mut self, ev: &Event) {
         match &ev.body {
-            EventBody::TcpAttemptFailed { flow, sk_err, syn_retransmits, rst_received, start_ns } => {
-                if let Some(a) = self.attempt_mut(ev, flow, *start_ns) {
-                    a.syn_retransmits = a.syn_retransmits.max(*syn_retransmits);
-                    a.rst_received |= *rst_received;
-                    if a.close.is_none() {
-                        a.close = Some(Close::Failed { ts_ns: ev.ts_ns, sk_err: *sk_err });
-                    }
-                }
-            }
-            EventBody::TcpSynRetransmit { flow, syn_retransmits, queue, listener } => {
-                if let Some(a) = self.attempt_mut(ev, flow, 0) {
-                    // The kernel's running count when it has one (a duplicate delivery then
-                    // changes nothing), else one more than seen.
-                    a.syn_retransmits = if *syn_retransmits > 0 {
-                        a.syn_retransmits.max(*syn_retransmits)
-                    } else {
-                        a.syn_retransmits + 1
-                    };
-                    if let Some(q) = queue {
-                        a.note_queue(*q);
-                    }
-                    if let Some(l) = listener {
-                        if l.pid != 0 || a.kernel_listener.is_none() {
-                            a.kernel_listener = Some(l.clone());
-                        }
-                    }
-                }
-            }
-            EventBody::TcpAttemptDelayed { flow, syn_retransmits, start_ns } => {
-                if let Some(a) = self.attempt_mut(ev, flow, *start_ns) {
-                    a.syn_retransmits = a.syn_retransmits.max(*syn_retransmits);
-                    if a.close.is_none() {
-                        a.close = Some(Close::Delayed { ts_ns: ev.ts_ns });
-                    }
-                }
-            }
-            EventBody::TcpRstReceived { flow } => {
-                if let Some(a) = self.attempt_mut(ev, flow, 0) {
-                    a.rst_received = true;
-                }
-            }
-            EventBody::TcpRstSentNoSocket { flow, reason } => self.flow_evidence(FlowEvidence {
-                ts_ns: ev.ts_ns,
-                flow: *flow,
-                kind: FlowEvidenceKind::ResetFromNoSocket { reason: reason.clone() },
-            }),
-            EventBody::SkbDropped { flow, reason } => {
-                // A drop without parsed addresses cannot be matched to anything.
-                if let Some(flow) = flow {
-                    self.flow_evidence(FlowEvidence {
-                        ts_ns: ev.ts_ns,
-                        flow: *flow,
-                        kind: FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) },
-                    })
-                }
-            }
-            EventBody::IcmpSent { flow, icmp_type, code } => {
-                self.icmp_buffer.push(
-                    address_pair(flow.src.ip(), flow.dst.ip()),
-                    IcmpSeen {
-                        ts_ns: ev.ts_ns,
-                        icmp_type: *icmp_type,
-                        code: *code,
-                        ports: (flow.src.port(), flow.dst.port()),
-                    },
-                );
-            }
+            EventBody::TcpAttemptFailed { .. }
+            | EventBody::TcpSynRetransmit { .. }
+            | EventBody::TcpAttemptDelayed { .. }
+            | EventBody::TcpRstReceived { .. } => self.attempt_event(ev),
+            EventBody::TcpRstSentNoSocket { .. }
+            | EventBody::SkbDropped { .. }
+            | EventBody::IcmpSent { .. }
+            | EventBody::TcpListenOverflow { .. } => self.socketless_event(ev),
             EventBody::TcpListenStart { addr, .. } => {
                 self.lifecycle.push(ev);
                 self.listeners.listen_start(ev.netns, *addr, &ev.task, ev.sock, ev.ts_ns)
@@ -155,67 +96,61 @@ impl Engine {
             EventBody::TcpListenStop { addr, actor } => {
                 self.listeners.listen_stop(ev.netns, *addr, &ev.task, actor, ev.sock, ev.ts_ns)
             }
+            EventBody::UnixBind { path } => self.listeners.unix_bind(ev.netns, path, &ev.task, ev.ts_ns),
+            EventBody::ListenerSeen { target, queue } => {
+                self.listeners.seen(ev.netns, target, *queue, &ev.task, ev.ts_ns, self.opts.evidence_ttl_ns)
+            }
             EventBody::UnixConnectFailed { path, errno } => {
                 if let Some(cause) = classify_unix(*errno, path) {
                     self.conclude_unix(ev, path, *errno, cause);
                 }
             }
-            EventBody::UnixBind { path } => self.listeners.unix_bind(ev.netns, path, &ev.task, ev.ts_ns),
-            EventBody::ListenerSeen { target, queue } => {
-                self.listeners.seen(ev.netns, target, *queue, &ev.task, ev.ts_ns, self.opts.evidence_ttl_ns)
-            }
-            EventBody::ListenOverflows { delta } => {
-                if *delta > 0 {
-                    if self.overflows.len() >= self.opts.max_tracked {
-                        self.overflows.pop_front();
-                    }
-                    self.overflows.push_back(OverflowRise {
-                        ts_ns: ev.ts_ns,
-                        netns: ev.netns,
-                        delta: *delta,
-                        counted: false,
-                    });
-                }
-            }
-            EventBody::Lost { kind, count } => *self.lost.entry(*kind).or_insert(0) += count,
-            EventBody::ProcessExit { .. }
-            | EventBody::SignalGenerated { .. }
-            | EventBody::OomKilled
-            | EventBody::UnixUnlink { .. }
-            | EventBody::ProcessInfo { .. } => self.lifecycle.push(ev),
-            EventBody::UnixPeerQueue { path, queue } => {
-                // Kept until the failure it precedes concludes (bounded).
-                if self.unix_peer_queues.len() >= 1024 {
-                    self.unix_peer_queues.pop_front();
-                }
-                self.unix_peer_queues.push_back((ev.ts_ns, ev.netns, path.clone(), *queue));
-            }
-            EventBody::TcpListenOverflow { flow, queue, listener, .. } => {
-                // Without the SYN's addresses it cannot be tied to an attempt; the
-                // ListenOverflows counter tells the same story then.
-                if let Some(flow) = flow {
-                    self.flow_evidence(FlowEvidence {
-                        ts_ns: ev.ts_ns,
-                        flow: *flow,
-                        kind: FlowEvidenceKind::SynOverflow { queue: *queue, listener: listener.clone() },
-                    })
-                }
-            }
+            EventBody::UnixPeerQueue { path, queue } => self.keep_unix_peer_queue(ev, path, *queue),
+            EventBody::ListenOverflows { delta } => self.keep_overflow_rise(ev, *delta),
             EventBody::AcceptWaitTotals { listener, counts } => {
                 let key = (Target::Tcp(*listener), ev.netns);
                 if self.accept_wait_totals.contains_key(&key) || self.accept_wait_totals.len() < self.opts.max_tracked {
                     self.accept_wait_totals.insert(key, *counts);
                 }
             }
-            EventBody::TcpAccepted { flow, wait_ns, .. } => {
-                let key = (Target::Tcp(flow.dst), ev.netns);
-                if !self.accept_waits.contains_key(&key) && self.accept_waits.len() >= self.opts.max_tracked {
-                    return;
-                }
-                let h = self.accept_waits.entry(key).or_default();
-                *h.entry(accept_wait_bucket(*wait_ns)).or_insert(0) += 1;
-            }
+            EventBody::TcpAccepted { flow, wait_ns, .. } => self.count_accept_wait(ev, flow.dst, *wait_ns),
+            EventBody::Lost { kind, count } => *self.lost.entry(*kind).or_insert(0) += count,
+            EventBody::ProcessExit { .. }
+            | EventBody::SignalGenerated { .. }
+            | EventBody::OomKilled
+            | EventBody::UnixUnlink { .. }
+            | EventBody::ProcessInfo { .. } => self.lifecycle.push(ev),
         }
+    }
+
+    /// A Unix listener's queue read at an EAGAIN connect: kept until the failure it precedes
+    /// concludes (bounded).
+    fn keep_unix_peer_queue(&mut self, ev: &Event, path: &str, queue: Queue) {
+        if self.unix_peer_queues.len() >= 1024 {
+            self.unix_peer_queues.pop_front();
+        }
+        self.unix_peer_queues.push_back((ev.ts_ns, ev.netns, path.to_string(), queue));
+    }
+
+    /// A rise of the netns' ListenOverflows counter: kept for the attempts of its moment.
+    fn keep_overflow_rise(&mut self, ev: &Event, delta: u64) {
+        if delta == 0 {
+            return;
+        }
+        if self.overflows.len() >= self.opts.max_tracked {
+            self.overflows.pop_front();
+        }
+        self.overflows.push_back(OverflowRise { ts_ns: ev.ts_ns, netns: ev.netns, delta, counted: false });
+    }
+
+    /// One accepted connection's wait in its listener's queue, into that listener's histogram.
+    fn count_accept_wait(&mut self, ev: &Event, listener: SocketAddr, wait_ns: u64) {
+        let key = (Target::Tcp(listener), ev.netns);
+        if !self.accept_waits.contains_key(&key) && self.accept_waits.len() >= self.opts.max_tracked {
+            return;
+        }
+        let h = self.accept_waits.entry(key).or_default();
+        *h.entry(accept_wait_bucket(wait_ns)).or_insert(0) += 1;
     }
 
     /// Conclude attempts whose close is older than now_ns - grace_ns; returns what changed
