@@ -386,16 +386,21 @@ pub struct TracerRun {
     pub lines: Vec<Value>,
 }
 
+/// `tracer <args>` started with stdin closed and stdout and stderr piped.
+pub fn spawn_tracer(args: &[&str]) -> std::process::Child {
+    Command::new(tracer_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", tracer_bin()))
+}
+
 impl Tracer {
     /// Starts `tracer <args>` and waits (bounded) for its `tracing:` line on stderr.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(tracer_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tracer_bin()));
+        let mut child = spawn_tracer(args);
         let stdout = read_all(child.stdout.take().unwrap());
         let stderr_lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<()>();

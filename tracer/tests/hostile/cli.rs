@@ -34,13 +34,7 @@ struct Spawned {
 
 impl Spawned {
     fn start(args: &[&str]) -> Spawned {
-        let mut child = Command::new(tracer_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tracer_bin()));
+        let mut child = spawn_tracer(args);
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = Arc::clone(&stderr);
         let pipe = child.stderr.take().unwrap();

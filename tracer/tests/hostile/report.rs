@@ -4,7 +4,7 @@
 use crate::common::*;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -23,13 +23,7 @@ struct TextTracer {
 
 impl TextTracer {
     fn start(args: &[&str]) -> TextTracer {
-        let mut child = Command::new(tracer_bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tracer_bin()));
+        let mut child = spawn_tracer(args);
         let mut out = child.stdout.take().unwrap();
         let stdout = thread::spawn(move || {
             let mut buf = Vec::new();
