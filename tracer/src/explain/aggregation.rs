@@ -10,7 +10,7 @@ use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{clients_include_a_proxy, AttemptRecord, Finding, Outcome, ProcessRef, Update};
 use super::rules::{Cause, ListenerFacts, Wording};
-use super::timeline;
+use super::{timeline, words};
 
 /// sock_diag samples are taken periodically: one shortly before an attempt still describes it.
 pub(super) const SAMPLE_SLACK_NS: u64 = 1_000_000_000;
@@ -169,11 +169,12 @@ impl Engine {
             }),
             _ => None,
         };
-        let about = self.listener_story(cause, target, netns, st);
+        let about = self.listener_situation(cause, target, netns, st);
+        let listener = about.listener().cloned();
         let proxy_client = clients_include_a_proxy(&st.clients);
-        let listener_unit = about.listener.as_ref().and_then(|l| self.lifecycle.unit_of(l.pid));
+        let listener_unit = listener.as_ref().and_then(|l| self.lifecycle.unit_of(l.pid));
         let wording = Wording {
-            listener: about.listener.as_ref().map(|l| ListenerFacts { comm: &l.comm, pid: l.pid, unit: listener_unit }),
+            listener: listener.as_ref().map(|l| ListenerFacts { comm: &l.comm, pid: l.pid, unit: listener_unit }),
             proxy_client,
             target: Some(target),
             count: st.count,
@@ -189,7 +190,7 @@ impl Engine {
         };
         let hint = match cause {
             Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale => {
-                self.wrong_address_hint(target, netns, st, about.listener.as_ref())
+                self.neighbour(target, netns, st, listener.as_ref()).map(|n| words::hint(&n))
             }
             _ => None,
         };
@@ -207,9 +208,9 @@ impl Engine {
             pending: st.pending,
             clients: st.clients.iter().cloned().collect(),
             uids,
-            listener: about.listener,
-            listener_note: about.note,
-            listener_closed_ns: about.closed_ns,
+            listener_note: words::listener_note(&about),
+            listener_closed_ns: about.closed_ns(),
+            listener,
             queue,
             hint,
             evidence: st.evidence.clone(),

@@ -11,7 +11,8 @@
 //! - `rules`: THE verdict table, with each cause's detail and fix text beside it;
 //! - `evidence`: the typed evidence kinds a finding counts (labels are the report's job);
 //! - `aggregation`: concluded attempts summed into findings per (cause, target, netns);
-//! - `story`: the words about listeners (who listened, what the clients may have meant);
+//! - `story`: the facts of a finding's story (who listened, what the clients may have meant);
+//! - `words`: those facts told in English (listener notes, hints, durations);
 //! - `timeline`: a dead listener's story, from listen to death to recovery;
 //! - `output`: the types handed out (`AttemptRecord`, `Finding`, `Update`, `EngineOptions`).
 
@@ -27,6 +28,7 @@ mod output;
 pub mod rules;
 mod story;
 mod timeline;
+mod words;
 #[cfg(test)]
 mod fn_tests;
 #[cfg(test)]
@@ -40,5 +42,5 @@ pub use engine::Engine;
 pub use evidence::{Evidence, EvidenceCounts};
 pub use output::{AttemptRecord, EngineOptions, Finding, Outcome, ProcessRef, Update};
 pub use rules::{is_proxy_comm, Cause, PROXY_COMMS};
-pub use story::duration;
+pub use words::duration;
 pub use timeline::TimelineEntry;
