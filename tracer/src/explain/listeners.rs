@@ -36,6 +36,11 @@ pub struct Episode {
 }
 
 impl Episode {
+    /// A listener seen starting at `start_ns` (0: before tracing started), still open.
+    pub fn open(owner: &TaskInfo, start_ns: u64, sock: u64, source: Source) -> Episode {
+        Episode { owner: owner.clone(), start_ns, stop_ns: None, closed_by: None, sock, source }
+    }
+
     pub fn is_current(&self) -> bool {
         self.stop_ns.is_none()
     }
@@ -117,14 +122,7 @@ impl Listeners {
             e.start_ns = e.start_ns.min(ts_ns);
             return;
         }
-        st.push_episode(Episode {
-            owner: owner.clone(),
-            start_ns: ts_ns,
-            stop_ns: None,
-            closed_by: None,
-            sock,
-            source: Source::Listen,
-        });
+        st.push_episode(Episode::open(owner, ts_ns, sock, Source::Listen));
         self.bound();
     }
 
@@ -157,12 +155,9 @@ impl Listeners {
             }
             // It listened since before tracing started.
             None => st.push_episode(Episode {
-                owner: owner.clone(),
-                start_ns: 0,
                 stop_ns: Some(ts_ns),
                 closed_by,
-                sock,
-                source: Source::Listen,
+                ..Episode::open(owner, 0, sock, Source::Listen)
             }),
         }
         self.bound();
@@ -175,14 +170,7 @@ impl Listeners {
         for e in st.episodes.iter_mut().filter(|e| e.is_current()) {
             e.stop_ns = Some(ts_ns);
         }
-        st.push_episode(Episode {
-            owner: owner.clone(),
-            start_ns: ts_ns,
-            stop_ns: None,
-            closed_by: None,
-            sock: 0,
-            source: Source::Bind,
-        });
+        st.push_episode(Episode::open(owner, ts_ns, 0, Source::Bind));
         self.bound();
     }
 
@@ -203,14 +191,7 @@ impl Listeners {
                 }
             }
         } else {
-            st.push_episode(Episode {
-                owner: owner.clone(),
-                start_ns: ts_ns,
-                stop_ns: None,
-                closed_by: None,
-                sock: 0,
-                source: Source::Snapshot,
-            });
+            st.push_episode(Episode::open(owner, ts_ns, 0, Source::Snapshot));
         }
         self.bound();
     }
