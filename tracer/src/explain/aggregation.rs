@@ -9,7 +9,8 @@ use super::attempt::{fuller, SynOverflow};
 use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{clients_include_a_proxy, AttemptRecord, Finding, Outcome, ProcessRef, Update};
-use super::rules::{Cause, ListenerFacts, Wording};
+use super::cause_words::{ListenerFacts, Wording};
+use super::rules::Cause;
 use super::{timeline, words};
 
 /// sock_diag samples are taken periodically: one shortly before an attempt still describes it.

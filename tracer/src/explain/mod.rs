@@ -8,7 +8,8 @@
 //! - `attempt`: one TCP connection attempt (keyed by socket + flow) and what was matched to it;
 //! - `listeners`: who listened where and when, and how full their queues were;
 //! - `conclusion`: an attempt's facts turned into a cause through the one rule table;
-//! - `rules`: THE verdict table, with each cause's detail and fix text beside it;
+//! - `rules`: THE verdict table: an attempt's facts to its cause;
+//! - `cause_words`: each cause's title, detail and fix text, from a finding's facts;
 //! - `evidence`: the typed evidence kinds a finding counts (labels are the report's job);
 //! - `aggregation`: concluded attempts summed into findings per (cause, target, netns);
 //! - `story`: the facts of a finding's story (who listened, what the clients may have meant);
@@ -19,6 +20,7 @@
 mod aggregation;
 mod attempt;
 mod buffer;
+mod cause_words;
 mod conclusion;
 mod correlation;
 mod engine;

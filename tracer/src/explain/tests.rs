@@ -942,7 +942,7 @@ fn abstract_unix_names_are_never_called_files() {
 
 #[test]
 fn paths_in_suggested_commands_are_single_shell_words() {
-    use super::rules::shell_word;
+    use super::cause_words::shell_word;
     assert_eq!(shell_word("/run/app.sock"), "/run/app.sock");
     assert_eq!(shell_word("/run/my app.sock"), "'/run/my app.sock'");
     assert_eq!(shell_word("/run/it's"), "'/run/it'\\''s'");

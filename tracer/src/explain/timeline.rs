@@ -284,8 +284,8 @@ pub fn fix_addendum(timeline: &[TimelineEntry], unit: Option<&str>) -> Option<St
         ));
     } else if let Some(exit) = find("exit") {
         let log = match unit {
-            Some(u) => format!("`journalctl -u {}`", super::rules::shell_word(u)),
-            None => format!("or `journalctl {}`", super::rules::shell_word(&format!("_COMM={}", exit.comm))),
+            Some(u) => format!("`journalctl -u {}`", super::cause_words::shell_word(u)),
+            None => format!("or `journalctl {}`", super::cause_words::shell_word(&format!("_COMM={}", exit.comm))),
         };
         parts.push(format!(
             "{} (pid {}) {}: read its own log ({log}) for the reason, and supervise it with `Restart=always`.",
