@@ -370,16 +370,6 @@ format:
 \tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
 ";
 
-    const TCP_SEND_RESET_6_18: &str = "name: tcp_send_reset
-format:
-\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
-\tfield:enum sk_rst_reason reason;\toffset:28;\tsize:4;\tsigned:0;
-\tfield:__u8 saddr[28];\toffset:32;\tsize:28;\tsigned:0;
-\tfield:__u8 daddr[28];\toffset:60;\tsize:28;\tsigned:0;
-";
-
     /// tcp_send_reset before 6.10 (TP_STORE_ADDR_PORTS, no reason), e.g. 6.1.
     const TCP_SEND_RESET_6_1: &str = "name: tcp_send_reset
 format:
@@ -449,7 +439,7 @@ format:
 
     #[test]
     fn send_reset_sockaddr_layout_since_6_10() {
-        let texts = HashMap::from([("tcp:tcp_send_reset", TCP_SEND_RESET_6_18)]);
+        let texts = HashMap::from([("tcp:tcp_send_reset", super::super::tracefs::tests::TCP_SEND_RESET_6_18)]);
         let (config, infos) = config_from(&texts);
         let r = config.send_reset;
         assert!(info(&infos, "tcp_send_reset").available);

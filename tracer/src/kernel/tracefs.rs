@@ -218,7 +218,7 @@ pub(crate) mod tests {
 
     /// `events/tcp/tcp_send_reset/format` recorded on kernel 6.18 (print fmt shortened): its
     /// addresses are sockaddr images, not sport/dport/saddr fields.
-    const TCP_SEND_RESET_6_18: &str = "name: tcp_send_reset
+    pub(crate) const TCP_SEND_RESET_6_18: &str = "name: tcp_send_reset
 ID: 2280
 format:
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
