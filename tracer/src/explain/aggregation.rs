@@ -151,32 +151,17 @@ impl Engine {
 
     // ---- findings -------------------------------------------------------------------------
 
+    /// A finding's current state, told: its facts, the listener's story and the words.
     pub(super) fn snapshot(&self, key: &FindingKey, st: &FindingState) -> Finding {
         let (cause, target, netns) = (key.0, &key.1, key.2);
         let uids: Vec<u32> = st.uids.iter().copied().collect();
-        let queue = match cause {
-            Cause::BacklogFull | Cause::UnixBacklogFull => st.fullest_queue.or_else(|| {
-                // Samples measured after the attempts concluded still describe them.
-                self.listeners
-                    .samples_during(
-                        netns,
-                        target,
-                        self.wildcards_cover(target),
-                        st.first_seen_ns.saturating_sub(SAMPLE_SLACK_NS),
-                        st.last_seen_ns.saturating_add(SAMPLE_SLACK_NS),
-                    )
-                    .into_iter()
-                    .fold(None, |acc, q| Some(fuller(acc, q)))
-            }),
-            _ => None,
-        };
+        let queue = self.finding_queue(cause, target, netns, st);
         let about = self.listener_situation(cause, target, netns, st);
         let listener = about.listener().cloned();
-        let proxy_client = clients_include_a_proxy(&st.clients);
         let listener_unit = listener.as_ref().and_then(|l| self.lifecycle.unit_of(l.pid));
         let wording = Wording {
             listener: listener.as_ref().map(|l| ListenerFacts { comm: &l.comm, pid: l.pid, unit: listener_unit }),
-            proxy_client,
+            proxy_client: clients_include_a_proxy(&st.clients),
             target: Some(target),
             count: st.count,
             delayed: st.delayed,
@@ -200,6 +185,12 @@ impl Engine {
         if let Some(more) = timeline::fix_addendum(&timeline, listener_unit) {
             fix = format!("{fix} {more}");
         }
+        let accept_wait_ms = match cause {
+            Cause::BacklogFull => self.accept_wait_histogram(&(target.clone(), netns)),
+            _ => BTreeMap::new(),
+        };
+        let mut syn_overflows: Vec<SynOverflow> = st.syn_overflows.iter().cloned().collect();
+        syn_overflows.sort_by_key(|o| o.ts_ns);
         Finding {
             cause,
             target: target.clone(),
@@ -220,16 +211,29 @@ impl Engine {
             first_seen_ns: st.first_seen_ns,
             last_seen_ns: st.last_seen_ns,
             timeline,
-            accept_wait_ms: match cause {
-                Cause::BacklogFull => self.accept_wait_histogram(&(target.clone(), netns)),
-                _ => BTreeMap::new(),
-            },
-            syn_overflows: {
-                let mut v: Vec<SynOverflow> = st.syn_overflows.iter().cloned().collect();
-                v.sort_by_key(|o| o.ts_ns);
-                v
-            },
+            accept_wait_ms,
+            syn_overflows,
         }
+    }
+
+    /// Backlog causes: the fullest queue measured during the attempts, else by sock_diag
+    /// around them (samples measured after the attempts concluded still describe them).
+    fn finding_queue(&self, cause: Cause, target: &Target, netns: u32, st: &FindingState) -> Option<Queue> {
+        if !matches!(cause, Cause::BacklogFull | Cause::UnixBacklogFull) {
+            return None;
+        }
+        st.fullest_queue.or_else(|| {
+            self.listeners
+                .samples_during(
+                    netns,
+                    target,
+                    self.wildcards_cover(target),
+                    st.first_seen_ns.saturating_sub(SAMPLE_SLACK_NS),
+                    st.last_seen_ns.saturating_add(SAMPLE_SLACK_NS),
+                )
+                .into_iter()
+                .fold(None, |acc, q| Some(fuller(acc, q)))
+        })
     }
 
 
