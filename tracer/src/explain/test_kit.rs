@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{AttemptRecord, Engine, EngineOptions, Evidence, Finding, Update};
+use super::{AttemptRecord, Cause, Engine, EngineOptions, Evidence, Finding, Update};
 use crate::event::{Event, EventBody, FlowAddr, Queue, TaskInfo};
 
 pub(crate) const NS: u32 = 4026531840;
@@ -131,6 +131,13 @@ pub(crate) fn only(e: &Engine) -> Finding {
     let f = e.findings();
     assert_eq!(f.len(), 1, "expected exactly one finding, got {f:#?}");
     f.into_iter().next().unwrap()
+}
+
+/// What most tests check of a finding at once: its cause, how many attempts, the clients'
+/// pids and the listener it names.
+pub(crate) fn assert_finding(f: &Finding, cause: Cause, count: u64, client_pids: &[u32], listener: Option<u32>) {
+    let got = (f.cause, f.count, pids(f), listener_pid(f));
+    assert_eq!(got, (cause, count, client_pids.to_vec(), listener), "{f:#?}");
 }
 
 pub(crate) fn pids(f: &Finding) -> Vec<u32> {

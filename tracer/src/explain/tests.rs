@@ -117,10 +117,7 @@ fn dead_listener_says_when_no_listener_was_ever_seen() {
     let events = dead_listener_attempt(3 * S, 0x1, &nginx(812), flow("127.0.0.1:40001", "127.0.0.1:8000"));
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::DeadListener);
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
+    assert_finding(&f, Cause::DeadListener, 1, &[812], None);
     assert_eq!(f.listener_note, "no listener seen on this port since tracing started");
     assert_eq!(f.listener_closed_ns, None);
     assert_eq!(f.hint, None);
@@ -139,10 +136,7 @@ fn dead_listener_hints_at_the_same_process_on_a_neighbouring_port() {
     events.extend(dead_listener_attempt(3 * S, 0x1, &nginx(812), flow("127.0.0.1:40001", "127.0.0.1:8000")));
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::DeadListener);
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), Some(700));
+    assert_finding(&f, Cause::DeadListener, 1, &[812], Some(700));
     // The same process wins over a closer port; nginx's own :80 is never suggested.
     assert_eq!(
         f.hint.as_deref(),
@@ -181,10 +175,7 @@ fn wrong_port_hint_names_the_closest_port_when_nobody_listened_before() {
     events.extend(dead_listener_attempt(3 * S, 0x1, &nginx(812), flow("127.0.0.1:40001", "127.0.0.1:8000")));
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::DeadListener);
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
+    assert_finding(&f, Cause::DeadListener, 1, &[812], None);
     assert_eq!(
         f.hint.as_deref(),
         Some("uwsgi (pid 902) listens on 127.0.0.1:8001; is proxy_pass pointing at the wrong port?")
@@ -223,11 +214,8 @@ fn reset_plus_netfilter_drop_is_a_firewall_reject_not_a_dead_listener() {
     ];
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::FirewallReject);
+    assert_finding(&f, Cause::FirewallReject, 1, &[812], None);
     assert_eq!(f.target, Target::Tcp(addr("127.0.0.1:8003")));
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
     assert!(f.detail.contains("netfilter answered with a TCP reset"), "{}", f.detail);
     assert!(f.fix.contains("nft list ruleset | grep reject") && f.fix.contains("reject with tcp reset"), "{}", f.fix);
     assert_eq!(f.evidence[dropped_for("NETFILTER_DROP")], 1);
@@ -255,11 +243,8 @@ fn icmp_reject_is_a_firewall_reject() {
     ];
     let (e, updates) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::FirewallReject);
+    assert_finding(&f, Cause::FirewallReject, 1, &[812], None);
     assert_eq!(f.target, Target::Tcp(addr("127.0.0.1:8004")));
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
     assert!(f.detail.contains("ICMP"), "{}", f.detail);
     assert!(f.fix.contains("reject with icmp"), "{}", f.fix);
     assert_eq!(f.evidence[ICMP_PORT_UNREACHABLE], 1);
@@ -308,11 +293,8 @@ fn reset_without_local_no_socket_is_remote_refused() {
         vec![rst_received(S, 0x1, &nginx(812), f1), failed(S + 10_000, 0x1, &nginx(812), f1, 111, 0, true, S - MS)];
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::RemoteRefused);
+    assert_finding(&f, Cause::RemoteRefused, 1, &[812], None);
     assert_eq!(f.target, Target::Tcp(addr("10.0.0.5:8000")));
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
     assert!(f.detail.contains("the refusal came from another host"), "{}", f.detail);
     assert!(f.detail.contains("run tracer on the upstream host"), "{}", f.detail);
 }
@@ -353,11 +335,8 @@ fn syn_retransmits_with_a_full_queue_are_backlog_full() {
     ];
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::BacklogFull);
+    assert_finding(&f, Cause::BacklogFull, 2, &[812, 813], Some(700));
     assert_eq!(f.target, Target::Tcp(addr("127.0.0.1:8000")));
-    assert_eq!(f.count, 2);
-    assert_eq!(pids(&f), [812, 813]);
-    assert_eq!(listener_pid(&f), Some(700));
     assert_eq!(f.listener_note, "gunicorn (pid 700) listens here");
     assert_eq!(f.queue, Some(Queue { len: 3, max: 1 }));
     assert_eq!(f.evidence[Evidence::SynRetransmits], 3);
@@ -383,10 +362,7 @@ fn listen_overflows_alone_make_backlog_full_and_count_once() {
     ];
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::BacklogFull);
-    assert_eq!(f.count, 2);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
+    assert_finding(&f, Cause::BacklogFull, 2, &[812], None);
     assert_eq!(f.evidence[Evidence::ListenOverflows], 4);
     assert!(f.listener_note.starts_with("no listener seen by tracer"), "{}", f.listener_note);
 }
@@ -399,11 +375,8 @@ fn syn_retransmits_with_netfilter_drops_are_firewall_drop_even_with_a_listener()
     events.extend(dropped_attempt(2 * S, 0x1, &nginx(812), f1, 3));
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::FirewallDrop);
+    assert_finding(&f, Cause::FirewallDrop, 1, &[812], Some(700));
     assert_eq!(f.target, Target::Tcp(addr("127.0.0.1:8002")));
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), Some(700));
     assert_eq!(f.evidence[dropped_for("NETFILTER_DROP")], 4);
     assert_eq!(f.evidence[Evidence::SynRetransmits], 3);
     assert_eq!(f.evidence[Evidence::ConnectErrno(110)], 1);
@@ -425,11 +398,8 @@ fn syn_retransmits_with_nothing_else_are_no_response_never_firewall_drop() {
     events.push(failed(130 * S, 0x1, &nginx(812), f1, 110, 6, false, S));
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::NoResponse);
+    assert_finding(&f, Cause::NoResponse, 1, &[812], None);
     assert_eq!(f.target, Target::Tcp(addr("10.0.0.5:8000")));
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
     assert_eq!(f.evidence[Evidence::SynRetransmits], 6);
     assert!(!f.evidence.iter().any(|(e, _)| matches!(e, Evidence::Dropped { reason, .. } if reason.contains("NETFILTER"))));
 }
@@ -472,10 +442,7 @@ fn evidence_arriving_after_the_close_within_grace_is_still_used() {
     assert_eq!(recs[0].cause, Cause::DeadListener);
     assert_eq!(recs[0].client.pid, 812);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::DeadListener);
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), None);
+    assert_finding(&f, Cause::DeadListener, 1, &[812], None);
     // The finding is reported as opened.
     assert!(updates.iter().any(|u| matches!(u, Update::Finding(f) if f.cause == Cause::DeadListener && f.count == 1)));
     // Nothing new: nothing to report.
@@ -658,11 +625,8 @@ fn unix_backlog_full_reports_the_measured_queue() {
     ];
     let (e, _) = run(&events);
     let f = only(&e);
-    assert_eq!(f.cause, Cause::UnixBacklogFull);
+    assert_finding(&f, Cause::UnixBacklogFull, 1, &[812], Some(700));
     assert_eq!(f.target, target);
-    assert_eq!(f.count, 1);
-    assert_eq!(pids(&f), [812]);
-    assert_eq!(listener_pid(&f), Some(700));
     assert_eq!(f.queue, Some(Queue { len: 129, max: 128 }));
 }
 
@@ -790,11 +754,8 @@ fn an_open_attempt_silent_for_too_long_is_concluded_as_pending() {
 fn recorded_dead_listener_stream() {
     let (e, _) = run(&fixture("dead_listener.json"));
     let f = only(&e);
-    assert_eq!(f.cause, Cause::DeadListener);
+    assert_finding(&f, Cause::DeadListener, 2, &[812, 813], Some(700));
     assert_eq!(f.target.to_string(), "127.0.0.1:8000");
-    assert_eq!(f.count, 2);
-    assert_eq!(pids(&f), [812, 813]);
-    assert_eq!(listener_pid(&f), Some(700));
     assert_eq!(
         f.hint.as_deref(),
         Some(
