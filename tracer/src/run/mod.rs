@@ -80,6 +80,11 @@ async fn trace(args: TraceArgs, mode: Mode, facts: KernelFacts) -> Result<ExitCo
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
     };
+    // Said before `tracing:`, so whoever waits for that line knows where to scrape; a scrape
+    // that comes before the server task runs waits in the listener's queue.
+    if let Some(addr) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        note!("metrics: http://{addr}/metrics");
+    }
     let mut trace = Trace::start(args, mode, facts)?;
     trace.metrics = metrics_listener.map(|listener| start_metrics(listener, &trace.capture));
     // After the `tracing:` line, which stays on the normal screen.
@@ -357,9 +362,6 @@ fn backend_choice(args: &TraceArgs) -> Result<BackendChoice> {
 
 /// Serves `/metrics` from the listener bound at start.
 fn start_metrics(listener: tokio::net::TcpListener, capture: &Capture) -> metrics::Metrics {
-    if let Ok(addr) = listener.local_addr() {
-        note!("metrics: http://{addr}/metrics");
-    }
     let m = metrics::Metrics::new();
     metrics::spawn_server(listener, m.registry());
     m.observe_capture(capture);
