@@ -11,11 +11,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde_json::{json, Value};
 
 use crate::enrich::{cgroup, Enricher};
 use crate::explain::Finding;
 use crate::nginx::{self, config::ConfiguredTarget, errlog, LogTail, NginxInstance};
+use crate::report::json::{ConfigCheckLine, ConfigCheckType, FindingLine, LogUnexplainedLine, LogUnexplainedType, ProcessLine};
 use crate::report::text::escape;
 
 /// Configured targets checked for a listener at start, per Nginx.
@@ -191,67 +191,54 @@ impl Operator {
         }
     }
 
-    fn process_json(&mut self, pid: u32) -> (Value, Value) {
-        match self.cgroup(pid) {
-            Some(c) => (json!(c.path), json!(c.container.or(c.unit))),
-            None => (Value::Null, Value::Null),
+    /// A process's cgroup and its container (or systemd unit), remembered once read.
+    fn annotate_process(&mut self, p: &mut ProcessLine) {
+        if let Some(c) = self.cgroup(p.pid) {
+            p.container = c.container.or(c.unit);
+            p.cgroup = Some(c.path);
         }
     }
 
-    /// Adds the operator keys to a finding's JSON object: "upstream", "config_line",
-    /// "config_place", "log_lines", "log_example", and "cgroup"/"container" on each process.
-    pub fn annotate_json(&mut self, v: &mut Value, f: &Finding, log_lines: &[String]) {
-        let configured = self.configured(f).cloned();
-        let obj = v.as_object_mut().expect("finding JSON is an object");
-        obj.insert("upstream".into(), json!(configured.as_ref().map(|c| c.upstream.clone())));
-        obj.insert("config_line".into(), json!(configured.as_ref().map(|c| c.line.clone())));
-        obj.insert("config_place".into(), json!(configured.as_ref().map(|c| c.place.clone())));
-        obj.insert("log_lines".into(), json!(log_lines.len()));
-        obj.insert("log_example".into(), json!(log_lines.first()));
-        for key in ["clients", "listener"] {
-            let pids: Vec<u32> = match obj.get(key) {
-                Some(Value::Array(a)) => a.iter().filter_map(|p| p["pid"].as_u64()).map(|p| p as u32).collect(),
-                Some(Value::Object(o)) => o.get("pid").and_then(|p| p.as_u64()).map(|p| vec![p as u32]).unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            let extra: Vec<(Value, Value)> = pids.iter().map(|&p| self.process_json(p)).collect();
-            let targets: Vec<&mut Value> = match obj.get_mut(key) {
-                Some(Value::Array(a)) => a.iter_mut().collect(),
-                Some(o @ Value::Object(_)) => vec![o],
-                _ => Vec::new(),
-            };
-            for (p, (cg, container)) in targets.into_iter().zip(extra) {
-                if let Some(p) = p.as_object_mut() {
-                    p.insert("cgroup".into(), cg);
-                    p.insert("container".into(), container);
-                }
-            }
+    /// Fills a finding line's operator keys: "upstream", "config_line", "config_place",
+    /// "log_lines", "log_example", and "cgroup"/"container" on each process.
+    pub fn annotate_json(&mut self, line: &mut FindingLine, f: &Finding, log_lines: &[String]) {
+        if let Some(c) = self.configured(f).cloned() {
+            line.upstream = Some(c.upstream);
+            line.config_line = Some(c.line);
+            line.config_place = Some(c.place);
+        }
+        line.log_lines = log_lines.len() as u64;
+        line.log_example = log_lines.first().cloned();
+        for p in line.clients.iter_mut().chain(line.listener.as_mut()) {
+            self.annotate_process(p);
         }
     }
 
-    /// `config_check` objects: configured targets nobody listens on when tracing starts
+    /// `config_check` lines: configured targets nobody listens on when tracing starts
     /// (printed before any finding line).
-    pub fn config_check_json(&self) -> Vec<Value> {
+    pub fn config_check_json(&self) -> Vec<ConfigCheckLine> {
         self.unlistened
             .iter()
-            .map(|u| {
-                json!({
-                    "type": "config_check",
-                    "target": u.target.target.to_string(),
-                    "netns": u.netns,
-                    "upstream": u.target.upstream,
-                    "config_line": u.target.line,
-                    "config_place": u.target.place,
-                    "listening": false,
-                    "detail": format!("nginx sends requests for upstream {} to {}, but nothing listens there now", u.target.upstream, u.target.target),
-                })
+            .map(|u| ConfigCheckLine {
+                config_line: u.target.line.clone(),
+                config_place: u.target.place.clone(),
+                detail: format!("nginx sends requests for upstream {} to {}, but nothing listens there now", u.target.upstream, u.target.target),
+                listening: false,
+                netns: u.netns,
+                target: u.target.target.to_string(),
+                line_type: ConfigCheckType::Tag,
+                upstream: u.target.upstream.clone(),
             })
             .collect()
     }
 
-    /// `log_unexplained` objects: error-log lines no finding explains (at the end, the first 50).
-    pub fn extra_json(&self, ctx: &Context) -> Vec<Value> {
-        ctx.unexplained.iter().take(50).map(|(line, why)| json!({ "type": "log_unexplained", "line": line, "why": why })).collect()
+    /// `log_unexplained` lines: error-log lines no finding explains (at the end, the first 50).
+    pub fn extra_json(&self, ctx: &Context) -> Vec<LogUnexplainedLine> {
+        ctx.unexplained
+            .iter()
+            .take(50)
+            .map(|(line, why)| LogUnexplainedLine { line: line.clone(), line_type: LogUnexplainedType::Tag, why: why.to_string() })
+            .collect()
     }
 
     /// The text section after the findings.

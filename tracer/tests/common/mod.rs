@@ -25,6 +25,7 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
+use tracer::report::json::{FindingLine, Line};
 
 /// How long tracer may take to attach everything and print `tracing:`.
 pub const TRACING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -384,6 +385,9 @@ pub struct TracerRun {
     pub stderr: String,
     /// Every stdout line parsed as JSON (non-JSON lines fail the run).
     pub lines: Vec<Value>,
+    /// The same lines read into the contract's types (`tracer::report::json`): a line with a
+    /// key missing, added or of another shape fails the run.
+    pub typed: Vec<Line>,
 }
 
 /// `tracer <args>` started with stdin closed and stdout and stderr piped.
@@ -474,20 +478,7 @@ impl Tracer {
             self.args
         );
         assert!(!stderr.contains("panicked"), "tracer panicked:\n{stderr}");
-        let lines = stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str::<Value>(l)
-                    .unwrap_or_else(|e| panic!("tracer --json printed a non-JSON line ({e}): {l:?}\nstderr:\n{stderr}"))
-            })
-            .collect();
-        TracerRun {
-            status,
-            stdout,
-            stderr,
-            lines,
-        }
+        TracerRun::parse(status, stdout, stderr)
     }
 }
 
@@ -502,6 +493,20 @@ impl Drop for Tracer {
 // ---------------------------------------------------------------------------------------
 
 impl TracerRun {
+    /// A `--json` run's output, every line read as JSON and into the contract's types.
+    pub fn parse(status: ExitStatus, stdout: String, stderr: String) -> TracerRun {
+        let (lines, typed) = stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let raw = serde_json::from_str::<Value>(l)
+                    .unwrap_or_else(|e| panic!("tracer --json printed a non-JSON line ({e}): {l:?}\nstderr:\n{stderr}"));
+                (raw, contract_line(l))
+            })
+            .unzip();
+        TracerRun { status, stdout, stderr, lines, typed }
+    }
+
     pub fn findings(&self) -> Vec<&Value> {
         self.lines.iter().filter(|v| v["type"] == "finding").collect()
     }
@@ -574,46 +579,23 @@ fn show<T: std::fmt::Debug>(v: &[T]) -> String {
     v.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join("\n")
 }
 
-/// The key contract of a finding line.
-pub fn check_finding_shape(f: &Value) {
-    for key in [
-        "type",
-        "cause",
-        "target",
-        "netns",
-        "count",
-        "clients",
-        "listener",
-        "listener_note",
-        "queue",
-        "uids",
-        "hint",
-        "evidence",
-        "detail",
-        "fix",
-        "first_seen",
-        "last_seen",
-        "pending",
-    ] {
-        assert!(f.get(key).is_some(), "finding lacks {key:?}: {f}");
+/// One line of tracer's output read into the contract's types, which must hold it whole:
+/// written back, it is the same JSON (no key missing, none unknown, every value's shape).
+pub fn contract_line(text: &str) -> Line {
+    let line = Line::parse(text).unwrap_or_else(|e| panic!("not a line of the JSON contract ({e}): {text}"));
+    let raw: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(serde_json::to_value(&line).unwrap(), raw, "the contract's types do not hold this line whole: {text}");
+    line
+}
+
+/// A finding line is the contract's (`FindingLine`), with a fix to give and RFC 3339 times.
+pub fn check_finding_shape(f: &Value) -> FindingLine {
+    let Line::Finding(line) = contract_line(&f.to_string()) else { panic!("not a finding line: {f}") };
+    assert!(!line.fix.is_empty(), "fix is a non-empty string: {f}");
+    for s in [&line.first_seen, &line.last_seen] {
+        assert!(s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T', "RFC 3339: {s:?} in {f}");
     }
-    assert!(f["count"].is_u64(), "count is an integer: {f}");
-    assert!(f["clients"].is_array(), "clients is an array: {f}");
-    assert!(f["evidence"].is_object(), "evidence is an object: {f}");
-    assert!(
-        f["fix"].as_str().is_some_and(|s| !s.is_empty()),
-        "fix is a non-empty string: {f}"
-    );
-    for key in ["first_seen", "last_seen"] {
-        let s = f[key].as_str().unwrap_or_else(|| panic!("{key} is a string: {f}"));
-        assert!(
-            s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T',
-            "{key} is RFC 3339: {s:?}"
-        );
-    }
-    if !f["listener"].is_null() {
-        assert!(f["listener"]["pid"].is_u64(), "listener.pid is an integer: {f}");
-    }
+    *line
 }
 
 pub fn count(f: &Value) -> u64 {

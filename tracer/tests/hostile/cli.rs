@@ -173,15 +173,6 @@ fn program_ids() -> BTreeSet<u32> {
     loaded_programs().into_iter().map(|(id, _)| id).collect()
 }
 
-/// Parses a `--json` run's stdout the way the other suites do.
-fn json_run(status: ExitStatus, stdout: String, stderr: String) -> TracerRun {
-    let lines = stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("non-JSON line ({e}): {l:?}\nstderr:\n{stderr}")))
-        .collect();
-    TracerRun { status, stdout, stderr, lines }
-}
 
 /// A one-line error and a non-zero exit, before anything was attached.
 fn assert_one_line_refusal(out: &Output, must_contain: &[&str]) {
@@ -311,7 +302,7 @@ fn sighup_during_a_trace_prints_the_report_and_exits_0() {
     thread::sleep(Duration::from_millis(500));
     tracer.signal(Signal::SIGHUP);
     let status = tracer.wait_exit(EXIT_TIMEOUT);
-    let run = json_run(status, stdout.join().unwrap(), tracer.stderr_text());
+    let run = TracerRun::parse(status, stdout.join().unwrap(), tracer.stderr_text());
     assert_eq!(run.status.code(), Some(0), "exit 0 after SIGHUP, not 129; stderr:\n{}", run.stderr);
     let f = run.only_finding(&format!("127.0.0.1:{port}"), "dead_listener");
     assert_eq!(count(f), 3, "{f}");
@@ -345,7 +336,7 @@ fn stop_signal_during_start_up_prints_the_report_and_exits_0() {
         assert!(!tracer.tracing(), "{signal}: the signal must come during start-up, before `tracing:`");
         tracer.signal(signal);
         let status = tracer.wait_exit(TRACING_TIMEOUT + EXIT_TIMEOUT);
-        let run = json_run(status, stdout.join().unwrap(), tracer.stderr_text());
+        let run = TracerRun::parse(status, stdout.join().unwrap(), tracer.stderr_text());
         assert_eq!(run.status.code(), Some(0), "{signal} during start-up: exit 0; stderr:\n{}", run.stderr);
         let summary = run.summary();
         assert_eq!(summary["findings"], 0, "{summary}");
