@@ -636,38 +636,22 @@ impl Bench {
 
     // ---- 1. healthy proxied traffic ------------------------------------------------------
 
+    /// The proxy, and the fast upstream: a second server block answering 200 itself. No
+    /// upstream keepalive: one new upstream TCP connection per request.
     fn nginx_conf(&self) -> String {
-        let t = self.tmp.display();
-        format!(
-            r#"user root;
-worker_processes 1;
-daemon off;
-pid {t}/nginx.pid;
-error_log {t}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {t}/client_body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    # The fast upstream: a second server block answering 200 itself.
-    server {{
-        listen 127.0.0.1:{UPSTREAM_PORT};
-        location / {{ return 200 "ok\n"; }}
-    }}
-    # The proxy. No upstream keepalive: one new upstream TCP connection per request.
-    server {{
-        listen 127.0.0.1:{FRONT_PORT};
-        location / {{
-            proxy_pass http://127.0.0.1:{UPSTREAM_PORT};
-            proxy_connect_timeout 3s;
-        }}
-    }}
-}}
-"#
-        )
+        xtask::kit::NginxConf {
+            dir: &self.tmp,
+            user: "root",
+            workers: 1,
+            worker_connections: 4096,
+            error_log_level: Some("warn"),
+            extra_http: &format!("server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 \"ok\\n\"; }} }}"),
+            listen: &format!("127.0.0.1:{FRONT_PORT}"),
+            proxy_pass: &format!("http://127.0.0.1:{UPSTREAM_PORT}"),
+            connect_timeout: "3s",
+            read_timeout: None,
+        }
+        .render()
     }
 
     fn wrk(&mut self, secs: u32) -> Result<WrkRun> {

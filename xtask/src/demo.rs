@@ -153,31 +153,19 @@ const APP: &str = r#"def app(environ, start_response):
 "#;
 
 fn nginx_conf(tmp: &Path) -> String {
-    let t = tmp.display();
-    format!(
-        r#"user www-data;
-worker_processes 1;
-daemon off;
-pid {t}/nginx.pid;
-error_log {t}/error.log;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {t}/client_body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    server {{
-        listen {FRONT};
-        location / {{
-            proxy_pass http://{UPSTREAM};
-            proxy_connect_timeout 3s;
-        }}
-    }}
-}}
-"#
-    )
+    xtask::kit::NginxConf {
+        dir: tmp,
+        user: "www-data",
+        workers: 1,
+        worker_connections: 64,
+        error_log_level: None,
+        extra_http: "",
+        listen: FRONT,
+        proxy_pass: &format!("http://{UPSTREAM}"),
+        connect_timeout: "3s",
+        read_timeout: None,
+    }
+    .render()
 }
 
 /// `ip netns exec tracer-demo curl ... URL` → the HTTP status ("000" when none).

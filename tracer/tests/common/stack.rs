@@ -229,33 +229,20 @@ impl Netns {
 
     /// The same, with extra text inside `http { }` (upstream blocks, more servers).
     pub fn nginx_with(&self, dir: &TempDir, proxy_pass: &str, connect_timeout: &str, extra_http: &str) -> Nginx {
-        let t = dir.0.display();
-        let conf = format!(
-            r#"user www-data;
-worker_processes 2;
-daemon off;
-pid {t}/nginx.pid;
-error_log {t}/error.log error;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {t}/client_body;
-    proxy_temp_path {t}/proxy;
-    fastcgi_temp_path {t}/fastcgi;
-    uwsgi_temp_path {t}/uwsgi;
-    scgi_temp_path {t}/scgi;
-    {extra_http}
-    server {{
-        listen 127.0.0.1:{FRONT_PORT};
-        location / {{
-            proxy_pass {proxy_pass};
-            proxy_connect_timeout {connect_timeout};
-            proxy_read_timeout 30s;
-        }}
-    }}
-}}
-"#
-        );
+        let listen = format!("127.0.0.1:{FRONT_PORT}");
+        let conf = xtask::kit::NginxConf {
+            dir: &dir.0,
+            user: "www-data",
+            workers: 2,
+            worker_connections: 512,
+            error_log_level: Some("error"),
+            extra_http,
+            listen: &listen,
+            proxy_pass,
+            connect_timeout,
+            read_timeout: Some("30s"),
+        }
+        .render();
         let conf_path = dir.0.join("nginx.conf");
         fs::write(&conf_path, conf).expect("write nginx.conf");
         let log = dir.0.join("nginx.out");
