@@ -152,14 +152,6 @@ fn small_backlog_under_load_is_backlog_full() {
     assert!(f["queue"]["len"].as_u64().unwrap() >= 1, "{f}");
 }
 
-fn nft_output_rule(ns: &Netns, rule: &str) {
-    ns.nft(&["add", "table", "inet", "t"]);
-    ns.nft(&["add", "chain", "inet", "t", "out", "{ type filter hook output priority 0; }"]);
-    let mut args = vec!["add", "rule", "inet", "t", "out"];
-    args.extend(rule.split_whitespace());
-    ns.nft(&args);
-}
-
 /// 4. An nftables rule drops traffic to the upstream port: Nginx answers 504 after its short
 /// proxy_connect_timeout; firewall_drop.
 #[test]
@@ -169,7 +161,7 @@ fn nft_drop_is_a_firewall_drop() {
     let ns = Netns::new("ngxdrop");
     let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
     let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "1s");
-    nft_output_rule(&ns, "tcp dport 8000 drop");
+    ns.nft_output_rule("tcp dport 8000 drop");
     let tracer = Tracer::diagnose(&["--port", "8000"]);
 
     assert_eq!(ns.curls(2, 10), [504, 504]);
@@ -191,7 +183,7 @@ fn reject_scenario(name: &str, rule: &str, detail_word: &str) {
     let tracer = Tracer::diagnose(&["--port", "8000"]);
     // Accepted connections while tracing must not look like the listener closing.
     assert_eq!(ns.curls(2, 10), [200, 200]);
-    nft_output_rule(&ns, rule);
+    ns.nft_output_rule(rule);
 
     assert_eq!(ns.curls(2, 10), [502, 502]);
     let logged = nginx.errors_with("(111: Connection refused) while connecting to upstream");

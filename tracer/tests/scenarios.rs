@@ -141,7 +141,7 @@ fn run_scenario(s: &Scenario) {
     };
     let ns = Netns::new(s.name);
     if let Some(rule) = s.nft_output_rule {
-        nft_output_rule(&ns, rule);
+        ns.nft_output_rule(rule);
     }
     let filters: Vec<&str> = filter.iter().map(String::as_str).chain(s.filters.iter().copied()).collect();
     let tracer = Tracer::diagnose(&filters);
@@ -221,14 +221,6 @@ fn check_client(done: &Value, sees: ClientSees) {
         ClientSees::PendingAtLeast(n) => assert!(pending >= n, "the helper should leave >= {n} connects in SYN_SENT: {done}"),
         ClientSees::Pending(n) => assert_eq!(pending, n, "the SYN is never answered: {done}"),
     }
-}
-
-fn nft_output_rule(ns: &Netns, rule: &str) {
-    ns.nft(&["add", "table", "inet", "t"]);
-    ns.nft(&["add", "chain", "inet", "t", "out", "{ type filter hook output priority 0; }"]);
-    let mut args = vec!["add", "rule", "inet", "t", "out"];
-    args.extend(rule.split_whitespace());
-    ns.nft(&args);
 }
 
 /// One `#[test]` per row.

@@ -187,6 +187,16 @@ impl Netns {
         self.exec("nft", args);
     }
 
+    /// An nft rule on the namespace's output hook (table `inet t`, chain `out`), e.g.
+    /// `tcp dport 8000 drop`.
+    pub fn nft_output_rule(&self, rule: &str) {
+        self.nft(&["add", "table", "inet", "t"]);
+        self.nft(&["add", "chain", "inet", "t", "out", "{ type filter hook output priority 0; }"]);
+        let mut args = vec!["add", "rule", "inet", "t", "out"];
+        args.extend(rule.split_whitespace());
+        self.nft(&args);
+    }
+
     /// Starts `python3 net.py <args>` inside the namespace and waits for its `{"pid": N}` line.
     pub fn helper(&self, args: &[&str]) -> Helper {
         self.script(&helper_script(), args)
