@@ -297,8 +297,8 @@ pub fn summary_json(s: &Summary, _clock: &Clock) -> SummaryLine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Target, TaskInfo};
-    use crate::explain::{Evidence, Outcome};
+    use crate::event::Target;
+    use crate::explain::Evidence;
 
     /// 2024-05-01T10:01:00Z as a boot offset, with monotonic 0 = that moment.
     const CLOCK: Clock = Clock { boot_offset_ns: 1_714_557_660_000_000_000 };
@@ -373,18 +373,7 @@ mod tests {
 
     #[test]
     fn attempt_and_summary_lines_are_the_documented_objects() {
-        let a = AttemptRecord {
-            ts_ns: 2_500_000_000,
-            start_ns: 2_400_000_000,
-            cause: Cause::UnixMissing,
-            target: Target::Unix("/run/gunicorn.sock".into()),
-            netns: 1,
-            sock: 0xffff_8880_0000_1000,
-            client: TaskInfo { pid: 812, tid: 812, uid: 33, comm: "nginx".into() },
-            evidence: [(Evidence::ConnectErrno(2), 1)].into_iter().collect(),
-            outcome: Outcome::Failed,
-            errno: 2,
-        };
+        let a = crate::report::fixtures::unix_missing_attempt();
         assert_eq!(
             attempt_json(&a, &CLOCK).to_string(),
             concat!(

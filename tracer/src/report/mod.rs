@@ -6,6 +6,28 @@ pub mod json;
 pub mod text;
 #[cfg(test)]
 mod engine_tests;
+/// Test fixtures shared by the renderers' tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::event::{Target, TaskInfo};
+    use crate::explain::{AttemptRecord, Cause, Evidence, Outcome};
+
+    /// An Nginx worker's connect() to a Unix path that does not exist.
+    pub fn unix_missing_attempt() -> AttemptRecord {
+        AttemptRecord {
+            ts_ns: 2_500_000_000,
+            start_ns: 2_400_000_000,
+            cause: Cause::UnixMissing,
+            target: Target::Unix("/run/gunicorn.sock".into()),
+            netns: 1,
+            sock: 0xffff_8880_0000_1000,
+            client: TaskInfo { pid: 812, tid: 812, uid: 33, comm: "nginx".into() },
+            evidence: [(Evidence::ConnectErrno(2), 1)].into_iter().collect(),
+            outcome: Outcome::Failed,
+            errno: 2,
+        }
+    }
+}
 
 use std::collections::BTreeMap;
 

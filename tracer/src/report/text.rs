@@ -838,18 +838,7 @@ mod tests {
 
     #[test]
     fn attempt_line_has_time_cause_target_client_outcome() {
-        let a = AttemptRecord {
-            ts_ns: 2_500_000_000,
-            start_ns: 2_400_000_000,
-            cause: Cause::UnixMissing,
-            target: Target::Unix("/run/gunicorn.sock".into()),
-            netns: 1,
-            sock: 0xffff_8880_0000_1000,
-            client: TaskInfo { pid: 812, tid: 812, uid: 33, comm: "nginx".into() },
-            evidence: [(Evidence::ConnectErrno(2), 1)].into_iter().collect(),
-            outcome: Outcome::Failed,
-            errno: 2,
-        };
+        let a = crate::report::fixtures::unix_missing_attempt();
         let mut out = Vec::new();
         write_attempt(&mut out, &a, &Clock::fixed(OFFSET)).unwrap();
         let line = String::from_utf8(out).unwrap();
