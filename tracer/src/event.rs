@@ -69,52 +69,55 @@ impl Queue {
     }
 }
 
-/// A kind of kernel record the ring buffer could not take: the wire enum's variant. Its name
+/// A kind of kernel record (the wire enum's variant), as counted emitted or lost. Its name
 /// (`TcpAttemptFailed`) is what the JSON `lost_events` keys and the metrics' `kind` label show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LostKind(pub EventKind);
+pub struct RecordKind(pub EventKind);
 
-impl LostKind {
+/// Records per kind (kinds with none left out), summed over CPUs.
+pub type KindCounts = std::collections::BTreeMap<RecordKind, u64>;
+
+impl RecordKind {
     /// The stable name: the variant's (`TcpAttemptFailed`).
     pub fn name(self) -> String {
         format!("{:?}", self.0)
     }
 
     /// The kind of this name, if there is one.
-    pub fn from_name(name: &str) -> Option<LostKind> {
-        EventKind::ALL.iter().map(|&k| LostKind(k)).find(|k| k.name() == name)
+    pub fn from_name(name: &str) -> Option<RecordKind> {
+        EventKind::ALL.iter().map(|&k| RecordKind(k)).find(|k| k.name() == name)
     }
 }
 
-impl fmt::Display for LostKind {
+impl fmt::Display for RecordKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }
 }
 
 /// Ordered by name, as reports list them.
-impl Ord for LostKind {
+impl Ord for RecordKind {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.name().cmp(&other.name())
     }
 }
 
-impl PartialOrd for LostKind {
+impl PartialOrd for RecordKind {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Serialize for LostKind {
+impl Serialize for RecordKind {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.name())
     }
 }
 
-impl<'de> Deserialize<'de> for LostKind {
+impl<'de> Deserialize<'de> for RecordKind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name = String::deserialize(d)?;
-        LostKind::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown event kind {name:?}")))
+        RecordKind::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown event kind {name:?}")))
     }
 }
 
@@ -191,7 +194,7 @@ pub enum EventBody {
     /// Measured by tracer: TcpExtListenOverflows rose by `delta` in `netns` since last read.
     ListenOverflows { delta: u64 },
     /// The kernel lost `count` events of `kind` (ring buffer full); reported, never silent.
-    Lost { kind: LostKind, count: u64 },
+    Lost { kind: RecordKind, count: u64 },
     /// A SYN reached a listener whose accept queue was full (`tcp_conn_request`, function-hook
     /// backend): the kernel drops it. `flow` client -> listener (None when the packet could not
     /// be parsed), `listen` the listener's port, `listener` its owner when tracer saw it listen.

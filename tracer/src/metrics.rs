@@ -41,6 +41,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::kernel::hooks::CaptureHealth;
 use crate::event::Target;
+use crate::event::KindCounts;
 use crate::explain::{AttemptRecord, Cause, Finding, Outcome, Update};
 
 /// Where `--metrics` without an address serves.
@@ -373,10 +374,10 @@ impl Metrics {
 
     /// tracer's own health: events emitted by the kernel programs (total over kinds), events
     /// lost per kind (every kind seen gets a series, 0 until something is lost), hooks.
-    pub fn observe_health(&self, emitted: &BTreeMap<String, u64>, lost: &BTreeMap<String, u64>, hooks: &[(String, bool)]) {
+    pub fn observe_health(&self, emitted: &KindCounts, lost: &KindCounts, hooks: &[(String, bool)]) {
         raise_to(&self.events, emitted.values().sum());
         for kind in emitted.keys().chain(lost.keys()) {
-            let c = self.lost.get_or_create(&KindLabels { kind: kind.clone() });
+            let c = self.lost.get_or_create(&KindLabels { kind: kind.name() });
             raise_to(&c, lost.get(kind).copied().unwrap_or(0));
         }
         self.hooks_active.set(hooks.iter().filter(|(_, active)| *active).count() as i64);
@@ -675,20 +676,23 @@ mod tests {
     #[test]
     fn health_counters_take_kernel_readings_and_never_go_down() {
         let m = Metrics::new();
-        let emitted: BTreeMap<String, u64> = [("Attempt".to_string(), 10), ("Listen".to_string(), 5)].into();
+        use crate::event::RecordKind;
+        use tracer_common::EventKind;
+        let kind = |k: EventKind| RecordKind(k);
+        let emitted: KindCounts = [(kind(EventKind::TcpAttemptFailed), 10), (kind(EventKind::TcpListenStart), 5)].into();
         let hooks = vec![
             ("tracepoint/sock/inet_sock_set_state".to_string(), true),
             ("tracepoint/icmp/icmp_send".to_string(), false),
         ];
         m.observe_health(&emitted, &BTreeMap::new(), &hooks);
-        let lost: BTreeMap<String, u64> = [("Attempt".to_string(), 3)].into();
-        let emitted2: BTreeMap<String, u64> = [("Attempt".to_string(), 20), ("Listen".to_string(), 5)].into();
+        let lost: KindCounts = [(kind(EventKind::TcpAttemptFailed), 3)].into();
+        let emitted2: KindCounts = [(kind(EventKind::TcpAttemptFailed), 20), (kind(EventKind::TcpListenStart), 5)].into();
         m.observe_health(&emitted2, &lost, &hooks);
         m.observe_health(&emitted, &lost, &hooks); // an older reading changes nothing
         let text = m.render(Format::OpenMetrics);
         assert!(text.contains("\ntracer_events_total 25\n"), "{text}");
-        assert!(text.contains(r#"tracer_lost_events_total{kind="Attempt"} 3"#), "{text}");
-        assert!(text.contains(r#"tracer_lost_events_total{kind="Listen"} 0"#), "{text}");
+        assert!(text.contains(r#"tracer_lost_events_total{kind="TcpAttemptFailed"} 3"#), "{text}");
+        assert!(text.contains(r#"tracer_lost_events_total{kind="TcpListenStart"} 0"#), "{text}");
         assert!(text.contains("\ntracer_hooks_active 1\n"), "{text}");
         assert!(text.contains(r#"tracer_hook_active{hook="tracepoint/sock/inet_sock_set_state"} 1"#), "{text}");
         assert!(text.contains(r#"tracer_hook_active{hook="tracepoint/icmp/icmp_send"} 0"#), "{text}");
@@ -743,7 +747,7 @@ mod tests {
     #[tokio::test]
     async fn serves_a_real_scrape_over_tcp() {
         let m = Metrics::new();
-        m.observe_health(&[("Attempt".to_string(), 4)].into(), &BTreeMap::new(), &[]);
+        m.observe_health(&[(crate::event::RecordKind(tracer_common::EventKind::TcpAttemptFailed), 4)].into(), &KindCounts::new(), &[]);
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = spawn_server(listener, m.registry());
@@ -807,8 +811,8 @@ mod tests {
         late.outcome = Outcome::Delayed;
         m.observe(&[Update::Finding(f), Update::Attempt(a), Update::Attempt(late)], |_| Some("backend".into()));
         m.observe_health(
-            &[("Attempt".to_string(), 4)].into(),
-            &[("Attempt".to_string(), 1)].into(),
+            &[(crate::event::RecordKind(tracer_common::EventKind::TcpAttemptFailed), 4)].into(),
+            &[(crate::event::RecordKind(tracer_common::EventKind::TcpAttemptFailed), 1)].into(),
             &[("sock:inet_sock_set_state".to_string(), true)],
         );
         m

@@ -5,7 +5,6 @@
 pub mod decode;
 pub mod fhooks;
 
-use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -17,6 +16,7 @@ use tokio::io::unix::AsyncFd;
 use tracer_common::{Config, EventKind, KIND_SLOTS, LOST_BASE};
 
 use crate::event::Event;
+use crate::event::{KindCounts, RecordKind};
 use crate::kernel::hooks;
 pub use crate::kernel::hooks::{CaptureHealth, HookState};
 use decode::ReasonNames;
@@ -245,21 +245,20 @@ impl Capture {
     }
 
     /// Events emitted and lost (ring buffer full) per kind, summed over CPUs.
-    pub fn counters(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, u64>)> {
-        let mut emitted = BTreeMap::new();
-        let mut lost = BTreeMap::new();
+    pub fn counters(&self) -> Result<(KindCounts, KindCounts)> {
+        let mut emitted = KindCounts::new();
+        let mut lost = KindCounts::new();
         for kind in EventKind::ALL {
             let k = kind as u32;
             debug_assert!(k < KIND_SLOTS);
             let sum = |slot: u32| -> Result<u64> { Ok(self.counters.get(&slot, 0)?.iter().sum()) };
-            let name = format!("{kind:?}");
             let e = sum(k)?;
             let l = sum(LOST_BASE + k)?;
             if e > 0 {
-                emitted.insert(name.clone(), e);
+                emitted.insert(RecordKind(kind), e);
             }
             if l > 0 {
-                lost.insert(name, l);
+                lost.insert(RecordKind(kind), l);
             }
         }
         Ok((emitted, lost))

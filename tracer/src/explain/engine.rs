@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::event::{Event, EventBody, LostKind, Queue, Target};
+use crate::event::{Event, EventBody, RecordKind, Queue, Target};
 
 use super::aggregation::{FindingKey, FindingState};
 use super::aggregation::accept_wait_bucket;
@@ -39,7 +39,7 @@ pub struct Engine {
     pub(super) changed: BTreeSet<FindingKey>,
     /// Concluded attempts not yet returned by tick()/finish() (bounded; oldest dropped).
     pub(super) ready: VecDeque<AttemptRecord>,
-    pub(super) lost: BTreeMap<LostKind, u64>,
+    pub(super) lost: BTreeMap<RecordKind, u64>,
     /// Exits, signals, OOM kills, unlinks and owners' facts, for dead-listener timelines.
     pub(super) lifecycle: timeline::Lifecycle,
     /// Per listener (address, netns): how long accepted connections waited in its accept
@@ -196,7 +196,7 @@ impl Engine {
     }
 
 
-    pub fn lost_events(&self) -> BTreeMap<LostKind, u64> {
+    pub fn lost_events(&self) -> BTreeMap<RecordKind, u64> {
         self.lost.clone()
     }
 

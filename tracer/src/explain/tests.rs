@@ -3,7 +3,7 @@
 use super::rules::{classify_tcp, classify_unix, RejectKind, TcpFacts};
 use super::test_kit::*;
 use super::*;
-use crate::event::{Event, EventBody, LostKind, Queue, Target, TaskInfo};
+use crate::event::{Event, EventBody, RecordKind, Queue, Target, TaskInfo};
 use tracer_common::EventKind;
 
 // ---- the verdict table on its own ---------------------------------------------------------
@@ -672,12 +672,12 @@ fn the_client_is_the_owner_recorded_at_connect_time() {
 #[test]
 fn lost_events_are_surfaced() {
     let mut e = engine();
-    e.push(&packet(S, EventBody::Lost { kind: LostKind(EventKind::TcpAttemptFailed), count: 5 }));
-    e.push(&packet(2 * S, EventBody::Lost { kind: LostKind(EventKind::TcpAttemptFailed), count: 2 }));
-    e.push(&packet(2 * S, EventBody::Lost { kind: LostKind(EventKind::UnixConnectFailed), count: 1 }));
+    e.push(&packet(S, EventBody::Lost { kind: RecordKind(EventKind::TcpAttemptFailed), count: 5 }));
+    e.push(&packet(2 * S, EventBody::Lost { kind: RecordKind(EventKind::TcpAttemptFailed), count: 2 }));
+    e.push(&packet(2 * S, EventBody::Lost { kind: RecordKind(EventKind::UnixConnectFailed), count: 1 }));
     let lost = e.lost_events();
-    assert_eq!(lost.get(&LostKind(EventKind::TcpAttemptFailed)), Some(&7));
-    assert_eq!(lost.get(&LostKind(EventKind::UnixConnectFailed)), Some(&1));
+    assert_eq!(lost.get(&RecordKind(EventKind::TcpAttemptFailed)), Some(&7));
+    assert_eq!(lost.get(&RecordKind(EventKind::UnixConnectFailed)), Some(&1));
 }
 
 #[test]

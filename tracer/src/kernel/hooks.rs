@@ -8,12 +8,12 @@
 //! tracer will see, and the `tracing:` line and the summary's hook list name what attached.
 //! This module imports neither `capture` nor `doctor`: both point here.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use tracer_common::{Config, FN_ACCEPT, FN_CONN_REQUEST, FN_TCP_CONNECT, FN_UNIX_CONNECT, FN_UNIX_PEER};
 
 use crate::explain::Cause;
+use crate::event::KindCounts;
 
 /// One kernel program (or, for a function, the family of programs written for it).
 pub struct HookSpec {
@@ -536,9 +536,9 @@ pub struct HookState {
 pub struct CaptureHealth {
     pub hooks: Vec<HookState>,
     /// Events emitted per kind (kinds with none left out), summed over CPUs.
-    pub emitted: BTreeMap<String, u64>,
+    pub emitted: KindCounts,
     /// Events lost per kind (the ring buffer was full), summed over CPUs.
-    pub lost: BTreeMap<String, u64>,
+    pub lost: KindCounts,
 }
 
 impl CaptureHealth {

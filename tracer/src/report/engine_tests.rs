@@ -18,7 +18,7 @@ fn engine_findings_render_as_text_and_json() {
     let summary = Summary {
         duration_s: 9.0,
         events: events.len() as u64,
-        lost_events: e.lost_events().into_iter().map(|(k, n)| (k.name(), n)).collect(),
+        lost_events: e.lost_events().into_iter().collect(),
         hooks: vec![],
         findings: findings.len() as u64,
     };

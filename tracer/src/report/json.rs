@@ -12,6 +12,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Queue;
+use crate::event::KindCounts;
 use crate::explain::{AttemptRecord, Cause, Finding, Outcome, ProcessRef, SynOverflow, TimelineEntry};
 
 use super::{Clock, Summary};
@@ -173,7 +174,7 @@ pub struct SummaryLine {
     pub events: u64,
     pub findings: u64,
     pub hooks: Vec<String>,
-    pub lost_events: BTreeMap<String, u64>,
+    pub lost_events: KindCounts,
     #[serde(rename = "type")]
     pub line_type: SummaryType,
 }
@@ -385,13 +386,13 @@ mod tests {
         let s = Summary {
             duration_s: 10.0,
             events: 42,
-            lost_events: [("tcp".to_string(), 3)].into_iter().collect(),
+            lost_events: [(crate::event::RecordKind(tracer_common::EventKind::TcpAttemptFailed), 3)].into_iter().collect(),
             hooks: vec!["tp/sock/inet_sock_set_state".into()],
             findings: 1,
         };
         assert_eq!(
             summary_json(&s, &CLOCK).to_string(),
-            r#"{"duration_s":10.0,"events":42,"findings":1,"hooks":["tp/sock/inet_sock_set_state"],"lost_events":{"tcp":3},"type":"summary"}"#
+            r#"{"duration_s":10.0,"events":42,"findings":1,"hooks":["tp/sock/inet_sock_set_state"],"lost_events":{"TcpAttemptFailed":3},"type":"summary"}"#
         );
     }
 

@@ -29,9 +29,10 @@ pub(crate) mod fixtures {
     }
 }
 
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::event::KindCounts;
 
 /// Converts CLOCK_MONOTONIC nanoseconds (event timestamps) to wall-clock time:
 /// wall_ns = mono_ns + boot_offset_ns. main.rs measures the offset once.
@@ -74,7 +75,7 @@ pub struct Summary {
     /// Events decoded.
     pub events: u64,
     /// Events the kernel could not deliver, by kind.
-    pub lost_events: BTreeMap<String, u64>,
+    pub lost_events: KindCounts,
     /// Hooks attached, e.g. "tracepoint/sock/inet_sock_set_state".
     pub hooks: Vec<String>,
     /// Number of findings reported.

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
 use crate::explain::{AttemptRecord, EvidenceCounts, Finding};
+use crate::event::KindCounts;
 
 use super::{Clock, Summary};
 
@@ -453,7 +454,7 @@ pub fn write_attempt(w: &mut impl Write, a: &AttemptRecord, clock: &Clock) -> io
 }
 
 /// The loud line for lost events; nothing when none were lost.
-pub fn write_lost_warning(w: &mut impl Write, lost: &BTreeMap<String, u64>) -> io::Result<()> {
+pub fn write_lost_warning(w: &mut impl Write, lost: &KindCounts) -> io::Result<()> {
     let total: u64 = lost.values().sum();
     if total == 0 {
         return Ok(());
@@ -593,9 +594,9 @@ mod tests {
     }
 
     fn summary(lost: u64) -> Summary {
-        let mut lost_events = BTreeMap::new();
+        let mut lost_events = KindCounts::new();
         if lost > 0 {
-            lost_events.insert("tcp".to_string(), lost);
+            lost_events.insert(crate::event::RecordKind(tracer_common::EventKind::TcpAttemptFailed), lost);
         }
         Summary {
             duration_s: 10.0,
@@ -813,7 +814,7 @@ mod tests {
     fn text_says_when_nothing_failed_and_warns_loudly_about_lost_events() {
         let text = render(&[], &summary(7));
         assert!(text.contains("No failed upstream connections seen."), "{text}");
-        assert!(text.starts_with("WARNING: the kernel LOST 7 events (tcp: 7)"), "{text}");
+        assert!(text.starts_with("WARNING: the kernel LOST 7 events (TcpAttemptFailed: 7)"), "{text}");
         let quiet = render(&[], &summary(0));
         assert!(!quiet.contains("WARNING"), "{quiet}");
     }

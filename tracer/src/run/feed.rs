@@ -1,11 +1,11 @@
 //! What goes into the engine besides the kernel's own records: sock_diag probes, listener
 //! owners' process facts, and lost-event counts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::capture::Capture;
 use crate::enrich::{self, Enricher};
-use crate::event::{Event, EventBody, LostKind, Target};
+use crate::event::{Event, EventBody, KindCounts, Target};
 use crate::explain::Engine;
 
 /// Do not ask sock_diag about the same target more often than this.
@@ -17,12 +17,12 @@ pub struct Feed {
     /// When each (netns, target) was last asked about, so that a storm asks once in a while.
     last_probe: HashMap<(u32, Target), u64>,
     /// Lost-event counts already turned into `Lost` events, by kind.
-    reported_lost: BTreeMap<String, u64>,
+    reported_lost: KindCounts,
 }
 
 impl Feed {
     pub fn new(enricher: Enricher) -> Feed {
-        Feed { enricher, last_probe: HashMap::new(), reported_lost: BTreeMap::new() }
+        Feed { enricher, last_probe: HashMap::new(), reported_lost: KindCounts::new() }
     }
 
     /// Who listens where right now (pushed to the engine with the owners' process facts), so
@@ -117,16 +117,13 @@ fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, 
 }
 
 /// Turns kernel lost-event counters into `Lost` events (only the increase since last time).
-fn lost_events(capture: &Capture, reported: &mut BTreeMap<String, u64>, now: u64, engine: &mut Engine) {
+fn lost_events(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &mut Engine) {
     let Ok((_, lost)) = capture.counters() else { return };
     for (kind, count) in lost {
         let before = reported.get(&kind).copied().unwrap_or(0);
         if count > before {
             note!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
-            // The names come from the wire enum (Capture::counters): each has its kind.
-            if let Some(kind) = LostKind::from_name(&kind) {
-                engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
-            }
+            engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
             reported.insert(kind, count);
         }
     }
