@@ -684,7 +684,7 @@ mod tests {
             ("tracepoint/sock/inet_sock_set_state".to_string(), true),
             ("tracepoint/icmp/icmp_send".to_string(), false),
         ];
-        m.observe_health(&emitted, &BTreeMap::new(), &hooks);
+        m.observe_health(&emitted, &KindCounts::new(), &hooks);
         let lost: KindCounts = [(kind(EventKind::TcpAttemptFailed), 3)].into();
         let emitted2: KindCounts = [(kind(EventKind::TcpAttemptFailed), 20), (kind(EventKind::TcpListenStart), 5)].into();
         m.observe_health(&emitted2, &lost, &hooks);
