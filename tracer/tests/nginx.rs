@@ -121,7 +121,7 @@ fn small_backlog_under_load_is_backlog_full() {
     let prefill: Vec<std::thread::JoinHandle<u16>> = (0..3)
         .map(|_| {
             let name = ns.name.clone();
-            std::thread::spawn(move || Netns { name }.curl_keep(15))
+            std::thread::spawn(move || Netns::handle(name).curl_keep(15))
         })
         .collect();
     std::thread::sleep(std::time::Duration::from_millis(800));

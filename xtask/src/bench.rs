@@ -32,15 +32,16 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::{
-    sys::signal::{kill, killpg, Signal},
+    sys::signal::{kill, Signal},
     unistd::Pid,
 };
 use serde_json::{json, Value};
+use xtask::kit::{stop_group, wait_timeout_polling, Listener, Netns};
 
 use crate::{
     cmd_build::build,
     interrupt::{check_interrupted, install_handlers, pause},
-    util::{probe, root, run, show, target_dir, wait_timeout},
+    util::{probe, root, run, show, target_dir},
 };
 
 /// Options of `cargo xtask bench`.
@@ -159,20 +160,16 @@ impl Proc {
     fn stop(&mut self, sig: Signal, timeout: Duration) -> Result<Duration> {
         let t0 = Instant::now();
         let _ = kill(Pid::from_raw(self.pid() as i32), sig);
-        loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let took = t0.elapsed();
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
-                return Ok(took);
-            }
-            if t0.elapsed() > timeout {
-                self.kill_group();
-                bail!("{} did not exit within {timeout:?} of {sig}", self.name);
-            }
-            thread::sleep(Duration::from_micros(500));
+        // Polled every 500 µs: the exit is timed.
+        if wait_timeout_polling(&mut self.child, timeout, Duration::from_micros(500)).is_none() {
+            self.kill_group();
+            bail!("{} did not exit within {timeout:?} of {sig}", self.name);
         }
+        let took = t0.elapsed();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Ok(took)
     }
 
     /// Waits (bounded) for the process to exit by itself.
@@ -197,17 +194,9 @@ impl Proc {
         }
     }
 
+    /// SIGTERM to the process group, SIGKILL after 3 s, then SIGKILL to leftovers (nginx workers).
     fn kill_group(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pg = Pid::from_raw(self.pid() as i32);
-            let _ = killpg(pg, Signal::SIGTERM);
-            if wait_timeout(&mut self.child, Duration::from_secs(3)).is_none() {
-                let _ = killpg(pg, Signal::SIGKILL);
-                let _ = wait_timeout(&mut self.child, Duration::from_secs(3));
-            }
-        }
-        // Leftovers of the group (nginx workers).
-        let _ = killpg(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+        stop_group(&mut self.child, Signal::SIGTERM, Duration::from_secs(3));
     }
 }
 
@@ -220,44 +209,9 @@ impl Drop for Proc {
     }
 }
 
-/// The bench's network namespace; deleting it also deletes its nft table.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Result<Netns> {
-        let name = format!("tracer-bench-{}", std::process::id());
-        if Path::new("/run/netns").join(&name).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]))?;
-        Ok(ns)
-    }
-
-    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-
-    fn listening(&self, port: u16) -> bool {
-        let (ok, out) = probe(self.cmd("ss").args(["-Hltn", &format!("sport = :{port}")]));
-        ok && !out.trim().is_empty()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let (_, out) = probe(Command::new("ip").args(["netns", "pids", &self.name]));
-        for pid in out.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        thread::sleep(Duration::from_millis(100));
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).stderr(Stdio::null()).status();
-    }
+/// The bench's network namespace `tracer-bench-<pid>` (deleting it also deletes its nft table).
+fn bench_netns() -> Result<Netns> {
+    Netns::create(format!("tracer-bench-{}", std::process::id()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -655,7 +609,7 @@ impl Bench {
     }
 
     fn wrk(&mut self, secs: u32) -> Result<WrkRun> {
-        let mut cmd = self.ns.cmd("wrk");
+        let mut cmd = self.ns.command("wrk");
         cmd.args(["-t1", "-c32", &format!("-d{secs}s"), "--latency", &format!("http://127.0.0.1:{FRONT_PORT}/")]);
         self.note(if secs == self.args.http_seconds { "load (wrk)" } else { "load (wrk, warm-up)" }, &cmd);
         let mut p = Proc::spawn("wrk", &mut cmd, None, "")?;
@@ -667,12 +621,12 @@ impl Bench {
         println!("\n== 1. healthy proxied traffic: wrk -> Nginx -> Nginx upstream (new connection per request)");
         let conf = self.tmp.join("nginx.conf");
         fs::write(&conf, self.nginx_conf())?;
-        let mut cmd = self.ns.cmd("nginx");
+        let mut cmd = self.ns.command("nginx");
         cmd.arg("-c").arg(&conf).arg("-p").arg(&self.tmp).arg("-e").arg(self.tmp.join("error.log"));
         self.note("nginx", &cmd);
         let mut nginx = Proc::spawn("nginx", &mut cmd, None, "")?;
         let end = Instant::now() + Duration::from_secs(30);
-        while !(self.ns.listening(FRONT_PORT) && self.ns.listening(UPSTREAM_PORT)) {
+        while !(self.ns.listening(&Listener::Tcp(FRONT_PORT)) && self.ns.listening(&Listener::Tcp(UPSTREAM_PORT))) {
             if let Ok(Some(st)) = nginx.child.try_wait() {
                 bail!("nginx exited ({st}): {}", nginx.output().join(" | "));
             }
@@ -766,7 +720,7 @@ impl Bench {
     // ---- 2. failure floods ----------------------------------------------------------------
 
     fn generator(&mut self, role: &str, args: &[&str]) -> Result<Value> {
-        let mut cmd = self.ns.cmd(&self.generator);
+        let mut cmd = self.ns.command(&self.generator);
         cmd.args(args);
         self.note(role, &cmd);
         let mut p = Proc::spawn("refuse_flood", &mut cmd, None, "")?;
@@ -780,7 +734,7 @@ impl Bench {
         );
         let f = self.tmp.join("drop.nft");
         fs::write(&f, &rules)?;
-        let mut cmd2 = self.ns.cmd("nft");
+        let mut cmd2 = self.ns.command("nft");
         cmd2.arg("-f").arg(&f);
         self.note("nft drop rule (file)", &cmd2);
         self.commands.insert("nft drop rule".into(), rules.split_whitespace().collect::<Vec<_>>().join(" "));
@@ -964,16 +918,16 @@ impl Bench {
         // memory must stay flat.
         for phase in 1..=CHURN_PHASES {
             // Restarting listener, refused/accepted connect loop and never-finishing connects, together.
-            let mut churn = self.ns.cmd(&self.generator);
+            let mut churn = self.ns.command(&self.generator);
             churn.args(["churn", "127.0.0.1", &port, "300", "10", "5"]);
             self.note("churn: restarting listener", &churn);
             let mut churn = Proc::spawn("churn", &mut churn, None, "")?;
             pause(Duration::from_millis(50))?;
-            let mut load = self.ns.cmd(&self.generator);
+            let mut load = self.ns.command(&self.generator);
             load.args(["drop", "127.0.0.1", &port, "4", "400000"]);
             self.note("churn: connect loop", &load);
             let mut load = Proc::spawn("load", &mut load, None, "")?;
-            let mut hold = self.ns.cmd(&self.generator);
+            let mut hold = self.ns.command(&self.generator);
             hold.args(["hold", "127.0.0.1", &dport, "10000", "3500"]);
             self.note("churn: never-finishing connects", &hold);
             let mut hold = Proc::spawn("hold", &mut hold, None, "")?;
@@ -1205,7 +1159,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
     let started = Instant::now();
-    let ns = Netns::new()?;
+    let ns = bench_netns()?;
     let mut b = Bench { args: args.clone(), tracer, generator, script, tmp: tmp.clone(), ns, commands: BTreeMap::new() };
     let mut results = serde_json::Map::new();
     let outcome = (|| -> Result<()> {

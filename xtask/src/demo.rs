@@ -22,11 +22,12 @@ use nix::{
     sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
+use xtask::kit::{stop_group, ListenWait, Listener, Netns};
 
 use crate::{
     cmd_build::build,
     interrupt::{check_interrupted, install_handlers, pause},
-    util::{probe, run, wait_timeout},
+    util::{run, wait_timeout},
 };
 
 const NETNS: &str = "tracer-demo";
@@ -58,7 +59,7 @@ fn prefix(stream: char) -> String {
 /// Everything the demo started; Drop stops it all and deletes the namespace.
 struct Stack {
     tmp: PathBuf,
-    netns: bool,
+    netns: Option<Netns>,
     tracer: Option<Child>,
     gunicorn: Option<Child>,
     nginx: Option<Child>,
@@ -69,7 +70,7 @@ impl Stack {
     fn new(tmp: PathBuf) -> Stack {
         Stack {
             tmp,
-            netns: false,
+            netns: None,
             tracer: None,
             gunicorn: None,
             nginx: None,
@@ -100,47 +101,20 @@ impl Stack {
     }
 }
 
-/// Stops a process group leader and its group: `sig`, then SIGKILL after a grace period.
-fn stop_group(child: &mut Child, sig: Signal) {
-    let pgid = Pid::from_raw(child.id() as i32);
-    if let Ok(None) = child.try_wait() {
-        let _ = killpg(pgid, sig);
-        if wait_timeout(child, Duration::from_secs(5)).is_none() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            let _ = wait_timeout(child, Duration::from_secs(5));
-        }
-    }
-    // Workers left behind by a killed master.
-    let _ = killpg(pgid, Signal::SIGKILL);
-}
-
-fn netns_pids() -> Vec<i32> {
-    let (_, out) = probe(Command::new("ip").args(["netns", "pids", NETNS]));
-    out.split_whitespace().filter_map(|p| p.parse().ok()).collect()
-}
-
-fn delete_netns() {
-    for pid in netns_pids() {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    let _ = Command::new("ip")
-        .args(["netns", "del", NETNS])
-        .stderr(Stdio::null())
-        .status();
-}
+/// How long Nginx and Gunicorn get to exit on SIGTERM (and then on SIGKILL).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop_tracer();
         if let Some(mut n) = self.nginx.take() {
-            stop_group(&mut n, Signal::SIGTERM);
+            stop_group(&mut n, Signal::SIGTERM, STOP_GRACE);
         }
         if let Some(mut g) = self.gunicorn.take() {
-            stop_group(&mut g, Signal::SIGTERM);
+            stop_group(&mut g, Signal::SIGTERM, STOP_GRACE);
         }
-        if self.netns {
-            delete_netns();
-        }
+        // Deleting the namespace kills whatever is still inside.
+        drop(self.netns.take());
         let _ = fs::remove_dir_all(&self.tmp);
         println!("demo: cleaned up (tracer, nginx, gunicorn stopped; netns {NETNS} deleted)");
     }
@@ -169,14 +143,11 @@ fn nginx_conf(tmp: &Path) -> String {
 }
 
 /// `ip netns exec tracer-demo curl ... URL` → the HTTP status ("000" when none).
-fn curl(url: &str) -> Result<String> {
+fn curl(ns: &Netns, url: &str) -> Result<String> {
     check_interrupted()?;
-    let out = Command::new("ip")
+    let out = ns
+        .command("curl")
         .args([
-            "netns",
-            "exec",
-            NETNS,
-            "curl",
             "-s",
             "-o",
             "/dev/null",
@@ -192,25 +163,13 @@ fn curl(url: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Waits (bounded) until something listens on `port` in the namespace. It asks the kernel
-/// (`ss`, sock_diag) instead of connecting: a probe connect before the listener is up would be
-/// a real refused connection, and tracer would rightly report it.
-fn wait_listening(port: u16, what: &str, child: &mut Child, timeout: Duration) -> Result<()> {
-    let end = Instant::now() + timeout;
-    let filter = format!("sport = :{port}");
-    loop {
-        check_interrupted()?;
-        let (ok, out) = probe(Command::new("ip").args(["netns", "exec", NETNS, "ss", "-Hltn", &filter]));
-        if ok && !out.trim().is_empty() {
-            return Ok(());
-        }
-        if let Ok(Some(st)) = child.try_wait() {
-            bail!("{what} exited ({st}) before listening on port {port}");
-        }
-        if Instant::now() >= end {
-            bail!("{what} did not listen on port {port} within {timeout:?}");
-        }
-        pause(Duration::from_millis(100))?;
+/// Waits (bounded, Ctrl-C ends it) until `what` (the process `child`) listens on `port`.
+fn wait_listening(ns: &Netns, port: u16, what: &str, child: &mut Child, timeout: Duration) -> Result<()> {
+    check_interrupted()?;
+    match ns.wait_listening(&Listener::Tcp(port), child, timeout, pause)? {
+        ListenWait::Listening => Ok(()),
+        ListenWait::Exited(st) => bail!("{what} exited ({st}) before listening on port {port}"),
+        ListenWait::TimedOut => bail!("{what} did not listen on port {port} within {timeout:?}"),
     }
 }
 
@@ -237,11 +196,9 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// Gunicorn with the demo app on UPSTREAM inside the demo namespace, logging to tmp/log.
-fn start_gunicorn(gunicorn: &Path, tmp: &Path, log: &str) -> Result<Child> {
+fn start_gunicorn(ns: &Netns, gunicorn: &Path, tmp: &Path, log: &str) -> Result<Child> {
     spawn_logged(
-        Command::new("ip")
-            .args(["netns", "exec", NETNS])
-            .arg(gunicorn)
+        ns.command(gunicorn)
             .args(["--bind", UPSTREAM, "--workers", "1", "--chdir"])
             .arg(tmp)
             .arg("app:app"),
@@ -250,17 +207,17 @@ fn start_gunicorn(gunicorn: &Path, tmp: &Path, log: &str) -> Result<Child> {
 }
 
 /// `nft ARGS` inside the demo namespace.
-fn nft(args: &[&str]) -> Result<()> {
+fn nft(ns: &Netns, args: &[&str]) -> Result<()> {
     check_interrupted()?;
-    run(Command::new("ip").args(["netns", "exec", NETNS, "nft"]).args(args))
+    run(ns.command("nft").args(args))
 }
 
 /// One request through Nginx with a caption: Nginx's status, the error-log lines it wrote,
 /// and a pause so tracer's explanation (printed by its reader thread) appears beside them.
-fn request_and_show(tmp: &Path, what: &str) -> Result<()> {
+fn request_and_show(ns: &Netns, tmp: &Path, what: &str) -> Result<()> {
     let log_before = fs::read_to_string(tmp.join("error.log")).unwrap_or_default().len();
     caption(what);
-    let code = curl(&format!("http://{FRONT}/"))?;
+    let code = curl(ns, &format!("http://{FRONT}/"))?;
     let name = match code.as_str() {
         "502" => " Bad Gateway",
         "504" => " Gateway Timeout",
@@ -292,10 +249,6 @@ pub fn demo() -> Result<()> {
     let gunicorn = crate::setup::gunicorn()?;
     check_interrupted()?;
 
-    // A namespace left by a demo that was killed hard: start clean.
-    if Path::new("/run/netns").join(NETNS).exists() {
-        delete_netns();
-    }
     let tmp = std::env::temp_dir().join(format!("tracer-demo-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp)?;
@@ -309,9 +262,8 @@ pub fn demo() -> Result<()> {
     fs::write(tmp.join("nginx.conf"), nginx_conf(&tmp))?;
     fs::write(tmp.join("error.log"), "")?;
 
-    run(Command::new("ip").args(["netns", "add", NETNS]))?;
-    stack.netns = true;
-    run(Command::new("ip").args(["-n", NETNS, "link", "set", "lo", "up"]))?;
+    // (A namespace left by a demo that was killed hard is deleted first.)
+    let ns: &Netns = stack.netns.insert(Netns::create(NETNS)?);
 
     caption("starting tracer in the host namespace (it sees every network namespace)");
     let mut tcmd = Command::new(&bin);
@@ -364,15 +316,15 @@ pub fn demo() -> Result<()> {
     caption(&format!(
         "starting Gunicorn on {UPSTREAM} and Nginx on {FRONT} -> {UPSTREAM} (netns {NETNS})"
     ));
-    let mut g = start_gunicorn(&gunicorn, &tmp, "gunicorn.log")?;
+    let mut g = start_gunicorn(ns, &gunicorn, &tmp, "gunicorn.log")?;
     let gpid = g.id();
-    let waited = wait_listening(8000, "gunicorn", &mut g, Duration::from_secs(30));
+    let waited = wait_listening(ns, 8000, "gunicorn", &mut g, Duration::from_secs(30));
     stack.gunicorn = Some(g);
     waited.map_err(|e| e.context(format!("see {}", tmp.join("gunicorn.log").display())))?;
 
     let mut n = spawn_logged(
-        Command::new("ip")
-            .args(["netns", "exec", NETNS, "nginx", "-c"])
+        ns.command("nginx")
+            .arg("-c")
             .arg(tmp.join("nginx.conf"))
             .arg("-p")
             .arg(&tmp)
@@ -381,7 +333,7 @@ pub fn demo() -> Result<()> {
         &tmp.join("nginx.out"),
     )?;
     let npid = n.id();
-    let waited = wait_listening(8080, "nginx", &mut n, Duration::from_secs(30));
+    let waited = wait_listening(ns, 8080, "nginx", &mut n, Duration::from_secs(30));
     stack.nginx = Some(n);
     waited?;
     let workers = children_of(npid);
@@ -391,7 +343,7 @@ pub fn demo() -> Result<()> {
     );
 
     caption("healthy request: curl http://127.0.0.1:8080/ (through Nginx)");
-    println!("Nginx answered {}", curl(&format!("http://{FRONT}/"))?);
+    println!("Nginx answered {}", curl(ns, &format!("http://{FRONT}/"))?);
     pause(Duration::from_secs(1))?;
 
     caption(&format!(
@@ -402,28 +354,28 @@ pub fn demo() -> Result<()> {
         let _ = wait_timeout(g, Duration::from_secs(5));
     }
     pause(Duration::from_millis(500))?;
-    request_and_show(&tmp, "the same request again")?;
+    request_and_show(ns, &tmp, "the same request again")?;
 
     caption("restarting Gunicorn");
-    let mut g = start_gunicorn(&gunicorn, &tmp, "gunicorn2.log")?;
-    let waited = wait_listening(8000, "gunicorn", &mut g, Duration::from_secs(30));
+    let mut g = start_gunicorn(ns, &gunicorn, &tmp, "gunicorn2.log")?;
+    let waited = wait_listening(ns, 8000, "gunicorn", &mut g, Duration::from_secs(30));
     stack.gunicorn = Some(g);
     waited?;
     pause(Duration::from_millis(500))?;
-    println!("Nginx answered {}", curl(&format!("http://{FRONT}/"))?);
+    println!("Nginx answered {}", curl(ns, &format!("http://{FRONT}/"))?);
 
     caption("now an nftables rule REJECTS connections to port 8000 with a TCP reset");
-    nft(&["add", "table", "inet", "tracer_demo"])?;
-    nft(&["add", "chain", "inet", "tracer_demo", "out", "{ type filter hook output priority 0; }"])?;
-    nft(&["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "reject", "with", "tcp", "reset"])?;
-    request_and_show(&tmp, "the request: Nginx sees 'Connection refused' exactly as for a dead listener")?;
-    nft(&["flush", "chain", "inet", "tracer_demo", "out"])?;
+    nft(ns, &["add", "table", "inet", "tracer_demo"])?;
+    nft(ns, &["add", "chain", "inet", "tracer_demo", "out", "{ type filter hook output priority 0; }"])?;
+    nft(ns, &["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "reject", "with", "tcp", "reset"])?;
+    request_and_show(ns, &tmp, "the request: Nginx sees 'Connection refused' exactly as for a dead listener")?;
+    nft(ns, &["flush", "chain", "inet", "tracer_demo", "out"])?;
 
     caption("now an nftables rule silently DROPS them (Nginx waits proxy_connect_timeout, 3 s)");
-    nft(&["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "drop"])?;
-    request_and_show(&tmp, "the request")?;
-    nft(&["delete", "table", "inet", "tracer_demo"])?;
-    println!("rule removed; Nginx answered {}", curl(&format!("http://{FRONT}/"))?);
+    nft(ns, &["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "drop"])?;
+    request_and_show(ns, &tmp, "the request")?;
+    nft(ns, &["delete", "table", "inet", "tracer_demo"])?;
+    println!("rule removed; Nginx answered {}", curl(ns, &format!("http://{FRONT}/"))?);
 
     caption("stopping tracer (SIGINT): its final report");
     let clean = stack.stop_tracer();

@@ -1,10 +1,8 @@
-//! Small shared helpers: paths, running commands (printing what runs), root checks, waiting.
+//! Small shared helpers: paths, running commands (printing what runs), root checks.
 use std::{
     ffi::OsStr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    thread,
-    time::{Duration, Instant},
+    process::{Command, ExitStatus, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -104,16 +102,5 @@ pub fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Polls the child until it exits or the timeout passes.
-pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-}
+/// The kit's bounded wait for a child (vm.rs waits with it too).
+pub use xtask::kit::wait_timeout;

@@ -129,50 +129,37 @@ fn read_all<R: std::io::Read + Send + 'static>(mut r: R) -> thread::JoinHandle<S
     })
 }
 
-/// Polls the child until it exits or the timeout passes.
-pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(_) => return None,
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn kill_and_reap(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        let _ = wait_timeout(child, Duration::from_secs(5));
-    }
-}
+/// The bounded waits and kills the demo and the bench use too (xtask's kit).
+pub use xtask::kit::{kill_and_reap, wait_timeout};
 
 // ---------------------------------------------------------------------------------------
 // Network namespace guard
 // ---------------------------------------------------------------------------------------
 
-/// A fresh network namespace `tracer-t-<name>-<pid>` with loopback up. On drop every process
-/// still inside it is SIGKILLed and the namespace deleted (its nft tables go with it).
-pub struct Netns {
-    pub name: String,
+/// A fresh network namespace `tracer-t-<name>-<pid>` with loopback up: the kit's guard
+/// (xtask::kit::Netns: on drop every process still inside it is SIGKILLed and the namespace
+/// deleted, its nft tables with it), plus what the tests run inside it.
+pub struct Netns(xtask::kit::Netns);
+
+/// `ns.name`, `ns.command(..)`, `ns.listening(..)`: the kit's.
+impl std::ops::Deref for Netns {
+    type Target = xtask::kit::Netns;
+    fn deref(&self) -> &xtask::kit::Netns {
+        &self.0
+    }
 }
 
 impl Netns {
     pub fn new(name: &str) -> Netns {
         let name = format!("tracer-t-{name}-{}", std::process::id());
-        // A leftover from an earlier, killed run of the same test process id: start clean.
-        if Path::new("/run/netns").join(&name).exists() {
-            let _ = Command::new("ip").args(["netns", "del", &name]).status();
-        }
-        sh("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        sh("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
+        // (A leftover from an earlier, killed run of the same test process id is deleted first.)
+        Netns(xtask::kit::Netns::create(&name).unwrap_or_else(|e| panic!("cannot create netns {name}: {e:#}")))
+    }
+
+    /// Another handle on the namespace `name` (for a thread sharing the test's namespace):
+    /// it deletes the namespace when dropped, unless consumed by `curl_keep`.
+    pub fn handle(name: String) -> Netns {
+        Netns(xtask::kit::Netns { name })
     }
 
     /// `ip netns exec NS program args...`, bounded; panics when it fails.
@@ -204,9 +191,8 @@ impl Netns {
 
     /// Starts another helper script (same protocol: JSON lines, `{"pid": N}` first).
     pub fn script(&self, script: &Path, args: &[&str]) -> Helper {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, python3()])
-            .arg(script)
+        let mut cmd = self.command(python3());
+        cmd.arg(script)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -240,29 +226,6 @@ impl Netns {
         let first = h.expect("pid");
         h.pid = first["pid"].as_u64().expect("helper pid") as u32;
         h
-    }
-
-    /// The PIDs of every process inside the namespace.
-    fn pids(&self) -> Vec<i32> {
-        Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
 }
 

@@ -16,13 +16,16 @@ use nix::{
     sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
+use xtask::kit::{stop_group, ListenWait, Listener};
 
-use super::{kill_and_reap, wait_timeout, Netns, TempDir};
+use super::{wait_timeout, Netns, TempDir};
 
 /// Nginx listens here inside the namespace.
 pub const FRONT_PORT: u16 = 8080;
 /// How long a service may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGKILLed group's leader may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The WSGI app: answers 200 after `SLOW` seconds (0 by default), so a test can make one
 /// sync worker busy enough for the accept queue to overflow.
@@ -90,8 +93,7 @@ impl Gunicorn {
 
 impl Drop for Gunicorn {
     fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        kill_and_reap(&mut self.child);
+        stop_group(&mut self.child, Signal::SIGKILL, REAP_TIMEOUT);
     }
 }
 
@@ -120,8 +122,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = killpg(Pid::from_raw(self.master as i32), Signal::SIGKILL);
-        kill_and_reap(&mut self.child);
+        stop_group(&mut self.child, Signal::SIGKILL, REAP_TIMEOUT);
     }
 }
 
@@ -144,9 +145,7 @@ impl Netns {
     fn spawn_in(&self, program: &Path, args: &[String], log: &Path) -> Child {
         let out = fs::File::create(log).expect("log file");
         let err = out.try_clone().expect("log file");
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(program)
+        self.command(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(out)
@@ -157,31 +156,22 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
     }
 
-    /// Whether something listens on a TCP port / Unix path inside the namespace (ss).
-    fn listening(&self, what: &Listen) -> bool {
-        let out = match what {
-            Listen::Tcp(port) => Command::new("ip")
-                .args(["netns", "exec", &self.name, "ss", "-Hltn", &format!("sport = :{port}")])
-                .output(),
-            Listen::Unix(path) => Command::new("ip")
-                .args(["netns", "exec", &self.name, "ss", "-Hlx", "src", path])
-                .output(),
+    /// The kit's bounded wait for a listener; panics with the service's log when it fails.
+    fn wait_listening_or_panic(&self, what: &Listener, child: &mut Child, log: &Path) {
+        let sleep = |d| {
+            thread::sleep(d);
+            Ok(())
         };
-        out.map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty()).unwrap_or(false)
-    }
-
-    fn wait_listening(&self, what: &Listen, child: &mut Child, log: &Path) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.listening(what) {
-                return;
+        match self.0.wait_listening(what, child, START_TIMEOUT, sleep).expect("sleeping cannot fail") {
+            ListenWait::Listening => {}
+            ListenWait::Exited(status) => {
+                panic!("{what:?} exited ({status}) before listening:\n{}", fs::read_to_string(log).unwrap_or_default())
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{what:?} exited ({status}) before listening:\n{}", fs::read_to_string(log).unwrap_or_default());
-            }
-            thread::sleep(Duration::from_millis(100));
+            ListenWait::TimedOut => panic!(
+                "nothing listens on {what:?} after {START_TIMEOUT:?}:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            ),
         }
-        panic!("nothing listens on {what:?} after {START_TIMEOUT:?}:\n{}", fs::read_to_string(log).unwrap_or_default());
     }
 
     /// Starts Gunicorn with the test app and waits until it listens.
@@ -209,10 +199,10 @@ impl Netns {
         let log = dir.0.join("gunicorn.log");
         let mut child = self.spawn_in(&gunicorn_bin(), &args, &log);
         let what = match o.bind.strip_prefix("unix:") {
-            Some(p) => Listen::Unix(p.to_string()),
-            None => Listen::Tcp(o.bind.rsplit(':').next().unwrap().parse().expect("port")),
+            Some(p) => Listener::Unix(p.to_string()),
+            None => Listener::Tcp(o.bind.rsplit(':').next().unwrap().parse().expect("port")),
         };
-        self.wait_listening(&what, &mut child, &log);
+        self.wait_listening_or_panic(&what, &mut child, &log);
         // The workers boot after the master listens; requests before that would only queue.
         let deadline = Instant::now() + START_TIMEOUT;
         while children_of(child.id()).len() < o.workers as usize && Instant::now() < deadline {
@@ -248,7 +238,7 @@ impl Netns {
         let log = dir.0.join("nginx.out");
         let args = vec!["-c".to_string(), conf_path.display().to_string()];
         let mut child = self.spawn_in(Path::new("nginx"), &args, &log);
-        self.wait_listening(&Listen::Tcp(FRONT_PORT), &mut child, &log);
+        self.wait_listening_or_panic(&Listener::Tcp(FRONT_PORT), &mut child, &log);
         let deadline = Instant::now() + START_TIMEOUT;
         while children_of(child.id()).len() < 2 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
@@ -258,8 +248,9 @@ impl Netns {
 
     /// One request through Nginx: the HTTP status (0 when none came back).
     pub fn curl(&self, max_time_s: u32) -> u16 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
+        let out = self
+            .command("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time"])
             .arg(max_time_s.to_string())
             .arg(format!("http://127.0.0.1:{FRONT_PORT}/"))
             .output()
@@ -282,20 +273,15 @@ impl Netns {
 
     /// wrk against Nginx (bounded: `secs` seconds, `conns` connections); its summary text.
     pub fn wrk(&self, conns: u32, secs: u32) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "wrk", "-t", "2"])
+        let out = self
+            .command("wrk")
+            .args(["-t", "2"])
             .args(["-c", &conns.to_string(), "-d", &format!("{secs}s"), "--timeout", "20s"])
             .arg(format!("http://127.0.0.1:{FRONT_PORT}/"))
             .output()
             .expect("run wrk");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-}
-
-#[derive(Debug)]
-enum Listen {
-    Tcp(u16),
-    Unix(String),
 }
 
 /// The uid of a user (e.g. www-data), from /etc/passwd.

@@ -1,5 +1,4 @@
-//! What the demo (`cargo xtask demo`), the bench (`cargo xtask bench`) and tracer's
-//! integration tests (tracer/tests/common) set up alike: the Nginx configuration they run.
+//! The Nginx configuration the demo, the bench and tracer's integration tests run.
 
 use std::path::Path;
 

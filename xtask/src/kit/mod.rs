@@ -1,0 +1,17 @@
+//! What the demo (`cargo xtask demo`), the bench (`cargo xtask bench`) and tracer's
+//! integration tests (tracer/tests/common) set up alike, written once so that the three
+//! clean up the same way:
+//! - `process`: bounded waits for a child, and stopping a child's whole process group;
+//! - `netns`: the network-namespace guard (created fresh, deleted with everything inside it
+//!   on drop) and the bounded wait for a listener inside it;
+//! - `nginx_conf`: the Nginx configuration they run.
+//!
+//! Every wait here has a deadline; the callers decide what a timeout means (an error for
+//! xtask, a panic for a test) and how a wait is interrupted (Ctrl-C for xtask).
+mod netns;
+mod nginx_conf;
+mod process;
+
+pub use netns::{ListenWait, Listener, Netns};
+pub use nginx_conf::NginxConf;
+pub use process::{kill_and_reap, stop_group, wait_timeout, wait_timeout_polling};

@@ -1,0 +1,67 @@
+//! Bounded waits for a child process, and stopping a child that leads its own process group
+//! (Nginx's and Gunicorn's workers are in it, so stopping the group leaves no worker behind).
+
+use std::{
+    process::{Child, ExitStatus},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{kill, killpg, Signal},
+    unistd::Pid,
+};
+
+/// How often `wait_timeout` polls: short against every timeout it is given, long enough
+/// not to spin.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long `kill_and_reap` waits for a SIGKILLed child: SIGKILL cannot be caught, so only
+/// a process stuck in the kernel takes longer.
+const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Polls the child until it exits or the timeout passes; None when it did not exit (or can
+/// no longer be waited for).
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    wait_timeout_polling(child, timeout, POLL)
+}
+
+/// `wait_timeout` polling every `poll`: the bench times exits to well below 20 ms.
+pub fn wait_timeout_polling(child: &mut Child, timeout: Duration, poll: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(_) => return None,
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(poll);
+    }
+}
+
+/// SIGKILLs the child (only it, not a group) if it still runs, and reaps it (bounded).
+pub fn kill_and_reap(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let _ = wait_timeout(child, REAP_TIMEOUT);
+    }
+}
+
+/// Stops a child that leads its own process group (spawned with `process_group(0)`):
+/// `first` to the group, SIGKILL to the group when the leader has not exited within `grace`,
+/// and reaps the leader (bounded). Last, SIGKILL to the group again: the workers of a master
+/// that was killed outright are still in it.
+pub fn stop_group(child: &mut Child, first: Signal, grace: Duration) {
+    let group = Pid::from_raw(child.id() as i32);
+    if let Ok(None) = child.try_wait() {
+        let _ = killpg(group, first);
+        if wait_timeout(child, grace).is_none() {
+            let _ = killpg(group, Signal::SIGKILL);
+            let _ = wait_timeout(child, grace);
+        }
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
