@@ -976,21 +976,7 @@ impl Bench {
 
 /// bpftrace and gcc, on top of what `setup` installs (idempotent).
 fn bench_packages() -> Result<()> {
-    let want = ["bpftrace", "gcc", "wrk", "nginx"];
-    let (_, out) = probe(Command::new("dpkg-query").args(["-W", "-f=${Package} ${db:Status-Abbrev}\n"]).args(want));
-    let have: Vec<&str> = out.lines().filter(|l| l.split_whitespace().nth(1) == Some("ii")).filter_map(|l| l.split_whitespace().next()).collect();
-    let missing: Vec<&str> = want.iter().copied().filter(|w| !have.contains(w) && !(*w == "nginx" && have.contains(&"nginx-light"))).collect();
-    if missing.is_empty() {
-        println!("setup: apt packages {} (present)", want.join(" "));
-        return Ok(());
-    }
-    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing))?;
-    println!("setup: apt packages {} (installed)", missing.join(" "));
-    Ok(())
+    crate::setup::ensure_apt_packages(&[&["bpftrace"], &["gcc"], &["wrk"], &["nginx", "nginx-light"]])
 }
 
 fn compile_generator() -> Result<PathBuf> {

@@ -22,7 +22,7 @@ use nix::{
     sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
-use xtask::kit::{stop_group, ListenWait, Listener, Netns};
+use xtask::kit::{children_of, spawn_group_logged, stop_group, ListenWait, Listener, Netns};
 
 use crate::{
     cmd_build::build,
@@ -174,25 +174,10 @@ fn wait_listening(ns: &Netns, port: u16, what: &str, child: &mut Child, timeout:
 }
 
 /// Starts a command in its own process group (so Ctrl-C reaches only xtask, and the guard
-/// can stop the whole group), output to a log file.
+/// can stop the whole group), output to a log file; printed first.
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
-    use std::os::unix::process::CommandExt;
-    let f = fs::File::create(log)?;
-    cmd.process_group(0)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone()?)
-        .stderr(f);
     eprintln!("{}", crate::util::show(cmd));
-    cmd.spawn()
-        .with_context(|| format!("cannot start {:?}", cmd.get_program()))
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    spawn_group_logged(cmd, log).with_context(|| format!("cannot start {:?}", cmd.get_program()))
 }
 
 /// Gunicorn with the demo app on UPSTREAM inside the demo namespace, logging to tmp/log.

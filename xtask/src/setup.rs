@@ -33,7 +33,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 pub fn setup() -> Result<()> {
     require_root("setup")?;
-    apt_packages()?;
+    ensure_apt_packages(APT)?;
     nightly()?;
     rust_src()?;
     bpf_linker()?;
@@ -75,15 +75,18 @@ fn installed_packages(names: &[&str]) -> Vec<String> {
         .collect()
 }
 
-fn apt_packages() -> Result<()> {
-    let all: Vec<&str> = APT.iter().flat_map(|alts| alts.iter().copied()).collect();
+/// Installs (apt) each of `wanted` that is missing: an entry is satisfied by any one of its
+/// alternatives, and the first is what gets installed. `setup` and the bench (which needs
+/// more) both install this way, with the same `setup: apt packages ...` line.
+pub fn ensure_apt_packages(wanted: &[&[&str]]) -> Result<()> {
+    let all: Vec<&str> = wanted.iter().flat_map(|alts| alts.iter().copied()).collect();
     let have = installed_packages(&all);
-    let missing: Vec<&str> = APT
+    let missing: Vec<&str> = wanted
         .iter()
         .filter(|alts| !alts.iter().any(|p| have.iter().any(|h| h == p)))
         .map(|alts| alts[0])
         .collect();
-    let names = APT.iter().map(|a| a[0]).collect::<Vec<_>>().join(" ");
+    let names = wanted.iter().map(|a| a[0]).collect::<Vec<_>>().join(" ");
     if missing.is_empty() {
         println!("setup: apt packages {names} (present)");
         return Ok(());

@@ -5,9 +5,9 @@
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     thread,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use nix::{
     sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
-use xtask::kit::{stop_group, ListenWait, Listener};
+use xtask::kit::{spawn_group_logged, stop_group, ListenWait, Listener};
 
 use super::{wait_timeout, Netns, TempDir};
 
@@ -126,13 +126,8 @@ impl Drop for Nginx {
     }
 }
 
-pub fn children_of(pid: u32) -> Vec<u32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
+/// The workers of an Nginx or Gunicorn master (the kit's, shared with the demo).
+pub use xtask::kit::children_of;
 
 /// A directory Nginx's workers (www-data) can traverse.
 pub fn stack_dir(name: &str) -> TempDir {
@@ -142,17 +137,10 @@ pub fn stack_dir(name: &str) -> TempDir {
 }
 
 impl Netns {
+    /// Starts `program` inside the namespace, in its own process group (so a crash can take
+    /// the master and its workers at once), output to `log`.
     fn spawn_in(&self, program: &Path, args: &[String], log: &Path) -> Child {
-        let out = fs::File::create(log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        self.command(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Its own process group, so a crash can take the master and its workers at once.
-            .process_group(0)
-            .spawn()
+        spawn_group_logged(self.command(program).args(args), log)
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
     }
 

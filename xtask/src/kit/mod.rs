@@ -1,7 +1,8 @@
 //! What the demo (`cargo xtask demo`), the bench (`cargo xtask bench`) and tracer's
 //! integration tests (tracer/tests/common) set up alike, written once so that the three
 //! clean up the same way:
-//! - `process`: bounded waits for a child, and stopping a child's whole process group;
+//! - `process`: a service started in a process group of its own, stopping that group, and
+//!   bounded waits for a child;
 //! - `netns`: the network-namespace guard (created fresh, deleted with everything inside it
 //!   on drop) and the bounded wait for a listener inside it;
 //! - `nginx_conf`: the Nginx configuration they run.
@@ -14,4 +15,4 @@ mod process;
 
 pub use netns::{ListenWait, Listener, Netns};
 pub use nginx_conf::NginxConf;
-pub use process::{kill_and_reap, stop_group, wait_timeout, wait_timeout_polling};
+pub use process::{children_of, kill_and_reap, spawn_group_logged, stop_group, wait_timeout, wait_timeout_polling};

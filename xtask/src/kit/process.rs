@@ -1,8 +1,13 @@
-//! Bounded waits for a child process, and stopping a child that leads its own process group
-//! (Nginx's and Gunicorn's workers are in it, so stopping the group leaves no worker behind).
+//! Starting a service (Nginx, Gunicorn) as the leader of its own process group, stopping
+//! that group, and bounded waits for a child process. Nginx's and Gunicorn's workers are in
+//! their master's group, so stopping the group leaves no worker behind.
 
 use std::{
-    process::{Child, ExitStatus},
+    fs,
+    io,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -19,6 +24,23 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long `kill_and_reap` waits for a SIGKILLed child: SIGKILL cannot be caught, so only
 /// a process stuck in the kernel takes longer.
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Spawns `cmd` as the leader of a new process group, stdin closed, stdout and stderr to
+/// the file `log` (created). The group is what `stop_group` stops; it also keeps a Ctrl-C at
+/// the terminal from reaching the service, so the demo and the bench stop it in their order.
+pub fn spawn_group_logged(cmd: &mut Command, log: &Path) -> io::Result<Child> {
+    let out = fs::File::create(log)?;
+    cmd.process_group(0).stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out).spawn()
+}
+
+/// The pids of a process's children (its workers, for an Nginx or Gunicorn master).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
 
 /// Polls the child until it exits or the timeout passes; None when it did not exit (or can
 /// no longer be waited for).
