@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use xtask::kit::{stop_group, wait_timeout_polling, Listener, Netns};
 
 use crate::{
-    cmd_build::build,
+    cmd_build::release_or_env,
     interrupt::{check_interrupted, install_handlers, pause},
     util::{probe, root, run, show, target_dir},
 };
@@ -1126,14 +1126,8 @@ fn table(r: &Value, goals: &mut Vec<Value>) -> String {
 
 pub fn bench(args: BenchArgs) -> Result<()> {
     install_handlers()?;
-    let tracer = match std::env::var_os("TRACER_BENCH_BIN") {
-        // To compare builds (before/after a change): any tracer binary.
-        Some(b) => {
-            crate::setup::setup()?;
-            PathBuf::from(b)
-        }
-        None => build(true)?,
-    };
+    // TRACER_BENCH_BIN, to compare builds (before/after a change): any tracer binary.
+    let tracer = release_or_env("TRACER_BENCH_BIN")?;
     bench_packages()?;
     let generator = compile_generator()?;
     let script = root().join("bench/count.bt");

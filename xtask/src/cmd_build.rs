@@ -29,3 +29,15 @@ pub fn build(release: bool) -> Result<PathBuf> {
     println!("build: {}", bin.display());
     Ok(bin)
 }
+
+/// The binary named by the environment variable `var` when set (after setup, which the build
+/// would have run), else a release build's: the demo and the bench can run another binary.
+pub fn release_or_env(var: &str) -> Result<PathBuf> {
+    match std::env::var_os(var) {
+        Some(bin) => {
+            setup()?;
+            Ok(PathBuf::from(bin))
+        }
+        None => build(true),
+    }
+}

@@ -25,7 +25,7 @@ use nix::{
 use xtask::kit::{children_of, spawn_group_logged, stop_group, ListenWait, Listener, Netns};
 
 use crate::{
-    cmd_build::build,
+    cmd_build::release_or_env,
     interrupt::{check_interrupted, install_handlers, pause},
     util::{run, wait_timeout},
 };
@@ -223,14 +223,8 @@ fn request_and_show(ns: &Netns, tmp: &Path, what: &str) -> Result<()> {
 
 pub fn demo() -> Result<()> {
     install_handlers()?;
-    let bin = match std::env::var_os("TRACER_DEMO_BIN") {
-        // For working on the demo itself: any program that behaves like tracer.
-        Some(b) => {
-            crate::setup::setup()?;
-            PathBuf::from(b)
-        }
-        None => build(true)?,
-    };
+    // TRACER_DEMO_BIN, for working on the demo itself: any program that behaves like tracer.
+    let bin = release_or_env("TRACER_DEMO_BIN")?;
     let gunicorn = crate::setup::gunicorn()?;
     check_interrupted()?;
 
