@@ -36,7 +36,7 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::{json, Value};
-use xtask::kit::{stop_group, wait_timeout_polling, Listener, Netns};
+use xtask::kit::{stop_group, wait_ready, wait_timeout_polling, Listener, Netns, ReadyWait};
 
 use crate::{
     cmd_build::release_or_env,
@@ -137,18 +137,11 @@ impl Proc {
 
     /// Waits for the `ready` line; returns the time from spawn to it.
     fn wait_ready(&mut self, timeout: Duration) -> Result<Duration> {
-        let end = Instant::now() + timeout;
-        loop {
-            check_interrupted()?;
-            if let Ok(at) = self.first_match.recv_timeout(Duration::from_millis(10)) {
-                return Ok(at.duration_since(self.spawned));
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                bail!("{} exited ({st}) before it was ready: {}", self.name, self.output().join(" | "));
-            }
-            if Instant::now() >= end {
-                bail!("{} was not ready within {timeout:?}", self.name);
-            }
+        let poll = Duration::from_millis(10);
+        match wait_ready(&self.first_match, &mut self.child, timeout, poll, check_interrupted)? {
+            ReadyWait::Ready(at) => Ok(at.duration_since(self.spawned)),
+            ReadyWait::Exited(st) => bail!("{} exited ({st}) before it was ready: {}", self.name, self.output().join(" | ")),
+            ReadyWait::TimedOut => bail!("{} was not ready within {timeout:?}", self.name),
         }
     }
 

@@ -14,7 +14,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +22,7 @@ use nix::{
     sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
-use xtask::kit::{children_of, spawn_group_logged, stop_group, ListenWait, Listener, Netns};
+use xtask::kit::{children_of, spawn_group_logged, stop_group, wait_ready, ListenWait, Listener, Netns, ReadyWait};
 
 use crate::{
     cmd_build::release_or_env,
@@ -260,7 +260,7 @@ pub fn demo() -> Result<()> {
     let (tx, rx) = mpsc::channel::<()>();
     let out = tracer.stdout.take().unwrap();
     let err = tracer.stderr.take().unwrap();
-    stack.tracer = Some(tracer);
+    let tracer: &mut Child = stack.tracer.insert(tracer);
     stack.readers.push(thread::spawn(move || {
         let p = prefix('|');
         for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -278,18 +278,11 @@ pub fn demo() -> Result<()> {
             }
         }
     }));
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        check_interrupted()?;
-        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-            break;
-        }
-        if let Some(Ok(Some(st))) = stack.tracer.as_mut().map(|t| t.try_wait()) {
-            bail!("tracer exited ({st}) before it was tracing");
-        }
-        if Instant::now() >= end {
-            bail!("tracer printed no `tracing:` line within 60 s");
-        }
+    let (timeout, poll) = (Duration::from_secs(60), Duration::from_millis(100));
+    match wait_ready(&rx, tracer, timeout, poll, check_interrupted)? {
+        ReadyWait::Ready(()) => {}
+        ReadyWait::Exited(st) => bail!("tracer exited ({st}) before it was tracing"),
+        ReadyWait::TimedOut => bail!("tracer printed no `tracing:` line within 60 s"),
     }
 
     caption(&format!(

@@ -130,7 +130,7 @@ fn read_all<R: std::io::Read + Send + 'static>(mut r: R) -> thread::JoinHandle<S
 }
 
 /// The bounded waits and kills the demo and the bench use too (xtask's kit).
-pub use xtask::kit::{kill_and_reap, wait_timeout};
+pub use xtask::kit::{kill_and_reap, wait_ready, wait_timeout, ReadyWait};
 
 // ---------------------------------------------------------------------------------------
 // Network namespace guard
@@ -403,18 +403,19 @@ impl Tracer {
             stderr_lines,
             stdout: Some(stdout),
         };
-        match rx.recv_timeout(TRACING_TIMEOUT) {
-            Ok(()) => t,
-            Err(_) => {
-                let status = t.child.try_wait().ok().flatten();
-                kill_and_reap(&mut t.child);
-                panic!(
-                    "tracer {:?} printed no `tracing:` line within {TRACING_TIMEOUT:?} (exit: {status:?}); stderr:\n{}",
-                    t.args,
-                    t.stderr_text()
-                );
-            }
+        // A test is not interrupted: nothing to check between looks.
+        let never_interrupted = || Ok::<(), std::convert::Infallible>(());
+        let Ok(waited) = wait_ready(&rx, &mut t.child, TRACING_TIMEOUT, Duration::from_millis(20), never_interrupted);
+        if let ReadyWait::Ready(()) = waited {
+            return t;
         }
+        let status = t.child.try_wait().ok().flatten();
+        kill_and_reap(&mut t.child);
+        panic!(
+            "tracer {:?} printed no `tracing:` line within {TRACING_TIMEOUT:?} (exit: {status:?}); stderr:\n{}",
+            t.args,
+            t.stderr_text()
+        );
     }
 
     /// `tracer diagnose --json --duration 60s <filters>`, attached and tracing.

@@ -2,7 +2,7 @@
 //! integration tests (tracer/tests/common) set up alike, written once so that the three
 //! clean up the same way:
 //! - `process`: a service started in a process group of its own, stopping that group, and
-//!   bounded waits for a child;
+//!   bounded waits for a child (to exit, or to say it is ready);
 //! - `netns`: the network-namespace guard (created fresh, deleted with everything inside it
 //!   on drop) and the bounded wait for a listener inside it;
 //! - `nginx_conf`: the Nginx configuration they run.
@@ -15,4 +15,7 @@ mod process;
 
 pub use netns::{ListenWait, Listener, Netns};
 pub use nginx_conf::NginxConf;
-pub use process::{children_of, kill_and_reap, spawn_group_logged, stop_group, wait_timeout, wait_timeout_polling};
+pub use process::{
+    children_of, kill_and_reap, spawn_group_logged, stop_group, wait_ready, wait_timeout, wait_timeout_polling,
+    ReadyWait,
+};

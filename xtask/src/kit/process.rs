@@ -8,6 +8,7 @@ use std::{
     os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
@@ -86,4 +87,42 @@ pub fn stop_group(child: &mut Child, first: Signal, grace: Duration) {
         }
     }
     let _ = killpg(group, Signal::SIGKILL);
+}
+
+/// How a wait for a child's ready signal ended.
+#[derive(Debug)]
+pub enum ReadyWait<T> {
+    /// The first signal (tracer: its `tracing:` line, sent by the thread that reads its output).
+    Ready(T),
+    /// The child exited first.
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+/// Waits for the first message on `ready`, the child's exit, or `timeout`, looking every
+/// `poll` and calling `check` before each look: xtask's check fails on Ctrl-C, which ends the
+/// wait with that error.
+pub fn wait_ready<T, E>(
+    ready: &Receiver<T>,
+    child: &mut Child,
+    timeout: Duration,
+    poll: Duration,
+    mut check: impl FnMut() -> Result<(), E>,
+) -> Result<ReadyWait<T>, E> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        check()?;
+        match ready.recv_timeout(poll) {
+            Ok(signal) => return Ok(ReadyWait::Ready(signal)),
+            Err(RecvTimeoutError::Timeout) => {}
+            // The reader ended (the child closed its output): only its exit is left to see.
+            Err(RecvTimeoutError::Disconnected) => thread::sleep(poll),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Ok(ReadyWait::Exited(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(ReadyWait::TimedOut);
+        }
+    }
 }
