@@ -93,7 +93,8 @@ impl Operator {
                             None => logs.push(t),
                         },
                         Err(e) => note!(
-                            "tracer: warning: cannot read the error log of nginx (pid {}): {}",
+                            "tracer: warning: cannot read the error log {} of nginx (pid {}): {}",
+                            escape(log),
                             inst.master,
                             escape(&e.to_string())
                         ),

@@ -343,33 +343,8 @@ impl LogTail {
     /// file is accepted (a FIFO would block, a directory has no lines). Errors are one line
     /// that names the file.
     pub fn open(path: &Path) -> anyhow::Result<LogTail> {
-        use std::os::unix::fs::FileTypeExt;
         let shown = path.display().to_string();
         let escaped = crate::report::text::escape(&shown).into_owned();
-        // Looked at before opening (following a symlink, as a log path may be one): opening is
-        // never done to what is not a regular file, since opening a device can act on it.
-        // The open below cannot block and checks the opened file again, in case a FIFO was
-        // swapped in meanwhile.
-        let meta = fs::metadata(path).map_err(|e| {
-            anyhow::anyhow!("cannot read the Nginx error log {escaped}: {e} (pass the right one with --nginx-error-log PATH)")
-        })?;
-        let kind = meta.file_type();
-        if !kind.is_file() {
-            let what = if kind.is_fifo() {
-                "a FIFO"
-            } else if kind.is_dir() {
-                "a directory"
-            } else if kind.is_socket() {
-                "a socket"
-            } else if kind.is_char_device() || kind.is_block_device() {
-                "a device"
-            } else {
-                "something else"
-            };
-            anyhow::bail!(
-                "the Nginx error log {escaped} is {what}, not a regular file (pass the error_log file itself with --nginx-error-log PATH)"
-            );
-        }
         let root = RootDir::host().map_err(|e| anyhow::anyhow!("cannot open /: {e}"))?;
         let abs = if path.is_absolute() {
             shown.clone()

@@ -65,9 +65,26 @@ impl Credentials {
     }
 }
 
-/// Why a file could not be read. Never carries the file's contents.
-pub fn refused(path: &str, why: &str) -> io::Error {
-    io::Error::other(format!("{}: {why}", crate::report::text::escape(path)))
+/// Why a file could not be read: never its contents, nor its path (the caller names it).
+fn refused(why: &str) -> io::Error {
+    io::Error::other(why.to_string())
+}
+
+/// What a file that is not a regular file is, for the refusal.
+fn not_regular(kind: std::fs::FileType) -> io::Error {
+    use std::os::unix::fs::FileTypeExt;
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "something else"
+    };
+    refused(&format!("not a regular file ({what})"))
 }
 
 /// Upper bound of a configuration file tracer reads (Nginx configs are kilobytes).
@@ -107,25 +124,23 @@ impl RootDir {
         // First a handle that opens nothing (O_PATH): a device's open() can act on the
         // device, a FIFO's would wait for a writer. Only a regular file is then opened for
         // reading, through that very handle, so what was checked is what gets read.
+        // The reopen goes through the handle, so this is the inode that gets read: its type
+        // and permissions need no second look.
         let handle = File::from(self.resolve(path, OFlag::O_PATH)?);
-        if !handle.metadata()?.file_type().is_file() {
-            return Err(refused(path, "not a regular file"));
-        }
-        let file = File::from(nix::fcntl::open(
-            format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
-            nix::sys::stat::Mode::empty(),
-        )?);
-        let meta = file.metadata()?;
+        let meta = handle.metadata()?;
         if !meta.file_type().is_file() {
-            return Err(refused(path, "not a regular file"));
+            return Err(not_regular(meta.file_type()));
         }
         if let Some(reader) = &self.reader {
             if !reader.may_read(meta.uid(), meta.gid(), meta.mode()) {
-                return Err(refused(path, "the process that names it could not read it itself"));
+                return Err(refused("the process that names it could not read it itself"));
             }
         }
-        Ok(file)
+        Ok(File::from(nix::fcntl::open(
+            format!("/proc/self/fd/{}", handle.as_raw_fd()).as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        )?))
     }
 
     /// A whole regular file as text, when it is at most `cap` bytes.
@@ -134,7 +149,7 @@ impl RootDir {
         let mut buf = Vec::new();
         file.take(cap + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > cap {
-            return Err(refused(path, &format!("larger than {} bytes", cap)));
+            return Err(refused(&format!("larger than {cap} bytes")));
         }
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
