@@ -40,6 +40,15 @@ pub struct ListenerFacts<'a> {
     pub unit: Option<&'a str>,
 }
 
+/// Whether a character must not reach a terminal raw: control characters (C0 such as newline,
+/// CR and ESC; DEL; C1) and the Unicode characters that reorder or break lines (bidi marks,
+/// overrides and isolates, line and paragraph separators). Shell words and the text report's
+/// escaping both go by this one list.
+pub fn unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// One shell word for a command line the reader may paste: plain words as they are, others
 /// in single quotes, and words with control characters (a path with a newline) in bash's
 /// `$'...'` form with every such character escaped, so the command is exact and nothing in it
@@ -49,8 +58,7 @@ pub fn shell_word(s: &str) -> String {
     if !s.is_empty() && s.chars().all(plain) {
         return s.to_string();
     }
-    let special = |c: char| c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !s.chars().any(special) {
+    if !s.chars().any(unsafe_for_terminal) {
         return format!("'{}'", s.replace('\'', "'\\''"));
     }
     let mut out = String::from("$'");
@@ -61,8 +69,8 @@ pub fn shell_word(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if special(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if special(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if unsafe_for_terminal(c) && (c as u32) < 0x80 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if unsafe_for_terminal(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }

@@ -44,5 +44,6 @@ pub use engine::Engine;
 pub use evidence::{Evidence, EvidenceCounts};
 pub use output::{AttemptRecord, EngineOptions, Finding, Outcome, ProcessRef, Update};
 pub use rules::{is_proxy_comm, Cause, PROXY_COMMS};
+pub use cause_words::unsafe_for_terminal;
 pub use words::duration;
 pub use timeline::TimelineEntry;

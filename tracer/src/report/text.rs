@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
-use crate::explain::{AttemptRecord, EvidenceCounts, Finding};
+use crate::explain::{unsafe_for_terminal, AttemptRecord, EvidenceCounts, Finding};
 use crate::event::KindCounts;
 
 use super::{Clock, Summary};
@@ -30,7 +30,7 @@ const LABEL_WIDTH: usize = 14;
 /// neither forge a line nor drive the terminal. Everything else, backslashes included, is kept
 /// as is (Nginx already writes its own escapes as `\xHH`; doubling them would only add noise).
 pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.chars().any(needs_escape) {
+    if !s.chars().any(unsafe_for_terminal) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -39,8 +39,8 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if needs_escape(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if unsafe_for_terminal(c) && (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if unsafe_for_terminal(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }
@@ -56,11 +56,6 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
-/// Whether a character must not reach a terminal raw.
-fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-}
 
 /// Full blocks in a report: the largest finding of each of the first this many groups.
 pub const DETAILED_GROUPS: usize = 5;
