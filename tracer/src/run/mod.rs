@@ -263,10 +263,7 @@ impl Trace {
         let hooks: Vec<String> = self.capture.hooks.iter().filter(|h| h.active).map(|h| h.hook.clone()).collect();
         drop(self.capture); // detaches every program before we print
 
-        let mut findings: Vec<Finding> = self.engine.findings().into_iter().filter(|f| self.filter.finding(f)).collect();
-        self.ops.note_processes(&findings);
-        findings.retain(|f| self.ops.keep(f));
-        let context = self.ops.finish(&findings);
+        let (findings, context) = kept_with_context(self.engine.findings(), &self.filter, &mut self.ops);
         let summary = Summary {
             duration_s: (now.saturating_sub(self.started_ns)) as f64 / 1e9,
             events: emitted.values().sum(),
@@ -294,6 +291,17 @@ impl Trace {
         }
         Ok(())
     }
+}
+
+/// The findings the filters keep (`--port`/`--unix`/`--client-comm`, then `--netns`/`--cgroup`,
+/// which need the processes' cgroups read while they live), and the Nginx context of each:
+/// the same for the live `watch --json` lines and the closing report.
+pub(crate) fn kept_with_context(all: Vec<Finding>, filter: &Filter, ops: &mut operator::Operator) -> (Vec<Finding>, operator::Context) {
+    let mut kept: Vec<Finding> = all.into_iter().filter(|f| filter.finding(f)).collect();
+    ops.note_processes(&kept);
+    kept.retain(|f| ops.keep(f));
+    let context = ops.finish(&kept);
+    (kept, context)
 }
 
 /// The closing report, in text or JSON lines.

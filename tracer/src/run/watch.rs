@@ -34,12 +34,8 @@ pub fn print_updates(
                 continue;
             }
             if live.is_none() {
-                let mut kept: Vec<Finding> =
-                    all_findings.take().map(|all| all()).unwrap_or_default().into_iter().filter(|k| filter.finding(k)).collect();
-                ops.note_processes(&kept);
-                kept.retain(|k| ops.keep(k));
-                let context = ops.finish(&kept);
-                live = Some((kept, context));
+                let all = all_findings.take().map(|all| all()).unwrap_or_default();
+                live = Some(super::kept_with_context(all, filter, ops));
             }
             let log_lines: &[String] = live
                 .as_ref()
