@@ -607,9 +607,10 @@ mod tests {
         assert!(rows(&[], SortBy::Attempts).is_empty());
     }
 
-    fn screen(rows: &[Row], sort: SortBy) -> String {
-        let mut t = Terminal::new(TestBackend::new(160, 8)).unwrap();
-        let status = Status { traced_s: 12, events: 1234, lost: 0, hooks_active: 9, hooks_total: 11 };
+    /// The screen `draw` makes on a width x height terminal, one string per line.
+    fn render(rows: &[Row], sort: SortBy, (width, height): (u16, u16), events: u64) -> String {
+        let mut t = Terminal::new(TestBackend::new(width, height)).unwrap();
+        let status = Status { traced_s: 12, events, lost: 0, hooks_active: 9, hooks_total: 11 };
         t.draw(|f| draw(f, rows, &status, sort, &Clock::fixed(0), 23 * S)).unwrap();
         let buf = t.backend().buffer();
         (0..buf.area.height)
@@ -668,15 +669,13 @@ mod tests {
         }
     }
 
+    fn screen(rows: &[Row], sort: SortBy) -> String {
+        render(rows, sort, (160, 8), 1234)
+    }
+
+    /// A narrow terminal, with a seven-digit event count in the status line.
     fn screen_of(rows: &[Row], width: u16) -> String {
-        let mut t = Terminal::new(TestBackend::new(width, 10)).unwrap();
-        let status = Status { traced_s: 12, events: 1234567, lost: 0, hooks_active: 9, hooks_total: 11 };
-        t.draw(|f| draw(f, rows, &status, SortBy::Attempts, &Clock::fixed(0), 23 * S)).unwrap();
-        let buf = t.backend().buffer();
-        (0..buf.area.height)
-            .map(|y| (0..buf.area.width).map(|x| buf[(x, y)].symbol().to_string()).collect::<String>().trim_end().to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        render(rows, SortBy::Attempts, (width, 10), 1234567)
     }
 
     #[test]
