@@ -59,10 +59,14 @@ pub enum EventKind {
     /// it (function hooks on `unix_find_other` + `unix_stream_connect`), in
     /// `UnixEvent.queue_*`; emitted right before the `UnixConnectFailed` it explains.
     UnixPeerQueue = 18,
+    /// An established TCP connection ended abnormally (`ConnEndEvent`): the peer closed before
+    /// any byte came back, a reset ended it, or this side closed before a byte went one way.
+    /// Healthy closes (bytes both ways) are never sent.
+    TcpConnEnded = 19,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::TcpAttemptFailed,
         EventKind::TcpSynRetransmit,
         EventKind::TcpAttemptDelayed,
@@ -81,6 +85,7 @@ impl EventKind {
         EventKind::OomVictim,
         EventKind::UnixUnlink,
         EventKind::UnixPeerQueue,
+        EventKind::TcpConnEnded,
     ];
 
     pub fn from_u32(v: u32) -> Option<EventKind> {
@@ -344,6 +349,100 @@ pub struct Config {
     pub fn_hooks: FnHookConfig,
     /// Listener lifecycle: process exits, signals, OOM kills, socket-file unlinks. Appended.
     pub lifecycle: LifecycleConfig,
+    /// After the connect: how established connections end. Appended.
+    pub conn: ConnConfig,
+}
+
+/// What the after-connect checks read (`probes/set_state.rs`, `ConnEndEvent`), from BTF.
+/// `FIELD_ABSENT` where this kernel lacks a member (then the check that needs it is off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// TCP states (enum values from BTF).
+    pub tcp_close_wait: u32,
+    pub tcp_fin_wait1: u32,
+    /// `struct tcp_sock`: `bytes_sent` and `bytes_received` (u64).
+    pub tcp_bytes_sent: u32,
+    pub tcp_bytes_received: u32,
+    /// `struct tcp_sock`: `rcv_tstamp` (u32 jiffies: the last ACK received, which is the peer's
+    /// FIN on a connection the peer closed), and `inet_connection_sock.icsk_ack.lrcvtime`
+    /// (u32 jiffies: the last data received).
+    pub tcp_rcv_tstamp: u32,
+    pub icsk_lrcvtime: u32,
+    /// 1 when the after-connect checks are on.
+    pub enabled: u32,
+    pub _pad: u32,
+}
+
+impl ConnConfig {
+    pub const ABSENT: ConnConfig = ConnConfig {
+        tcp_close_wait: FIELD_ABSENT,
+        tcp_fin_wait1: FIELD_ABSENT,
+        tcp_bytes_sent: FIELD_ABSENT,
+        tcp_bytes_received: FIELD_ABSENT,
+        tcp_rcv_tstamp: FIELD_ABSENT,
+        icsk_lrcvtime: FIELD_ABSENT,
+        enabled: 0,
+        _pad: 0,
+    };
+}
+
+/// `ConnEndEvent.how`: the peer's FIN arrived while this side had received no byte.
+pub const CONN_PEER_FIN: u32 = 1;
+/// `ConnEndEvent.how`: the connection went straight to CLOSE: a reset, received (`sk_err` set)
+/// or sent by this side's close/abort (`sk_err` 0, `actor` the closer).
+pub const CONN_RESET: u32 = 2;
+/// `ConnEndEvent.how`: this side closed (FIN) before a byte went one way or the other.
+pub const CONN_LOCAL_FIN: u32 = 3;
+
+/// Payload of `TcpConnEnded`. `header.task` is the connect()'s owner when `client_side` = 1
+/// (the socket is an attempt tracer saw start), else the task current at the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEndEvent {
+    pub header: EventHeader,
+    /// This socket's view: saddr/sport local, daddr/dport the peer.
+    pub flow: Flow,
+    /// `CONN_*`.
+    pub how: u32,
+    /// 1 when the socket is a connection tracer saw being connected (an Nginx-side socket).
+    pub client_side: u32,
+    /// 1 when the connection was in CLOSE_WAIT (the peer's FIN had come) at the reset.
+    pub after_fin: u32,
+    /// `sk->sk_err` at the event (positive errno).
+    pub sk_err: i32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Client side: connect() and ESTABLISHED (`bpf_ktime_get_ns`), 0 when unknown.
+    pub start_ns: u64,
+    pub established_ns: u64,
+    /// `bpf_jiffies64()` at the event, and the socket's `rcv_tstamp` / `lrcvtime` (jiffies).
+    pub jiffies: u64,
+    pub rcv_tstamp: u32,
+    pub lrcvtime: u32,
+    /// Local close/abort (process context): the closer's `task->exit_code` (non-zero when the
+    /// closer is exiting by a signal or an exit status), and the last fatal signal generated
+    /// for it (`signal` 0 when none): number, when, by whom, and 1 when the OOM killer chose it.
+    pub exit_code: i32,
+    pub signal: i32,
+    pub signal_ts_ns: u64,
+    pub signal_oom: u32,
+    pub _pad: u32,
+    /// The task current at a local close/abort (zero otherwise).
+    pub actor: Task,
+    pub sender: Task,
+}
+
+/// The last fatal signal generated for a thread (LRU hash keyed by the target's tid), read
+/// when that thread's sockets close as it dies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SignalMemo {
+    pub ts_ns: u64,
+    pub signal: i32,
+    /// 1: chosen by the OOM killer (`oom:mark_victim`).
+    pub oom: u32,
+    pub sender: Task,
 }
 
 /// Tracepoint field offsets (and one BTF offset) for the listener-lifecycle programs.
@@ -465,6 +564,13 @@ pub struct AttemptState {
     pub syn_retransmits: u32,
     pub rst_received: u32,
     pub _pad: u32,
+    /// Set when the attempt reached ESTABLISHED: the entry then stays (the LRU ages it out) so
+    /// an abnormal end of the connection is charged to its owner. The ports then identify the
+    /// connection, because a freed `struct sock` is soon reused at the same address.
+    pub established_ns: u64,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad2: u32,
 }
 
 /// Key of the kernel's listener table.
@@ -500,6 +606,7 @@ mod pod {
     unsafe impl aya::Pod for Task {}
     unsafe impl aya::Pod for QueuedChild {}
     unsafe impl aya::Pod for AcceptWaitKey {}
+    unsafe impl aya::Pod for SignalMemo {}
 }
 
 impl Task {
@@ -531,13 +638,16 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 496);
+const _: () = assert!(core::mem::size_of::<Config>() == 528);
+const _: () = assert!(core::mem::size_of::<ConnConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 248);
+const _: () = assert!(core::mem::size_of::<SignalMemo>() == 48);
 const _: () = assert!(core::mem::size_of::<LifecycleConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<FnHookConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<AcceptWaitKey>() == 24);
 const _: () = assert!(core::mem::size_of::<QueuedChild>() == 56);
-const _: () = assert!(core::mem::size_of::<AttemptState>() == 56);
+const _: () = assert!(core::mem::size_of::<AttemptState>() == 72);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerState>() == 48);
 const _: () = assert!(core::mem::size_of::<EventKind>() == 4);

@@ -121,6 +121,29 @@ impl<'de> Deserialize<'de> for RecordKind {
     }
 }
 
+/// How an established connection ended abnormally (`tracer_common::CONN_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnEnd {
+    /// The peer's FIN came before any byte had been received.
+    PeerFin,
+    /// Straight to CLOSE: a reset received (`sk_err` set) or sent by this side's close.
+    Reset,
+    /// This side closed before a byte went one way or the other.
+    LocalFin,
+}
+
+/// The last fatal signal generated for a process, as the kernel recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FatalSignal {
+    pub signal: i32,
+    pub ts_ns: u64,
+    pub sender: TaskInfo,
+    /// The OOM killer chose the process.
+    #[serde(default)]
+    pub oom: bool,
+}
+
 /// One event, kernel-made or measured by tracer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -206,6 +229,40 @@ pub enum EventBody {
     /// The kernel's accept-wait histogram of the listener on `listener` so far (absolute
     /// counts per bucket: < 1 ms, < 10 ms, < 100 ms, < 1 s, the rest), read from its map.
     AcceptWaitTotals { listener: std::net::SocketAddr, counts: [u64; 5] },
+    /// An established connection ended abnormally. `flow` is this socket's view (src local).
+    /// `client_side`: tracer saw the socket connect, and `task` is its owner (an Nginx
+    /// worker); otherwise `task` is whoever was current. `closer`: the task that closed or
+    /// aborted the socket (process context), with its `exit_code` (non-zero when it was
+    /// dying) and the last fatal `signal` sent to it.
+    TcpConnEnded {
+        flow: FlowAddr,
+        end: ConnEnd,
+        client_side: bool,
+        /// The reset came after the peer's FIN (CLOSE_WAIT): this side wrote on a connection
+        /// the peer had already closed.
+        after_fin: bool,
+        sk_err: i32,
+        bytes_sent: u64,
+        bytes_received: u64,
+        start_ns: u64,
+        established_ns: u64,
+        /// How long the connection had been idle (no data received) when the peer's FIN
+        /// came, and how long ago that FIN came (from the socket's jiffies; None if unknown).
+        idle_before_fin_ns: Option<u64>,
+        since_fin_ns: Option<u64>,
+        closer: Option<TaskInfo>,
+        exit_code: i32,
+        signal: Option<FatalSignal>,
+    },
+    /// Measured by tracer (/proc/sys and sock_diag in `netns`) when a connect found no free
+    /// local port: the netns's `ip_local_port_range` and the sockets towards `target` by TCP
+    /// state (`ESTABLISHED`, `TIME_WAIT`...).
+    PortsInUse { target: SocketAddr, range: (u16, u16), by_state: std::collections::BTreeMap<String, u64> },
+    /// Measured by tracer (sock_diag + /proc) when a connection ended with no response: `task`
+    /// holds the accepted end of `flow` (client -> upstream); `state` is its /proc state then
+    /// (`R (running)`, `S (sleeping)`, `D (disk sleep)`...), `in_queue` true when no process
+    /// had accepted it yet.
+    ConnHolder { flow: FlowAddr, state: Option<String>, in_queue: bool },
 }
 
 impl Event {
@@ -219,7 +276,8 @@ impl Event {
             | EventBody::TcpRstSentNoSocket { flow, .. }
             | EventBody::IcmpSent { flow, .. } => Some(*flow),
             EventBody::SkbDropped { flow, .. } | EventBody::TcpListenOverflow { flow, .. } => *flow,
-            EventBody::TcpAccepted { flow, .. } => Some(*flow),
+            EventBody::TcpAccepted { flow, .. } | EventBody::ConnHolder { flow, .. } => Some(*flow),
+            EventBody::TcpConnEnded { flow, .. } => Some(*flow),
             _ => None,
         }
     }

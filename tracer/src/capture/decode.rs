@@ -2,9 +2,11 @@
 //! BTF), so nothing after this point knows a kernel number.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracer_common::{EventHeader, EventKind, Flow, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6};
+use tracer_common::{
+    ConnEndEvent, EventHeader, EventKind, Flow, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6, CONN_LOCAL_FIN, CONN_PEER_FIN,
+};
 
-use crate::event::{Event, EventBody, FlowAddr, Queue, TaskInfo};
+use crate::event::{ConnEnd, Event, EventBody, FatalSignal, FlowAddr, Queue, TaskInfo};
 
 /// Names for raw kernel enum values (implemented from BTF; a table in tests).
 pub trait ReasonNames {
@@ -54,6 +56,56 @@ fn read<T: Copy>(data: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
 }
 
+/// The kernel's HZ, from a jiffies reading and the monotonic time of the same moment. At boot
+/// jiffies start at INITIAL_JIFFIES = 2^32 - 300 * HZ (so that they wrap five minutes in), and
+/// then advance HZ per second: the candidate HZ that predicts the reading best is the one.
+/// (HZ is a build option found in no BTF, and /proc/config.gz is not on every host.)
+pub fn kernel_hz(jiffies: u64, ts_ns: u64) -> u64 {
+    let uptime = ts_ns as f64 / 1e9;
+    let predicted = |hz: f64| (1u64 << 32) as f64 + (uptime - 300.0) * hz;
+    [100.0, 250.0, 300.0, 1000.0]
+        .into_iter()
+        .min_by(|a, b| (predicted(*a) - jiffies as f64).abs().total_cmp(&(predicted(*b) - jiffies as f64).abs()))
+        .unwrap_or(250.0) as u64
+}
+
+/// Decodes an after-connect record. Jiffies stamps become durations at the kernel's HZ.
+fn conn_ended(ev: &ConnEndEvent) -> EventBody {
+    let end = match ev.how {
+        CONN_PEER_FIN => ConnEnd::PeerFin,
+        CONN_LOCAL_FIN => ConnEnd::LocalFin,
+        _ => ConnEnd::Reset,
+    };
+    let ns_per_jiffy = 1_000_000_000 / kernel_hz(ev.jiffies, ev.header.ts_ns).max(1);
+    // The stamps are the low 32 bits of jiffies; differences wrap the same way.
+    let now32 = ev.jiffies as u32;
+    let known = ev.jiffies != 0 && ev.rcv_tstamp != 0;
+    let since_fin_ns = known.then(|| now32.wrapping_sub(ev.rcv_tstamp) as u64 * ns_per_jiffy);
+    let idle_before_fin_ns = (known && ev.lrcvtime != 0).then(|| ev.rcv_tstamp.wrapping_sub(ev.lrcvtime) as u64 * ns_per_jiffy);
+    let local = ev.actor.pid != 0;
+    EventBody::TcpConnEnded {
+        flow: flow_addr(&ev.flow),
+        end,
+        client_side: ev.client_side != 0,
+        after_fin: ev.after_fin != 0,
+        sk_err: ev.sk_err,
+        bytes_sent: ev.bytes_sent,
+        bytes_received: ev.bytes_received,
+        start_ns: ev.start_ns,
+        established_ns: ev.established_ns,
+        idle_before_fin_ns: idle_before_fin_ns.filter(|n| *n < 86_400_000_000_000),
+        since_fin_ns: since_fin_ns.filter(|n| *n < 86_400_000_000_000),
+        closer: local.then(|| task_info(&ev.actor)),
+        exit_code: ev.exit_code,
+        signal: (ev.signal != 0).then(|| FatalSignal {
+            signal: ev.signal,
+            ts_ns: ev.signal_ts_ns,
+            sender: task_info(&ev.sender),
+            oom: ev.signal_oom != 0,
+        }),
+    }
+}
+
 /// Decodes one record; `None` for a record too short or of an unknown kind (never panics).
 pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
     let header: EventHeader = read(data)?;
@@ -84,6 +136,9 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
             _ => EventBody::OomKilled,
         };
         return Some(base(body));
+    }
+    if kind == EventKind::TcpConnEnded {
+        return Some(base(conn_ended(&read(data)?)));
     }
     let ev: TcpEvent = read(data)?;
     let flow = flow_addr(&ev.flow);
@@ -137,7 +192,8 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         | EventKind::UnixPeerQueue
         | EventKind::ProcessExit
         | EventKind::SignalGenerated
-        | EventKind::OomVictim => return None,
+        | EventKind::OomVictim
+        | EventKind::TcpConnEnded => return None,
     };
     Some(base(body))
 }

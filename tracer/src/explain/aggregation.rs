@@ -39,6 +39,18 @@ pub(super) struct FindingState {
     pub(super) netfilter_drops: u64,
     pub(super) rejected_by_reset: u64,
     pub(super) rejected_by_icmp: u64,
+    /// After-connect causes and ports_exhausted: the latest failure's facts.
+    pub(super) after: Option<AfterConnect>,
+}
+
+/// The facts of an after-connect failure (or a connect that found no local port), kept per
+/// finding: the latest one's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct AfterConnect {
+    pub(super) upstream_process: Option<ProcessRef>,
+    pub(super) death: Option<super::output::Death>,
+    pub(super) connection: super::output::ConnectionFacts,
+    pub(super) ports: Option<super::output::PortsFacts>,
 }
 
 impl FindingState {
@@ -60,6 +72,7 @@ impl FindingState {
             netfilter_drops: 0,
             rejected_by_reset: 0,
             rejected_by_icmp: 0,
+            after: None,
         }
     }
 }
@@ -173,6 +186,10 @@ impl Engine {
             rejected_by_icmp: st.rejected_by_icmp,
             queue,
             uids: &uids,
+            upstream_process: st.after.as_ref().and_then(|a| a.upstream_process.as_ref()),
+            death: st.after.as_ref().and_then(|a| a.death.as_ref()),
+            connection: st.after.as_ref().map(|a| &a.connection),
+            ports: st.after.as_ref().and_then(|a| a.ports.as_ref()),
         };
         let hint = match cause {
             Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale => {
@@ -213,6 +230,10 @@ impl Engine {
             timeline,
             accept_wait_ms,
             syn_overflows,
+            upstream_process: st.after.as_ref().and_then(|a| a.upstream_process.clone()),
+            death: st.after.as_ref().and_then(|a| a.death.clone()),
+            connection: st.after.as_ref().map(|a| a.connection.clone()),
+            ports: st.after.as_ref().and_then(|a| a.ports.clone()),
         }
     }
 

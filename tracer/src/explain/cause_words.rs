@@ -30,6 +30,11 @@ pub struct Wording<'a> {
     /// Whether a proxy (see `PROXY_COMMS`) made the attempts: only then do `proxy_pass` and
     /// upstream keepalive belong in the fix.
     pub proxy_client: bool,
+    /// After-connect causes: who held the upstream's end, how it died, the connection's facts.
+    pub upstream_process: Option<&'a super::output::ProcessRef>,
+    pub death: Option<&'a super::output::Death>,
+    pub connection: Option<&'a super::output::ConnectionFacts>,
+    pub ports: Option<&'a super::output::PortsFacts>,
 }
 
 /// The listener a fix names: its process name and, when its cgroup said so, its systemd unit.
@@ -141,7 +146,17 @@ impl Cause {
         };
         let n = w.count;
         let attempts = plural(n, "connection attempt", "connection attempts");
+        if self.after_connect() || self == Cause::PortsExhausted {
+            return super::after_words::detail(self, w);
+        }
         match self {
+            // Told by after_words (returned above).
+            Cause::UpstreamKilled
+            | Cause::UpstreamReset
+            | Cause::UpstreamClosed
+            | Cause::KeepaliveRace
+            | Cause::PortsExhausted
+            | Cause::UpstreamTimeout => String::new(),
             Cause::DeadListener => format!(
                 "This host's kernel answered {attempts} to {target} with a TCP reset because no socket \
                  listened on that port (tcp_send_reset from no socket{}), so connect() failed with \
@@ -243,6 +258,9 @@ impl Cause {
             Some(Target::Unix(p)) => p.clone(),
             _ => "/run/app.sock".to_string(),
         };
+        if self.after_connect() || self == Cause::PortsExhausted {
+            return super::after_words::fix(self, w);
+        }
         let r = restart_words(w.listener.as_ref());
         let gunicorn = w.listener.is_some_and(|l| l.comm.contains("gunicorn"));
         let keepalive = if w.proxy_client {
@@ -251,6 +269,13 @@ impl Cause {
             ""
         };
         match self {
+            // Told by after_words (returned above).
+            Cause::UpstreamKilled
+            | Cause::UpstreamReset
+            | Cause::UpstreamClosed
+            | Cause::KeepaliveRace
+            | Cause::PortsExhausted
+            | Cause::UpstreamTimeout => String::new(),
             Cause::DeadListener => {
                 let mut s = if r.known {
                     format!(

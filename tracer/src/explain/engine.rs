@@ -115,6 +115,9 @@ impl Engine {
             }
             EventBody::TcpAccepted { flow, wait_ns, .. } => self.count_accept_wait(ev, flow.dst, *wait_ns),
             EventBody::Lost { kind, count } => *self.lost.entry(*kind).or_insert(0) += count,
+            EventBody::TcpConnEnded { .. } | EventBody::PortsInUse { .. } | EventBody::ConnHolder { .. } => {
+                self.after_connect_event(ev)
+            }
             EventBody::ProcessExit { .. }
             | EventBody::SignalGenerated { .. }
             | EventBody::OomKilled

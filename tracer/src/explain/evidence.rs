@@ -43,6 +43,27 @@ pub enum Evidence {
     PendingWhenEvicted,
     /// A Unix connect whose listener's queue the kernel read full (unix_stream_connect).
     UnixPeerQueueFull,
+    // ---- after the connect (sock:inet_sock_set_state on established connections) ----
+    /// Nginx's socket got the upstream's FIN before any response byte.
+    FinBeforeResponse,
+    /// Nginx's established socket was reset (with this positive errno).
+    ResetOnConnection,
+    /// Nginx's socket was reset after the upstream's FIN: it wrote on a closed connection.
+    ResetAfterUpstreamFin,
+    /// The upstream's socket was closed by its process as it died (exit code non-zero).
+    ClosedByDyingProcess,
+    /// A fatal signal was sent to the upstream process (signal:signal_generate), by number.
+    FatalSignal(i32),
+    /// The OOM killer chose the upstream process (oom:mark_victim).
+    OomKill,
+    /// The upstream's live process closed its socket with a reset (unread data, SO_LINGER 0).
+    UpstreamAbort,
+    /// The upstream's live process closed its socket (FIN) before sending a byte.
+    UpstreamFinBeforeResponse,
+    /// Nginx closed its socket before any response byte (it gave up).
+    NginxClosedWithoutResponse,
+    /// connect() found no free local port: the attempt closed before a port was bound.
+    NoLocalPort,
 }
 
 /// Evidence kinds with their counts.

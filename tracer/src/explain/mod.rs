@@ -17,6 +17,8 @@
 //! - `timeline`: a dead listener's story, from listen to death to recovery;
 //! - `output`: the types handed out (`AttemptRecord`, `Finding`, `Update`, `EngineOptions`).
 
+mod after_connect;
+mod after_words;
 mod aggregation;
 mod attempt;
 mod buffer;
@@ -42,8 +44,8 @@ pub use aggregation::{accept_wait_bucket, ACCEPT_WAIT_BUCKETS};
 pub use attempt::SynOverflow;
 pub use engine::Engine;
 pub use evidence::{Evidence, EvidenceCounts};
-pub use output::{AttemptRecord, EngineOptions, Finding, Outcome, ProcessRef, Update};
+pub use output::{AttemptRecord, ConnectionFacts, Death, DeathHow, EngineOptions, Finding, Outcome, PortsFacts, ProcessRef, Update};
 pub use rules::{is_proxy_comm, Cause, PROXY_COMMS};
 pub use cause_words::unsafe_for_terminal;
 pub use words::duration;
-pub use timeline::TimelineEntry;
+pub use timeline::{signal_name, TimelineEntry};

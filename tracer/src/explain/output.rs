@@ -125,6 +125,70 @@ pub struct Finding {
     /// dead_listener / unix_missing / unix_stale: the listener's story (who listened, how it
     /// died, the refusals, the recovery or "still down"), in time order.
     pub timeline: Vec<TimelineEntry>,
+    /// After-connect causes: the process that held the upstream's end of the connection (the
+    /// latest failure's), when known.
+    pub upstream_process: Option<ProcessRef>,
+    /// upstream_killed: how that process died.
+    pub death: Option<Death>,
+    /// After-connect causes: the latest failed connection's facts.
+    pub connection: Option<ConnectionFacts>,
+    /// ports_exhausted: the local port range and Nginx's sockets towards the target.
+    pub ports: Option<PortsFacts>,
+}
+
+/// How an upstream process died (upstream_killed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Death {
+    pub how: DeathHow,
+    /// `SIGKILL`, `SIGSEGV`... when a signal ended it.
+    pub signal: Option<String>,
+    /// Who sent the signal (None for a fault in the process itself, or unknown).
+    pub sender: Option<ProcessRef>,
+    /// The exit status, when it exited rather than being killed.
+    pub exit_status: Option<i32>,
+}
+
+/// The ways an upstream process dies, as the fix depends on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeathHow {
+    /// A fault in the process itself (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT by itself).
+    Crash,
+    /// The OOM killer.
+    Oom,
+    /// Its parent (a Gunicorn/uWSGI master) killed it: a worker timeout.
+    WorkerTimeout,
+    /// Another process signalled it.
+    Signal,
+    /// It exited with a status.
+    Exit,
+}
+
+/// One failed connection, told by the kernel's counters (after-connect causes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionFacts {
+    /// From Nginx's connect() to the end (the death, the reset, the close, Nginx giving up).
+    pub after_ms: u64,
+    /// keepalive_race: how long the connection had been idle when the upstream closed it.
+    pub idle_ms: Option<u64>,
+    /// Bytes Nginx had sent (the request) and received (the response) on it.
+    pub nginx_sent: u64,
+    pub nginx_received: u64,
+    /// Bytes the upstream's socket had sent and received, when its end was seen.
+    pub upstream_sent: Option<u64>,
+    pub upstream_received: Option<u64>,
+    /// upstream_reset: how the reset came (`closed with the request unread` ...).
+    pub reset_reason: Option<String>,
+    /// upstream_timeout: the holder's /proc state when Nginx gave up, or `in accept queue`.
+    pub upstream_state: Option<String>,
+}
+
+/// ports_exhausted: the netns's local port range and Nginx's sockets towards the target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsFacts {
+    pub range: [u16; 2],
+    /// TCP state name -> sockets towards the target in that state.
+    pub held: BTreeMap<String, u64>,
 }
 
 /// What changed in a `tick`/`finish`.

@@ -17,6 +17,13 @@ pub enum Cause {
     UnixBacklogFull,
     UnixPermissionDenied,
     NoResponse,
+    // After the connect (the connection existed; see `classify_after_connect`).
+    UpstreamKilled,
+    UpstreamReset,
+    UpstreamClosed,
+    KeepaliveRace,
+    PortsExhausted,
+    UpstreamTimeout,
 }
 
 /// How a firewall rejected a connection (the two ways nft/iptables `reject` answer).
@@ -137,7 +144,7 @@ pub fn is_abstract(path: &str) -> bool {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 10] = [
+    pub const ALL: [Cause; 16] = [
         Cause::DeadListener,
         Cause::BacklogFull,
         Cause::FirewallDrop,
@@ -148,6 +155,12 @@ impl Cause {
         Cause::UnixBacklogFull,
         Cause::UnixPermissionDenied,
         Cause::NoResponse,
+        Cause::UpstreamKilled,
+        Cause::UpstreamReset,
+        Cause::UpstreamClosed,
+        Cause::KeepaliveRace,
+        Cause::PortsExhausted,
+        Cause::UpstreamTimeout,
     ];
 
     /// The stable snake_case name (same as serde).
@@ -163,7 +176,22 @@ impl Cause {
             Cause::UnixBacklogFull => "unix_backlog_full",
             Cause::UnixPermissionDenied => "unix_permission_denied",
             Cause::NoResponse => "no_response",
+            Cause::UpstreamKilled => "upstream_killed",
+            Cause::UpstreamReset => "upstream_reset",
+            Cause::UpstreamClosed => "upstream_closed",
+            Cause::KeepaliveRace => "keepalive_race",
+            Cause::PortsExhausted => "ports_exhausted",
+            Cause::UpstreamTimeout => "upstream_timeout",
         }
+    }
+
+    /// Whether the cause is about a connection that existed (after the connect), rather than
+    /// a connect that failed. `ports_exhausted` is a connect failure.
+    pub fn after_connect(self) -> bool {
+        matches!(
+            self,
+            Cause::UpstreamKilled | Cause::UpstreamReset | Cause::UpstreamClosed | Cause::KeepaliveRace | Cause::UpstreamTimeout
+        )
     }
 
 }
@@ -175,6 +203,8 @@ pub fn errno_name(errno: i32) -> String {
         2 => "ENOENT".into(),
         11 => "EAGAIN".into(),
         13 => "EACCES".into(),
+        32 => "EPIPE".into(),
+        99 => "EADDRNOTAVAIL".into(),
         101 => "ENETUNREACH".into(),
         104 => "ECONNRESET".into(),
         110 => "ETIMEDOUT".into(),

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use btf_rs::{Btf, Member, Struct, Type};
-use tracer_common::{FnHookConfig, KernelEnums, KernelOffsets, FIELD_ABSENT};
+use tracer_common::{ConnConfig, FnHookConfig, KernelEnums, KernelOffsets, FIELD_ABSENT};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -98,6 +98,34 @@ impl KernelBtf {
             drop_tcp_listen_overflow: drop_value("TCP_LISTEN_OVERFLOW"),
             ipproto_tcp,
         })
+    }
+
+    /// What the after-connect checks read. Off (`enabled` 0) when a member they need is
+    /// missing: they then send nothing rather than guess.
+    pub fn conn_config(&self) -> ConnConfig {
+        let anonymous = self.anonymous_enums();
+        let state = |name: &str| {
+            anonymous.iter().find(|m| m.iter().any(|(n, _)| n == "TCP_ESTABLISHED")).and_then(|m| lookup(m, name))
+        };
+        let member = |s: &str, path: &[&str], size: usize| self.offset_of_sized(s, path, size).ok();
+        let (Some(close_wait), Some(fin_wait1), Some(sent), Some(received)) = (
+            state("TCP_CLOSE_WAIT"),
+            state("TCP_FIN_WAIT1"),
+            member("tcp_sock", &["bytes_sent"], 8),
+            member("tcp_sock", &["bytes_received"], 8),
+        ) else {
+            return ConnConfig::ABSENT;
+        };
+        ConnConfig {
+            tcp_close_wait: close_wait,
+            tcp_fin_wait1: fin_wait1,
+            tcp_bytes_sent: sent,
+            tcp_bytes_received: received,
+            tcp_rcv_tstamp: member("tcp_sock", &["rcv_tstamp"], 4).unwrap_or(FIELD_ABSENT),
+            icsk_lrcvtime: member("tcp_sock", &["inet_conn", "icsk_ack", "lrcvtime"], 4).unwrap_or(FIELD_ABSENT),
+            enabled: 1,
+            _pad: 0,
+        }
     }
 
     /// Names of drop and RST reasons, for decoding the raw numbers events carry.

@@ -236,6 +236,7 @@ const RECEIVE_RESET: &str = "tcp:tcp_receive_reset";
 const SEND_RESET: &str = "tcp:tcp_send_reset";
 const ICMP_SEND: &str = "icmp:icmp_send";
 const KFREE_SKB: &str = "skb:kfree_skb";
+const SIGNAL: &str = "signal:signal_generate";
 const CONNECT_ENTER: &str = "syscalls:sys_enter_connect";
 const CONNECT_EXIT: &str = "syscalls:sys_exit_connect";
 const FN_CONN_REQUEST: &str = "fn:tcp_conn_request";
@@ -244,7 +245,7 @@ const FN_UNIX_CONNECT: &str = "fn:unix_stream_connect";
 const FN_UNIX_PEER: &str = "fn:unix_find_other";
 
 /// The order of doctor's "what tracer will therefore see" rows.
-const SHOWN: [Cause; 10] = [
+const SHOWN: [Cause; 16] = [
     Cause::DeadListener,
     Cause::BacklogFull,
     Cause::FirewallDrop,
@@ -255,6 +256,12 @@ const SHOWN: [Cause; 10] = [
     Cause::UnixStale,
     Cause::UnixBacklogFull,
     Cause::UnixPermissionDenied,
+    Cause::PortsExhausted,
+    Cause::UpstreamKilled,
+    Cause::UpstreamReset,
+    Cause::UpstreamClosed,
+    Cause::KeepaliveRace,
+    Cause::UpstreamTimeout,
 ];
 
 /// Per cause: which evidence (KERNEL-NOTES.md) the available hooks give.
@@ -317,6 +324,27 @@ fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, listen_overflow_re
             (true, false) => row(Seen::Partly, "attempts that time out, without their retransmits (needs tcp:tcp_retransmit_skb)"),
             (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
         },
+        Cause::PortsExhausted => match available(SET_STATE) {
+            true => row(Seen::Yes, "connects that found no free local port (EADDRNOTAVAIL), with the port range and the sockets holding it"),
+            false => row(Seen::No, "needs sock:inet_sock_set_state"),
+        },
+        Cause::UpstreamKilled => match (available(SET_STATE), available(SIGNAL)) {
+            (true, true) => row(Seen::Yes, "the upstream's socket closed by its dying process, with the exit code, the signal and its sender"),
+            (true, false) => row(Seen::Partly, "the upstream's socket closed by its dying process, with the exit code; not who sent the signal (needs signal:signal_generate)"),
+            (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
+        },
+        Cause::UpstreamReset | Cause::UpstreamClosed | Cause::KeepaliveRace | Cause::UpstreamTimeout => {
+            let how = match cause {
+                Cause::UpstreamReset => "connections reset by a live upstream, with the bytes each side had sent",
+                Cause::UpstreamClosed => "connections the upstream closed (FIN) before a response byte",
+                Cause::KeepaliveRace => "kept-alive connections Nginx wrote on after the upstream's idle close, with the idle time",
+                _ => "connections Nginx closed with no response byte, and the upstream process holding the other end",
+            };
+            match available(SET_STATE) {
+                true => row(Seen::Yes, how),
+                false => row(Seen::No, "needs sock:inet_sock_set_state"),
+            }
+        }
         Cause::UnixMissing | Cause::UnixStale | Cause::UnixBacklogFull | Cause::UnixPermissionDenied => {
             let unix = (available(CONNECT_ENTER) && available(CONNECT_EXIT)) || available(FN_UNIX_CONNECT);
             if !unix {

@@ -325,8 +325,19 @@ fn build() -> Vec<HookSpec> {
             "inet_sock_set_state",
             "tracer_set_state",
             true,
-            &[DeadListener, BacklogFull, RemoteRefused, NoResponse],
-            "TCP attempts failing (SYN_SENT->CLOSE with the socket error) and listeners opening/closing: remote_refused, dead_listener, no_response",
+            &[
+                DeadListener,
+                BacklogFull,
+                RemoteRefused,
+                NoResponse,
+                PortsExhausted,
+                UpstreamKilled,
+                UpstreamReset,
+                UpstreamClosed,
+                KeepaliveRace,
+                UpstreamTimeout,
+            ],
+            "TCP attempts failing (SYN_SENT->CLOSE with the socket error), connections ending before a response (FIN or reset with the kernel's byte counters), listeners opening/closing: remote_refused, dead_listener, no_response, ports_exhausted and the after-connect causes",
             standard(with(
                 vec![
                     req("skaddr", PTR, |c| &mut c.set_state.skaddr),
@@ -468,8 +479,8 @@ fn build() -> Vec<HookSpec> {
             "signal_generate",
             "tracer_sig_gen",
             false,
-            &[],
-            "fatal signals sent to a listener's owner, and by whom (listener timeline)",
+            &[UpstreamKilled],
+            "fatal signals sent to a listener's owner or to any process, and by whom (listener timeline; how an upstream worker was killed)",
             standard(vec![
                 req("sig", INT, |c| &mut c.lifecycle.sig_sig),
                 req("pid", INT, |c| &mut c.lifecycle.sig_pid),

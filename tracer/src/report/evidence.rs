@@ -28,6 +28,16 @@ pub fn label(e: &Evidence) -> String {
         Evidence::PendingNoCloseSeen => "pending, no close seen".into(),
         Evidence::PendingWhenEvicted => "pending when dropped from tracking (memory bound)".into(),
         Evidence::UnixPeerQueueFull => "unix_stream_connect: peer queue full".into(),
+        Evidence::FinBeforeResponse => "upstream FIN before any response byte".into(),
+        Evidence::ResetOnConnection => "reset on established connection".into(),
+        Evidence::ResetAfterUpstreamFin => "reset after the upstream's FIN (written on a closed connection)".into(),
+        Evidence::ClosedByDyingProcess => "upstream socket closed by its dying process".into(),
+        Evidence::FatalSignal(sig) => format!("signal:signal_generate {}", crate::explain::signal_name(*sig)),
+        Evidence::OomKill => "oom:mark_victim".into(),
+        Evidence::UpstreamAbort => "upstream closed with a reset".into(),
+        Evidence::UpstreamFinBeforeResponse => "upstream closed (FIN) before any response byte".into(),
+        Evidence::NginxClosedWithoutResponse => "nginx closed before any response byte".into(),
+        Evidence::NoLocalPort => "connect() EADDRNOTAVAIL (no free local port)".into(),
     }
 }
 

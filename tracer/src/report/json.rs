@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Queue;
 use crate::event::KindCounts;
-use crate::explain::{AttemptRecord, Cause, Finding, Outcome, ProcessRef, SynOverflow, TimelineEntry};
+use crate::explain::{AttemptRecord, Cause, ConnectionFacts, Death, Finding, Outcome, PortsFacts, ProcessRef, SynOverflow, TimelineEntry};
 
 use super::{Clock, Summary};
 
@@ -130,6 +130,15 @@ pub struct FindingLine {
     pub uids: Vec<u32>,
     /// The operator's: the Nginx upstream name.
     pub upstream: Option<String>,
+    /// After-connect causes: the process that held the upstream's end (`{"comm","pid",...}`).
+    pub upstream_process: Option<ProcessLine>,
+    /// upstream_killed: `{"how","signal","sender","exit_status"}`.
+    pub death: Option<Death>,
+    /// After-connect causes: `{"after_ms","idle_ms","nginx_sent","nginx_received",
+    /// "upstream_sent","upstream_received","reset_reason","upstream_state"}`.
+    pub connection: Option<ConnectionFacts>,
+    /// ports_exhausted: `{"range":[lo,hi],"held":{"ESTABLISHED":n,...}}`.
+    pub ports: Option<PortsFacts>,
 }
 
 /// The client of an attempt: `{"comm","pid","uid"}`.
@@ -265,6 +274,10 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> FindingLine {
         line_type: FindingType::Tag,
         uids: f.uids.clone(),
         upstream: None,
+        upstream_process: f.upstream_process.as_ref().map(ProcessLine::of),
+        death: f.death.clone(),
+        connection: f.connection.clone(),
+        ports: f.ports.clone(),
     }
 }
 
@@ -331,6 +344,10 @@ mod tests {
                 listener: Some(ProcessRef { pid: 700, comm: "gunicorn".into() }),
             }],
             timeline: vec![TimelineEntry { at_ns: 1_000_000_000, what: "listen".into(), pid: 700, comm: "gunicorn".into(), detail: "backlog 1".into() }],
+            upstream_process: None,
+            death: None,
+            connection: None,
+            ports: None,
         }
     }
 

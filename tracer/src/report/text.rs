@@ -585,6 +585,10 @@ mod tests {
             accept_wait_ms: BTreeMap::new(),
             syn_overflows: vec![],
             timeline: Vec::new(),
+            upstream_process: None,
+            death: None,
+            connection: None,
+            ports: None,
         }
     }
 
