@@ -371,6 +371,11 @@ pub struct ConnConfig {
     pub icsk_lrcvtime: u32,
     /// 1 when the after-connect checks are on.
     pub enabled: u32,
+    /// `struct tcp_sock`: `rcv_nxt` and `copied_seq` (u32 sequence numbers): their difference
+    /// is the data received but never read by the application. tcp_close frees the receive
+    /// queue before it resets, but leaves these two as they were.
+    pub tcp_rcv_nxt: u32,
+    pub tcp_copied_seq: u32,
     pub _pad: u32,
 }
 
@@ -383,6 +388,8 @@ impl ConnConfig {
         tcp_rcv_tstamp: FIELD_ABSENT,
         icsk_lrcvtime: FIELD_ABSENT,
         enabled: 0,
+        tcp_rcv_nxt: FIELD_ABSENT,
+        tcp_copied_seq: FIELD_ABSENT,
         _pad: 0,
     };
 }
@@ -427,7 +434,9 @@ pub struct ConnEndEvent {
     pub signal: i32,
     pub signal_ts_ns: u64,
     pub signal_oom: u32,
-    pub _pad: u32,
+    /// Local abort: bytes received but never read by the application (`rcv_nxt - copied_seq`;
+    /// a close with unread data is what makes the kernel send a reset).
+    pub unread_bytes: u32,
     /// The task current at a local close/abort (zero otherwise).
     pub actor: Task,
     pub sender: Task,
@@ -638,8 +647,8 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 528);
-const _: () = assert!(core::mem::size_of::<ConnConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<Config>() == 536);
+const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 248);
 const _: () = assert!(core::mem::size_of::<SignalMemo>() == 48);
 const _: () = assert!(core::mem::size_of::<LifecycleConfig>() == 40);

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use tracer_common::{
-    AcceptWaitKey, AttemptState, Config, ListenerKey, ListenerState, QueuedChild, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS, LOST_BASE,
-    UNIX_PATH_MAX,
+    AcceptWaitKey, AttemptState, Config, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
+    LOST_BASE, UNIX_PATH_MAX,
 };
 
 /// One slot: the running kernel's facts, written by userspace before any attach.
@@ -57,6 +57,11 @@ pub static FN_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16_
 /// Listener owners (tgid -> 1).
 #[map]
 pub static WATCHED_PIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The last fatal signal generated for each process (by tgid), from any sender, and the OOM
+/// killer's choices: read when a dying process's sockets close (probes/conn_end.rs).
+#[map]
+pub static SIGNALS: LruHashMap<u32, SignalMemo> = LruHashMap::with_max_entries(8_192, 0);
 
 /// Unix socket paths of listeners, NUL-padded to 108 bytes -> 1.
 #[map]

@@ -253,6 +253,9 @@ pub enum EventBody {
         closer: Option<TaskInfo>,
         exit_code: i32,
         signal: Option<FatalSignal>,
+        /// A local abort: bytes received but never read (why the kernel reset it).
+        #[serde(default)]
+        unread_bytes: u32,
     },
     /// Measured by tracer (/proc/sys and sock_diag in `netns`) when a connect found no free
     /// local port: the netns's `ip_local_port_range` and the sockets towards `target` by TCP

@@ -9,10 +9,10 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{EventKind, ProcessEvent, UnixEvent, UNIX_PATH_MAX};
+use tracer_common::{EventKind, ProcessEvent, SignalMemo, UnixEvent, UNIX_PATH_MAX};
 
 use crate::{
-    maps::{config, emit_with, WATCHED_PATHS, WATCHED_PIDS},
+    maps::{config, emit_with, SIGNALS, WATCHED_PATHS, WATCHED_PIDS},
     read::{current_netns, current_task, field, kernel},
 };
 
@@ -77,12 +77,13 @@ pub fn tracer_sig_gen(ctx: TracePointContext) -> u32 {
 fn try_signal(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let l = &cfg.lifecycle;
-    let target: i32 = field(ctx, l.sig_pid)?;
-    unsafe { WATCHED_PIDS.get(&(target as u32)) }?;
     let sig: i32 = field(ctx, l.sig_sig)?;
     if !FATAL_SIGNALS.contains(&sig) {
         return None;
     }
+    let target: i32 = field(ctx, l.sig_pid)?;
+    remember_signal(target as u32, sig);
+    unsafe { WATCHED_PIDS.get(&(target as u32)) }?;
     let comm: [u8; 16] = field(ctx, l.sig_comm).unwrap_or([0; 16]);
     emit_with(EventKind::SignalGenerated as u32, |ev: &mut ProcessEvent| {
         ev.header.kind = EventKind::SignalGenerated as u32;
@@ -96,6 +97,17 @@ fn try_signal(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// Keeps the fatal signal for the target process, so the close of its sockets as it dies says
+/// how and by whom (probes/conn_end.rs). A fault (SIGSEGV...) is raised by the faulting thread
+/// itself: keyed by its process; a kill names the process (its leader's pid is the tgid).
+#[inline(always)]
+fn remember_signal(target: u32, sig: i32) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = if pid_tgid as u32 == target { (pid_tgid >> 32) as u32 } else { target };
+    let memo = SignalMemo { ts_ns: unsafe { bpf_ktime_get_ns() }, signal: sig, oom: 0, sender: current_task() };
+    let _ = SIGNALS.insert(&key, &memo, 0);
+}
+
 #[tracepoint]
 pub fn tracer_oom(ctx: TracePointContext) -> u32 {
     let _ = try_oom(&ctx);
@@ -106,6 +118,14 @@ pub fn tracer_oom(ctx: TracePointContext) -> u32 {
 fn try_oom(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let pid: i32 = field(ctx, cfg.lifecycle.oom_pid)?;
+    // The OOM killer sends its SIGKILL just before it marks the victim.
+    match SIGNALS.get_ptr_mut(&(pid as u32)) {
+        Some(m) => unsafe { (*m).oom = 1 },
+        None => {
+            let memo = SignalMemo { ts_ns: unsafe { bpf_ktime_get_ns() }, signal: 9, oom: 1, sender: current_task() };
+            let _ = SIGNALS.insert(&(pid as u32), &memo, 0);
+        }
+    }
     unsafe { WATCHED_PIDS.get(&(pid as u32)) }?;
     emit_with(EventKind::OomVictim as u32, |ev: &mut ProcessEvent| {
         ev.header.kind = EventKind::OomVictim as u32;

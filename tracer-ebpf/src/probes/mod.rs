@@ -1,6 +1,7 @@
 //! One file per hook. Each `#[tracepoint]` function is a thin `try_` wrapper: a program never
 //! fails loudly in the kernel, it just returns.
 mod bind;
+mod conn_end;
 mod connect;
 mod fhooks;
 mod icmp_send;

@@ -36,7 +36,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     let e = &cfg.enums;
     // Most transitions (the handshakes and closes of healthy connections) are none of ours:
     // leave after two reads. Keep in step with the cases below.
-    let ours = old == e.tcp_syn_sent
+    // The end of an established connection: each side leaves ESTABLISHED once.
+    let conn_end = cfg.conn.enabled != 0
+        && (old == e.tcp_established || (old == cfg.conn.tcp_close_wait && new == e.tcp_close));
+    let ours = conn_end
+        || old == e.tcp_syn_sent
         || (old == e.tcp_close && (new == e.tcp_syn_sent || new == e.tcp_listen))
         || (old == e.tcp_listen && new == e.tcp_close)
         || (old == cfg.fn_hooks.tcp_syn_recv && new == e.tcp_established && cfg.fn_hooks.active & FN_ACCEPT != 0);
@@ -48,6 +52,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let sk: u64 = field(ctx, f.skaddr)?;
+    if conn_end {
+        return super::conn_end::on_established_end(ctx, cfg, sk, old, new);
+    }
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
         if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
@@ -66,8 +73,19 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
 
     if old == e.tcp_syn_sent {
         // Only attempts that started while tracing are known; the rest are not ours to judge.
-        let attempt = unsafe { ATTEMPTS.get(&sk) }.copied()?;
-        let _ = ATTEMPTS.remove(&sk);
+        let entry = ATTEMPTS.get_ptr_mut(&sk)?;
+        let attempt = unsafe { *entry };
+        if new == e.tcp_established && cfg.conn.enabled != 0 {
+            // Kept (the LRU ages it out) so the connection's abnormal end is charged to its
+            // owner; the ports identify the connection later.
+            unsafe {
+                (*entry).established_ns = bpf_ktime_get_ns();
+                (*entry).sport = field(ctx, f.sport).unwrap_or(0);
+                (*entry).dport = field(ctx, f.dport).unwrap_or(0);
+            }
+        } else {
+            let _ = ATTEMPTS.remove(&sk);
+        }
         let kind = if new == e.tcp_close {
             EventKind::TcpAttemptFailed
         } else if new == e.tcp_established && attempt.syn_retransmits > 0 {

@@ -103,6 +103,7 @@ fn conn_ended(ev: &ConnEndEvent) -> EventBody {
             sender: task_info(&ev.sender),
             oom: ev.signal_oom != 0,
         }),
+        unread_bytes: ev.unread_bytes,
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Engine {
     pub(super) accept_wait_totals: BTreeMap<(Target, u32), [u64; 5]>,
     /// Unix listeners' queues read in the kernel at EAGAIN connects: (ts, netns, path, queue).
     pub(super) unix_peer_queues: VecDeque<(u64, u32, String, Queue)>,
+    /// After the connect: Nginx's and the upstream's sides of connections that ended badly.
+    pub(super) after: super::after_connect::AfterState,
 }
 
 impl Engine {
@@ -74,12 +76,16 @@ impl Engine {
             accept_waits: BTreeMap::new(),
             unix_peer_queues: VecDeque::new(),
             accept_wait_totals: BTreeMap::new(),
+            after: Default::default(),
         }
     }
 
     /// Feed one event (events come roughly in ts order; evidence for a flow may arrive up to
     /// grace_ns AFTER the attempt's close event).
     pub fn push(&mut self, ev: &Event) {
+        if super::after_connect::is_no_local_port(ev) {
+            return self.after_connect_event(ev);
+        }
         match &ev.body {
             EventBody::TcpAttemptFailed { .. }
             | EventBody::TcpSynRetransmit { .. }
@@ -177,6 +183,7 @@ impl Engine {
         for (_, key, why) in due {
             self.conclude_tcp(&key, why);
         }
+        self.conclude_after_connect(now_ns);
         self.drain_updates()
     }
 
@@ -195,6 +202,7 @@ impl Engine {
         for (_, key, why) in all {
             self.conclude_tcp(&key, why);
         }
+        self.conclude_after_connect(u64::MAX);
         self.drain_updates()
     }
 

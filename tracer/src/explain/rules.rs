@@ -104,6 +104,61 @@ pub fn classify_tcp(f: &TcpFacts) -> Option<(Cause, Option<RejectKind>)> {
     None
 }
 
+/// What was seen of one upstream connection that ended without a response (after the
+/// connect), or of a connect that found no local port, reduced to the facts the table reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnFacts {
+    /// connect() found no free local port (EADDRNOTAVAIL): the attempt closed unbound.
+    pub no_local_port: bool,
+    /// Nginx's socket got the upstream's FIN before any response byte.
+    pub fin_before_response: bool,
+    /// Nginx's socket was reset (a reset received: sk_err set).
+    pub reset: bool,
+    /// That reset came after the upstream's FIN: Nginx wrote on a connection already closed.
+    pub reset_after_fin: bool,
+    /// Nginx closed its socket first (it gave up waiting).
+    pub nginx_closed: bool,
+    /// Response bytes Nginx had received on the connection (before this request, on a reused
+    /// keep-alive connection).
+    pub nginx_received: u64,
+    /// The upstream's end was closed by its own process while that process was dying (a
+    /// non-zero exit code, or a fatal signal just before).
+    pub upstream_died: bool,
+}
+
+/// The verdict table after the connect. `None`: not a failure tracer can name (Nginx
+/// aborting a connection for its own reasons).
+pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
+    use Cause::*;
+    // 1. No connection at all: no local port was free for the connect.
+    if f.no_local_port {
+        return Some(PortsExhausted);
+    }
+    // 2. The upstream's process died holding the connection: whatever Nginx then saw (a FIN,
+    //    a reset, or a reset after writing), the death is the cause.
+    if f.upstream_died {
+        return Some(UpstreamKilled);
+    }
+    // 3. A reset after the upstream's FIN on a connection that had carried responses before:
+    //    Nginx reused a kept-alive connection the upstream had closed when idle.
+    if f.reset_after_fin && f.nginx_received > 0 {
+        return Some(KeepaliveRace);
+    }
+    // 4. A live upstream (or its host) reset the connection.
+    if f.reset {
+        return Some(UpstreamReset);
+    }
+    // 5. A live upstream closed before answering.
+    if f.fin_before_response {
+        return Some(UpstreamClosed);
+    }
+    // 6. Nginx gave up without a response byte: its read timeout.
+    if f.nginx_closed && f.nginx_received == 0 {
+        return Some(UpstreamTimeout);
+    }
+    None
+}
+
 /// The verdict for a failed connect() on an AF_UNIX socket, by errno. `None`: not ours.
 /// Unix sockets that programs probe as a matter of course and whose absence is normal: not
 /// upstreams. glibc asks nscd on every name lookup (curl, nginx workers resolving names...)

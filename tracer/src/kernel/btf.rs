@@ -124,6 +124,8 @@ impl KernelBtf {
             tcp_rcv_tstamp: member("tcp_sock", &["rcv_tstamp"], 4).unwrap_or(FIELD_ABSENT),
             icsk_lrcvtime: member("tcp_sock", &["inet_conn", "icsk_ack", "lrcvtime"], 4).unwrap_or(FIELD_ABSENT),
             enabled: 1,
+            tcp_rcv_nxt: member("tcp_sock", &["rcv_nxt"], 4).unwrap_or(FIELD_ABSENT),
+            tcp_copied_seq: member("tcp_sock", &["copied_seq"], 4).unwrap_or(FIELD_ABSENT),
             _pad: 0,
         }
     }
