@@ -36,6 +36,8 @@ mod words;
 #[cfg(test)]
 mod fn_tests;
 #[cfg(test)]
+mod after_tests;
+#[cfg(test)]
 pub(crate) mod test_kit;
 #[cfg(test)]
 mod tests;

@@ -139,13 +139,14 @@ pub struct Finding {
 /// How an upstream process died (upstream_killed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Death {
-    pub how: DeathHow,
-    /// `SIGKILL`, `SIGSEGV`... when a signal ended it.
-    pub signal: Option<String>,
-    /// Who sent the signal (None for a fault in the process itself, or unknown).
-    pub sender: Option<ProcessRef>,
+    // Fields in name order: the JSON keys are written sorted.
     /// The exit status, when it exited rather than being killed.
     pub exit_status: Option<i32>,
+    pub how: DeathHow,
+    /// Who sent the signal (None for a fault in the process itself, or unknown).
+    pub sender: Option<ProcessRef>,
+    /// `SIGKILL`, `SIGSEGV`... when a signal ended it.
+    pub signal: Option<String>,
 }
 
 /// The ways an upstream process dies, as the fix depends on them.
@@ -167,18 +168,19 @@ pub enum DeathHow {
 /// One failed connection, told by the kernel's counters (after-connect causes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionFacts {
+    // Fields in name order: the JSON keys are written sorted.
     /// From Nginx's connect() to the end (the death, the reset, the close, Nginx giving up).
     pub after_ms: u64,
     /// keepalive_race: how long the connection had been idle when the upstream closed it.
     pub idle_ms: Option<u64>,
-    /// Bytes Nginx had sent (the request) and received (the response) on it.
-    pub nginx_sent: u64,
+    /// Bytes Nginx had received (responses) and sent (requests) on it.
     pub nginx_received: u64,
-    /// Bytes the upstream's socket had sent and received, when its end was seen.
-    pub upstream_sent: Option<u64>,
-    pub upstream_received: Option<u64>,
+    pub nginx_sent: u64,
     /// upstream_reset: how the reset came (`closed with the request unread` ...).
     pub reset_reason: Option<String>,
+    /// Bytes the upstream's socket had received and sent, when its end was seen.
+    pub upstream_received: Option<u64>,
+    pub upstream_sent: Option<u64>,
     /// upstream_timeout: the holder's /proc state when Nginx gave up, or `in accept queue`.
     pub upstream_state: Option<String>,
 }
@@ -186,9 +188,9 @@ pub struct ConnectionFacts {
 /// ports_exhausted: the netns's local port range and Nginx's sockets towards the target.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortsFacts {
-    pub range: [u16; 2],
     /// TCP state name -> sockets towards the target in that state.
     pub held: BTreeMap<String, u64>,
+    pub range: [u16; 2],
 }
 
 /// What changed in a `tick`/`finish`.

@@ -102,7 +102,12 @@ pub struct FindingLine {
     /// The operator's (`Operator::annotate_json`), null when no running Nginx configures the target.
     pub config_line: Option<String>,
     pub config_place: Option<String>,
+    /// After-connect causes: `{"after_ms","idle_ms","nginx_sent","nginx_received",
+    /// "upstream_sent","upstream_received","reset_reason","upstream_state"}`.
+    pub connection: Option<ConnectionFacts>,
     pub count: u64,
+    /// upstream_killed: `{"how","signal","sender","exit_status"}`.
+    pub death: Option<Death>,
     pub delayed: u64,
     pub detail: String,
     pub evidence: BTreeMap<String, u64>,
@@ -119,6 +124,8 @@ pub struct FindingLine {
     pub log_lines: u64,
     pub netns: u32,
     pub pending: u64,
+    /// ports_exhausted: `{"range":[lo,hi],"held":{"ESTABLISHED":n,...}}`.
+    pub ports: Option<PortsFacts>,
     /// false: no client is a proxy (explain::PROXY_COMMS); the finding is not why a proxy fails.
     pub proxy_client: bool,
     pub queue: Option<Queue>,
@@ -132,13 +139,6 @@ pub struct FindingLine {
     pub upstream: Option<String>,
     /// After-connect causes: the process that held the upstream's end (`{"comm","pid",...}`).
     pub upstream_process: Option<ProcessLine>,
-    /// upstream_killed: `{"how","signal","sender","exit_status"}`.
-    pub death: Option<Death>,
-    /// After-connect causes: `{"after_ms","idle_ms","nginx_sent","nginx_received",
-    /// "upstream_sent","upstream_received","reset_reason","upstream_state"}`.
-    pub connection: Option<ConnectionFacts>,
-    /// ports_exhausted: `{"range":[lo,hi],"held":{"ESTABLISHED":n,...}}`.
-    pub ports: Option<PortsFacts>,
 }
 
 /// The client of an attempt: `{"comm","pid","uid"}`.
@@ -367,14 +367,14 @@ mod tests {
             concat!(
                 r#"{"accept_wait_ms":{"<1":4},"cause":"backlog_full","#,
                 r#""clients":[{"cgroup":"/system.slice/nginx.service","comm":"nginx","container":"nginx.service","pid":812}],"#,
-                r#""config_line":"server 127.0.0.1:8000;","config_place":"/etc/nginx/nginx.conf:12","count":3,"delayed":1,"#,
+                r#""config_line":"server 127.0.0.1:8000;","config_place":"/etc/nginx/nginx.conf:12","connection":null,"count":3,"death":null,"delayed":1,"#,
                 r#""detail":"d","evidence":{"tcp:tcp_receive_reset":3},"first_seen":"2024-05-01T10:01:02.000Z","fix":"f","hint":null,"#,
                 r#""last_seen":"2024-05-01T10:01:05.123Z","listener":{"cgroup":null,"comm":"gunicorn","container":null,"pid":700},"#,
                 r#""listener_closed":null,"listener_note":"gunicorn (pid 700) listens here","log_example":"connect() failed","log_lines":1,"#,
-                r#""netns":4026531840,"pending":0,"proxy_client":true,"queue":{"len":2,"max":1},"#,
+                r#""netns":4026531840,"pending":0,"ports":null,"proxy_client":true,"queue":{"len":2,"max":1},"#,
                 r#""syn_overflows":[{"at":"2024-05-01T10:01:03.000Z","len":2,"listener":{"comm":"gunicorn","pid":700},"max":1}],"#,
                 r#""target":"127.0.0.1:8000","timeline":[{"at":"2024-05-01T10:01:01.000Z","comm":"gunicorn","detail":"backlog 1","pid":700,"what":"listen"}],"#,
-                r#""type":"finding","uids":[33],"upstream":"backend"}"#
+                r#""type":"finding","uids":[33],"upstream":"backend","upstream_process":null}"#
             )
         );
         // Not measured: null, as documented.
