@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use crate::event::{ConnEnd, Event, EventBody, FlowAddr, TaskInfo, Target};
 
 use super::aggregation::AfterConnect;
+use super::attempt::{FlowEvidenceKind, FlowKey};
 use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{AttemptRecord, ConnectionFacts, Death, DeathHow, Outcome, PortsFacts, ProcessRef};
@@ -208,6 +209,10 @@ impl Engine {
         let mut facts = n.facts;
         let death = upstream.as_ref().and_then(death_of);
         facts.upstream_died = death.is_some();
+        facts.handshake_overflow = self.flow_buffer.get(&FlowKey::of(&n.flow)).iter().any(|(_, e)| {
+            e.ts_ns + AFTER_GRACE_NS >= n.start_ns
+                && matches!(&e.kind, FlowEvidenceKind::Dropped { reason } if reason == "TCP_LISTEN_OVERFLOW")
+        });
         let Some(cause) = classify_after_connect(&facts) else { return };
         let holder = self.after.holders.get(&n.flow).cloned();
         let upstream_process = match (&upstream, &holder) {
@@ -249,7 +254,9 @@ impl Engine {
             errno: if cause == Cause::PortsExhausted { 99 } else { n.sk_err },
         };
         let after = AfterConnect { upstream_process, death, connection, ports };
-        self.aggregate(&(cause, target, n.netns), &record, |st| st.after = Some(after));
+        // A backlog finding keeps its own facts (its queue, its listener).
+        let after = (cause != Cause::BacklogFull).then_some(after);
+        self.aggregate(&(cause, target, n.netns), &record, |st| st.after = after.or(st.after.take()));
         self.push_ready(record);
     }
 }
@@ -309,6 +316,7 @@ fn evidence_of(f: &ConnFacts, upstream: Option<&UpstreamSide>, death: Option<&De
         }
     };
     set(Evidence::NoLocalPort, f.no_local_port);
+    set(Evidence::Dropped { reason: "TCP_LISTEN_OVERFLOW".into(), to_client: false }, f.handshake_overflow);
     set(Evidence::FinBeforeResponse, f.fin_before_response);
     set(Evidence::ResetOnConnection, f.reset);
     set(Evidence::ResetAfterUpstreamFin, f.reset_after_fin);

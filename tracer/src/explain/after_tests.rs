@@ -263,6 +263,18 @@ fn a_connect_without_a_free_port_is_ports_exhausted_with_the_range() {
 }
 
 #[test]
+fn a_third_ack_dropped_at_a_full_queue_makes_the_later_timeout_backlog_full() {
+    // Nginx's connect succeeded (SYN-ACK), the ACK and the request were dropped by the full
+    // listener: the connection never reached a worker, and Nginx gave up later.
+    let drop = dropped(10 * S + 2 * MS, nginx_flow(), "TCP_LISTEN_OVERFLOW");
+    let (e, _) = run(&[drop, nginx_end(70 * S, ConnEnd::LocalFin, 0, false, 0, None)]);
+    let f = only(&e);
+    assert_finding(&f, Cause::BacklogFull, 1, &[812], None);
+    assert_eq!(f.evidence.get(&dropped_for("TCP_LISTEN_OVERFLOW")), 1);
+    assert_eq!(f.connection, None);
+}
+
+#[test]
 fn an_oom_kill_is_told_as_such() {
     let w = worker();
     let oom = Some(FatalSignal { signal: 9, ts_ns: 11 * S - MS, sender: task(1234, "python3"), oom: true });

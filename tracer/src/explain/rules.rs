@@ -110,6 +110,10 @@ pub fn classify_tcp(f: &TcpFacts) -> Option<(Cause, Option<RejectKind>)> {
 pub struct ConnFacts {
     /// connect() found no free local port (EADDRNOTAVAIL): the attempt closed unbound.
     pub no_local_port: bool,
+    /// The upstream's listener dropped a packet of this connection with TCP_LISTEN_OVERFLOW:
+    /// the handshake's last ACK (or the request) came while its accept queue was full, so the
+    /// connection Nginx believed established never reached the upstream process.
+    pub handshake_overflow: bool,
     /// Nginx's socket got the upstream's FIN before any response byte.
     pub fin_before_response: bool,
     /// Nginx's socket was reset (a reset received: sk_err set).
@@ -134,25 +138,30 @@ pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
     if f.no_local_port {
         return Some(PortsExhausted);
     }
-    // 2. The upstream's process died holding the connection: whatever Nginx then saw (a FIN,
+    // 2. The connection never left the listener's full queue: whatever Nginx saw later (a
+    //    timeout, a reset), the full accept queue is the cause.
+    if f.handshake_overflow {
+        return Some(BacklogFull);
+    }
+    // 3. The upstream's process died holding the connection: whatever Nginx then saw (a FIN,
     //    a reset, or a reset after writing), the death is the cause.
     if f.upstream_died {
         return Some(UpstreamKilled);
     }
-    // 3. A reset after the upstream's FIN on a connection that had carried responses before:
+    // 4. A reset after the upstream's FIN on a connection that had carried responses before:
     //    Nginx reused a kept-alive connection the upstream had closed when idle.
     if f.reset_after_fin && f.nginx_received > 0 {
         return Some(KeepaliveRace);
     }
-    // 4. A live upstream (or its host) reset the connection.
+    // 5. A live upstream (or its host) reset the connection.
     if f.reset {
         return Some(UpstreamReset);
     }
-    // 5. A live upstream closed before answering.
+    // 6. A live upstream closed before answering.
     if f.fin_before_response {
         return Some(UpstreamClosed);
     }
-    // 6. Nginx gave up without a response byte: its read timeout.
+    // 7. Nginx gave up without a response byte: its read timeout.
     if f.nginx_closed && f.nginx_received == 0 {
         return Some(UpstreamTimeout);
     }
