@@ -387,3 +387,8 @@ fn operator_context_names_upstream_log_lines_and_unlistened_targets() {
     let run = other.finish();
     assert!(run.findings().is_empty(), "--netns {host_inode} filters out the test namespace: {}", run.stdout);
 }
+
+/// Issue 12: failures after the connect (a worker crash or kill, a reset, a keep-alive race,
+/// no free local port, a read timeout).
+#[path = "nginx/after_connect.rs"]
+mod after_connect;

@@ -3,8 +3,9 @@
 //! In a fresh network namespace `tracer-demo`: Gunicorn (a tiny WSGI app) on 127.0.0.1:8000
 //! and Nginx on 127.0.0.1:8080 proxying to it. tracer runs in the host namespace (it sees
 //! every namespace). A healthy request, then Gunicorn is SIGKILLed, a request gets 502, and
-//! Nginx's error-log line is shown beside tracer's explanation; SIGINT to tracer shows its
-//! final report. Everything is cleaned up on every exit path, Ctrl-C included (a signal
+//! Nginx's error-log line is shown beside tracer's explanation; then firewall rules, and a
+//! request whose handler segfaults after Nginx connected; SIGINT to tracer shows its final
+//! report. Everything is cleaned up on every exit path, Ctrl-C included (a signal
 //! handler sets a flag every wait checks; a guard's Drop kills and deletes). Every wait has a
 //! timeout.
 use std::{
@@ -120,7 +121,12 @@ impl Drop for Stack {
     }
 }
 
+/// `/crash` dies of a fault in native code (SIGSEGV: a NULL read through ctypes), as a
+/// broken C extension does, with Nginx's request in hand.
 const APP: &str = r#"def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/crash":
+        import ctypes
+        ctypes.string_at(0)
     body = b"hello from gunicorn\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
@@ -197,12 +203,13 @@ fn nft(ns: &Netns, args: &[&str]) -> Result<()> {
     run(ns.command("nft").args(args))
 }
 
-/// One request through Nginx with a caption: Nginx's status, the error-log lines it wrote,
-/// and a pause so tracer's explanation (printed by its reader thread) appears beside them.
-fn request_and_show(ns: &Netns, tmp: &Path, what: &str) -> Result<()> {
+/// One request for `path` through Nginx with a caption: Nginx's status, the error-log lines
+/// it wrote, and a pause so tracer's explanation (printed by its reader thread) appears
+/// beside them.
+fn request_and_show(ns: &Netns, tmp: &Path, path: &str, what: &str) -> Result<()> {
     let log_before = fs::read_to_string(tmp.join("error.log")).unwrap_or_default().len();
     caption(what);
-    let code = curl(ns, &format!("http://{FRONT}/"))?;
+    let code = curl(ns, &format!("http://{FRONT}{path}"))?;
     let name = match code.as_str() {
         "502" => " Bad Gateway",
         "504" => " Gateway Timeout",
@@ -326,7 +333,7 @@ pub fn demo() -> Result<()> {
         let _ = wait_timeout(g, Duration::from_secs(5));
     }
     pause(Duration::from_millis(500))?;
-    request_and_show(ns, &tmp, "the same request again")?;
+    request_and_show(ns, &tmp, "/", "the same request again")?;
 
     caption("restarting Gunicorn");
     let mut g = start_gunicorn(ns, &gunicorn, &tmp, "gunicorn2.log")?;
@@ -340,14 +347,26 @@ pub fn demo() -> Result<()> {
     nft(ns, &["add", "table", "inet", "tracer_demo"])?;
     nft(ns, &["add", "chain", "inet", "tracer_demo", "out", "{ type filter hook output priority 0; }"])?;
     nft(ns, &["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "reject", "with", "tcp", "reset"])?;
-    request_and_show(ns, &tmp, "the request: Nginx sees 'Connection refused' exactly as for a dead listener")?;
+    request_and_show(ns, &tmp, "/", "the request: Nginx sees 'Connection refused' exactly as for a dead listener")?;
     nft(ns, &["flush", "chain", "inet", "tracer_demo", "out"])?;
 
     caption("now an nftables rule silently DROPS them (Nginx waits proxy_connect_timeout, 3 s)");
     nft(ns, &["add", "rule", "inet", "tracer_demo", "out", "tcp", "dport", "8000", "drop"])?;
-    request_and_show(ns, &tmp, "the request")?;
+    request_and_show(ns, &tmp, "/", "the request")?;
     nft(ns, &["delete", "table", "inet", "tracer_demo"])?;
     println!("rule removed; Nginx answered {}", curl(ns, &format!("http://{FRONT}/"))?);
+
+    // After the connect: the connection exists, Nginx sent the request, and the worker dies.
+    let workers = stack.gunicorn.as_ref().map(|g| children_of(g.id())).unwrap_or_default();
+    caption(&format!(
+        "now a request whose handler crashes in native code: curl http://{FRONT}/crash (Gunicorn worker(s) {workers:?})"
+    ));
+    request_and_show(
+        ns,
+        &tmp,
+        "/crash",
+        "the request: Nginx only sees the connection close; the kernel saw the worker die of SIGSEGV",
+    )?;
 
     caption("stopping tracer (SIGINT): its final report");
     let clean = stack.stop_tracer();

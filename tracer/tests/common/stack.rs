@@ -28,10 +28,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The WSGI app: answers 200 after `SLOW` seconds (0 by default), so a test can make one
-/// sync worker busy enough for the accept queue to overflow.
+/// sync worker busy enough for the accept queue to overflow. `/crash` dies of a fault in
+/// native code (SIGSEGV: a NULL read through ctypes), the way a broken C extension does.
 const APP: &str = r#"import os, time
 SLOW = float(os.environ.get("SLOW", "0"))
 def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/crash":
+        import ctypes
+        ctypes.string_at(0)
     if SLOW:
         time.sleep(SLOW)
     body = b"hello from gunicorn\n"
@@ -67,11 +71,24 @@ pub struct GunicornOpts<'a> {
     pub slow_s: f64,
     /// Gunicorn's --umask (decides a Unix socket file's mode).
     pub umask: Option<&'a str>,
+    /// Threads per worker: the gthread worker class, which (unlike sync) serves several
+    /// requests at once and keeps HTTP/1.1 connections alive.
+    pub threads: Option<u32>,
+    /// --keep-alive: seconds a gthread worker keeps an idle connection open.
+    pub keep_alive: Option<u32>,
 }
 
 impl Default for GunicornOpts<'_> {
     fn default() -> Self {
-        GunicornOpts { bind: "127.0.0.1:8000", workers: 2, backlog: None, slow_s: 0.0, umask: None }
+        GunicornOpts {
+            bind: "127.0.0.1:8000",
+            workers: 2,
+            backlog: None,
+            slow_s: 0.0,
+            umask: None,
+            threads: None,
+            keep_alive: None,
+        }
     }
 }
 
@@ -183,6 +200,12 @@ impl Netns {
         if let Some(u) = o.umask {
             args.extend(["--umask".into(), u.into()]);
         }
+        if let Some(t) = o.threads {
+            args.extend(["--worker-class".into(), "gthread".into(), "--threads".into(), t.to_string()]);
+        }
+        if let Some(k) = o.keep_alive {
+            args.extend(["--keep-alive".into(), k.to_string()]);
+        }
         args.push("app:app".into());
         let log = dir.0.join("gunicorn.log");
         let mut child = self.spawn_in(&gunicorn_bin(), &args, &log);
@@ -207,6 +230,18 @@ impl Netns {
 
     /// The same, with extra text inside `http { }` (upstream blocks, more servers).
     pub fn nginx_with(&self, dir: &TempDir, proxy_pass: &str, connect_timeout: &str, extra_http: &str) -> Nginx {
+        self.nginx_read_timeout(dir, proxy_pass, connect_timeout, "30s", extra_http)
+    }
+
+    /// The same, with `proxy_read_timeout <read_timeout>` (how long Nginx waits for a response).
+    pub fn nginx_read_timeout(
+        &self,
+        dir: &TempDir,
+        proxy_pass: &str,
+        connect_timeout: &str,
+        read_timeout: &str,
+        extra_http: &str,
+    ) -> Nginx {
         let listen = format!("127.0.0.1:{FRONT_PORT}");
         let conf = xtask::kit::NginxConf {
             dir: &dir.0,
@@ -218,7 +253,7 @@ impl Netns {
             listen: &listen,
             proxy_pass,
             connect_timeout,
-            read_timeout: Some("30s"),
+            read_timeout: Some(read_timeout),
         }
         .render();
         let conf_path = dir.0.join("nginx.conf");
