@@ -374,7 +374,8 @@ mod tests {
                 r#""netns":4026531840,"pending":0,"proxy_client":true,"queue":{"len":2,"max":1},"#,
                 r#""syn_overflows":[{"at":"2024-05-01T10:01:03.000Z","len":2,"listener":{"comm":"gunicorn","pid":700},"max":1}],"#,
                 r#""target":"127.0.0.1:8000","timeline":[{"at":"2024-05-01T10:01:01.000Z","comm":"gunicorn","detail":"backlog 1","pid":700,"what":"listen"}],"#,
-                r#""type":"finding","uids":[33],"upstream":"backend"}"#
+                r#""type":"finding","uids":[33],"upstream":"backend","#,
+                r#""upstream_process":null,"death":null,"connection":null,"ports":null}"#
             )
         );
         // Not measured: null, as documented.
