@@ -56,7 +56,13 @@ fn cause_names_are_the_stable_snake_case_contract() {
             "unix_stale",
             "unix_backlog_full",
             "unix_permission_denied",
-            "no_response"
+            "no_response",
+            "upstream_killed",
+            "upstream_reset",
+            "upstream_closed",
+            "keepalive_race",
+            "ports_exhausted",
+            "upstream_timeout"
         ]
     );
     for c in Cause::ALL {
