@@ -7,7 +7,7 @@
 //! What it exports:
 //!
 //! ```text
-//! tracer_failed_connections_total{cause,target,upstream,client_comm}   attempts that failed
+//! tracer_failed_connections_total{cause,target,upstream,client_comm}   attempts and connections that failed
 //! tracer_delayed_connections_total{cause,target,upstream,client_comm}  attempts that connected late
 //! tracer_listener_queue_length{target}, tracer_listener_queue_max{target}
 //!                                                 the latest accept queue a finding measured
@@ -256,7 +256,7 @@ impl Metrics {
         // backslash or newline, so they need no escaping in either format.
         r.register(
             "tracer_failed_connections",
-            "Upstream connection attempts that failed, by cause, target, Nginx upstream name and client command",
+            "Upstream connections that failed (connect attempts, and connections that ended without a response), by cause, target, Nginx upstream name and client command",
             failed.clone(),
         );
         r.register(
@@ -585,6 +585,24 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn every_cause_has_its_own_label_value() {
+        let m = Metrics::new();
+        let (_, a) = engine_sample("nginx");
+        for cause in Cause::ALL {
+            let mut each = a.clone();
+            each.cause = cause;
+            m.observe_attempt(&each);
+        }
+        let text = m.render(Format::PrometheusText);
+        for cause in Cause::ALL {
+            let series = format!(r#"tracer_failed_connections_total{{cause="{}",target="unix:/run/app.sock",upstream="",client_comm="nginx"}} 1"#, cause.as_str());
+            assert!(text.contains(&series), "{series} missing:\n{text}");
+        }
+        let names: std::collections::HashSet<&str> = Cause::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), Cause::ALL.len(), "two causes share a label value");
     }
 
     #[test]

@@ -99,7 +99,8 @@ pub struct Row {
     pub pending: u64,
     /// Attempts per cause, most first.
     pub by_cause: Vec<(Cause, u64)>,
-    /// Who listens (or last listened) on the target, from the most recent finding naming one.
+    /// Who listens (or last listened) on the target, from the most recent finding naming one;
+    /// for after-connect findings without a listener, the process that held the connection.
     pub listener: Option<ProcessRef>,
     /// The accept queue, from the most recent finding that measured one.
     pub queue: Option<Queue>,
@@ -131,7 +132,7 @@ pub fn rows(findings: &[Named], sort: SortBy) -> Vec<Row> {
                 attempts: fs.iter().map(|f| f.count).sum(),
                 pending: fs.iter().map(|f| f.pending).sum(),
                 by_cause,
-                listener: fs.iter().find_map(|f| f.listener.clone()),
+                listener: fs.iter().find_map(|f| f.listener.clone()).or_else(|| fs.iter().find_map(|f| f.upstream_process.clone())),
                 queue: fs.iter().find_map(|f| f.queue),
                 last_cause: fs[0].cause,
                 last_seen_ns: fs[0].last_seen_ns,
@@ -533,6 +534,32 @@ mod tests {
 
     fn targets(rows: &[Row]) -> Vec<String> {
         rows.iter().map(|r| r.target.to_string()).collect()
+    }
+
+    #[test]
+    fn every_cause_has_a_row_that_names_it() {
+        let all: Vec<Finding> = Cause::ALL.iter().enumerate().map(|(i, c)| finding(*c, &format!("127.0.0.1:{}", 8000 + i), 1, 10)).collect();
+        let rows = rows(&named(&all), SortBy::Target);
+        assert_eq!(rows.len(), Cause::ALL.len());
+        for (r, cause) in rows.iter().zip(Cause::ALL) {
+            let c = cells(r, &Clock::fixed(0), 11 * S);
+            assert_eq!(c[4], format!("{} 1", cause.as_str()), "{c:?}");
+            assert!(c[7].starts_with(cause.as_str()), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn after_connect_rows_name_the_upstream_process_when_no_listener_is_known() {
+        let mut killed = finding(Cause::UpstreamKilled, "127.0.0.1:8000", 2, 20);
+        killed.upstream_process = Some(ProcessRef { pid: 701, comm: "gunicorn".into() });
+        let r = &rows(&named(&[killed.clone()]), SortBy::Attempts)[0];
+        assert_eq!(r.listener, Some(ProcessRef { pid: 701, comm: "gunicorn".into() }));
+        assert_eq!(cells(r, &Clock::fixed(0), 21 * S)[5], "gunicorn 701");
+        // A known listener still comes first.
+        let mut dead = finding(Cause::DeadListener, "127.0.0.1:8000", 1, 10);
+        dead.listener = Some(gunicorn());
+        let r = &rows(&named(&[killed, dead]), SortBy::Attempts)[0];
+        assert_eq!(r.listener, Some(gunicorn()));
     }
 
     #[test]

@@ -2,21 +2,27 @@
 //! namespace), their owners via /proc, and the ListenOverflows counters. This is the I/O edge:
 //! it reads the clock and /proc, and hands the engine plain events.
 
+pub mod after_connect;
 pub mod cgroup;
 pub mod netns;
 pub mod owners;
 pub mod sockdiag;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::net::SocketAddr;
 
-use crate::event::{Event, EventBody, Queue, Target, TaskInfo};
+use crate::event::{Event, EventBody, FlowAddr, Queue, Target, TaskInfo};
 
 #[allow(unused_imports)] // the capture loop's entry point; used by tests until then
 pub use netns::netns_inode_of_pid;
 use netns::{own_netns_inode, NetnsRegistry};
+use after_connect::{parse_port_range, Measurement};
 use owners::OwnerCache;
-use sockdiag::{tcp_match_rank, DiagSocket};
+use sockdiag::{tcp_match_rank, tcp_state_name, DiagSocket, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
+
+/// Where a network namespace's local port range is (answers for the reader's namespace).
+const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so userspace and kernel
 /// timestamps compare directly.
@@ -138,6 +144,76 @@ impl Enricher {
             }
         }
         events
+    }
+
+    /// Makes measurement `m` (see `after_connect`), as an event at `ts_ns`; None when it
+    /// cannot be made (namespace gone, socket gone, no permission).
+    pub fn measure(&mut self, m: Measurement, ts_ns: u64) -> Option<Event> {
+        match m {
+            Measurement::Ports { netns, target } => self.ports_in_use(netns, target, ts_ns),
+            Measurement::Holder { netns, flow } => self.conn_holder(netns, flow, ts_ns),
+        }
+    }
+
+    /// `PortsInUse`: namespace `netns`'s `ip_local_port_range` (read from inside it) and its
+    /// TCP sockets towards `target` by state.
+    pub fn ports_in_use(&mut self, netns: u32, target: SocketAddr, ts_ns: u64) -> Option<Event> {
+        let text = if Some(netns) == self.own_netns {
+            fs::read_to_string(PORT_RANGE_PATH)
+        } else {
+            netns::read_in_netns(self.namespaces.handle(netns)?, PORT_RANGE_PATH)
+        };
+        let range = match text {
+            Ok(text) => parse_port_range(&text)?,
+            Err(e) => {
+                log::debug!("{PORT_RANGE_PATH} in netns {netns}: {e}");
+                return None;
+            }
+        };
+        let connections = match self.diag_socket(netns)?.tcp_connections_to(target) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("sock_diag in netns {netns}: {e}");
+                self.diag_sockets.remove(&netns);
+                return None;
+            }
+        };
+        let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+        for c in connections {
+            *by_state.entry(tcp_state_name(c.state).to_string()).or_default() += 1;
+        }
+        Some(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body: EventBody::PortsInUse { target, range, by_state } })
+    }
+
+    /// `ConnHolder`: who holds the upstream's end of `flow` (Nginx's view: src = Nginx,
+    /// dst = the upstream) in namespace `netns`, and that process's state. A connection no
+    /// process holds yet still waits in the listener's accept queue (`in_queue`). None when
+    /// the upstream's socket is gone, or was closed by its process (an orphan: no holder).
+    pub fn conn_holder(&mut self, netns: u32, flow: FlowAddr, ts_ns: u64) -> Option<Event> {
+        let found = match self.diag_socket(netns)?.tcp_connection(flow.dst, flow.src) {
+            Ok(found) => found?,
+            Err(e) => {
+                log::debug!("sock_diag in netns {netns}: {e}");
+                self.diag_sockets.remove(&netns);
+                return None;
+            }
+        };
+        if found.inode == 0 {
+            // No file: a connection not accepted yet (its child socket in the accept queue is
+            // established, or CLOSE_WAIT once Nginx's FIN came), else TIME_WAIT or an orphan
+            // its process closed.
+            if !matches!(found.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
+                return None;
+            }
+            let body = EventBody::ConnHolder { flow, state: None, in_queue: true };
+            return Some(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body });
+        }
+        let inode = u64::from(found.inode);
+        // One /proc scan, not cached: connections come and go (the cache is for listeners).
+        let task = owners::scan_socket_owners(&HashSet::from([inode])).remove(&inode)?;
+        // The kernel's own words for the state (`S (sleeping)`), from a fixed table.
+        let state = procfs::process::Process::new(i32::try_from(task.pid).ok()?).and_then(|p| p.status()).ok().map(|s| s.state);
+        Some(Event { ts_ns, netns, sock: 0, task, body: EventBody::ConnHolder { flow, state, in_queue: false } })
     }
 
     /// The sock_diag socket of namespace `netns`, created on first use.

@@ -22,6 +22,21 @@ fn inode_of(ns_path: &str) -> Option<u32> {
     u32::try_from(fs::metadata(ns_path).ok()?.ino()).ok()
 }
 
+/// The text of a file read from inside network namespace `netns` (an open /proc/PID/ns/net).
+/// /proc/sys/net answers for the namespace of the task that opens it, so a short-lived thread
+/// enters the namespace (setns affects only the calling thread), reads and exits.
+pub fn read_in_netns(netns: BorrowedFd<'_>, path: &str) -> std::io::Result<String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                fs::read_to_string(path)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("netns reader thread panicked")))
+    })
+}
+
 /// Every pid in /proc, ascending (lowest first: usually the parent of a process family).
 pub fn all_pids() -> Vec<u32> {
     // Each `Process` holds an fd on its /proc directory: keep only the pid.

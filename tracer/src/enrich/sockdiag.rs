@@ -46,6 +46,53 @@ pub struct UnixListenerInfo {
     pub queue: Queue,
 }
 
+/// A TCP socket other than a listener (a connection, or one in TIME_WAIT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpConnInfo {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// The kernel's TCP state number (`TCP_ESTABLISHED` = 1 ...): see `tcp_state_name`.
+    pub state: u8,
+    /// Socket inode; 0 for TIME_WAIT sockets and orphans (no file, hence no process).
+    pub inode: u32,
+}
+
+/// The kernel's name of a TCP state number (as `ss` and /proc/net/tcp tell them), `UNKNOWN`
+/// for a number this table does not know.
+pub fn tcp_state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+
+/// The sock_diag family of an address: AF_INET for IPv4 and IPv4-mapped IPv6 (such a peer is
+/// reached through an IPv4 socket, or a dual-stack one the IPv4 lookup also finds).
+fn family_of(addr: SocketAddr) -> (u8, SocketId) {
+    match addr.ip().to_canonical() {
+        IpAddr::V4(_) => (AF_INET, SocketId::new_v4()),
+        IpAddr::V6(_) => (AF_INET6, SocketId::new_v6()),
+    }
+}
+
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// A sock_diag netlink socket bound to one network namespace.
 pub struct DiagSocket {
     socket: Socket,
@@ -138,11 +185,66 @@ impl DiagSocket {
         Ok(listeners)
     }
 
+    /// Every TCP socket but listeners whose remote end is `remote` (IPv4-mapped addresses
+    /// compared as IPv4), TIME_WAIT included.
+    pub fn tcp_connections_to(&mut self, remote: SocketAddr) -> io::Result<Vec<TcpConnInfo>> {
+        let (family, socket_id) = family_of(remote);
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: inet::StateFlags::all() - inet::StateFlags::LISTEN,
+            socket_id,
+        });
+        let remote = canonical(remote);
+        Ok(self
+            .dump(request)?
+            .iter()
+            .filter_map(tcp_conn_info)
+            .filter(|c| c.remote == remote)
+            .collect())
+    }
+
+    /// The TCP socket whose local end is `local` and remote end `remote`, if there is one: one
+    /// exact lookup in the kernel's hash (no dump).
+    pub fn tcp_connection(&mut self, local: SocketAddr, remote: SocketAddr) -> io::Result<Option<TcpConnInfo>> {
+        let (family, mut socket_id) = family_of(local);
+        let (local, remote) = (canonical(local), canonical(remote));
+        socket_id.source_address = local.ip();
+        socket_id.source_port = local.port();
+        socket_id.destination_address = remote.ip();
+        socket_id.destination_port = remote.port();
+        // INET_DIAG_NOCOOKIE: any socket of these addresses.
+        socket_id.cookie = [0xff; 8];
+        let request = SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: inet::StateFlags::all(),
+            socket_id,
+        });
+        let replies = match self.exchange(request, NLM_F_REQUEST) {
+            Ok(replies) => replies,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // The kernel's lookup falls back to a listener on the local address when no
+        // connection matches: only the exact pair counts.
+        Ok(replies.iter().filter_map(tcp_conn_info).find(|c| c.local == local && c.remote == remote))
+    }
+
     /// Sends one dump request and collects the replies up to NLMSG_DONE.
     fn dump(&mut self, request: SockDiagMessage) -> io::Result<Vec<SockDiagMessage>> {
+        self.exchange(request, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// Sends one request and collects the replies: up to NLMSG_DONE for a dump, the first
+    /// message for an exact lookup (which gets one reply, or an error, and no NLMSG_DONE).
+    fn exchange(&mut self, request: SockDiagMessage, flags: u16) -> io::Result<Vec<SockDiagMessage>> {
+        let is_dump = flags & NLM_F_DUMP != 0;
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.flags = flags;
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(request));
         packet.finalize();
@@ -182,7 +284,12 @@ impl DiagSocket {
                             None => io::Error::other("sock_diag: unexpected ACK"),
                         })
                     }
-                    NetlinkPayload::InnerMessage(m) => replies.push(m),
+                    NetlinkPayload::InnerMessage(m) => {
+                        replies.push(m);
+                        if !is_dump {
+                            return Ok(replies);
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -194,6 +301,18 @@ impl AsFd for DiagSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
+}
+
+/// A sock_diag TCP reply as a connection (None for other replies).
+fn tcp_conn_info(message: &SockDiagMessage) -> Option<TcpConnInfo> {
+    let SockDiagMessage::InetResponse(response) = message else { return None };
+    let h = &response.header;
+    Some(TcpConnInfo {
+        local: canonical(SocketAddr::new(h.socket_id.source_address, h.socket_id.source_port)),
+        remote: canonical(SocketAddr::new(h.socket_id.destination_address, h.socket_id.destination_port)),
+        state: h.state,
+        inode: h.inode,
+    })
 }
 
 fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {

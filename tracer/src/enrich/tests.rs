@@ -270,3 +270,106 @@ fn finds_listener_in_another_namespace() {
     drop(guard);
     assert!(!fs::read_dir("/run/netns").map(|d| d.flatten().any(|e| e.file_name() == NAME)).unwrap_or(false));
 }
+
+#[test]
+fn measures_ports_towards_a_target_in_own_namespace() {
+    if !is_root("measures_ports_towards_a_target_in_own_namespace") {
+        return;
+    }
+    let own_netns = netns_inode_of_pid(std::process::id()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    // Three connections towards the target (blocking connects: established on return); the
+    // listener's accepted ends point the other way and are not counted.
+    let clients: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(target).unwrap()).collect();
+    let _accepted = listener.accept().unwrap();
+    let mut enricher = Enricher::new();
+    let event = enricher.ports_in_use(own_netns, target, 42).expect("measured");
+    let own_range = after_connect::parse_port_range(&fs::read_to_string(PORT_RANGE_PATH).unwrap()).unwrap();
+    let held: BTreeMap<String, u64> = [("ESTABLISHED".to_string(), 3)].into_iter().collect();
+    assert_eq!((event.ts_ns, event.netns), (42, own_netns));
+    assert_eq!(event.body, EventBody::PortsInUse { target, range: own_range, by_state: held });
+    drop(clients);
+    assert!(enricher.ports_in_use(1, target, 42).is_none(), "no namespace has inode 1");
+}
+
+#[test]
+fn reads_the_port_range_from_inside_another_namespace() {
+    if !is_root("reads_the_port_range_from_inside_another_namespace") {
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        note!("skipped reads_the_port_range_from_inside_another_namespace: no `ip` command (iproute2)");
+        return;
+    }
+    let Some(python) = ["/usr/bin/python3", "python3"].into_iter().find(|p| Command::new(p).arg("-V").output().is_ok_and(|o| o.status.success())) else {
+        note!("skipped reads_the_port_range_from_inside_another_namespace: no python3");
+        return;
+    };
+    const NAME: &str = "tracer-enrich-ports";
+    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
+    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
+    let mut guard = NetnsGuard { name: NAME, child: None };
+    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    assert!(ip(&["netns", "exec", NAME, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 40003"]));
+    // Two connections to its own listener: their local ports come from the 4-port range.
+    let script = "import socket,time\n\
+                  s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(5)\n\
+                  c=[socket.create_connection(s.getsockname()) for _ in range(2)]\n\
+                  print(s.getsockname()[1], flush=True)\n\
+                  time.sleep(120)\n";
+    let child = Command::new("ip").args(["netns", "exec", NAME, python, "-c", script]).stdout(Stdio::piped()).spawn().expect("spawn ip netns exec");
+    let pid = child.id();
+    let child = guard.child.insert(child);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("python printed {line:?}"));
+    let netns = netns_inode_of_pid(pid).expect("python's netns");
+    assert_ne!(Some(netns), netns_inode_of_pid(std::process::id()));
+
+    let target = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut enricher = Enricher::new();
+    let event = enricher.ports_in_use(netns, target, 7).expect("measured in the test namespace");
+    let held: BTreeMap<String, u64> = [("ESTABLISHED".to_string(), 2)].into_iter().collect();
+    assert_eq!(event.netns, netns);
+    assert_eq!(event.body, EventBody::PortsInUse { target, range: (40000, 40003), by_state: held });
+    drop(guard);
+}
+
+#[test]
+fn finds_who_holds_a_connection_and_when_none_does_yet() {
+    if !is_root("finds_who_holds_a_connection_and_when_none_does_yet") {
+        return;
+    }
+    let own_netns = netns_inode_of_pid(std::process::id()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let client = std::net::TcpStream::connect(upstream).unwrap();
+    // Nginx's view: src = the client's end, dst = the upstream.
+    let flow = FlowAddr { src: client.local_addr().unwrap(), dst: upstream };
+    let mut enricher = Enricher::new();
+
+    // Not accepted yet: no process holds the upstream's end.
+    let event = enricher.conn_holder(own_netns, flow, 9).expect("the queued connection");
+    assert_eq!(event.task.pid, 0, "{event:?}");
+    assert_eq!((event.ts_ns, event.netns), (9, own_netns));
+    assert_eq!(event.body, EventBody::ConnHolder { flow, state: None, in_queue: true });
+
+    // Accepted: this process holds it, and its state is read.
+    let (accepted, _) = listener.accept().unwrap();
+    let event = enricher.conn_holder(own_netns, flow, 9).expect("the accepted connection");
+    assert_eq!(event.task.pid, std::process::id(), "{event:?}");
+    assert!(!event.task.comm.is_empty());
+    let EventBody::ConnHolder { flow: seen, state, in_queue } = &event.body else { panic!("{event:?}") };
+    assert_eq!((*seen, *in_queue), (flow, false));
+    let state = state.as_deref().expect("state read");
+    assert!(state.starts_with("R (") || state.starts_with("S ("), "{state}");
+
+    // A flow nobody has: nothing (the kernel's fallback to the listener is not taken).
+    let stranger = FlowAddr { src: SocketAddr::from(([127, 0, 0, 1], 1)), dst: upstream };
+    assert!(enricher.conn_holder(own_netns, stranger, 9).is_none());
+    // Closed by its holder: an orphan finishing alone, no holder.
+    drop(accepted);
+    assert!(enricher.conn_holder(own_netns, flow, 9).is_none());
+    drop(client);
+}

@@ -370,7 +370,7 @@ mod tests {
     #[test]
     fn everything_available_sees_every_cause() {
         let rows = cause_visibility(&|_| true, true);
-        assert_eq!(rows.len(), 16);
+        assert_eq!(rows.len(), Cause::ALL.len());
         assert!(rows.iter().all(|r| r.seen == Seen::Yes), "{rows:?}");
         assert!(rows[1].how.contains("TCP_LISTEN_OVERFLOW"));
         assert!(rows[1].how.contains("tcp_conn_request"));

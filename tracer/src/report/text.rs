@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Write};
 
-use crate::explain::{unsafe_for_terminal, AttemptRecord, EvidenceCounts, Finding};
+use crate::explain::{duration, unsafe_for_terminal, AttemptRecord, ConnectionFacts, Death, DeathHow, EvidenceCounts, Finding, PortsFacts};
 use crate::event::KindCounts;
 
 use super::{Clock, Summary};
@@ -202,7 +202,17 @@ fn group_line(g: &Group<'_>, clock: &Clock) -> String {
             let more = if pids.len() > 3 { format!(" and {} more", pids.len() - 3) } else { String::new() };
             format!("listener {} (pid {}{more})", escape(comm), shown.join(", "))
         }
-        None => "no listener named".to_string(),
+        // After the connect the listener may be unknown, the process that held the
+        // connection not: name that one.
+        None => match g.findings.iter().find_map(|f| f.upstream_process.as_ref()) {
+            Some(p) => {
+                let pids: BTreeSet<u32> = g.findings.iter().filter_map(|f| f.upstream_process.as_ref()).filter(|u| u.comm == p.comm).map(|u| u.pid).collect();
+                let shown: Vec<String> = pids.iter().take(3).map(|p| p.to_string()).collect();
+                let more = if pids.len() > 3 { format!(" and {} more", pids.len() - 3) } else { String::new() };
+                format!("upstream process {} (pid {}{more})", escape(&p.comm), shown.join(", "))
+            }
+            None => "no listener named".to_string(),
+        },
     };
     let client = if g.proxy_client { String::new() } else { format!("; clients {}", clients_phrase(&g.findings)) };
     format!(
@@ -223,8 +233,21 @@ fn one_line(f: &Finding, clock: &Clock, show_netns: bool) -> String {
         escape(&f.target.to_string()),
         count_phrase(f),
         when_phrase(f.first_seen_ns, f.last_seen_ns, clock),
-        escape(&f.listener_note)
+        escape(&one_line_about(f))
     )
+}
+
+/// What a one-line row says after the counts: the listener note, or for after-connect
+/// findings without one, the process that held the connection (or the ports).
+fn one_line_about(f: &Finding) -> String {
+    if !f.listener_note.is_empty() {
+        return f.listener_note.clone();
+    }
+    match (&f.upstream_process, &f.ports) {
+        (Some(p), _) => format!("upstream process: {p}"),
+        (None, Some(p)) => format!("ports: {}", ports_phrase(p)),
+        (None, None) => "no listener named".to_string(),
+    }
 }
 
 /// "client is not a proxy: logger (pid 5)" (at most three clients named).
@@ -392,7 +415,10 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
     if let Some(ns) = f.listener_closed_ns {
         listener.push_str(&format!(" [closed at {} UTC]", clock.to_hms_millis(ns)));
     }
-    field(w, "listener:", &listener)?;
+    // After-connect findings may have no listener to speak of: no empty line for it.
+    if !listener.is_empty() || f.listener.is_some() {
+        field(w, "listener:", &listener)?;
+    }
     // The listener's story, one event per line: "10:01:02.123  exit  gunicorn (pid 700): killed by SIGKILL".
     for (i, e) in f.timeline.iter().enumerate() {
         let who = if e.pid != 0 { format!("  {} (pid {})", e.comm, e.pid) } else { String::new() };
@@ -426,12 +452,91 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
             .collect();
         field(w, "accepted after:", &format!("{} (time accepted connections waited in the queue)", parts.join(", ")))?;
     }
+    write_after_connect(w, f)?;
     field(w, "proof:", &counters_phrase(&f.evidence))?;
     if let Some(h) = &f.hint {
         field(w, "hint:", h)?;
     }
     field(w, "why:", &f.detail)?;
     field(w, "fix:", &f.fix)
+}
+
+/// The after-connect facts (and ports_exhausted's): the upstream process, how it died, the
+/// failed connection's counters, and the port range with the sockets holding it.
+fn write_after_connect(w: &mut impl Write, f: &Finding) -> io::Result<()> {
+    if let Some(p) = &f.upstream_process {
+        field(w, "upstream process:", &p.to_string())?;
+    }
+    if let Some(d) = &f.death {
+        field(w, "death:", &death_phrase(d))?;
+    }
+    if let Some(c) = &f.connection {
+        field(w, "connection:", &connection_phrase(c))?;
+        if let Some(ms) = c.idle_ms {
+            field(w, "idle before the upstream closed:", &duration(ms.saturating_mul(1_000_000)))?;
+        }
+        if let Some(r) = &c.reset_reason {
+            field(w, "reset:", r)?;
+        }
+        if let Some(s) = &c.upstream_state {
+            field(w, "upstream state:", s)?;
+        }
+    }
+    if let Some(p) = &f.ports {
+        field(w, "ports:", &ports_phrase(p))?;
+    }
+    Ok(())
+}
+
+/// "crashed with SIGSEGV", "killed with SIGKILL by bash (pid 9)", "killed by its master
+/// gunicorn (pid 699) with SIGABRT (worker timeout)", "OOM kill", "exit status 3".
+fn death_phrase(d: &Death) -> String {
+    let signal = d.signal.as_deref().unwrap_or("a signal");
+    match d.how {
+        DeathHow::Crash => format!("crashed with {signal}"),
+        DeathHow::Oom => "OOM kill".to_string(),
+        DeathHow::WorkerTimeout => match &d.sender {
+            Some(master) => format!("killed by its master {master} with {signal} (worker timeout)"),
+            None => format!("killed by its master with {signal} (worker timeout)"),
+        },
+        DeathHow::Signal => match &d.sender {
+            Some(sender) => format!("killed with {signal} by {sender}"),
+            None => format!("killed with {signal}"),
+        },
+        DeathHow::Exit => match d.exit_status {
+            Some(status) => format!("exit status {status}"),
+            None => "exited".to_string(),
+        },
+    }
+}
+
+/// "ended 1.2 s after the connect; nginx sent 143 B, received 0 B; upstream sent 0 B,
+/// received 143 B" (the upstream's part when its end was seen).
+fn connection_phrase(c: &ConnectionFacts) -> String {
+    let mut s = format!(
+        "ended {} after the connect; nginx sent {} B, received {} B",
+        duration(c.after_ms.saturating_mul(1_000_000)),
+        c.nginx_sent,
+        c.nginx_received
+    );
+    if c.upstream_sent.is_some() || c.upstream_received.is_some() {
+        let bytes = |b: Option<u64>| b.map(|b| format!("{b} B")).unwrap_or_else(|| "?".into());
+        s.push_str(&format!("; upstream sent {}, received {}", bytes(c.upstream_sent), bytes(c.upstream_received)));
+    }
+    s
+}
+
+/// "range 40000-40003 (4 ports); held: 4 ESTABLISHED" (states most first).
+fn ports_phrase(p: &PortsFacts) -> String {
+    let [lo, hi] = p.range;
+    let size = u32::from(hi.saturating_sub(lo)) + 1;
+    let mut held: Vec<(&String, &u64)> = p.held.iter().collect();
+    held.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let held = match held.is_empty() {
+        true => "none".to_string(),
+        false => held.iter().map(|(state, n)| format!("{n} {state}")).collect::<Vec<_>>().join(", "),
+    };
+    format!("range {lo}-{hi} ({size} port{}); held: {held}", if size == 1 { "" } else { "s" })
 }
 
 /// One line per concluded attempt (for `watch`).
@@ -496,9 +601,14 @@ fn counters_phrase(c: &EvidenceCounts) -> String {
 
 /// `  label:      value`, the value wrapped under itself. Values are built from outside
 /// strings (comms, paths, notes and fixes quoting them): escaped here, once, for all fields.
+/// A label longer than the column (`idle before the upstream closed:`) gets one space and
+/// pushes its value right; the value's width shrinks to match, continuation lines included.
 fn field(w: &mut impl Write, label: &str, value: &str) -> io::Result<()> {
-    let head = format!("  {label:<width$}", width = LABEL_WIDTH - 2);
-    let lines = wrap(&escape(value), WIDTH - LABEL_WIDTH);
+    let head = match label.chars().count() + 3 > LABEL_WIDTH {
+        true => format!("  {label} "),
+        false => format!("  {label:<width$}", width = LABEL_WIDTH - 2),
+    };
+    let lines = wrap(&escape(value), WIDTH - head.chars().count().max(LABEL_WIDTH));
     for (i, line) in lines.iter().enumerate() {
         if i == 0 {
             writeln!(w, "{head}{line}")?;
@@ -834,6 +944,149 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  queue:      129/128 (length/backlog) (full)"), "{text}");
+    }
+
+    /// An after-connect finding of `cause` as the engine fills it: no listener, the upstream
+    /// process and the failed connection's facts.
+    fn after_connect_finding(cause: Cause) -> Finding {
+        use crate::explain::ConnectionFacts;
+        let mut f = finding();
+        f.cause = cause;
+        f.count = 1;
+        f.listener = None;
+        f.listener_note = String::new();
+        f.listener_closed_ns = None;
+        f.hint = None;
+        f.evidence = EvidenceCounts::new();
+        f.upstream_process = Some(ProcessRef { pid: 700, comm: "gunicorn".into() });
+        f.connection = Some(ConnectionFacts {
+            after_ms: 1200,
+            nginx_sent: 143,
+            upstream_sent: Some(0),
+            upstream_received: Some(143),
+            ..ConnectionFacts::default()
+        });
+        f
+    }
+
+    fn death(how: crate::explain::DeathHow, signal: Option<&str>, sender: Option<(u32, &str)>, exit_status: Option<i32>) -> crate::explain::Death {
+        crate::explain::Death {
+            how,
+            signal: signal.map(String::from),
+            sender: sender.map(|(pid, comm)| ProcessRef { pid, comm: comm.into() }),
+            exit_status,
+        }
+    }
+
+    #[test]
+    fn upstream_killed_names_the_process_its_death_and_the_connection() {
+        use crate::explain::DeathHow;
+        let mut f = after_connect_finding(Cause::UpstreamKilled);
+        f.death = Some(death(DeathHow::Crash, Some("SIGSEGV"), None, None));
+        let text = render(&[f.clone()], &summary(0));
+        assert!(text.starts_with("UPSTREAM KILLED  127.0.0.1:8000  (1 failed attempt, 10:01:02 - 10:01:05 UTC)"), "{text}");
+        assert!(text.contains("\n  upstream process: gunicorn (pid 700)\n"), "{text}");
+        assert!(text.contains("\n  death:      crashed with SIGSEGV\n"), "{text}");
+        // Wrapped under its column at the report's width: read it as one line.
+        let unwrapped = text.replace(&format!("\n{}", " ".repeat(LABEL_WIDTH)), " ");
+        assert!(
+            unwrapped.contains("\n  connection: ended 1.2 s after the connect; nginx sent 143 B, received 0 B; upstream sent 0 B, received 143 B\n"),
+            "{text}"
+        );
+        assert!(!text.contains("listener:"), "no listener to speak of: {text}");
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
+        let deaths = [
+            (death(DeathHow::Signal, Some("SIGKILL"), Some((9, "bash")), None), "killed with SIGKILL by bash (pid 9)"),
+            (death(DeathHow::Signal, Some("SIGTERM"), None, None), "killed with SIGTERM"),
+            (
+                death(DeathHow::WorkerTimeout, Some("SIGABRT"), Some((699, "gunicorn")), None),
+                "killed by its master gunicorn (pid 699) with SIGABRT (worker timeout)",
+            ),
+            (death(DeathHow::Oom, Some("SIGKILL"), None, None), "OOM kill"),
+            (death(DeathHow::Exit, None, None, Some(3)), "exit status 3"),
+        ];
+        for (d, words) in deaths {
+            f.death = Some(d);
+            let text = render(&[f.clone()], &summary(0));
+            assert!(text.contains(&format!("\n  death:      {words}\n")), "{words}: {text}");
+        }
+    }
+
+    #[test]
+    fn after_connect_causes_show_idle_time_reset_reason_state_and_ports() {
+        let mut race = after_connect_finding(Cause::KeepaliveRace);
+        race.connection.as_mut().unwrap().idle_ms = Some(1000);
+        let text = render(&[race], &summary(0));
+        assert!(text.starts_with("KEEPALIVE RACE  127.0.0.1:8000"), "{text}");
+        assert!(text.contains("\n  idle before the upstream closed: 1.0 s\n"), "{text}");
+
+        let mut reset = after_connect_finding(Cause::UpstreamReset);
+        reset.connection.as_mut().unwrap().reset_reason = Some("closed with the request unread".into());
+        let text = render(&[reset], &summary(0));
+        assert!(text.contains("\n  reset:      closed with the request unread\n"), "{text}");
+
+        let mut timeout = after_connect_finding(Cause::UpstreamTimeout);
+        timeout.connection.as_mut().unwrap().upstream_state = Some("S (sleeping)".into());
+        let text = render(&[timeout], &summary(0));
+        assert!(text.starts_with("UPSTREAM TIMEOUT  127.0.0.1:8000"), "{text}");
+        assert!(text.contains("\n  upstream state: S (sleeping)\n"), "{text}");
+
+        let mut ports = after_connect_finding(Cause::PortsExhausted);
+        ports.upstream_process = None;
+        ports.connection = None;
+        ports.ports = Some(crate::explain::PortsFacts { range: [40000, 40003], held: [("ESTABLISHED".to_string(), 4)].into_iter().collect() });
+        let text = render(&[ports.clone()], &summary(0));
+        assert!(text.starts_with("PORTS EXHAUSTED  127.0.0.1:8000"), "{text}");
+        assert!(text.contains("\n  ports:      range 40000-40003 (4 ports); held: 4 ESTABLISHED\n"), "{text}");
+        assert!(!text.contains("upstream process:") && !text.contains("connection:"), "{text}");
+        ports.ports = Some(crate::explain::PortsFacts {
+            range: [40000, 40000],
+            held: [("TIME_WAIT".to_string(), 1), ("ESTABLISHED".to_string(), 3)].into_iter().collect(),
+        });
+        assert!(render(&[ports], &summary(0)).contains("ports:      range 40000-40000 (1 port); held: 3 ESTABLISHED, 1 TIME_WAIT\n"));
+    }
+
+    #[test]
+    fn outside_strings_in_after_connect_facts_are_escaped() {
+        use crate::explain::DeathHow;
+        let mut f = after_connect_finding(Cause::UpstreamKilled);
+        f.upstream_process = Some(ProcessRef { pid: 700, comm: "gun\nFIREWALL DROP\x1b[2J".into() });
+        f.death = Some(death(DeathHow::Signal, Some("SIGKILL"), Some((9, "ba\u{202e}sh\r")), None));
+        f.connection.as_mut().unwrap().reset_reason = Some("x\ny".into());
+        f.connection.as_mut().unwrap().upstream_state = Some("S\x1b]0;t\x07".into());
+        let text = render(&[f], &summary(0));
+        assert_no_raw_control(&text);
+        assert!(!text.lines().any(|l| l.starts_with("FIREWALL DROP")), "{text}");
+        assert!(text.contains("upstream process: gun\\nFIREWALL DROP\\x1b[2J (pid 700)"), "{text}");
+        assert!(text.contains("killed with SIGKILL by ba\\u{202e}sh\\r (pid 9)"), "{text}");
+    }
+
+    #[test]
+    fn after_connect_findings_in_the_summary_name_the_upstream_process() {
+        let mut a = after_connect_finding(Cause::UpstreamKilled);
+        a.death = Some(death(crate::explain::DeathHow::Crash, Some("SIGSEGV"), None, None));
+        let mut b = a.clone();
+        b.target = Target::Tcp("127.0.0.1:8001".parse().unwrap());
+        b.upstream_process = Some(ProcessRef { pid: 701, comm: "gunicorn".into() });
+        let mut ports = after_connect_finding(Cause::PortsExhausted);
+        ports.upstream_process = None;
+        ports.target = Target::Tcp("10.0.0.1:80".parse().unwrap());
+        ports.ports = Some(crate::explain::PortsFacts { range: [40000, 40003], held: [("ESTABLISHED".to_string(), 4)].into_iter().collect() });
+        let text = render(&[a, b, ports], &summary(0));
+        let first = text.lines().next().unwrap();
+        assert!(first.starts_with("UPSTREAM KILLED  2 targets: 127.0.0.1:8000-8001  (2 failed attempts,"), "{text}");
+        assert!(first.ends_with("; upstream process gunicorn (pid 700, 701)"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("PORTS EXHAUSTED  10.0.0.1:80  (") && l.ends_with("; ports: range 40000-40003 (4 ports); held: 4 ESTABLISHED")), "{text}");
+    }
+
+    #[test]
+    fn a_long_label_keeps_a_space_and_the_width() {
+        let mut out = Vec::new();
+        field(&mut out, "idle before the upstream closed:", &"word ".repeat(40)).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("  idle before the upstream closed: word word"), "{text}");
+        assert!(text.lines().all(|l| l.chars().count() <= WIDTH), "{text}");
+        assert!(text.lines().skip(1).all(|l| l.starts_with(&" ".repeat(LABEL_WIDTH))), "{text}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use crate::capture::Capture;
+use crate::enrich::after_connect::{measurement_for, MeasurementBudget};
 use crate::enrich::{self, Enricher};
 use crate::event::{Event, EventBody, KindCounts, Target};
 use crate::explain::Engine;
@@ -16,13 +17,15 @@ pub struct Feed {
     pub enricher: Enricher,
     /// When each (netns, target) was last asked about, so that a storm asks once in a while.
     last_probe: HashMap<(u32, Target), u64>,
+    /// How often the after-connect measurements (ports, connection holders) may be made.
+    budget: MeasurementBudget,
     /// Lost-event counts already turned into `Lost` events, by kind.
     reported_lost: KindCounts,
 }
 
 impl Feed {
     pub fn new(enricher: Enricher) -> Feed {
-        Feed { enricher, last_probe: HashMap::new(), reported_lost: KindCounts::new() }
+        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), reported_lost: KindCounts::new() }
     }
 
     /// Who listens where right now (pushed to the engine with the owners' process facts), so
@@ -67,7 +70,7 @@ impl Feed {
     }
 
     pub fn absorb(&mut self, batch: &mut Vec<Event>, engine: &mut Engine) {
-        absorb(batch, engine, &mut self.enricher, &mut self.last_probe);
+        absorb(batch, engine, &mut self.enricher, &mut self.last_probe, &mut self.budget);
     }
 
     pub fn lost_events(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
@@ -76,8 +79,16 @@ impl Feed {
 }
 
 /// Feeds a batch to the engine in time order, asking sock_diag about listeners where the
-/// kernel could not measure them itself (listeners older than tracer, Unix listeners).
-fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, last_probe: &mut HashMap<(u32, Target), u64>) {
+/// kernel could not measure them itself (listeners older than tracer, Unix listeners), and
+/// measuring what the after-connect causes need while it is still there (the free ports when
+/// a connect found none, who holds a connection Nginx gave up on).
+fn absorb(
+    batch: &mut Vec<Event>,
+    engine: &mut Engine,
+    enricher: &mut Enricher,
+    last_probe: &mut HashMap<(u32, Target), u64>,
+    budget: &mut MeasurementBudget,
+) {
     // Records from different CPUs interleave in the ring: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
     let me = std::process::id();
@@ -95,6 +106,12 @@ fn absorb(batch: &mut Vec<Event>, engine: &mut Engine, enricher: &mut Enricher, 
             _ => None,
         };
         engine.push(&ev);
+        // Measured now, stamped just after its trigger so the engine meets it next.
+        if let Some(m) = measurement_for(&ev).filter(|m| budget.admit(m, ev.ts_ns)) {
+            if let Some(measured) = enricher.measure(m, ev.ts_ns.saturating_add(1)) {
+                engine.push(&measured);
+            }
+        }
         // A new listener: its owner's parent, cgroup and unit, while it is alive to be read.
         if matches!(ev.body, EventBody::TcpListenStart { .. } | EventBody::UnixBind { .. }) {
             if let Some(info) = enrich::cgroup::process_info_event(&ev.task, ev.ts_ns, ev.netns) {

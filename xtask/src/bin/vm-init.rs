@@ -144,6 +144,8 @@ struct Expect {
     count: (u64, u64),
     client: u32,
     listener: Option<u32>,
+    /// After-connect causes: the process that held the upstream's end.
+    upstream: Option<u32>,
 }
 
 fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
@@ -191,7 +193,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     let lpid = l.id();
     kill(&mut l);
     let c = run_helper(&["client-tcp", &dead, "3"])?;
-    expects.push(Expect { cause: "dead_listener", target: dead, count: (3, 3), client: c, listener: Some(lpid) });
+    expects.push(Expect { cause: "dead_listener", target: dead, count: (3, 3), client: c, listener: Some(lpid), upstream: None });
 
     // dead_listener over IPv6: [::1], a listener that closed, 2 connects.
     let dead6 = format!("[::1]:{}", base + 6);
@@ -199,7 +201,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     let lpid = l.id();
     kill(&mut l);
     let c = run_helper(&["client-tcp", &dead6, "2"])?;
-    expects.push(Expect { cause: "dead_listener", target: dead6, count: (2, 2), client: c, listener: Some(lpid) });
+    expects.push(Expect { cause: "dead_listener", target: dead6, count: (2, 2), client: c, listener: Some(lpid), upstream: None });
 
     // backlog_full: listen(1), accepts only after 3 s; 6 non-blocking connects held 4.5 s.
     let full = format!("{lo}:{}", base + 2);
@@ -207,12 +209,12 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     let lpid = l.id();
     let c = run_helper(&["client-tcp-hold", &full, "6", "4500"])?;
     kill(&mut l);
-    expects.push(Expect { cause: "backlog_full", target: full.clone(), count: (3, 6), client: c, listener: Some(lpid) });
+    expects.push(Expect { cause: "backlog_full", target: full.clone(), count: (3, 6), client: c, listener: Some(lpid), upstream: None });
 
     // unix_missing.
     let missing = format!("/tmp/vm-missing-{base}.sock");
     let c = run_helper(&["client-unix", &missing, "2", "block"])?;
-    expects.push(Expect { cause: "unix_missing", target: format!("unix:{missing}"), count: (2, 2), client: c, listener: None });
+    expects.push(Expect { cause: "unix_missing", target: format!("unix:{missing}"), count: (2, 2), client: c, listener: None, upstream: None });
 
     // unix_stale: the listener exits, its socket file stays.
     let stale = format!("/tmp/vm-stale-{base}.sock");
@@ -220,7 +222,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     let lpid = l.id();
     let _ = l.wait();
     let c = run_helper(&["client-unix", &stale, "2", "block"])?;
-    expects.push(Expect { cause: "unix_stale", target: format!("unix:{stale}"), count: (2, 2), client: c, listener: Some(lpid) });
+    expects.push(Expect { cause: "unix_stale", target: format!("unix:{stale}"), count: (2, 2), client: c, listener: Some(lpid), upstream: None });
 
     // unix_backlog_full: listen(1), never accept, 5 non-blocking connects.
     let ufull = format!("/tmp/vm-full-{base}.sock");
@@ -228,7 +230,7 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     let lpid = l.id();
     let c = run_helper(&["client-unix", &ufull, "5", "nonblock"])?;
     kill(&mut l);
-    expects.push(Expect { cause: "unix_backlog_full", target: format!("unix:{ufull}"), count: (1, 5), client: c, listener: Some(lpid) });
+    expects.push(Expect { cause: "unix_backlog_full", target: format!("unix:{ufull}"), count: (1, 5), client: c, listener: Some(lpid), upstream: None });
 
     // unix_permission_denied: socket file mode 0600 (root), the client runs as uid 65534.
     let perm = format!("/tmp/vm-perm-{base}.sock");
@@ -237,7 +239,19 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
     sh(&["chmod", "0600", &perm]);
     let c = run_helper(&["client-unix", &perm, "2", "block", "65534"])?;
     kill(&mut l);
-    expects.push(Expect { cause: "unix_permission_denied", target: format!("unix:{perm}"), count: (2, 2), client: c, listener: Some(lpid) });
+    expects.push(Expect { cause: "unix_permission_denied", target: format!("unix:{perm}"), count: (2, 2), client: c, listener: Some(lpid), upstream: None });
+
+    // After the connect: an upstream that resets with the request unread, one that closes
+    // before answering, one that crashes (SIGSEGV) while serving.
+    for (port, mode, cause) in [(base + 7, "rst", "upstream_reset"), (base + 8, "fin", "upstream_closed"), (base + 9, "crash", "upstream_killed")] {
+        let target = format!("{lo}:{port}");
+        let mut server = spawn_helper(&["serve-tcp", &target, mode])?;
+        let spid = server.id();
+        let c = run_helper(&["client-tcp-request", &target])?;
+        let _ = server.wait();
+        kill(&mut server);
+        expects.push(Expect { cause, target, count: (1, 1), client: c, listener: None, upstream: Some(spid) });
+    }
 
     // Firewall causes, when nft (and nf_tables) made it into the VM.
     if std::path::Path::new("/bin/nft").exists() {
@@ -252,11 +266,11 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
         if loaded {
             let target = |p: u16| format!("{lo}:{p}");
             let c = run_helper(&["client-tcp-hold", &target(d), "1", "2500"])?;
-            expects.push(Expect { cause: "firewall_drop", target: target(d), count: (1, 1), client: c, listener: None });
+            expects.push(Expect { cause: "firewall_drop", target: target(d), count: (1, 1), client: c, listener: None, upstream: None });
             let c = run_helper(&["client-tcp", &target(r), "2"])?;
-            expects.push(Expect { cause: "firewall_reject", target: target(r), count: (2, 2), client: c, listener: None });
+            expects.push(Expect { cause: "firewall_reject", target: target(r), count: (2, 2), client: c, listener: None, upstream: None });
             let c = run_helper(&["client-tcp", &target(i), "2"])?;
-            expects.push(Expect { cause: "firewall_reject", target: target(i), count: (2, 2), client: c, listener: None });
+            expects.push(Expect { cause: "firewall_reject", target: target(i), count: (2, 2), client: c, listener: None, upstream: None });
             let _ = Command::new("/bin/nft").args(["delete", "table", "inet", "vmtest"]).status();
         } else {
             println!("VM-NOTE {name}: nft could not load rules here: firewall causes not tested");
@@ -325,6 +339,15 @@ fn pass(name: &str, backend: &str, base: u16) -> Result<(), String> {
             if listener != Some(lp as u64) {
                 bad.push(format!("listener {listener:?} != {lp}"));
             }
+        }
+        if let Some(up) = e.upstream {
+            let seen = f["upstream_process"]["pid"].as_u64();
+            if seen != Some(up as u64) {
+                bad.push(format!("upstream_process {seen:?} != {up}"));
+            }
+        }
+        if e.cause == "upstream_killed" && (f["death"]["how"] != "crash" || f["death"]["signal"] != "SIGSEGV") {
+            bad.push(format!("death {} (a crash with SIGSEGV expected)", f["death"]));
         }
         if e.cause == "unix_permission_denied" && f["uids"].as_array().map(|u| u.iter().any(|x| x.as_u64() == Some(65534))) != Some(true) {
             bad.push(format!("uids {} lack 65534", f["uids"]));
@@ -484,6 +507,43 @@ fn helper(args: &[String]) {
                 for fd in fds {
                     libc::close(fd);
                 }
+            }
+            // serve-tcp ADDR rst|fin|crash: accept one connection, then close it with the request
+            // unread (a reset), read it and close (a FIN before any response), or read it and
+            // die of SIGSEGV.
+            "serve-tcp" => {
+                let (family, sa, len) = sockaddr_in(a(1));
+                let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+                let one: i32 = 1;
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+                if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
+                    panic!("bind {}: {}", a(1), std::io::Error::last_os_error());
+                }
+                libc::listen(fd, 16);
+                ready();
+                let c = libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut());
+                // Let the request arrive.
+                thread::sleep(Duration::from_millis(200));
+                if a(2) != "rst" {
+                    let mut buf = [0u8; 4096];
+                    libc::recv(c, buf.as_mut_ptr().cast(), buf.len(), 0);
+                }
+                if a(2) == "crash" {
+                    libc::raise(libc::SIGSEGV);
+                }
+                libc::close(c);
+            }
+            // client-tcp-request ADDR: one request, read until the end (EOF or a reset).
+            "client-tcp-request" => {
+                let (family, sa, len) = sockaddr_in(a(1));
+                let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+                if libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len) == 0 {
+                    let req = b"GET / HTTP/1.0\r\n\r\n";
+                    libc::send(fd, req.as_ptr().cast(), req.len(), 0);
+                    let mut buf = [0u8; 4096];
+                    while libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) > 0 {}
+                }
+                libc::close(fd);
             }
             // listen-unix PATH BACKLOG exit|hold
             "listen-unix" => {
