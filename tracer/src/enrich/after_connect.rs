@@ -128,6 +128,7 @@ mod tests {
             closer: None,
             exit_code: 0,
             signal: None,
+            unread_bytes: 0,
         })
     }
 
