@@ -9,8 +9,13 @@ use super::words::duration;
 
 const MS: u64 = 1_000_000;
 
-fn who(p: Option<&ProcessRef>) -> String {
-    p.map(|p| p.to_string()).unwrap_or_else(|| "the upstream process".to_string())
+/// The upstream process by name; without one, the listener it served, else a generic name.
+fn who(w: &Wording) -> String {
+    match (w.upstream_process, &w.listener) {
+        (Some(p), _) => p.to_string(),
+        (None, Some(l)) => format!("{} (pid {}, which listens there)", l.comm, l.pid),
+        (None, None) => "the upstream process".to_string(),
+    }
 }
 
 fn requests(n: u64) -> String {
@@ -51,7 +56,7 @@ fn timeout_option(master: &str) -> String {
 pub(super) fn detail(cause: Cause, w: &Wording) -> String {
     let target = w.target.map(|t| t.to_string()).unwrap_or_else(|| "the upstream".into());
     let n = w.count;
-    let proc_ = who(w.upstream_process);
+    let proc_ = who(w);
     let c = w.connection.cloned().unwrap_or_default();
     let after = duration(c.after_ms * MS);
     let bytes = format!(
@@ -122,8 +127,8 @@ pub(super) fn detail(cause: Cause, w: &Wording) -> String {
 }
 
 pub(super) fn fix(cause: Cause, w: &Wording) -> String {
-    let proc_ = who(w.upstream_process);
-    let comm = w.upstream_process.map(|p| p.comm.as_str()).unwrap_or("the upstream");
+    let proc_ = who(w);
+    let comm = w.upstream_process.map(|p| p.comm.as_str()).or(w.listener.as_ref().map(|l| l.comm)).unwrap_or("the upstream");
     let pid = w.upstream_process.map(|p| p.pid).unwrap_or(0);
     let c = w.connection.cloned().unwrap_or_default();
     match cause {
