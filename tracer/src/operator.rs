@@ -6,20 +6,29 @@
 //! itself is in the pure `nginx::errlog`.
 use crate::report::text::Escaped;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Result;
 
 use crate::enrich::{cgroup, Enricher};
 use crate::explain::Finding;
-use crate::nginx::{self, config::ConfiguredTarget, errlog, LogTail, NginxInstance};
+use crate::nginx::{self, config::ConfiguredTarget, errlog, rootfs::RootDir, LogTail, NginxInstance};
 use crate::report::json::{ConfigCheckLine, ConfigCheckType, FindingLine, LogUnexplainedLine, LogUnexplainedType, ProcessLine};
 use crate::report::text::escape;
 
 /// Configured targets checked for a listener at start, per Nginx.
 const MAX_CHECKED_TARGETS: usize = 256;
+/// Error logs followed at once (masters come and go while tracing; each log costs an fd).
+const MAX_LOGS: usize = 64;
+/// Masters that exited during the trace kept for their configuration (the findings their
+/// workers made still name their upstreams in the report).
+const MAX_RETIRED: usize = 16;
+/// Upstream error-log lines kept for matching: the newest; older ones are let go (and
+/// counted), so that a long `watch` neither grows without end nor matches more each tick.
+pub const MAX_LOG_LINES: usize = 20_000;
 
 /// Operator options from the command line.
 pub struct OperatorArgs {
@@ -35,7 +44,14 @@ pub struct Unlistened {
 }
 
 pub struct Operator {
+    /// The Nginx masters running (found at start or since).
     instances: Vec<NginxInstance>,
+    /// Masters that exited while tracing, newest first.
+    retired: Vec<NginxInstance>,
+    /// Finds masters that start, reload or exit after start-up.
+    watcher: Option<nginx::Watcher>,
+    /// Follow the error logs the configurations name (no --nginx-error-log given).
+    config_logs: bool,
     logs: Vec<LogTail>,
     pub unlistened: Vec<Unlistened>,
     netns: Option<u32>,
@@ -43,9 +59,12 @@ pub struct Operator {
     cgroups: HashMap<u32, Option<cgroup::CgroupInfo>>,
     /// pid -> parent pid, read while the clients are alive.
     parents: RefCell<HashMap<u32, Option<u32>>>,
-    /// The upstream error-log lines read so far: the logs are read as they grow (each
-    /// `finish` takes the new lines), and every `finish` matches all of them.
-    log_lines: Vec<errlog::LogLine>,
+    /// The upstream error-log lines read so far (the newest MAX_LOG_LINES): the logs are read
+    /// as they grow (each `tick` and `finish` takes the new lines), and every `finish` matches
+    /// all of them.
+    log_lines: VecDeque<errlog::LogLine>,
+    /// Lines let go to keep MAX_LOG_LINES.
+    log_lines_dropped: u64,
 }
 
 /// What the end of a trace adds to the findings.
@@ -61,46 +80,31 @@ impl Operator {
     /// A log given on the command line that cannot be read is an error; one found in the
     /// configuration that cannot be read is a warning.
     pub fn start(args: &OperatorArgs, enricher: &mut Enricher) -> Result<Operator> {
+        let tracing_since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let instances = nginx::discover();
         let mut logs = Vec::new();
         for path in &args.error_logs {
             logs.push(LogTail::open(path)?);
         }
-        let mut unlistened = Vec::new();
-        for inst in &instances {
+        let watcher = Some(nginx::Watcher::start(&instances, tracing_since));
+        let mut ops = Operator {
+            instances: Vec::new(),
+            retired: Vec::new(),
+            watcher,
+            config_logs: args.error_logs.is_empty(),
+            logs,
+            unlistened: Vec::new(),
+            netns: args.netns,
+            cgroup_filter: args.cgroup.clone(),
+            cgroups: HashMap::new(),
+            parents: RefCell::new(HashMap::new()),
+            log_lines: VecDeque::new(),
+            log_lines_dropped: 0,
+        };
+        for inst in instances {
+            ops.adopt(inst, None, "");
+            let inst = ops.instances.last().expect("just adopted");
             let cfg = &inst.config;
-            for e in &inst.config_errors {
-                note!(
-                    "tracer: warning: nginx (pid {}): {}; the rest of its configuration is used (check it with `nginx -t`)",
-                    inst.master,
-                    escape(e)
-                );
-            }
-            note!(
-                "nginx: master pid {} (netns {}), {}: {} upstream targets, error log {}",
-                inst.master,
-                inst.netns,
-                escape(&inst.conf),
-                cfg.targets.len(),
-                escape(&cfg.error_logs.join(", "))
-            );
-            if args.error_logs.is_empty() {
-                for log in &cfg.error_logs {
-                    match LogTail::open_in(inst.root.clone(), log, vec![inst.netns]) {
-                        // Several masters (or an old one still exiting) may share a log.
-                        Ok(t) => match logs.iter_mut().find(|l: &&mut LogTail| l.id == t.id) {
-                            Some(shared) => shared.writers.push(inst.netns),
-                            None => logs.push(t),
-                        },
-                        Err(e) => note!(
-                            "tracer: warning: cannot read the error log {} of nginx (pid {}): {}",
-                            escape(log),
-                            inst.master,
-                            escape(&e.to_string())
-                        ),
-                    }
-                }
-            }
             // A configuration with thousands of servers (or a planted one) must not hold up
             // start-up with as many sock_diag queries.
             if cfg.targets.len() > MAX_CHECKED_TARGETS {
@@ -112,20 +116,129 @@ impl Operator {
             }
             for t in cfg.targets.iter().take(MAX_CHECKED_TARGETS) {
                 if enricher.probe_target(inst.netns, &t.target).is_none() {
-                    unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
+                    ops.unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
                 }
             }
         }
-        Ok(Operator {
-            instances,
-            logs,
-            unlistened,
-            netns: args.netns,
-            cgroup_filter: args.cgroup.clone(),
-            cgroups: HashMap::new(),
-            parents: RefCell::new(HashMap::new()),
-            log_lines: Vec::new(),
-        })
+        Ok(ops)
+    }
+
+    /// Takes a master in (found at start, since, or read again after a reload): says so, and
+    /// follows its error logs (from `since`, a `nginx::log_time`, when found while tracing).
+    fn adopt(&mut self, inst: NginxInstance, since: Option<&str>, how: &str) {
+        for e in &inst.config_errors {
+            note!(
+                "tracer: warning: nginx (pid {}): {}; the rest of its configuration is used (check it with `nginx -t`)",
+                inst.master,
+                escape(e)
+            );
+        }
+        note!(
+            "nginx: master pid {} (netns {}){how}, {}: {} upstream targets, error log {}",
+            inst.master,
+            inst.netns,
+            escape(&inst.conf),
+            inst.config.targets.len(),
+            escape(&inst.config.error_logs.join(", "))
+        );
+        if self.config_logs {
+            for log in &inst.config.error_logs {
+                self.follow(&inst.root, log, inst.netns, inst.master, since);
+            }
+        }
+        self.retired.retain(|r| r.master != inst.master);
+        match self.instances.iter_mut().find(|i| i.master == inst.master) {
+            Some(old) => *old = inst,
+            None => self.instances.push(inst),
+        }
+    }
+
+    /// Follows one error log of a master, unless it is followed already (by path in the same
+    /// root, or as the same file).
+    fn follow(&mut self, root: &Arc<RootDir>, log: &str, netns: u32, master: u32, since: Option<&str>) {
+        if let Some(t) = self.logs.iter_mut().find(|t| t.follows(root, log)) {
+            if !t.writers.contains(&netns) {
+                t.writers.push(netns);
+            }
+            return;
+        }
+        if self.logs.len() >= MAX_LOGS {
+            note!("tracer: warning: already following {MAX_LOGS} error logs; not the error log {} of nginx (pid {master})", escape(log));
+            return;
+        }
+        match LogTail::open_since(root.clone(), log, vec![netns], since) {
+            // Several masters (or an old one still exiting) may share a log.
+            Ok(t) => match self.logs.iter_mut().find(|l| l.id == t.id) {
+                Some(shared) if !shared.writers.contains(&netns) => shared.writers.push(netns),
+                Some(_) => {}
+                None => self.logs.push(t),
+            },
+            Err(e) => note!(
+                "tracer: warning: cannot read the error log {} of nginx (pid {master}): {}",
+                escape(log),
+                escape(&e.to_string())
+            ),
+        }
+    }
+
+    /// Called about once a second while tracing: takes in the masters that started, reloaded
+    /// or exited, and reads the error-log lines written meanwhile (so a log rotated twice
+    /// between two reports loses nothing).
+    pub fn tick(&mut self) {
+        let changes = self.watcher.as_ref().map(|w| w.changes()).unwrap_or_default();
+        for c in changes {
+            for pid in c.gone {
+                if let Some(at) = self.instances.iter().position(|i| i.master == pid) {
+                    let inst = self.instances.remove(at);
+                    note!("nginx: master pid {pid} exited");
+                    self.retired.insert(0, inst);
+                    self.retired.truncate(MAX_RETIRED);
+                }
+            }
+            for (inst, since) in c.found {
+                let how = match self.instances.iter().any(|i| i.master == inst.master) {
+                    true => " reloaded",
+                    false => " started",
+                };
+                self.adopt(inst, Some(&since), how);
+            }
+        }
+        self.read_logs();
+    }
+
+    /// Reads the lines written to the followed logs since the last read.
+    fn read_logs(&mut self) {
+        for log in &mut self.logs {
+            let writers = log.writers.clone();
+            self.log_lines.extend(log.new_lines().iter().filter_map(|l| errlog::parse_line(l)).map(|mut l| {
+                l.writers = writers.clone();
+                l
+            }));
+        }
+        // A log that rotated onto a file another tail follows (two names for one file) is
+        // read once.
+        let mut i = 1;
+        while i < self.logs.len() {
+            match (0..i).find(|&j| self.logs[j].id == self.logs[i].id) {
+                Some(j) => {
+                    let extra = self.logs.remove(i).writers;
+                    for w in extra {
+                        if !self.logs[j].writers.contains(&w) {
+                            self.logs[j].writers.push(w);
+                        }
+                    }
+                }
+                None => i += 1,
+            }
+        }
+        if self.log_lines.len() > MAX_LOG_LINES {
+            let extra = self.log_lines.len() - MAX_LOG_LINES;
+            if self.log_lines_dropped == 0 {
+                note!("tracer: warning: more than {MAX_LOG_LINES} nginx upstream error-log lines; only the newest {MAX_LOG_LINES} are matched to findings");
+            }
+            self.log_lines.drain(..extra);
+            self.log_lines_dropped += extra as u64;
+        }
     }
 
     /// The configured upstream of a finding's target, from the Nginx whose workers made the
@@ -133,6 +246,7 @@ impl Operator {
     pub fn configured(&self, f: &Finding) -> Option<&ConfiguredTarget> {
         let masters: Vec<u32> = f.clients.iter().filter_map(|c| self.parent_of(c.pid)).collect();
         nginx::lookup(&self.instances, f.netns, &masters, &f.target)
+            .or_else(|| nginx::lookup(&self.retired, f.netns, &masters, &f.target))
     }
 
     /// The parent of a process (an Nginx worker's master), remembered once read.
@@ -176,16 +290,11 @@ impl Operator {
     /// so far to the findings. `watch --json` calls it for each tick that prints findings
     /// (their `log_lines` so far), every trace once more at the end.
     pub fn finish(&mut self, findings: &[Finding]) -> Context {
-        for log in &mut self.logs {
-            let writers = log.writers.clone();
-            self.log_lines.extend(log.new_lines().iter().filter_map(|l| errlog::parse_line(l)).map(|mut l| {
-                l.writers = writers.clone();
-                l
-            }));
-        }
-        let lines = &self.log_lines;
+        self.tick();
+        self.log_lines.make_contiguous();
+        let lines = self.log_lines.as_slices().0;
         let upstream_of = |f: &Finding| self.configured(f).map(|c| c.upstream.clone());
-        let c = errlog::correlate(&lines, findings, &upstream_of);
+        let c = errlog::correlate(lines, findings, &upstream_of);
         Context {
             explained: c.explained.iter().map(|idx| idx.iter().map(|&i| lines[i].raw.clone()).collect()).collect(),
             unexplained: c.unexplained.iter().map(|&(i, why)| (lines[i].raw.clone(), why)).collect(),
@@ -271,7 +380,7 @@ impl Operator {
             }
             rows.push(row);
         }
-        if self.instances.is_empty() && self.logs.is_empty() {
+        if self.instances.is_empty() && self.retired.is_empty() && self.logs.is_empty() {
             return Ok(());
         }
         writeln!(w, "NGINX CONTEXT")?;

@@ -388,6 +388,65 @@ fn operator_context_names_upstream_log_lines_and_unlistened_targets() {
     assert!(run.findings().is_empty(), "--netns {host_inode} filters out the test namespace: {}", run.stdout);
 }
 
+/// Waits (bounded: 15 s) until tracer's stderr holds `needle`; panics with that stderr if not.
+fn wait_for_stderr(tracer: &Tracer, needle: &str) {
+    for _ in 0..150 {
+        if tracer.stderr_text().contains(needle) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("tracer never said {needle:?}; stderr:\n{}", tracer.stderr_text());
+}
+
+/// Issue 12: an Nginx started after `tracer watch --json` is found with its configuration and
+/// error log, the lines it wrote before it was found are matched to the dead-listener finding
+/// too, and after a rotation (`mv error.log error.log.1`, then `nginx -s reopen`, i.e. SIGUSR1
+/// to the master) the new file is followed: the count keeps growing.
+#[test]
+fn nginx_started_while_tracing_is_found_and_its_log_followed_across_rotation() {
+    require_stack!();
+    let dir = stack_dir("ngx-late");
+    let ns = Netns::new("ngxlate");
+    let tracer = Tracer::start(&["watch", "--json", "--duration", "120s", "--port", "8000"]);
+    // Nothing listens on 8000 in this namespace.
+    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "3s");
+    assert!(!tracer.stderr_text().contains(&format!("nginx: master pid {} ", nginx.master)), "not running at start-up");
+
+    // Right away, before tracer may have found this Nginx.
+    assert_eq!(ns.curls(3, 10), [502, 502, 502]);
+    assert_eq!(nginx.errors_with("(111: Connection refused)").len(), 3, "{:?}", nginx.error_lines());
+    wait_for_stderr(&tracer, &format!("nginx: master pid {} ", nginx.master));
+
+    // Rotation: Nginx writes into the renamed file until it reopens its logs.
+    let rotated = dir.0.join("error.log.1");
+    std::fs::rename(&nginx.error_log, &rotated).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(nginx.master as i32), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    for _ in 0..100 {
+        if nginx.error_log.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(nginx.error_log.exists(), "nginx reopened no new error.log");
+    assert_eq!(ns.curls(4, 10), [502, 502, 502, 502]);
+    assert_eq!(nginx.errors_with("(111: Connection refused)").len(), 4, "the new file has the 4 new lines");
+
+    let run = tracer.finish();
+    let live: Vec<&serde_json::Value> =
+        run.findings_for(UPSTREAM).into_iter().filter(|f| f["cause"] == "dead_listener").collect();
+    let f = *live.last().unwrap_or_else(|| panic!("no dead_listener finding for {UPSTREAM}: {}", run.stdout));
+    assert_eq!(count(f), 7, "{f}");
+    assert_nginx_clients(f, &nginx);
+    assert!(f["log_lines"].as_u64().unwrap() >= 7, "the 3 lines of the old file and the 4 of the new one: {f}");
+    assert!(f["log_example"].as_str().is_some_and(|l| l.contains("(111: Connection refused) while connecting to upstream")), "{f}");
+    assert!(f["config_line"].as_str().is_some_and(|l| l.contains(UPSTREAM)), "its configuration was read: {f}");
+    // The live lines count as the trace goes: never down.
+    let counts: Vec<u64> = live.iter().map(|v| v["log_lines"].as_u64().unwrap_or(0)).collect();
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "log_lines went down: {counts:?}");
+    assert!(!run.lines.iter().any(|v| v["type"] == "log_unexplained"), "every line is explained: {}", run.stdout);
+}
+
 /// Issue 12: failures after the connect (a worker crash or kill, a reset, a keep-alive race,
 /// no free local port, a read timeout).
 #[path = "nginx/after_connect.rs"]

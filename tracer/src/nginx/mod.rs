@@ -9,6 +9,7 @@ pub mod errlog;
 mod fuzz_tests;
 pub mod rootfs;
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -221,41 +222,199 @@ pub const DISCOVERY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Every Nginx master on the host with its parsed configuration, within DISCOVERY_DEADLINE.
 pub fn discover() -> Vec<NginxInstance> {
-    let (tx, rx) = mpsc::channel();
-    let mut started = 0;
+    let (found, late) = inspect_all(masters_now());
+    if !late.is_empty() {
+        note!(
+            "tracer: warning: reading the files of {} nginx master(s) took longer than {:?}; continuing without their configuration",
+            late.len(),
+            DISCOVERY_DEADLINE
+        );
+    }
+    found
+}
+
+/// The Nginx masters running now: (pid, the arguments of their title).
+fn masters_now() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
     for pid in crate::enrich::netns::all_pids() {
         // Read as bytes (procfs' cmdline wants UTF-8): a title is matched whatever it holds.
         let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         // nginx rewrites its title: "nginx: master process nginx -c /etc/nginx/nginx.conf".
         let title = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let Some(args) = title.trim().strip_prefix("nginx: master process") else { continue };
-        let (args, tx) = (args.to_string(), tx.clone());
+        if let Some(args) = title.trim().strip_prefix("nginx: master process") {
+            out.push((pid, args.to_string()));
+        }
+    }
+    out
+}
+
+/// Reads each master's configuration in its own thread, within DISCOVERY_DEADLINE: the
+/// instances read in time (sorted by pid), and the masters whose files took longer (a FUSE
+/// mount that never answers leaves its thread behind, never tracer).
+fn inspect_all(masters: Vec<(u32, String)>) -> (Vec<NginxInstance>, Vec<u32>) {
+    let (tx, rx) = mpsc::channel();
+    let mut pending = Vec::new();
+    for (pid, args) in masters {
+        let tx = tx.clone();
         let spawned = std::thread::Builder::new().name(format!("nginx-{pid}")).spawn(move || {
             let _ = tx.send((pid, inspect(pid, &args)));
         });
         if spawned.is_ok() {
-            started += 1;
+            pending.push(pid);
         }
     }
     drop(tx);
     let deadline = Instant::now() + DISCOVERY_DEADLINE;
     let mut out = Vec::new();
-    for _ in 0..started {
+    while !pending.is_empty() {
         match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok((_, Some(inst))) => out.push(inst),
-            Ok((_, None)) => {}
-            Err(_) => {
-                note!(
-                    "tracer: warning: reading the files of {} nginx master(s) took longer than {:?}; continuing without their configuration",
-                    started - out.len(),
-                    DISCOVERY_DEADLINE
-                );
-                break;
+            Ok((pid, inst)) => {
+                pending.retain(|&p| p != pid);
+                out.extend(inst);
             }
+            Err(_) => break,
         }
     }
     out.sort_by_key(|i| i.master);
-    out
+    (out, pending)
+}
+
+/// The children of a master (its workers, cache manager and loader), sorted.
+fn workers_of(pid: u32) -> Vec<u32> {
+    let mut w: Vec<u32> = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    w.sort_unstable();
+    w
+}
+
+/// When a process started, in seconds since the epoch.
+fn started_at(pid: u32) -> Option<i64> {
+    let stat = procfs::process::Process::new(pid as i32).and_then(|p| p.stat()).ok()?;
+    let boot = procfs::boot_time_secs().ok()?;
+    Some((boot + stat.starttime / procfs::ticks_per_second().max(1)) as i64)
+}
+
+/// How Nginx stamps its error-log lines (`2026/11/30 10:00:00`, local time): the same text
+/// for a moment, so that lines can be compared with it as strings.
+pub fn log_time(epoch_s: i64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_opt(epoch_s, 0).single() {
+        Some(t) => t.format("%Y/%m/%d %H:%M:%S").to_string(),
+        None => String::new(),
+    }
+}
+
+/// How often the watcher looks for Nginx masters that started, reloaded or exited.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// What changed among the Nginx masters since the last look.
+pub struct MasterChanges {
+    /// Masters found since (started after tracer), or whose configuration was read again
+    /// after a reload (new workers), each with the moment (`log_time`) from which its error
+    /// logs are new: the lines written since then are its own.
+    pub found: Vec<(NginxInstance, String)>,
+    /// Masters that exited.
+    pub gone: Vec<u32>,
+}
+
+/// A master as the watcher last saw it.
+struct Seen {
+    workers: Vec<u32>,
+}
+
+/// Follows the Nginx masters while tracing: a thread looks every RESCAN_EVERY for masters
+/// that started or exited and for reloads (a master with workers it did not have), and reads
+/// their configuration (never running their binary, files read in-root as at start).
+pub struct Watcher {
+    rx: mpsc::Receiver<MasterChanges>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watcher {
+    /// Starts watching; the `known` masters (read at start) are not read again until they reload.
+    pub fn start(known: &[NginxInstance], tracing_since: i64) -> Watcher {
+        let mut seen: HashMap<u32, Seen> = known.iter().map(|i| (i.master, Seen { workers: workers_of(i.master) })).collect();
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let spawned = std::thread::Builder::new().name("nginx-watch".into()).spawn(move || {
+            // Masters whose files took too long once are not read again (no thread pile-up).
+            let mut given_up: HashSet<u32> = HashSet::new();
+            loop {
+                for _ in 0..10 {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(RESCAN_EVERY / 10);
+                }
+                let changes = look(&mut seen, &mut given_up, tracing_since);
+                if (!changes.found.is_empty() || !changes.gone.is_empty()) && tx.send(changes).is_err() {
+                    return;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            note!("tracer: warning: cannot watch for nginx masters that start later: {e}");
+        }
+        Watcher { rx, stop }
+    }
+
+    /// The changes seen since the last call (never blocks).
+    pub fn changes(&self) -> Vec<MasterChanges> {
+        self.rx.try_iter().collect()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One look at the masters: new ones and reloaded ones are read, exited ones are gone.
+fn look(seen: &mut HashMap<u32, Seen>, given_up: &mut HashSet<u32>, tracing_since: i64) -> MasterChanges {
+    let now = masters_now();
+    let gone: Vec<u32> = seen.keys().copied().filter(|pid| !now.iter().any(|(p, _)| p == pid)).collect();
+    for pid in &gone {
+        seen.remove(pid);
+    }
+    given_up.retain(|pid| now.iter().any(|(p, _)| p == pid));
+    let mut read = Vec::new();
+    let mut since = HashMap::new();
+    for (pid, args) in now {
+        if given_up.contains(&pid) {
+            continue;
+        }
+        let workers = workers_of(pid);
+        // A new master's lines are its own from its start; a reloaded one's from its newest
+        // workers' start (a reload may name another error log). Never before tracing began.
+        let from = match seen.get(&pid) {
+            None => started_at(pid),
+            Some(s) => {
+                let new: Vec<u32> = workers.iter().copied().filter(|w| !s.workers.contains(w)).collect();
+                if new.is_empty() {
+                    continue;
+                }
+                new.iter().filter_map(|&w| started_at(w)).min()
+            }
+        };
+        since.insert(pid, log_time(from.unwrap_or(tracing_since).max(tracing_since)));
+        seen.insert(pid, Seen { workers });
+        read.push((pid, args));
+    }
+    let (found, late) = inspect_all(read);
+    for pid in late {
+        note!("tracer: warning: reading the files of nginx master pid {pid} took longer than {DISCOVERY_DEADLINE:?}; continuing without its configuration");
+        given_up.insert(pid);
+    }
+    let found = found.into_iter().map(|i| {
+        let s = since.remove(&i.master).unwrap_or_default();
+        (i, s)
+    });
+    MasterChanges { found: found.collect(), gone }
 }
 
 /// One master's configuration, read inside its root.
@@ -312,13 +471,18 @@ pub struct LogTail {
     pos: u64,
     /// (device, inode) of the held file, to notice a rotation and to skip duplicates.
     pub id: (u64, u64),
+    /// The file the path named before the last rotation, read once more on the next call:
+    /// a worker may still write its last lines there after the master reopened the logs.
+    draining: Option<(fs::File, u64)>,
     /// Network namespaces of the Nginx masters that write this log; empty for a log named on
     /// the command line (its lines may belong to any Nginx).
     pub writers: Vec<u32>,
 }
 
-/// At most this much log is read per file per trace.
+/// At most this much log is read per file per call.
 const MAX_LOG_READ: u64 = 64 << 20;
+/// A log found after tracing began is searched this far back for the lines of its master.
+const MAX_CATCH_UP: u64 = 1 << 20;
 
 /// The complete lines of `f` from `*pos`, advancing `*pos` past them (a line still being
 /// written stays for the next read). A file shorter than `*pos` was truncated in place
@@ -336,6 +500,35 @@ fn read_lines_from(f: &mut fs::File, pos: &mut u64, budget: &mut u64) -> Vec<Str
     *pos += complete as u64;
     *budget = budget.saturating_sub(complete as u64);
     String::from_utf8_lossy(&buf[..complete]).lines().map(str::to_string).collect()
+}
+
+/// Where the first line stamped at or after `since` (`log_time`) starts in the last
+/// MAX_CATCH_UP bytes of `f`; without one, the end of the last complete line.
+fn offset_of_lines_since(f: &mut fs::File, since: &str) -> u64 {
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(MAX_CATCH_UP);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.take(len - start).read_to_end(&mut buf).is_err() {
+        return len;
+    }
+    let mut at = 0;
+    // The window may begin inside a line: that one is not whole, skip it.
+    if start > 0 {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => at = i + 1,
+            None => return len,
+        }
+    }
+    while let Some(nl) = buf[at..].iter().position(|&b| b == b'\n') {
+        let line = &buf[at..at + nl];
+        // "2026/11/30 10:00:00 [error] ...": the stamp is the first 19 bytes.
+        let stamped = line.len() >= 19 && line[4] == b'/' && line[7] == b'/' && line[13] == b':';
+        if stamped && !since.is_empty() && &line[..19] >= since.as_bytes() {
+            return start + at as u64;
+        }
+        at += nl + 1;
+    }
+    start + at as u64
 }
 
 impl LogTail {
@@ -358,23 +551,44 @@ impl LogTail {
 
     /// Starts following `path` inside `root` (a master's root), from its current end.
     pub fn open_in(root: Arc<RootDir>, path: &str, writers: Vec<u32>) -> std::io::Result<LogTail> {
+        Self::open_since(root, path, writers, None)
+    }
+
+    /// The same, from the first line stamped at or after `since` (a `log_time`) when given: a
+    /// master found while tracing wrote its first lines before it was found.
+    pub fn open_since(root: Arc<RootDir>, path: &str, writers: Vec<u32>, since: Option<&str>) -> std::io::Result<LogTail> {
         use std::os::unix::fs::MetadataExt;
-        let file = root.open_regular(path)?;
+        let mut file = root.open_regular(path)?;
         let meta = file.metadata()?;
-        Ok(LogTail { path: path.to_string(), root, file, pos: meta.len(), id: (meta.dev(), meta.ino()), writers })
+        let pos = match since {
+            Some(since) => offset_of_lines_since(&mut file, since),
+            None => meta.len(),
+        };
+        Ok(LogTail { path: path.to_string(), root, file, pos, id: (meta.dev(), meta.ino()), draining: None, writers })
+    }
+
+    /// Whether this follows `path` inside the same root directory (another master of the
+    /// same container, or the same master read again after a reload).
+    pub fn follows(&self, root: &RootDir, path: &str) -> bool {
+        self.path == path && self.root.id() == root.id()
     }
 
     /// The lines written since the last call (since `open` the first time): the rest of the
     /// held file, then, when the log was rotated meanwhile, the file now at the path, which
-    /// is held from then on.
+    /// is held from then on (the old one is read once more on the next call, then let go).
     pub fn new_lines(&mut self) -> Vec<String> {
         use std::os::unix::fs::MetadataExt;
         let mut budget = MAX_LOG_READ;
-        let mut lines = read_lines_from(&mut self.file, &mut self.pos, &mut budget);
+        let mut lines = Vec::new();
+        if let Some((mut old, mut pos)) = self.draining.take() {
+            lines = read_lines_from(&mut old, &mut pos, &mut budget);
+        }
+        lines.extend(read_lines_from(&mut self.file, &mut self.pos, &mut budget));
         if let Ok(now) = self.root.open_regular(&self.path) {
             if let Ok(meta) = now.metadata() {
                 if (meta.dev(), meta.ino()) != self.id {
-                    self.file = now;
+                    let old = std::mem::replace(&mut self.file, now);
+                    self.draining = Some((old, self.pos));
                     self.id = (meta.dev(), meta.ino());
                     self.pos = 0;
                     lines.extend(read_lines_from(&mut self.file, &mut self.pos, &mut budget));
@@ -445,6 +659,54 @@ mod tests {
         let err = LogTail::open(&dir.join("fifo")).err().unwrap().to_string();
         assert!(err.contains("not a regular file") && !err.contains('\n'), "{err}");
         assert!(LogTail::open(&dir).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_log_rotated_and_reopened_is_read_to_the_end_then_followed_from_its_start() {
+        let dir = std::env::temp_dir().join(format!("tracer-logtail-drain-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("error.log");
+        std::fs::write(&log, "before\n").unwrap();
+        let mut tail = LogTail::open(&log).unwrap();
+        // `mv error.log error.log.1`: Nginx still writes to the old file (its fd).
+        let mut old = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::fs::rename(&log, dir.join("error.log.1")).unwrap();
+        use std::io::Write;
+        writeln!(old, "a").unwrap();
+        assert_eq!(tail.new_lines(), ["a"], "no new file yet: the old one is followed");
+        // `nginx -s reopen`: the master makes a new file; a worker writes once more to the
+        // old one after tracer moved on.
+        std::fs::write(&log, "b\n").unwrap();
+        assert_eq!(tail.new_lines(), ["b"]);
+        writeln!(old, "late").unwrap();
+        std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b"c\n").unwrap();
+        assert_eq!(tail.new_lines(), ["late", "c"], "the old file is read once more");
+        writeln!(old, "too late").unwrap();
+        assert!(tail.new_lines().is_empty(), "then let go");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_log_found_while_tracing_is_read_from_its_masters_start() {
+        let dir = std::env::temp_dir().join(format!("tracer-logtail-since-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("error.log");
+        let text = "2026/11/30 09:59:59 [error] 1#1: *1 old run\n  a continuation line\n2026/11/30 10:00:00 [notice] 2#2: start\n2026/11/30 10:00:01 [error] 3#3: *2 mine\npartial";
+        std::fs::write(&log, text).unwrap();
+        let root = Arc::new(RootDir::host().unwrap());
+        let path = log.display().to_string();
+        let mut tail = LogTail::open_since(root.clone(), &path, vec![], Some("2026/11/30 10:00:00")).unwrap();
+        use std::io::Write;
+        std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(b" line\n").unwrap();
+        assert_eq!(tail.new_lines(), ["2026/11/30 10:00:00 [notice] 2#2: start", "2026/11/30 10:00:01 [error] 3#3: *2 mine", "partial line"]);
+        // Nothing that new: from the end of the last whole line.
+        let mut tail = LogTail::open_since(root.clone(), &path, vec![], Some("2027/01/01 00:00:00")).unwrap();
+        assert!(tail.new_lines().is_empty());
+        assert!(tail.follows(&root, &path) && !tail.follows(&root, "/other"));
+        assert_eq!(log_time(0).len(), 19);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -154,6 +154,12 @@ impl RootDir {
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
+    /// (device, inode) of this root directory: two masters of one container share it.
+    pub fn id(&self) -> Option<(u64, u64)> {
+        let st = nix::sys::stat::fstat(self.fd.as_fd()).ok()?;
+        Some((st.st_dev as u64, st.st_ino as u64))
+    }
+
     /// The names in a directory inside this root.
     pub fn list_dir(&self, dir: &str) -> io::Result<Vec<String>> {
         let fd = self.resolve(dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;

@@ -230,6 +230,8 @@ impl Trace {
         let now = monotonic_ns();
         if ticks % POLL_EVERY_TICKS == 0 {
             self.feed.poll(&self.capture, now, &mut self.engine);
+            // Nginx masters that started, reloaded or exited; error-log lines written since.
+            self.ops.tick();
         }
         self.feed.lost_events(&self.capture, now, &mut self.engine);
         let updates = self.engine.tick(now);

@@ -147,4 +147,23 @@ mod tests {
         assert_eq!(end.explained, vec![vec![REFUSED.to_string(), REFUSED.to_string()]]);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A long `watch` keeps the newest MAX_LOG_LINES lines to match, not all of them.
+    #[test]
+    fn the_lines_kept_for_matching_are_bounded() {
+        let dir = std::env::temp_dir().join(format!("tracer-ut-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("error.log");
+        std::fs::write(&log, "").unwrap();
+        let args = operator::OperatorArgs { error_logs: vec![log.clone()], netns: None, cgroup: None };
+        let mut ops = operator::Operator::start(&args, &mut Enricher::new()).unwrap();
+        let many = format!("{REFUSED}\n").repeat(operator::MAX_LOG_LINES / 2 + 7);
+        for _ in 0..3 {
+            std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(many.as_bytes()).unwrap();
+            ops.tick();
+        }
+        let end = ops.finish(&[]);
+        assert_eq!(end.unexplained.len(), operator::MAX_LOG_LINES);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
