@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use crate::event::{ConnEnd, Event, EventBody, FlowAddr, TaskInfo, Target};
 
 use super::aggregation::AfterConnect;
-use super::attempt::{FlowEvidenceKind, FlowKey};
+use super::attempt::{AttemptKey, FlowEvidenceKind, FlowKey};
 use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{AttemptRecord, ConnectionFacts, Death, DeathHow, Outcome, PortsFacts, ProcessRef};
@@ -90,6 +90,7 @@ impl Engine {
                     reset_after_fin: *end == ConnEnd::Reset && *sk_err != 0 && *after_fin,
                     nginx_closed: *end == ConnEnd::LocalFin,
                     nginx_received: *bytes_received,
+                    nginx_sent: *bytes_sent,
                     ..ConnFacts::default()
                 };
                 self.keep_nginx_side(ev, *flow, *start_ns, facts, *sk_err, *bytes_sent, *bytes_received, *idle_before_fin_ns);
@@ -154,6 +155,7 @@ impl Engine {
             f.reset_after_fin |= facts.reset_after_fin;
             f.nginx_closed |= facts.nginx_closed;
             f.nginx_received = f.nginx_received.max(facts.nginx_received);
+            f.nginx_sent = f.nginx_sent.max(facts.nginx_sent);
             n.last_ns = ev.ts_ns;
             n.sk_err = if sk_err != 0 { sk_err } else { n.sk_err };
             n.sent = n.sent.max(sent);
@@ -205,6 +207,11 @@ impl Engine {
     }
 
     fn conclude_connection(&mut self, n: NginxSide) {
+        // A connect the attempt rules already concluded (it connected late, after SYN
+        // retransmits at a full queue) is explained by that finding, whatever came after.
+        if self.recently_concluded_set.get(&AttemptKey::new(n.sock, &n.flow)) == Some(&n.start_ns) {
+            return;
+        }
         let upstream = self.after.upstream.get(&n.flow).filter(|u| u.ts_ns + AFTER_GRACE_NS >= n.start_ns).cloned();
         let mut facts = n.facts;
         let death = upstream.as_ref().and_then(death_of);

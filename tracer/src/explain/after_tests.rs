@@ -87,9 +87,11 @@ fn the_after_connect_table_reads_like_its_comments() {
     assert_eq!(f(|x| { x.reset_after_fin = true; x.fin_before_response = true }), Some(Cause::UpstreamClosed));
     assert_eq!(f(|x| x.reset = true), Some(Cause::UpstreamReset));
     assert_eq!(f(|x| x.fin_before_response = true), Some(Cause::UpstreamClosed));
-    assert_eq!(f(|x| x.nginx_closed = true), Some(Cause::UpstreamTimeout));
+    assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143 }), Some(Cause::UpstreamTimeout));
+    // A client closing a connection it never sent a request on gave up on nothing.
+    assert_eq!(f(|x| x.nginx_closed = true), None);
     // Nginx closing a connection that had its response is not a failure.
-    assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_received = 10 }), None);
+    assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143; x.nginx_received = 10 }), None);
     assert_eq!(f(|_| {}), None);
 }
 
@@ -272,6 +274,21 @@ fn a_third_ack_dropped_at_a_full_queue_makes_the_later_timeout_backlog_full() {
     assert_finding(&f, Cause::BacklogFull, 1, &[812], None);
     assert_eq!(f.evidence.get(&dropped_for("TCP_LISTEN_OVERFLOW")), 1);
     assert_eq!(f.connection, None);
+}
+
+#[test]
+fn a_connection_that_connected_late_at_a_full_queue_stays_with_its_backlog_finding() {
+    // The attempt connected after SYN retransmits (backlog_full, delayed); Nginx then gave up
+    // on it: that is the same failure, not an upstream timeout.
+    let f = nginx_flow();
+    let late = vec![
+        retransmit(10 * S + S, NGINX_SOCK, &nginx(812), f, 1, Some(crate::event::Queue { len: 2, max: 1 }), None),
+        ev(11 * S + 10 * MS, NGINX_SOCK, &nginx(812), EventBody::TcpAttemptDelayed { flow: f, syn_retransmits: 1, start_ns: 10 * S }),
+        nginx_end(12 * S, ConnEnd::LocalFin, 0, false, 0, None),
+    ];
+    let (e, _) = run(&late);
+    let f = only(&e);
+    assert_eq!((f.cause, f.count, f.delayed), (Cause::BacklogFull, 1, 1));
 }
 
 #[test]

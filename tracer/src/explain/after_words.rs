@@ -40,6 +40,11 @@ fn death_clause(w: &Wording) -> String {
     }
 }
 
+/// Whether a process name is a Python server's (a Python-specific tool may then be named).
+fn python_like(comm: &str) -> bool {
+    ["gunicorn", "python", "uwsgi", "uvicorn", "celery", "daphne", "hypercorn"].iter().any(|n| comm.contains(n))
+}
+
 /// The worker-timeout option of the master that killed its worker, by its name.
 fn timeout_option(master: &str) -> String {
     if master.contains("gunicorn") {
@@ -133,12 +138,14 @@ pub(super) fn fix(cause: Cause, w: &Wording) -> String {
     let c = w.connection.cloned().unwrap_or_default();
     match cause {
         Cause::UpstreamKilled => match w.death.map(|d| d.how) {
-            Some(DeathHow::Crash) => format!(
-                "{proc_} crashed inside a request handler: find the fault with `coredumpctl info {pid}` \
-                 (when systemd-coredump keeps cores) or by running the handler with a fault tracer \
-                 (Python: `PYTHONFAULTHANDLER=1`); the request that was in flight at that moment is the one \
-                 that triggers it."
-            ),
+            Some(DeathHow::Crash) => {
+                let tracer = if python_like(comm) { " (for Python: `PYTHONFAULTHANDLER=1` prints the stack of the fault)" } else { "" };
+                format!(
+                    "{proc_} crashed inside a request handler: find the fault with `coredumpctl info {pid}` \
+                     (when systemd-coredump keeps cores) or in its own log{tracer}; the request that was in \
+                     flight at that moment is the one that triggers it."
+                )
+            }
             Some(DeathHow::Oom) => format!(
                 "{proc_} ran out of memory: raise the memory limit of its cgroup or container (`memory.max`), \
                  or lower its use (fewer workers, smaller batches); `journalctl -k --grep oom` shows the kill."
@@ -196,11 +203,17 @@ pub(super) fn fix(cause: Cause, w: &Wording) -> String {
              (`sysctl -w net.ipv4.ip_local_port_range={}`), or spread the load over more upstream addresses.",
             shell_word("1024 65535")
         ),
-        Cause::UpstreamTimeout => format!(
-            "{proc_} did not answer within Nginx's `proxy_read_timeout`: find what it was doing then (its \
-             log, `py-spy dump --pid {pid}` for Python, a slow database). Raise `proxy_read_timeout` only if \
-             such slow requests are expected."
-        ),
+        Cause::UpstreamTimeout => {
+            let dump = match w.upstream_process {
+                Some(p) if python_like(&p.comm) => format!(", `py-spy dump --pid {}` for its stack", p.pid),
+                _ => String::new(),
+            };
+            format!(
+                "{proc_} did not answer within Nginx's `proxy_read_timeout`: find what it was doing then (its \
+                 log at that time{dump}, a slow dependency). Raise `proxy_read_timeout` only if such slow \
+                 requests are expected."
+            )
+        }
         _ => String::new(),
     }
 }

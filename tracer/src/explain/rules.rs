@@ -123,8 +123,9 @@ pub struct ConnFacts {
     /// Nginx closed its socket first (it gave up waiting).
     pub nginx_closed: bool,
     /// Response bytes Nginx had received on the connection (before this request, on a reused
-    /// keep-alive connection).
+    /// keep-alive connection), and request bytes it had sent.
     pub nginx_received: u64,
+    pub nginx_sent: u64,
     /// The upstream's end was closed by its own process while that process was dying (a
     /// non-zero exit code, or a fatal signal just before).
     pub upstream_died: bool,
@@ -161,8 +162,9 @@ pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
     if f.fin_before_response {
         return Some(UpstreamClosed);
     }
-    // 7. Nginx gave up without a response byte: its read timeout.
-    if f.nginx_closed && f.nginx_received == 0 {
+    // 7. Nginx gave up without a response byte to a request it had sent: its read timeout.
+    //    (A client closing a connection it never used has sent nothing.)
+    if f.nginx_closed && f.nginx_received == 0 && f.nginx_sent > 0 {
         return Some(UpstreamTimeout);
     }
     None
