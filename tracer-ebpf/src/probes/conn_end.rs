@@ -17,7 +17,7 @@ use tracer_common::{AttemptState, Config, ConnEndEvent, EventKind, CONN_LOCAL_FI
 
 use crate::{
     maps::{emit_with, ATTEMPTS, SIGNALS},
-    read::{current_task, field, kernel, netns_of, sock_flow},
+    read::{current_task, kernel, netns_of, sock_flow},
 };
 
 /// Called for every transition out of ESTABLISHED and for CLOSE_WAIT -> CLOSE.

@@ -3,7 +3,7 @@
 //! (a Gunicorn flag, a uWSGI option) comes from the processes that were really there.
 
 use super::cause_words::{shell_word, Wording};
-use super::output::{DeathHow, ProcessRef};
+use super::output::DeathHow;
 use super::rules::Cause;
 use super::words::duration;
 
@@ -64,10 +64,9 @@ pub(super) fn detail(cause: Cause, w: &Wording) -> String {
     let proc_ = who(w);
     let c = w.connection.cloned().unwrap_or_default();
     let after = duration(c.after_ms * MS);
-    let bytes = format!(
-        "Nginx had sent {} bytes and received {}",
-        c.nginx_sent, c.nginx_received
-    );
+    // The client is Nginx (or another proxy) in the cases tracer is for; say so only then.
+    let client = if w.proxy_client { "Nginx" } else { "the client" };
+    let bytes = format!("{client} had sent {} bytes and received {}", c.nginx_sent, c.nginx_received);
     match cause {
         Cause::UpstreamKilled => {
             let read = match c.upstream_received {
@@ -75,19 +74,19 @@ pub(super) fn detail(cause: Cause, w: &Wording) -> String {
                 None => String::new(),
             };
             format!(
-                "{} to {target} lost their upstream: {proc_} {} {after} after Nginx connected{read}; \
+                "{} to {target} lost their upstream: {proc_} {} {after} after {client} connected{read}; \
                  its socket closed as it died ({bytes}).",
                 requests(n),
                 death_clause(w)
             )
         }
         Cause::UpstreamReset => format!(
-            "{proc_}, alive, reset {} from Nginx to {target} {after} after the connect: it {} ({bytes}).",
+            "{proc_}, alive, reset {} from {client} to {target} {after} after the connect: it {} ({bytes}).",
             if n == 1 { "1 connection".to_string() } else { format!("{n} connections") },
             c.reset_reason.as_deref().unwrap_or("reset the connection")
         ),
         Cause::UpstreamClosed => format!(
-            "{proc_}, alive, closed {} from Nginx to {target} (FIN) {after} after the connect, before \
+            "{proc_}, alive, closed {} from {client} to {target} (FIN) {after} after the connect, before \
              sending a response byte ({bytes}).",
             if n == 1 { "1 connection".to_string() } else { format!("{n} connections") }
         ),
@@ -95,7 +94,7 @@ pub(super) fn detail(cause: Cause, w: &Wording) -> String {
             let idle = c.idle_ms.map(|ms| format!(" after {} idle", duration(ms * MS))).unwrap_or_default();
             format!(
                 "{} went out on kept-alive connections to {target} that {proc_} had already closed{idle}: \
-                 Nginx wrote on a connection whose FIN had come, and the upstream answered with a reset.",
+                 {client} wrote on a connection whose FIN had come, and the upstream answered with a reset.",
                 requests(n)
             )
         }
@@ -123,7 +122,8 @@ pub(super) fn detail(cause: Cause, w: &Wording) -> String {
                 None => String::new(),
             };
             format!(
-                "Nginx gave up on {} to {target} after {after} without a response byte{state}.",
+                "{} gave up on {} to {target} after {after} without a response byte{state}.",
+                if w.proxy_client { "Nginx" } else { "The client" },
                 requests(n)
             )
         }

@@ -568,6 +568,10 @@ pub fn write_lost_warning(w: &mut impl Write, lost: &KindCounts) -> io::Result<(
 
 /// "3 failed attempts" / "5 attempts: 3 failed, 1 delayed then connected, 1 pending".
 fn count_phrase(f: &Finding) -> String {
+    if f.cause.after_connect() {
+        // The connect worked: what failed is the request on the connection.
+        return format!("{} failed request{}", f.count, if f.count == 1 { "" } else { "s" });
+    }
     counts_phrase(f.count, f.delayed, f.pending)
 }
 
@@ -984,7 +988,7 @@ mod tests {
         let mut f = after_connect_finding(Cause::UpstreamKilled);
         f.death = Some(death(DeathHow::Crash, Some("SIGSEGV"), None, None));
         let text = render(&[f.clone()], &summary(0));
-        assert!(text.starts_with("UPSTREAM KILLED  127.0.0.1:8000  (1 failed attempt, 10:01:02 - 10:01:05 UTC)"), "{text}");
+        assert!(text.starts_with("UPSTREAM KILLED  127.0.0.1:8000  (1 failed request, 10:01:02 - 10:01:05 UTC)"), "{text}");
         assert!(text.contains("\n  upstream process: gunicorn (pid 700)\n"), "{text}");
         assert!(text.contains("\n  death:      crashed with SIGSEGV\n"), "{text}");
         // Wrapped under its column at the report's width: read it as one line.

@@ -33,6 +33,10 @@ const CLOSED_WHILE_READING: [&str; 2] = [
 fn after_finding(run: &TracerRun, cause: &str) -> FindingLine {
     let f = check_finding_shape(run.only_finding(UPSTREAM, cause));
     assert_eq!(serde_json::to_value(f.cause).unwrap(), cause, "{f:?}");
+    // Every upstream error line Nginx wrote is explained by this finding: none is left over.
+    let unexplained: Vec<&serde_json::Value> = run.lines.iter().filter(|l| l["type"] == "log_unexplained").collect();
+    assert!(unexplained.is_empty(), "log lines no finding explains: {unexplained:?}");
+    assert!(f.log_lines >= 1 && f.log_example.is_some(), "the finding explains Nginx's line: {f:?}");
     f
 }
 
