@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tracer_common::{
     AcceptWaitKey, AttemptState, Config, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
@@ -57,6 +57,11 @@ pub static FN_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16_
 /// Listener owners (tgid -> 1).
 #[map]
 pub static WATCHED_PIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Slot 0: `tracer_conn_end` (probes/conn_end.rs), tail-called by set_state when an
+/// established connection ends; userspace fills it after loading that program.
+#[map]
+pub static CONN_END: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// The last fatal signal generated for each process (by tgid), from any sender, and the OOM
 /// killer's choices: read when a dying process's sockets close (probes/conn_end.rs).

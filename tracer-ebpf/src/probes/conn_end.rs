@@ -9,20 +9,38 @@
 //!   its exit code (it may be dying) and the last fatal signal sent to it are read here;
 //! - ESTABLISHED or CLOSE_WAIT -> CLOSE: a reset, received (sk_err set) or sent by a local
 //!   close with unread data / SO_LINGER 0 (sk_err 0, the closer is current).
+//!
+//! A program of its own, tail-called by set_state (`CONN_END`) for these transitions only: the
+//! verifier checks it apart from set_state, which older verifiers (6.1's) could not do for
+//! the two together in reasonable time.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_jiffies64},
+    macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{AttemptState, Config, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_PEER_FIN, CONN_RESET};
+use tracer_common::{AttemptState, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_PEER_FIN, CONN_RESET};
 
 use crate::{
-    maps::{emit_with, ATTEMPTS, SIGNALS},
-    read::{current_task, kernel, netns_of, sock_flow},
+    maps::{config, emit_with, ATTEMPTS, SIGNALS},
+    read::{current_task, field, kernel, netns_of, sock_flow},
 };
 
-/// Called for every transition out of ESTABLISHED and for CLOSE_WAIT -> CLOSE.
+#[tracepoint]
+pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
+    let _ = try_conn_end(&ctx);
+    0
+}
+
+/// Runs for every transition out of ESTABLISHED and for CLOSE_WAIT -> CLOSE of a TCP socket
+/// (set_state has checked both before the tail call).
 #[inline(always)]
-pub fn on_established_end(ctx: &TracePointContext, cfg: &Config, sk: u64, old: u32, new: u32) -> Option<()> {
+fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config()?;
+    let f = &cfg.set_state;
+    let old: i32 = field(ctx, f.oldstate)?;
+    let new: i32 = field(ctx, f.newstate)?;
+    let (old, new) = (old as u32, new as u32);
+    let sk: u64 = field(ctx, f.skaddr)?;
     let c = &cfg.conn;
     let e = &cfg.enums;
     let established = old == e.tcp_established;
@@ -49,7 +67,6 @@ pub fn on_established_end(ctx: &TracePointContext, cfg: &Config, sk: u64, old: u
         return None;
     };
 
-    let f = &cfg.set_state;
     let flow = sock_flow(ctx, f);
     // Nginx's side: a connection tracer saw connect. The ports tell it from a later socket
     // that reuses the same address.

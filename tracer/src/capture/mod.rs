@@ -8,7 +8,7 @@ pub mod fhooks;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, MapData, PerCpuArray, RingBuf},
+    maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::TracePoint,
     Ebpf, EbpfLoader,
 };
@@ -120,6 +120,17 @@ impl Capture {
             let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
             let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
             cfg_map.set(0, config, 0).context("writing the active function hooks into the CONFIG map")?;
+        }
+        // The after-connect checks (probes/conn_end.rs), tail-called by set_state. Without
+        // them (a kernel that refuses the program) set_state goes on alone: they are off.
+        if config.conn.enabled != 0 {
+            if let Err(e) = load_conn_end(&mut ebpf) {
+                log::warn!("after-connect checks off: {e:#}");
+                config.conn.enabled = 0;
+                let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
+                let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
+                cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")?;
+            }
         }
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
         for (spec, tp) in hooks::tracepoints() {
@@ -311,6 +322,20 @@ fn unload(prog: &mut aya::programs::Program) {
         P::FExit(p) => p.unload(),
         _ => Ok(()),
     };
+}
+
+/// Loads `tracer_conn_end` (not attached: set_state tail-calls it) into slot 0 of `CONN_END`.
+fn load_conn_end(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut TracePoint = ebpf
+        .program_mut("tracer_conn_end")
+        .ok_or_else(|| anyhow!("program tracer_conn_end missing from the eBPF object"))?
+        .try_into()?;
+    prog.load().map_err(|e| anyhow!("tracer_conn_end: load refused: {e}"))?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf.map_mut("CONN_END").ok_or_else(|| anyhow!("eBPF object has no CONN_END map"))?;
+    let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+    slots.set(0, &fd, 0).context("filling the CONN_END slot")?;
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<()> {
