@@ -1,9 +1,12 @@
 //! Reading tracepoint fields and kernel memory at offsets that userspace supplied.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_task, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        generated::bpf_get_current_comm as get_current_comm,
+    },
     programs::TracePointContext,
 };
-use tracer_common::{Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT};
+use tracer_common::{Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT, TASK_COMM_LEN};
 
 /// Reads a `T` at `offset` in the tracepoint record, `None` when the field is absent.
 #[inline(always)]
@@ -28,12 +31,18 @@ pub fn kernel<T>(base: u64, offset: u32) -> Option<T> {
 pub fn current_task() -> Task {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    Task {
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: uid_gid as u32,
-        _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    let mut task = core::mem::MaybeUninit::<Task>::uninit();
+    let p = task.as_mut_ptr();
+    unsafe {
+        core::ptr::addr_of_mut!((*p).pid).write((pid_tgid >> 32) as u32);
+        core::ptr::addr_of_mut!((*p).tid).write(pid_tgid as u32);
+        core::ptr::addr_of_mut!((*p).uid).write(uid_gid as u32);
+        core::ptr::addr_of_mut!((*p)._pad).write(0);
+        // The helper writes all 16 bytes (the name NUL-padded, or zeros when it fails), so the
+        // name needs no zeroing first: a 16-byte zeroing is a memset loop the verifier walks
+        // on every path.
+        get_current_comm(core::ptr::addr_of_mut!((*p).comm).cast(), TASK_COMM_LEN as u32);
+        task.assume_init()
     }
 }
 
