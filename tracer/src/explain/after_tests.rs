@@ -84,9 +84,11 @@ fn the_after_connect_table_reads_like_its_comments() {
     assert_eq!(f(|x| { x.upstream_died = true; x.reset = true }), Some(Cause::UpstreamKilled));
     assert_eq!(f(|x| { x.reset_after_fin = true; x.nginx_received = 500 }), Some(Cause::KeepaliveRace));
     // A reset after a FIN on a connection that never carried a response: the upstream closed.
-    assert_eq!(f(|x| { x.reset_after_fin = true; x.fin_before_response = true }), Some(Cause::UpstreamClosed));
+    assert_eq!(f(|x| { x.reset_after_fin = true; x.fin_before_response = true; x.nginx_sent = 143 }), Some(Cause::UpstreamClosed));
     assert_eq!(f(|x| x.reset = true), Some(Cause::UpstreamReset));
-    assert_eq!(f(|x| x.fin_before_response = true), Some(Cause::UpstreamClosed));
+    assert_eq!(f(|x| { x.fin_before_response = true; x.nginx_sent = 143 }), Some(Cause::UpstreamClosed));
+    // A server closing a connection on which no request went out failed nothing.
+    assert_eq!(f(|x| x.fin_before_response = true), None);
     assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143 }), Some(Cause::UpstreamTimeout));
     // A client closing a connection it never sent a request on gave up on nothing.
     assert_eq!(f(|x| x.nginx_closed = true), None);

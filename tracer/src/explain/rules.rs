@@ -158,8 +158,9 @@ pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
     if f.reset {
         return Some(UpstreamReset);
     }
-    // 6. A live upstream closed before answering.
-    if f.fin_before_response {
+    // 6. A live upstream closed before answering a request it had been sent. (A server that
+    //    closes a connection its client never used, as health checks see, failed no request.)
+    if f.fin_before_response && f.nginx_sent > 0 {
         return Some(UpstreamClosed);
     }
     // 7. Nginx gave up without a response byte to a request it had sent: its read timeout.
