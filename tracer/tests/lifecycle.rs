@@ -10,21 +10,18 @@ mod common;
 use std::{path::Path, thread, time::Duration};
 
 use common::*;
-use serde_json::Value;
 
 fn lifecycle_script() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/lifecycle.py")
 }
 
 /// The timeline entries of a finding: (what, pid, detail).
-fn timeline(f: &Value) -> Vec<(String, u64, String)> {
-    f["timeline"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no timeline in {f}"))
+fn timeline(f: &FindingLine) -> Vec<(String, u64, String)> {
+    f.timeline
         .iter()
         .map(|e| {
-            assert!(e["at"].as_str().is_some_and(|t| t.ends_with('Z')), "RFC 3339 time: {e}");
-            (e["what"].as_str().unwrap().to_string(), e["pid"].as_u64().unwrap(), e["detail"].as_str().unwrap().to_string())
+            assert!(e.at.ends_with('Z'), "RFC 3339 time: {e:?}");
+            (e.what.clone(), u64::from(e.pid), e.detail.clone())
         })
         .collect()
 }
@@ -48,7 +45,7 @@ fn killed_by_another_process() {
     client.finish();
 
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:18301", "dead_listener");
+    let f = run.only_finding("127.0.0.1:18301", Cause::DeadListener);
     assert_listener(f, listener.pid);
     let t = timeline(f);
     assert_eq!(entry(&t, "listen").1, listener.pid as u64, "{t:?}");
@@ -58,7 +55,7 @@ fn killed_by_another_process() {
     assert_eq!(entry(&t, "exit").2, "killed by SIGKILL");
     assert!(entry(&t, "refused").2.starts_with("2 failed attempts"), "{t:?}");
     assert_eq!(t.last().unwrap().0, "still_down", "{t:?}");
-    assert!(f["fix"].as_str().unwrap().contains("SIGKILL from kill"), "{f}");
+    assert!(f.fix.contains("SIGKILL from kill"), "{f:?}");
 }
 
 /// A listener exiting with code 3.
@@ -75,7 +72,7 @@ fn exit_code_is_reported() {
     client.finish();
 
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:18302", "dead_listener");
+    let f = run.only_finding("127.0.0.1:18302", Cause::DeadListener);
     let t = timeline(f);
     let exit = entry(&t, "exit");
     assert_eq!((exit.1, exit.2.as_str()), (listener.pid as u64, "exited with code 3"), "{t:?}");
@@ -116,12 +113,12 @@ fn oom_killed_listener() {
     client.finish();
 
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:18303", "dead_listener");
+    let f = run.only_finding("127.0.0.1:18303", Cause::DeadListener);
     println!("OOM finding: {}", serde_json::to_string_pretty(f).unwrap());
     let t = timeline(f);
     assert_eq!(entry(&t, "oom_kill").1, hog.pid as u64, "{t:?}");
     assert_eq!(entry(&t, "exit").2, "killed by SIGKILL", "{t:?}");
-    assert!(f["fix"].as_str().unwrap().contains("OOM killer"), "{f}");
+    assert!(f.fix.contains("OOM killer"), "{f:?}");
 }
 
 /// A Unix socket file deleted by another process while its listener lives on: unix_missing,
@@ -140,13 +137,13 @@ fn unix_socket_file_unlinked_by_another_process() {
     client.finish();
 
     let run = tracer.finish();
-    let f = run.only_finding(&format!("unix:{path}"), "unix_missing");
+    let f = run.only_finding(&format!("unix:{path}"), Cause::UnixMissing);
     let t = timeline(f);
     assert_eq!(entry(&t, "bind").1, listener.pid as u64, "{t:?}");
     let unlink = entry(&t, "unlink");
     assert!(unlink.2.contains(&path), "{t:?}");
     assert_ne!(unlink.1, listener.pid as u64, "another process deleted it: {t:?}");
-    assert!(f["fix"].as_str().unwrap().contains("deleted the socket file"), "{f}");
+    assert!(f.fix.contains("deleted the socket file"), "{f:?}");
 }
 
 /// A listener that restarts on the same port after a gap: the timeline ends with the
@@ -166,7 +163,7 @@ fn restart_after_a_gap_is_a_recovery_with_its_outage() {
     second.expect("listening");
 
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:18305", "dead_listener");
+    let f = run.only_finding("127.0.0.1:18305", Cause::DeadListener);
     println!("restart finding: {}", serde_json::to_string_pretty(f).unwrap());
     assert_listener(f, first.pid);
     let t = timeline(f);

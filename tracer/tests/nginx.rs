@@ -25,29 +25,28 @@ const UPSTREAM: &str = "127.0.0.1:8000";
 
 /// One line per scenario with what Nginx and tracer said (visible with --nocapture; the
 /// closing notes quote it).
-fn show(scenario: &str, nginx_said: &str, log_line: &str, f: &serde_json::Value) {
+fn show(scenario: &str, nginx_said: &str, log_line: &str, f: &FindingLine) {
     let log_line = log_line.split(", client:").next().unwrap_or(log_line);
     let log_line = log_line.split_once(" [error] ").map(|(_, l)| l).unwrap_or(log_line);
     println!(
-        "SCENARIO {scenario}\n  nginx:  {nginx_said}\n  log:    {log_line}\n  tracer: {} {} count={} clients={} listener={} queue={} hint={}",
-        f["cause"], f["target"], f["count"], f["clients"], f["listener"], f["queue"], f["hint"]
+        "SCENARIO {scenario}\n  nginx:  {nginx_said}\n  log:    {log_line}\n  tracer: {} {} count={} clients={:?} listener={:?} queue={:?} hint={:?}",
+        f.cause.as_str(), f.target, f.count, f.clients, f.listener, f.queue, f.hint
     );
 }
 
 /// Events of `kind` the kernel reported lost (ring buffer full), from the summary line.
 fn lost_events(run: &TracerRun, kind: &str) -> u64 {
-    run.summary()["lost_events"][kind].as_u64().unwrap_or(0)
+    run.summary().lost_events.iter().find(|(k, _)| k.name() == kind).map_or(0, |(_, n)| *n)
 }
 
 /// Every client of the finding is an Nginx worker of this stack (comm "nginx").
-fn assert_nginx_clients(f: &serde_json::Value, nginx: &Nginx) {
+fn assert_nginx_clients(f: &FindingLine, nginx: &Nginx) {
     let workers = nginx.workers();
-    let clients = f["clients"].as_array().expect("clients");
-    assert!(!clients.is_empty(), "no clients in {f}");
-    for c in clients {
-        assert_eq!(c["comm"], "nginx", "client is not an nginx worker: {f}");
-        let pid = c["pid"].as_u64().unwrap() as u32;
-        assert!(workers.contains(&pid), "client pid {pid} is not one of nginx's workers {workers:?}: {f}");
+    assert!(!f.clients.is_empty(), "no clients in {f:?}");
+    for c in &f.clients {
+        assert_eq!(c.comm, "nginx", "client is not an nginx worker: {f:?}");
+        let pid = c.pid;
+        assert!(workers.contains(&pid), "client pid {pid} is not one of nginx's workers {workers:?}: {f:?}");
     }
 }
 
@@ -69,9 +68,9 @@ fn gunicorn_killed_is_a_dead_listener() {
     assert_eq!(logged.len(), 3, "nginx error log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = run.only_finding(UPSTREAM, "dead_listener");
+    let f = run.only_finding(UPSTREAM, Cause::DeadListener);
     show("gunicorn killed", "502 x3", &logged[0], f);
-    assert_eq!(count(f), 3, "{f}");
+    assert_eq!(f.count, 3, "{f:?}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
 }
@@ -92,13 +91,13 @@ fn wrong_proxy_pass_port_is_a_dead_listener_with_a_hint() {
     assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:8001", "dead_listener");
+    let f = run.only_finding("127.0.0.1:8001", Cause::DeadListener);
     show("proxy_pass to the wrong port", "502 x2", &logged[0], f);
-    assert_eq!(count(f), 2, "{f}");
+    assert_eq!(f.count, 2, "{f:?}");
     assert_nginx_clients(f, &nginx);
-    let hint = f["hint"].as_str().unwrap_or_default();
-    assert!(hint.contains("8000"), "the hint names the port Gunicorn listens on: {f}");
-    assert!(hint.contains(&gunicorn.pid.to_string()), "the hint names Gunicorn's pid {}: {f}", gunicorn.pid);
+    let hint = f.hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("8000"), "the hint names the port Gunicorn listens on: {f:?}");
+    assert!(hint.contains(&gunicorn.pid.to_string()), "the hint names Gunicorn's pid {}: {f:?}", gunicorn.pid);
 }
 
 /// 3. One sync worker, a slow handler and `--backlog 1` under concurrent load: the accept
@@ -134,22 +133,23 @@ fn small_backlog_under_load_is_backlog_full() {
     assert!(!timeouts.is_empty(), "nginx must time out connecting; wrk: {summary}; log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = run.only_finding(UPSTREAM, "backlog_full");
+    let f = run.only_finding(UPSTREAM, Cause::BacklogFull);
     show("small backlog under load", &format!("wrk: {} requests, {} non-2xx", wrk_requests(&summary), wrk_non_2xx(&summary)), &timeouts[0], f);
-    let n = count(f);
+    let n = f.count;
     let lost = lost_events(&run, "TcpAttemptFailed") + lost_events(&run, "TcpSynRetransmit");
     assert!(
         n + lost >= timeouts.len() as u64,
-        "every connect timeout is an affected attempt, or a lost event tracer reports: {n} + {lost} < {}: {f}\nsummary: {}\nstderr: {}",
+        "every connect timeout is an affected attempt, or a lost event tracer reports: {n} + {lost} < {}: {f:?}\nsummary: {:?}\nstderr: {}",
         timeouts.len(),
         run.summary(),
         run.stderr
     );
-    assert!(n <= wrk_requests(&summary) + 20, "no more attempts than requests plus the 20 in flight: {summary} {f}");
+    assert!(n <= wrk_requests(&summary) + 20, "no more attempts than requests plus the 20 in flight: {summary} {f:?}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
-    assert_eq!(f["queue"]["max"], 1, "the measured maximum is Gunicorn's --backlog: {f}");
-    assert!(f["queue"]["len"].as_u64().unwrap() >= 1, "{f}");
+    let queue = f.queue.unwrap_or_else(|| panic!("a measured queue: {f:?}"));
+    assert_eq!(queue.max, 1, "the measured maximum is Gunicorn's --backlog: {f:?}");
+    assert!(queue.len >= 1, "{f:?}");
 }
 
 /// 4. An nftables rule drops traffic to the upstream port: Nginx answers 504 after its short
@@ -169,9 +169,9 @@ fn nft_drop_is_a_firewall_drop() {
     assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
-    let f = run.only_finding(UPSTREAM, "firewall_drop");
+    let f = run.only_finding(UPSTREAM, Cause::FirewallDrop);
     show("nft drop", "504 x2", &logged[0], f);
-    assert_eq!(count(f), 2, "{f}");
+    assert_eq!(f.count, 2, "{f:?}");
     assert_nginx_clients(f, &nginx);
 }
 
@@ -191,13 +191,13 @@ fn reject_scenario(name: &str, rule: &str, detail_word: &str) {
 
     let run = tracer.finish();
     // only_finding also fails on any dead_listener finding for the same target.
-    let f = run.only_finding(UPSTREAM, "firewall_reject");
+    let f = run.only_finding(UPSTREAM, Cause::FirewallReject);
     show(rule, "502 x2", &logged[0], f);
     assert_listener(f, gunicorn.pid);
-    assert!(f["listener_note"].as_str().unwrap_or_default().contains("listens here"), "Gunicorn still listens: {f}");
-    assert_eq!(count(f), 2, "{f}");
+    assert!(f.listener_note.contains("listens here"), "Gunicorn still listens: {f:?}");
+    assert_eq!(f.count, 2, "{f:?}");
     assert_nginx_clients(f, &nginx);
-    assert!(f["detail"].as_str().unwrap_or_default().contains(detail_word), "{f}");
+    assert!(f.detail.contains(detail_word), "{f:?}");
 }
 
 /// 5a. An nftables rule rejecting with a TCP reset: 502 exactly like a dead listener for
@@ -240,9 +240,9 @@ fn unix_socket_deleted_is_unix_missing() {
     assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
-    let f = run.only_finding(&format!("unix:{path}"), "unix_missing");
+    let f = run.only_finding(&format!("unix:{path}"), Cause::UnixMissing);
     show("unix socket file deleted", "502 x2", &logged[0], f);
-    assert_eq!(count(f), 2, "{f}");
+    assert_eq!(f.count, 2, "{f:?}");
     assert_nginx_clients(f, &nginx);
 }
 
@@ -260,9 +260,9 @@ fn unix_socket_left_by_a_crash_is_unix_stale() {
     assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
-    let f = run.only_finding(&format!("unix:{path}"), "unix_stale");
+    let f = run.only_finding(&format!("unix:{path}"), Cause::UnixStale);
     show("gunicorn killed, socket file left", "502 x2", &logged[0], f);
-    assert_eq!(count(f), 2, "{f}");
+    assert_eq!(f.count, 2, "{f:?}");
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
 }
@@ -281,21 +281,21 @@ fn unix_backlog_under_load_is_unix_backlog_full() {
     assert!(!eagain.is_empty(), "nginx must hit EAGAIN; wrk: {summary}; log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = run.only_finding(&format!("unix:{path}"), "unix_backlog_full");
+    let f = run.only_finding(&format!("unix:{path}"), Cause::UnixBacklogFull);
     show("unix backlog under load", &format!("wrk: {} requests, {} non-2xx", wrk_requests(&summary), wrk_non_2xx(&summary)), &eagain[0], f);
     // Exact accounting: every EAGAIN nginx logged is an attempt tracer counted, or one it
     // says it lost (ring buffer full on a machine this loaded); never silently missing.
     let lost = lost_events(&run, "UnixConnectFailed");
     assert_eq!(
-        count(f) + lost,
+        f.count + lost,
         eagain.len() as u64,
-        "one attempt per EAGAIN nginx logged (counted {} + reported lost {lost}): {f}\nsummary: {}",
-        count(f),
+        "one attempt per EAGAIN nginx logged (counted {} + reported lost {lost}): {f:?}\nsummary: {:?}",
+        f.count,
         run.summary()
     );
     assert_nginx_clients(f, &nginx);
     assert_listener(f, gunicorn.pid);
-    assert_eq!(f["queue"]["max"], 1, "{f}");
+    assert_eq!(f.queue.map(|q| q.max), Some(1), "{f:?}");
 }
 
 /// 6d. A socket file Nginx's worker user may not open: unix_permission_denied, with its uid.
@@ -311,12 +311,12 @@ fn unix_socket_without_access_is_permission_denied() {
     assert_eq!(logged.len(), 2);
 
     let run = tracer.finish();
-    let f = run.only_finding(&format!("unix:{path}"), "unix_permission_denied");
+    let f = run.only_finding(&format!("unix:{path}"), Cause::UnixPermissionDenied);
     show("unix socket mode 0700", "502 x2", &logged[0], f);
-    assert_eq!(count(f), 2, "{f}");
+    assert_eq!(f.count, 2, "{f:?}");
     assert_nginx_clients(f, &nginx);
-    let www_data = uid_of("www-data") as u64;
-    assert!(f["uids"].as_array().unwrap().iter().any(|u| u.as_u64() == Some(www_data)), "uid of www-data: {f}");
+    let www_data = uid_of("www-data");
+    assert!(f.uids.contains(&www_data), "uid of www-data: {f:?}");
 }
 
 /// 7. A healthy run under load: every request 200, and tracer reports nothing at all.
@@ -337,7 +337,7 @@ fn healthy_load_has_no_findings() {
     println!("SCENARIO healthy load\n  nginx:  wrk: {} requests, {} non-2xx\n  tracer: {} findings", wrk_requests(&summary), wrk_non_2xx(&summary), run.findings().len());
     run.assert_no_finding_for(UPSTREAM);
     run.assert_no_finding_for(&format!("127.0.0.1:{FRONT_PORT}"));
-    assert!(run.summary()["lost_events"].as_object().unwrap().is_empty(), "{}", run.stdout);
+    assert!(run.summary().lost_events.is_empty(), "{}", run.stdout);
 }
 
 /// Issue 6: the operator's view. Nginx's configuration names the upstream (`upstream backend
@@ -360,22 +360,22 @@ fn operator_context_names_upstream_log_lines_and_unlistened_targets() {
     gunicorn.crash();
     assert_eq!(ns.curls(3, 10), [502, 502, 502]);
     let run = tracer.finish();
-    let f = run.only_finding(UPSTREAM, "dead_listener");
-    assert_eq!(count(f), 3, "{f}");
-    assert_eq!(f["upstream"], "backend", "{f}");
-    assert_eq!(f["config_line"], "server 127.0.0.1:8000 max_fails=0;", "{f}");
-    assert_eq!(f["log_lines"], 3, "the three connect() failures nginx logged: {f}");
-    assert!(f["log_example"].as_str().unwrap().contains("(111: Connection refused)"), "{f}");
-    for c in f["clients"].as_array().unwrap() {
-        assert!(c["cgroup"].as_str().is_some_and(|p| p.starts_with('/')), "client cgroup: {f}");
+    let f = run.only_finding(UPSTREAM, Cause::DeadListener);
+    assert_eq!(f.count, 3, "{f:?}");
+    assert_eq!(f.upstream.as_deref(), Some("backend"), "{f:?}");
+    assert_eq!(f.config_line.as_deref(), Some("server 127.0.0.1:8000 max_fails=0;"), "{f:?}");
+    assert_eq!(f.log_lines, 3, "the three connect() failures nginx logged: {f:?}");
+    assert!(f.log_example.as_deref().unwrap().contains("(111: Connection refused)"), "{f:?}");
+    for c in &f.clients {
+        assert!(c.cgroup.as_deref().is_some_and(|p| p.starts_with('/')), "client cgroup: {f:?}");
     }
-    let checks: Vec<&serde_json::Value> = run.lines.iter().filter(|v| v["type"] == "config_check").collect();
+    let checks = run.config_checks();
     assert!(
-        checks.iter().any(|c| c["target"] == "127.0.0.1:8009" && c["listening"] == false),
+        checks.iter().any(|c| c.target == "127.0.0.1:8009" && !c.listening),
         "127.0.0.1:8009 is configured but nobody listens: {}",
         run.stdout
     );
-    assert!(!checks.iter().any(|c| c["target"] == UPSTREAM), "gunicorn listened on 8000 when tracing started: {}", run.stdout);
+    assert!(!checks.iter().any(|c| c.target == UPSTREAM), "gunicorn listened on 8000 when tracing started: {}", run.stdout);
 
     // The same trace filtered to another namespace (the host's: --netns must name one that
     // exists) shows nothing.
@@ -433,18 +433,18 @@ fn nginx_started_while_tracing_is_found_and_its_log_followed_across_rotation() {
     assert_eq!(nginx.errors_with("(111: Connection refused)").len(), 4, "the new file has the 4 new lines");
 
     let run = tracer.finish();
-    let live: Vec<&serde_json::Value> =
-        run.findings_for(UPSTREAM).into_iter().filter(|f| f["cause"] == "dead_listener").collect();
+    let live: Vec<&FindingLine> =
+        run.findings_for(UPSTREAM).into_iter().filter(|f| f.cause == Cause::DeadListener).collect();
     let f = *live.last().unwrap_or_else(|| panic!("no dead_listener finding for {UPSTREAM}: {}", run.stdout));
-    assert_eq!(count(f), 7, "{f}");
+    assert_eq!(f.count, 7, "{f:?}");
     assert_nginx_clients(f, &nginx);
-    assert!(f["log_lines"].as_u64().unwrap() >= 7, "the 3 lines of the old file and the 4 of the new one: {f}");
-    assert!(f["log_example"].as_str().is_some_and(|l| l.contains("(111: Connection refused) while connecting to upstream")), "{f}");
-    assert!(f["config_line"].as_str().is_some_and(|l| l.contains(UPSTREAM)), "its configuration was read: {f}");
+    assert!(f.log_lines >= 7, "the 3 lines of the old file and the 4 of the new one: {f:?}");
+    assert!(f.log_example.as_deref().is_some_and(|l| l.contains("(111: Connection refused) while connecting to upstream")), "{f:?}");
+    assert!(f.config_line.as_deref().is_some_and(|l| l.contains(UPSTREAM)), "its configuration was read: {f:?}");
     // The live lines count as the trace goes: never down.
-    let counts: Vec<u64> = live.iter().map(|v| v["log_lines"].as_u64().unwrap_or(0)).collect();
+    let counts: Vec<u64> = live.iter().map(|v| v.log_lines).collect();
     assert!(counts.windows(2).all(|w| w[0] <= w[1]), "log_lines went down: {counts:?}");
-    assert!(!run.lines.iter().any(|v| v["type"] == "log_unexplained"), "every line is explained: {}", run.stdout);
+    assert!(run.log_unexplained().is_empty(), "every line is explained: {}", run.stdout);
 }
 
 /// Issue 12: failures after the connect (a worker crash or kill, a reset, a keep-alive race,

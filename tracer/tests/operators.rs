@@ -55,9 +55,9 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 
 /// `watch` prints a finding each time it changes, then the final report: the last one for
 /// `target` is the final state; every one must have `cause`.
-fn final_finding<'a>(run: &'a TracerRun, target: &str, cause: &str) -> &'a serde_json::Value {
+fn final_finding<'a>(run: &'a TracerRun, target: &str, cause: Cause) -> &'a FindingLine {
     let fs = run.findings_for(target);
-    assert!(fs.iter().all(|f| f["cause"] == cause), "only {cause} findings for {target}:\n{}", run.stdout);
+    assert!(fs.iter().all(|f| f.cause == cause), "only {} findings for {target}:\n{}", cause.as_str(), run.stdout);
     let f = *fs.last().unwrap_or_else(|| panic!("no finding for {target}:\n{}\nstderr:\n{}", run.stdout, run.stderr));
     check_finding_shape(f);
     run.summary();
@@ -144,8 +144,8 @@ fn m_metrics_scrape_counts_dead_listener_attempts() {
 
     // The findings agree with the counter.
     let run = tracer.finish();
-    let f = final_finding(&run, target, "dead_listener");
-    assert_eq!(count(f), 3, "{f}");
+    let f = final_finding(&run, target, Cause::DeadListener);
+    assert_eq!(f.count, 3, "{f:?}");
     assert_client(f, client.pid);
 }
 
@@ -185,16 +185,16 @@ fn m2_metrics_queue_gauges_for_a_full_backlog() {
     assert!(failed >= 1.0, "a backlog_full counter for {target}:\n{body}");
     let run = tracer.finish();
     listener.stop();
-    let f = final_finding(&run, target, "backlog_full");
-    assert!(count(f) as f64 >= failed, "the finding counts at least the failed attempts: {f}");
-    if !f["queue"].is_null() {
+    let f = final_finding(&run, target, Cause::BacklogFull);
+    assert!(f.count as f64 >= failed, "the finding counts at least the failed attempts: {f:?}");
+    if f.queue.is_some() {
         // Gauges show the latest queue a finding measured; the finding keeps the fullest.
         let max = sample(&body, &format!(r#"tracer_listener_queue_max{{target="{target}"}}"#));
-        assert_eq!(max, Some(1.0), "the listen backlog as tracer_listener_queue_max:\n{body}\nfinding: {f}");
+        assert_eq!(max, Some(1.0), "the listen backlog as tracer_listener_queue_max:\n{body}\nfinding: {f:?}");
         let len = sample(&body, &format!(r#"tracer_listener_queue_length{{target="{target}"}}"#));
         assert!(len.is_some_and(|l| l >= 1.0), "a full queue's length:\n{body}");
     } else {
-        println!("note: no queue measured for this run's finding; gauges not checked: {f}");
+        println!("note: no queue measured for this run's finding; gauges not checked: {f:?}");
     }
 }
 
@@ -283,8 +283,8 @@ fn n1_metrics_against_nginx_and_gunicorn() {
     println!("GET http://{metrics}/metrics ->\n{body}");
     assert_eq!(sample(&body, series), Some(3.0), "expected `{series} 3` in:\n{body}\ntracer stderr:\n{}", tracer.stderr_text());
     let run = tracer.finish();
-    let f = final_finding(&run, "127.0.0.1:8000", "dead_listener");
-    assert_eq!(count(f), 3, "{f}");
+    let f = final_finding(&run, "127.0.0.1:8000", Cause::DeadListener);
+    assert_eq!(f.count, 3, "{f:?}");
 }
 
 /// n2. The same in `tracer top`: the row names the upstream, the cause and count, and the

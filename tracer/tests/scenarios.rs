@@ -90,7 +90,7 @@ struct Scenario {
     client: &'static [&'static str],
     client_sees: ClientSees,
     /// The one finding for the target, None: no finding at all.
-    cause: Option<&'static str>,
+    cause: Option<Cause>,
     count: Count,
     /// Who the finding names as the listener.
     listener_named: ListenerNamed,
@@ -179,7 +179,7 @@ fn run_scenario(s: &Scenario) {
         run.assert_no_finding_for(&target);
         return;
     };
-    let f = check_finding_shape(run.only_finding(&target, cause));
+    let f = run.only_finding(&target, cause);
     let n = f.count;
     match s.count {
         Count::Exactly(want) => assert_eq!(n, want, "{f:?}"),
@@ -249,7 +249,7 @@ scenarios! {
         listener: Some((&[], ListenerFate::Killed)),
         client: &["--count", "3"],
         client_sees: ClientSees::Results("ECONNREFUSED", 3),
-        cause: Some("dead_listener"),
+        cause: Some(Cause::DeadListener),
         count: Count::Exactly(3),
         listener_named: ListenerNamed::Helper,
         ..ROW
@@ -260,7 +260,7 @@ scenarios! {
         address: Address::Tcp { host: "::1", port: 18102 },
         client: &["--count", "2"],
         client_sees: ClientSees::Results("ECONNREFUSED", 2),
-        cause: Some("dead_listener"),
+        cause: Some(Cause::DeadListener),
         count: Count::Exactly(2),
         listener_named: ListenerNamed::Nobody,
         ..ROW
@@ -274,7 +274,7 @@ scenarios! {
         listener: Some((&["--backlog", "1"], ListenerFate::Kept)),
         client: &["--count", "6", "--nonblock", "--hold", "4"],
         client_sees: ClientSees::PendingAtLeast(3),
-        cause: Some("backlog_full"),
+        cause: Some(Cause::BacklogFull),
         count: Count::Within(3, 6),
         listener_named: ListenerNamed::Helper,
         queue_max: Some(1),
@@ -288,7 +288,7 @@ scenarios! {
         nft_output_rule: Some("tcp dport 18104 drop"),
         client: &["--count", "1", "--nonblock", "--hold", "2.5"],
         client_sees: ClientSees::Pending(1),
-        cause: Some("firewall_drop"),
+        cause: Some(Cause::FirewallDrop),
         count: Count::Exactly(1),
         ..ROW
     };
@@ -300,7 +300,7 @@ scenarios! {
         nft_output_rule: Some("tcp dport 18105 reject with tcp reset"),
         client: &["--count", "2"],
         client_sees: ClientSees::Results("ECONNREFUSED", 2),
-        cause: Some("firewall_reject"),
+        cause: Some(Cause::FirewallReject),
         count: Count::Exactly(2),
         detail_says: Some("reset"),
         ..ROW
@@ -312,7 +312,7 @@ scenarios! {
         nft_output_rule: Some("tcp dport 18106 reject with icmpx type port-unreachable"),
         client: &["--count", "2"],
         client_sees: ClientSees::Results("ECONNREFUSED", 2),
-        cause: Some("firewall_reject"),
+        cause: Some(Cause::FirewallReject),
         count: Count::Exactly(2),
         detail_says: Some("icmp"),
         ..ROW
@@ -325,7 +325,7 @@ scenarios! {
         listener: Some((&[], ListenerFate::Stopped)),
         client: &["--count", "2"],
         client_sees: ClientSees::Results("ECONNREFUSED", 2),
-        cause: Some("dead_listener"),
+        cause: Some(Cause::DeadListener),
         count: Count::Exactly(2),
         listener_named: ListenerNamed::Helper,
         ..ROW
@@ -352,7 +352,7 @@ scenarios! {
         address: Address::Unix("missing.sock"),
         client: &["--count", "2"],
         client_sees: ClientSees::Results("ENOENT", 2),
-        cause: Some("unix_missing"),
+        cause: Some(Cause::UnixMissing),
         count: Count::Exactly(2),
         ..ROW
     };
@@ -364,7 +364,7 @@ scenarios! {
         listener: Some((&[], ListenerFate::Killed)),
         client: &["--count", "2"],
         client_sees: ClientSees::Results("ECONNREFUSED", 2),
-        cause: Some("unix_stale"),
+        cause: Some(Cause::UnixStale),
         count: Count::Exactly(2),
         listener_named: ListenerNamed::Helper,
         ..ROW
@@ -377,7 +377,7 @@ scenarios! {
         listener: Some((&["--backlog", "1"], ListenerFate::Kept)),
         client: &["--count", "6", "--nonblock", "--hold", "1"],
         client_sees: ClientSees::AtLeast("EAGAIN", 1),
-        cause: Some("unix_backlog_full"),
+        cause: Some(Cause::UnixBacklogFull),
         count: Count::ClientResults("EAGAIN"),
         listener_named: ListenerNamed::Helper,
         queue_max: Some(1),
@@ -391,7 +391,7 @@ scenarios! {
         listener: Some((&["--mode", "600"], ListenerFate::Kept)),
         client: &["--count", "2", "--uid", "65534", "--gid", "65534"],
         client_sees: ClientSees::Results("EACCES", 2),
-        cause: Some("unix_permission_denied"),
+        cause: Some(Cause::UnixPermissionDenied),
         count: Count::Exactly(2),
         uid: Some(65534),
         ..ROW
@@ -562,11 +562,11 @@ fn n_remote_refused_and_no_response() {
     remote.sigkill();
 
     let run = tracer.finish();
-    let f = run.only_finding("10.77.0.99:18114", "remote_refused");
-    assert_eq!(count(f), 2, "{f}");
+    let f = run.only_finding("10.77.0.99:18114", Cause::RemoteRefused);
+    assert_eq!(f.count, 2, "{f:?}");
     assert_client(f, refused.pid);
-    assert!(check_finding_shape(f).detail.contains("another host"), "{f}");
-    let f = run.only_finding("10.77.0.98:18115", "no_response");
-    assert_eq!(count(f), 1, "{f}");
+    assert!(f.detail.contains("another host"), "{f:?}");
+    let f = run.only_finding("10.77.0.98:18115", Cause::NoResponse);
+    assert_eq!(f.count, 1, "{f:?}");
     assert_client(f, silent.pid);
 }

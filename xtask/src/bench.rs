@@ -22,10 +22,9 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    process::{Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -36,7 +35,9 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::{json, Value};
-use xtask::kit::{stop_group, wait_ready, wait_timeout_polling, Listener, Netns, ReadyWait};
+use xtask::kit::{
+    collect_lines, wait_ready, wait_timeout_polling, Listener, Netns, ProcessGroup, ReadyLine, ReadyWait, SharedLines,
+};
 
 use crate::{
     cmd_build::release_or_env,
@@ -81,11 +82,12 @@ const WAIT: Duration = Duration::from_secs(60);
 // Processes and the namespace
 // ---------------------------------------------------------------------------------------
 
-/// A process the bench started (own process group); killed with its group on drop.
+/// A process the bench started (own process group); SIGTERM to its group, SIGKILL after 3 s
+/// and to leftovers (Nginx workers) when it is dropped.
 struct Proc {
     name: &'static str,
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    child: ProcessGroup,
+    lines: SharedLines,
     readers: Vec<thread::JoinHandle<()>>,
     spawned: Instant,
     first_match: mpsc::Receiver<Instant>,
@@ -103,32 +105,15 @@ impl Proc {
         };
         let spawned = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("cannot start {}", show(cmd)))?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let mut readers = Vec::new();
-        let streams: Vec<Box<dyn std::io::Read + Send>> = [
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        for s in streams {
-            let (lines, tx) = (lines.clone(), tx.clone());
-            readers.push(thread::spawn(move || {
-                for line in BufReader::new(s).lines().map_while(Result::ok) {
-                    if !ready.is_empty() && line.starts_with(ready) {
-                        let _ = tx.send(Instant::now());
-                    }
-                    if let Ok(mut l) = lines.lock() {
-                        if l.len() < 100_000 {
-                            l.push(line);
-                        }
-                    }
-                }
-            }));
+        let lines = SharedLines::new();
+        let (ready_line, first_match) = ReadyLine::new(ready);
+        let ready_line = (!ready.is_empty()).then_some(ready_line);
+        let mut readers = vec![collect_lines(child.stderr.take().unwrap(), &lines, ready_line.clone())];
+        if let Some(out) = child.stdout.take() {
+            readers.push(collect_lines(out, &lines, ready_line));
         }
-        Ok(Proc { name, child, lines, readers, spawned, first_match: rx })
+        let child = ProcessGroup::new(child, Signal::SIGTERM, Duration::from_secs(3));
+        Ok(Proc { name, child, lines, readers, spawned, first_match })
     }
 
     fn pid(&self) -> u32 {
@@ -146,7 +131,7 @@ impl Proc {
     }
 
     fn output(&self) -> Vec<String> {
-        self.lines.lock().map(|l| l.clone()).unwrap_or_default()
+        self.lines.snapshot()
     }
 
     /// Sends `sig` to the process (not its group) and waits for it; the time it took.
@@ -155,13 +140,11 @@ impl Proc {
         let _ = kill(Pid::from_raw(self.pid() as i32), sig);
         // Polled every 500 µs: the exit is timed.
         if wait_timeout_polling(&mut self.child, timeout, Duration::from_micros(500)).is_none() {
-            self.kill_group();
+            self.child.stop();
             bail!("{} did not exit within {timeout:?} of {sig}", self.name);
         }
         let took = t0.elapsed();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
+        self.join_readers();
         Ok(took)
     }
 
@@ -171,34 +154,32 @@ impl Proc {
         loop {
             check_interrupted()?;
             if let Ok(Some(st)) = self.child.try_wait() {
-                for r in self.readers.drain(..) {
-                    let _ = r.join();
-                }
+                self.join_readers();
                 if !st.success() {
                     bail!("{} failed ({st}): {}", self.name, self.output().join(" | "));
                 }
                 return Ok(());
             }
             if Instant::now() >= end {
-                self.kill_group();
+                self.child.stop();
                 bail!("{} did not finish within {timeout:?}", self.name);
             }
             thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// SIGTERM to the process group, SIGKILL after 3 s, then SIGKILL to leftovers (nginx workers).
-    fn kill_group(&mut self) {
-        stop_group(&mut self.child, Signal::SIGTERM, Duration::from_secs(3));
+    fn join_readers(&mut self) {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill_group();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
+        // The group first: the readers end when its last process closes the pipes.
+        self.child.stop();
+        self.join_readers();
     }
 }
 
@@ -662,7 +643,7 @@ impl Bench {
         self.detach(a)?;
         let cost = cost_json(&stats, w.requests);
         println!("  kernel cost (bpf_stats run): {:.0} ns of tracer's BPF programs per proxied request: {}", cost["total_ns_per_unit"].as_f64().unwrap_or(0.0), cost_line(&cost));
-        nginx.kill_group();
+        nginx.child.stop();
         let med = |v: Variant, f: fn(&WrkRun) -> f64| median(&runs[v.name()].iter().map(f).collect::<Vec<_>>());
         let rps = |v| med(v, |w| w.rps);
         let p99 = |v| med(v, |w| w.p99_ms);

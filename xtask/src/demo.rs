@@ -10,20 +10,20 @@
 //! timeout.
 use std::{
     fs,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
     thread,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use nix::{
-    sys::signal::{kill, killpg, Signal},
+    sys::signal::{killpg, Signal},
     unistd::Pid,
 };
-use xtask::kit::{children_of, spawn_group_logged, stop_group, wait_ready, ListenWait, Listener, Netns, ReadyWait};
+use xtask::kit::{
+    children_of, read_lines, spawn_group_logged, wait_ready, ListenWait, Listener, Netns, ProcessGroup, ReadyLine, ReadyWait,
+};
 
 use crate::{
     cmd_build::release_or_env,
@@ -61,11 +61,16 @@ fn prefix(stream: char) -> String {
 struct Stack {
     tmp: PathBuf,
     netns: Option<Netns>,
-    tracer: Option<Child>,
-    gunicorn: Option<Child>,
-    nginx: Option<Child>,
+    tracer: Option<ProcessGroup>,
+    gunicorn: Option<ProcessGroup>,
+    nginx: Option<ProcessGroup>,
     readers: Vec<thread::JoinHandle<()>>,
 }
+
+/// How long tracer gets to print its final report and exit after SIGINT.
+const TRACER_GRACE: Duration = Duration::from_secs(20);
+/// How long Nginx and Gunicorn get to exit on SIGTERM (and then on SIGKILL).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 impl Stack {
     fn new(tmp: PathBuf) -> Stack {
@@ -82,16 +87,10 @@ impl Stack {
     /// SIGINT to tracer (it prints its final report), bounded; SIGKILL after that.
     fn stop_tracer(&mut self) -> bool {
         let Some(mut t) = self.tracer.take() else { return true };
-        if let Ok(Some(_)) = t.try_wait() {
-            return true;
-        }
-        let _ = kill(Pid::from_raw(t.id() as i32), Signal::SIGINT);
-        let clean = match wait_timeout(&mut t, Duration::from_secs(20)) {
+        let clean = match t.stop() {
             Some(st) => st.success(),
             None => {
-                eprintln!("demo: tracer did not exit within 20 s of SIGINT; killing it");
-                let _ = t.kill();
-                let _ = t.wait();
+                eprintln!("demo: tracer did not exit within 20 s of SIGINT; killed it");
                 false
             }
         };
@@ -100,20 +99,19 @@ impl Stack {
         }
         clean
     }
-}
 
-/// How long Nginx and Gunicorn get to exit on SIGTERM (and then on SIGKILL).
-const STOP_GRACE: Duration = Duration::from_secs(5);
+    /// A service of the demo (Gunicorn, Nginx): stopped with its group by SIGTERM.
+    fn service(child: Child) -> ProcessGroup {
+        ProcessGroup::new(child, Signal::SIGTERM, STOP_GRACE)
+    }
+}
 
 impl Drop for Stack {
     fn drop(&mut self) {
         self.stop_tracer();
-        if let Some(mut n) = self.nginx.take() {
-            stop_group(&mut n, Signal::SIGTERM, STOP_GRACE);
-        }
-        if let Some(mut g) = self.gunicorn.take() {
-            stop_group(&mut g, Signal::SIGTERM, STOP_GRACE);
-        }
+        // Nginx first, so that no request reaches a Gunicorn going away.
+        drop(self.nginx.take());
+        drop(self.gunicorn.take());
         // Deleting the namespace kills whatever is still inside.
         drop(self.netns.take());
         let _ = fs::remove_dir_all(&self.tmp);
@@ -264,30 +262,20 @@ pub fn demo() -> Result<()> {
             .spawn()
     }
     .with_context(|| format!("cannot start {}", bin.display()))?;
-    let (tx, rx) = mpsc::channel::<()>();
+    let (mut ready, rx) = ReadyLine::new("tracing:");
     let out = tracer.stdout.take().unwrap();
     let err = tracer.stderr.take().unwrap();
-    let tracer: &mut Child = stack.tracer.insert(tracer);
-    stack.readers.push(thread::spawn(move || {
-        let p = prefix('|');
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            println!("{p}{line}");
-        }
-    }));
-    stack.readers.push(thread::spawn(move || {
-        let p = prefix('!');
-        let mut told = false;
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            println!("{p}{line}");
-            if !told && line.starts_with("tracing:") {
-                told = true;
-                let _ = tx.send(());
-            }
-        }
+    let tracer: &mut Child = stack.tracer.insert(ProcessGroup::new(tracer, Signal::SIGINT, TRACER_GRACE));
+    let p = prefix('|');
+    stack.readers.push(read_lines(out, move |line| println!("{p}{line}")));
+    let p = prefix('!');
+    stack.readers.push(read_lines(err, move |line| {
+        println!("{p}{line}");
+        ready.see(&line);
     }));
     let (timeout, poll) = (Duration::from_secs(60), Duration::from_millis(100));
     match wait_ready(&rx, tracer, timeout, poll, check_interrupted)? {
-        ReadyWait::Ready(()) => {}
+        ReadyWait::Ready(_) => {}
         ReadyWait::Exited(st) => bail!("tracer exited ({st}) before it was tracing"),
         ReadyWait::TimedOut => bail!("tracer printed no `tracing:` line within 60 s"),
     }
@@ -298,7 +286,7 @@ pub fn demo() -> Result<()> {
     let mut g = start_gunicorn(ns, &gunicorn, &tmp, "gunicorn.log")?;
     let gpid = g.id();
     let waited = wait_listening(ns, 8000, "gunicorn", &mut g, Duration::from_secs(30));
-    stack.gunicorn = Some(g);
+    stack.gunicorn = Some(Stack::service(g));
     waited.map_err(|e| e.context(format!("see {}", tmp.join("gunicorn.log").display())))?;
 
     let mut n = spawn_logged(
@@ -313,7 +301,7 @@ pub fn demo() -> Result<()> {
     )?;
     let npid = n.id();
     let waited = wait_listening(ns, 8080, "nginx", &mut n, Duration::from_secs(30));
-    stack.nginx = Some(n);
+    stack.nginx = Some(Stack::service(n));
     waited?;
     let workers = children_of(npid);
     println!(
@@ -338,7 +326,7 @@ pub fn demo() -> Result<()> {
     caption("restarting Gunicorn");
     let mut g = start_gunicorn(ns, &gunicorn, &tmp, "gunicorn2.log")?;
     let waited = wait_listening(ns, 8000, "gunicorn", &mut g, Duration::from_secs(30));
-    stack.gunicorn = Some(g);
+    stack.gunicorn = Some(Stack::service(g));
     waited?;
     pause(Duration::from_millis(500))?;
     println!("Nginx answered {}", curl(ns, &format!("http://{FRONT}/"))?);

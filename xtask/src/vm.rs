@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -22,6 +22,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::util::{cargo, probe, require_root, run, target_dir};
+use xtask::kit::read_lines;
 
 /// The kernels of the matrix: a label and the apt package name pattern (newest match wins).
 const KERNELS: &[(&str, &str)] = &[
@@ -392,15 +393,11 @@ fn boot(label: &str, k: &Kernel, initrd: &Path, log: &Path) -> Result<VmOutcome>
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let tx2 = tx.clone();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
+    read_lines(stdout, move |line| {
+        let _ = tx.send(line);
     });
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx2.send(format!("qemu: {line}"));
-        }
+    read_lines(stderr, move |line| {
+        let _ = tx2.send(format!("qemu: {line}"));
     });
     let mut logf = fs::File::create(log)?;
     let mut out = VmOutcome {

@@ -9,13 +9,10 @@
 pub mod stack;
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::{
-        mpsc::{self, Receiver, RecvTimeoutError},
-        Arc, Mutex,
-    },
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
@@ -25,7 +22,9 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
-use tracer::report::json::{FindingLine, Line};
+pub use tracer::explain::Cause;
+pub use tracer::report::json::{ConfigCheckLine, FindingLine, Line, LogUnexplainedLine, SummaryLine};
+use xtask::kit::{collect_lines, read_lines, ReadyLine, SharedLines};
 
 /// How long tracer may take to attach everything and print `tracing:`.
 pub const TRACING_TIMEOUT: Duration = Duration::from_secs(60);
@@ -121,12 +120,10 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     }
 }
 
-fn read_all<R: std::io::Read + Send + 'static>(mut r: R) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
+/// A child's whole output (the kit's `read_to_end`), as text.
+fn read_all<R: std::io::Read + Send + 'static>(r: R) -> thread::JoinHandle<String> {
+    let bytes = xtask::kit::read_to_end(r);
+    thread::spawn(move || String::from_utf8_lossy(&bytes.join().unwrap_or_default()).into_owned())
 }
 
 /// The bounded waits and kills the demo and the bench use too (xtask's kit).
@@ -202,16 +199,10 @@ impl Netns {
             .unwrap_or_else(|e| panic!("cannot start helper {args:?}: {e}"));
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v =
-                    serde_json::from_str::<Value>(&line).unwrap_or_else(|_| serde_json::json!({ "unparsed": line }));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
+        read_lines(child.stdout.take().unwrap(), move |line| {
+            let v = serde_json::from_str::<Value>(&line).unwrap_or_else(|_| serde_json::json!({ "unparsed": line }));
+            // The helper outlived its guard: its last lines have no reader.
+            let _ = tx.send(v);
         });
         let stderr = read_all(child.stderr.take().unwrap());
         let mut h = Helper {
@@ -347,7 +338,7 @@ impl Drop for Helper {
 pub struct Tracer {
     pub args: Vec<String>,
     child: Child,
-    stderr_lines: Arc<Mutex<Vec<String>>>,
+    stderr_lines: SharedLines,
     stdout: Option<thread::JoinHandle<String>>,
 }
 
@@ -356,11 +347,9 @@ pub struct TracerRun {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
-    /// Every stdout line parsed as JSON (non-JSON lines fail the run).
-    pub lines: Vec<Value>,
-    /// The same lines read into the contract's types (`tracer::report::json`): a line with a
-    /// key missing, added or of another shape fails the run.
-    pub typed: Vec<Line>,
+    /// Every stdout line read into the contract's types (`tracer::report::json`), in order:
+    /// a line that is not JSON, or has a key missing, added or of another shape, fails the run.
+    pub lines: Vec<Line>,
 }
 
 /// `tracer <args>` started with stdin closed and stdout and stderr piped.
@@ -379,24 +368,9 @@ impl Tracer {
     pub fn start(args: &[&str]) -> Tracer {
         let mut child = spawn_tracer(args);
         let stdout = read_all(child.stdout.take().unwrap());
-        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<()>();
-        {
-            let lines = Arc::clone(&stderr_lines);
-            let stderr = child.stderr.take().unwrap();
-            thread::spawn(move || {
-                let mut told = false;
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let is_tracing = line.starts_with("tracing:");
-                    lines.lock().unwrap().push(line);
-                    if is_tracing && !told {
-                        told = true;
-                        let _ = tx.send(());
-                    }
-                }
-            });
-        }
+        let stderr_lines = SharedLines::new();
+        let (ready, rx) = ReadyLine::new("tracing:");
+        collect_lines(child.stderr.take().unwrap(), &stderr_lines, Some(ready));
         let mut t = Tracer {
             args: args.iter().map(|s| s.to_string()).collect(),
             child,
@@ -406,7 +380,7 @@ impl Tracer {
         // A test is not interrupted: nothing to check between looks.
         let never_interrupted = || Ok::<(), std::convert::Infallible>(());
         let Ok(waited) = wait_ready(&rx, &mut t.child, TRACING_TIMEOUT, Duration::from_millis(20), never_interrupted);
-        if let ReadyWait::Ready(()) = waited {
+        if let ReadyWait::Ready(_) = waited {
             return t;
         }
         let status = t.child.try_wait().ok().flatten();
@@ -426,7 +400,7 @@ impl Tracer {
     }
 
     pub fn stderr_text(&self) -> String {
-        self.stderr_lines.lock().unwrap().join("\n")
+        self.stderr_lines.text()
     }
 
     /// Sends SIGINT (what Ctrl-C does), waits (bounded) for exit 0 and parses stdout.
@@ -469,49 +443,80 @@ impl Drop for Tracer {
 impl TracerRun {
     /// A `--json` run's output, every line read as JSON and into the contract's types.
     pub fn parse(status: ExitStatus, stdout: String, stderr: String) -> TracerRun {
-        let (lines, typed) = stdout
+        let lines = stdout
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
-                let raw = serde_json::from_str::<Value>(l)
-                    .unwrap_or_else(|e| panic!("tracer --json printed a non-JSON line ({e}): {l:?}\nstderr:\n{stderr}"));
-                (raw, contract_line(l))
+                // Not JSON at all is told apart from JSON outside the contract, with the stderr.
+                if let Err(e) = serde_json::from_str::<Value>(l) {
+                    panic!("tracer --json printed a non-JSON line ({e}): {l:?}\nstderr:\n{stderr}");
+                }
+                contract_line(l)
             })
-            .unzip();
-        TracerRun { status, stdout, stderr, lines, typed }
+            .collect();
+        TracerRun { status, stdout, stderr, lines }
     }
 
-    pub fn findings(&self) -> Vec<&Value> {
-        self.lines.iter().filter(|v| v["type"] == "finding").collect()
+    pub fn findings(&self) -> Vec<&FindingLine> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Finding(f) => Some(&**f),
+                _ => None,
+            })
+            .collect()
     }
 
-    pub fn findings_for(&self, target: &str) -> Vec<&Value> {
-        self.findings().into_iter().filter(|f| f["target"] == target).collect()
+    pub fn findings_for(&self, target: &str) -> Vec<&FindingLine> {
+        self.findings().into_iter().filter(|f| f.target == target).collect()
     }
 
-    pub fn summary(&self) -> &Value {
-        let sums: Vec<&Value> = self.lines.iter().filter(|v| v["type"] == "summary").collect();
-        assert_eq!(
-            sums.len(),
-            1,
-            "exactly one summary line expected; output:\n{}",
-            self.stdout
-        );
-        let s = sums[0];
-        assert_eq!(
-            s,
-            self.lines.last().unwrap(),
+    pub fn config_checks(&self) -> Vec<&ConfigCheckLine> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::ConfigCheck(c) => Some(c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn log_unexplained(&self) -> Vec<&LogUnexplainedLine> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::LogUnexplained(u) => Some(u),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The one summary line, which comes last.
+    pub fn summary(&self) -> &SummaryLine {
+        let sums: Vec<&SummaryLine> = self
+            .lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Summary(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sums.len(), 1, "exactly one summary line expected; output:\n{}", self.stdout);
+        assert!(
+            matches!(self.lines.last(), Some(Line::Summary(_))),
             "the summary comes last; output:\n{}",
             self.stdout
         );
-        s
+        sums[0]
     }
 
-    /// The one finding for `target`, which must have `cause`; every other finding for the
-    /// same target (a wrong cause) fails the test.
-    pub fn only_finding(&self, target: &str, cause: &str) -> &Value {
+    /// The one finding for `target`, which must have `cause` (and the shape
+    /// `check_finding_shape` checks); every other finding for the same target (a wrong cause)
+    /// fails the test.
+    pub fn only_finding(&self, target: &str, cause: Cause) -> &FindingLine {
         let fs = self.findings_for(target);
-        let wrong: Vec<&&Value> = fs.iter().filter(|f| f["cause"] != cause).collect();
+        let wrong: Vec<&&FindingLine> = fs.iter().filter(|f| f.cause != cause).collect();
+        let cause = cause.as_str();
         assert!(
             wrong.is_empty(),
             "findings with a wrong cause for {target} (expected only {cause}): {}\nfull output:\n{}\nstderr:\n{}",
@@ -528,12 +533,7 @@ impl TracerRun {
         );
         let f = fs[0];
         check_finding_shape(f);
-        let n = self.summary()["findings"].as_u64().expect("summary.findings");
-        assert_eq!(
-            n as usize,
-            self.findings().len(),
-            "summary.findings counts the findings"
-        );
+        assert_eq!(self.summary().findings as usize, self.findings().len(), "summary.findings counts the findings");
         f
     }
 
@@ -562,36 +562,28 @@ pub fn contract_line(text: &str) -> Line {
     line
 }
 
-/// A finding line is the contract's (`FindingLine`), with a fix to give and RFC 3339 times.
-pub fn check_finding_shape(f: &Value) -> FindingLine {
-    let Line::Finding(line) = contract_line(&f.to_string()) else { panic!("not a finding line: {f}") };
-    assert!(!line.fix.is_empty(), "fix is a non-empty string: {f}");
-    for s in [&line.first_seen, &line.last_seen] {
-        assert!(s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T', "RFC 3339: {s:?} in {f}");
+/// A finding line (already read whole into the contract's `FindingLine` by `contract_line`)
+/// has a fix to give and RFC 3339 times.
+pub fn check_finding_shape(f: &FindingLine) {
+    assert!(!f.fix.is_empty(), "fix is a non-empty string: {f:?}");
+    for s in [&f.first_seen, &f.last_seen] {
+        assert!(s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T', "RFC 3339: {s:?} in {f:?}");
     }
-    *line
-}
-
-pub fn count(f: &Value) -> u64 {
-    f["count"].as_u64().unwrap()
 }
 
 /// The client helper (its pid, comm "python3") is among the finding's clients.
-pub fn assert_client(f: &Value, pid: u32) {
-    let clients = f["clients"].as_array().unwrap();
+pub fn assert_client(f: &FindingLine, pid: u32) {
     assert!(
-        clients
-            .iter()
-            .any(|c| c["pid"].as_u64() == Some(pid as u64) && c["comm"] == "python3"),
-        "clients should contain {{pid: {pid}, comm: python3}}: {f}"
+        f.clients.iter().any(|c| c.pid == pid && c.comm == "python3"),
+        "clients should contain {{pid: {pid}, comm: python3}}: {f:?}"
     );
 }
 
-pub fn assert_listener(f: &Value, pid: u32) {
+pub fn assert_listener(f: &FindingLine, pid: u32) {
     assert_eq!(
-        f["listener"]["pid"].as_u64(),
-        Some(pid as u64),
-        "listener.pid should be {pid} (the listener helper): {f}"
+        f.listener.as_ref().map(|l| l.pid),
+        Some(pid),
+        "listener.pid should be {pid} (the listener helper): {f:?}"
     );
 }
 

@@ -16,7 +16,7 @@ use nix::{
     sys::signal::{kill, killpg, Signal},
     unistd::Pid,
 };
-use xtask::kit::{spawn_group_logged, stop_group, ListenWait, Listener};
+use xtask::kit::{spawn_group_logged, ListenWait, Listener, ProcessGroup};
 
 use super::{wait_timeout, Netns, TempDir};
 
@@ -92,9 +92,10 @@ impl Default for GunicornOpts<'_> {
     }
 }
 
-/// A running Gunicorn (its master's pid; workers are its children).
+/// A running Gunicorn (its master's pid; workers are its children), SIGKILLed with its
+/// whole group on drop.
 pub struct Gunicorn {
-    child: Child,
+    child: ProcessGroup,
     pub pid: u32,
     pub log: PathBuf,
 }
@@ -108,15 +109,9 @@ impl Gunicorn {
     }
 }
 
-impl Drop for Gunicorn {
-    fn drop(&mut self) {
-        stop_group(&mut self.child, Signal::SIGKILL, REAP_TIMEOUT);
-    }
-}
-
-/// A running Nginx master (workers are its children).
+/// A running Nginx master (workers are its children), SIGKILLed with its whole group on drop.
 pub struct Nginx {
-    child: Child,
+    child: ProcessGroup,
     pub master: u32,
     pub error_log: PathBuf,
 }
@@ -137,12 +132,6 @@ impl Nginx {
     }
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        stop_group(&mut self.child, Signal::SIGKILL, REAP_TIMEOUT);
-    }
-}
-
 /// The workers of an Nginx or Gunicorn master (the kit's, shared with the demo).
 pub use xtask::kit::children_of;
 
@@ -155,10 +144,12 @@ pub fn stack_dir(name: &str) -> TempDir {
 
 impl Netns {
     /// Starts `program` inside the namespace, in its own process group (so a crash can take
-    /// the master and its workers at once), output to `log`.
-    fn spawn_in(&self, program: &Path, args: &[String], log: &Path) -> Child {
-        spawn_group_logged(self.command(program).args(args), log)
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()))
+    /// the master and its workers at once), output to `log`; guarded from the start, so a
+    /// service that never listens is stopped too.
+    fn spawn_in(&self, program: &Path, args: &[String], log: &Path) -> ProcessGroup {
+        let child = spawn_group_logged(self.command(program).args(args), log)
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        ProcessGroup::new(child, Signal::SIGKILL, REAP_TIMEOUT)
     }
 
     /// The kit's bounded wait for a listener; panics with the service's log when it fails.

@@ -4,10 +4,10 @@
 //! (`| head -1`). Every way out is bounded in time and leaves no tracer program attached.
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     os::unix::fs::MetadataExt,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{mpsc, Arc, Mutex},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -17,6 +17,7 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::Value;
+use xtask::kit::{collect_lines, read_to_end, SharedLines};
 
 #[allow(unused_imports)]
 use crate::common::*;
@@ -29,21 +30,14 @@ use crate::common::*;
 /// SIGKILLed on drop if still running.
 struct Spawned {
     child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stderr: SharedLines,
 }
 
 impl Spawned {
     fn start(args: &[&str]) -> Spawned {
         let mut child = spawn_tracer(args);
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = Arc::clone(&stderr);
-        let pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                lines.lock().unwrap().push(line);
-            }
-        });
+        let stderr = SharedLines::new();
+        collect_lines(child.stderr.take().unwrap(), &stderr, None);
         Spawned { child, stderr }
     }
 
@@ -52,11 +46,11 @@ impl Spawned {
     }
 
     fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.stderr.text()
     }
 
     fn tracing(&self) -> bool {
-        self.stderr.lock().unwrap().iter().any(|l| l.starts_with("tracing:"))
+        self.stderr.any(|l| l.starts_with("tracing:"))
     }
 
     /// Waits (bounded) for the `tracing:` line.
@@ -88,12 +82,8 @@ impl Spawned {
 
     /// The whole stdout (read to its end in a thread: call before waiting for the exit).
     fn stdout_reader(&mut self) -> thread::JoinHandle<String> {
-        let mut pipe = self.child.stdout.take().expect("stdout not taken yet");
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
+        let bytes = read_to_end(self.child.stdout.take().expect("stdout not taken yet"));
+        thread::spawn(move || String::from_utf8_lossy(&bytes.join().unwrap_or_default()).into_owned())
     }
 }
 
@@ -274,9 +264,9 @@ fn netns_filter_of_a_namespace_without_processes_is_accepted() {
     let done = client.finish();
     assert_eq!(result_count(&done, "ECONNREFUSED"), 2, "helper: {done}");
     let run = tracer.finish();
-    let f = run.only_finding(&format!("127.0.0.1:{port}"), "dead_listener");
-    assert_eq!(count(f), 2, "{f}");
-    assert_eq!(f["netns"].to_string(), inode, "{f}");
+    let f = run.only_finding(&format!("127.0.0.1:{port}"), Cause::DeadListener);
+    assert_eq!(f.count, 2, "{f:?}");
+    assert_eq!(f.netns.to_string(), inode, "{f:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,8 +294,8 @@ fn sighup_during_a_trace_prints_the_report_and_exits_0() {
     let status = tracer.wait_exit(EXIT_TIMEOUT);
     let run = TracerRun::parse(status, stdout.join().unwrap(), tracer.stderr_text());
     assert_eq!(run.status.code(), Some(0), "exit 0 after SIGHUP, not 129; stderr:\n{}", run.stderr);
-    let f = run.only_finding(&format!("127.0.0.1:{port}"), "dead_listener");
-    assert_eq!(count(f), 3, "{f}");
+    let f = run.only_finding(&format!("127.0.0.1:{port}"), Cause::DeadListener);
+    assert_eq!(f.count, 3, "{f:?}");
     assert_detached(&held);
 }
 
@@ -339,7 +329,7 @@ fn stop_signal_during_start_up_prints_the_report_and_exits_0() {
         let run = TracerRun::parse(status, stdout.join().unwrap(), tracer.stderr_text());
         assert_eq!(run.status.code(), Some(0), "{signal} during start-up: exit 0; stderr:\n{}", run.stderr);
         let summary = run.summary();
-        assert_eq!(summary["findings"], 0, "{summary}");
+        assert_eq!(summary.findings, 0, "{summary:?}");
         assert!(!run.stderr.contains("error"), "{signal}: {}", run.stderr);
         // Not an all-clear: the reader is told the report covers no time.
         assert!(

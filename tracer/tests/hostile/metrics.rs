@@ -289,40 +289,48 @@ fn watch_json_live_lines_carry_the_nginx_context_and_config_check_comes_first() 
     println!("{}", run.stdout);
 
     // config_check first, once.
-    let first_finding = run.lines.iter().position(|v| v["type"] == "finding").expect("a finding line");
-    let checks: Vec<usize> = run.lines.iter().enumerate().filter(|(_, v)| v["type"] == "config_check").map(|(i, _)| i).collect();
+    let first_finding = run.lines.iter().position(|l| matches!(l, Line::Finding(_))).expect("a finding line");
+    let checks: Vec<(usize, &ConfigCheckLine)> = run
+        .lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| match l {
+            Line::ConfigCheck(c) => Some((i, c)),
+            _ => None,
+        })
+        .collect();
     assert!(
-        checks.iter().any(|&i| run.lines[i]["target"] == "127.0.0.1:8009"),
+        checks.iter().any(|(_, c)| c.target == "127.0.0.1:8009"),
         "a config_check for 127.0.0.1:8009:\n{}",
         run.stdout
     );
-    assert!(checks.iter().all(|&i| i < first_finding), "config_check lines come before any finding line:\n{}", run.stdout);
-    assert_eq!(run.lines[0]["type"], "config_check", "the first line:\n{}", run.stdout);
-    let ours = |v: &&serde_json::Value| v["type"] == "config_check" && v["target"] == "127.0.0.1:8009" && v["netns"].to_string() == inode;
-    assert_eq!(run.lines.iter().filter(ours).count(), 1, "one config_check for 127.0.0.1:8009, not repeated at the end:\n{}", run.stdout);
+    assert!(checks.iter().all(|&(i, _)| i < first_finding), "config_check lines come before any finding line:\n{}", run.stdout);
+    assert!(matches!(run.lines[0], Line::ConfigCheck(_)), "the first line:\n{}", run.stdout);
+    let ours = |(_, c): &&(usize, &ConfigCheckLine)| c.target == "127.0.0.1:8009" && c.netns.to_string() == inode;
+    assert_eq!(checks.iter().filter(ours).count(), 1, "one config_check for 127.0.0.1:8009, not repeated at the end:\n{}", run.stdout);
 
     // Live lines, then the report's line for the same target (the last).
     let lines = run.findings_for("127.0.0.1:8000");
     assert!(lines.len() >= 2, "at least one live line and the report's:\n{}", run.stdout);
     for v in &lines {
         check_finding_shape(v);
-        assert_eq!(v["cause"], "dead_listener", "{v}");
-        assert_eq!(v["upstream"], "backend", "{v}");
-        assert_eq!(v["config_line"], "server 127.0.0.1:8000 max_fails=0;", "{v}");
-        assert!(v["config_place"].as_str().is_some_and(|p| p.contains("nginx.conf")), "{v}");
-        let (count, log_lines) = (v["count"].as_u64().unwrap(), v["log_lines"].as_u64().expect("log_lines"));
+        assert_eq!(v.cause, Cause::DeadListener, "{v:?}");
+        assert_eq!(v.upstream.as_deref(), Some("backend"), "{v:?}");
+        assert_eq!(v.config_line.as_deref(), Some("server 127.0.0.1:8000 max_fails=0;"), "{v:?}");
+        assert!(v.config_place.as_deref().is_some_and(|p| p.contains("nginx.conf")), "{v:?}");
+        let (count, log_lines) = (v.count, v.log_lines);
         // Nginx logs a refusal before tracer concludes the attempt: never fewer lines than
         // attempts, never more than the 3 written.
-        assert!(count <= log_lines && log_lines <= 3, "count {count}, log_lines {log_lines}: {v}");
-        for c in v["clients"].as_array().unwrap() {
-            assert!(c["cgroup"].as_str().is_some_and(|p| p.starts_with('/')), "client cgroup: {v}");
+        assert!(count <= log_lines && log_lines <= 3, "count {count}, log_lines {log_lines}: {v:?}");
+        for c in &v.clients {
+            assert!(c.cgroup.as_deref().is_some_and(|p| p.starts_with('/')), "client cgroup: {v:?}");
         }
     }
     let live = &lines[..lines.len() - 1];
     let last_live = live.last().unwrap();
-    assert_eq!((count(last_live), last_live["log_lines"].as_u64()), (3, Some(3)), "{last_live}");
-    assert!(last_live["log_example"].as_str().is_some_and(|l| l.contains("(111: Connection refused)")), "{last_live}");
+    assert_eq!((last_live.count, last_live.log_lines), (3, 3), "{last_live:?}");
+    assert!(last_live.log_example.as_deref().is_some_and(|l| l.contains("(111: Connection refused)")), "{last_live:?}");
     let report = lines.last().unwrap();
-    assert_eq!((count(report), report["log_lines"].as_u64()), (3, Some(3)), "the report: {report}");
+    assert_eq!((report.count, report.log_lines), (3, 3), "the report: {report:?}");
     run.summary();
 }

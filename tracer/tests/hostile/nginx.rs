@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 
 use crate::common::{stack::*, *};
 
@@ -190,15 +189,15 @@ fn netns_inode(ns: &Netns) -> u64 {
     fs::metadata(Path::new("/run/netns").join(&ns.name)).expect("netns file").ino()
 }
 
-fn finding_in<'a>(run: &'a TracerRun, target: &str, netns: u64) -> &'a Value {
+fn finding_in<'a>(run: &'a TracerRun, target: &str, netns: u64) -> &'a FindingLine {
     let fs = run.findings_for(target);
-    let mine: Vec<&&Value> = fs.iter().filter(|f| f["netns"].as_u64() == Some(netns)).collect();
+    let mine: Vec<&&FindingLine> = fs.iter().filter(|f| u64::from(f.netns) == netns).collect();
     assert_eq!(mine.len(), 1, "one finding for {target} in netns {netns}:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     mine[0]
 }
 
-fn pids_of(f: &Value) -> Vec<u32> {
-    f["clients"].as_array().unwrap().iter().filter_map(|c| c["pid"].as_u64()).map(|p| p as u32).collect()
+fn pids_of(f: &FindingLine) -> Vec<u32> {
+    f.clients.iter().map(|c| c.pid).collect()
 }
 
 #[test]
@@ -220,12 +219,12 @@ fn each_namespace_keeps_its_own_upstream_names_and_log_lines() {
     let run = tracer.finish();
     for (ns, nginx, upstream, n) in [(&ns_a, &nginx_a, "app_a", 2), (&ns_b, &nginx_b, "app_b", 3)] {
         let f = finding_in(&run, "127.0.0.1:9", netns_inode(ns));
-        assert_eq!(f["cause"], "dead_listener", "{f}");
-        assert_eq!(count(f), n, "{f}");
-        assert_eq!(f["upstream"], upstream, "the upstream name of this namespace's Nginx: {f}");
-        assert_eq!(f["log_lines"], n, "only this Nginx's own log lines: {f}");
+        assert_eq!(f.cause, Cause::DeadListener, "{f:?}");
+        assert_eq!(f.count, n, "{f:?}");
+        assert_eq!(f.upstream.as_deref(), Some(upstream), "the upstream name of this namespace's Nginx: {f:?}");
+        assert_eq!(f.log_lines, n, "only this Nginx's own log lines: {f:?}");
         let workers = nginx.workers();
-        assert!(pids_of(f).iter().all(|p| workers.contains(p)), "clients are this Nginx's workers {workers:?}: {f}");
+        assert!(pids_of(f).iter().all(|p| workers.contains(p)), "clients are this Nginx's workers {workers:?}: {f:?}");
     }
 }
 
@@ -251,9 +250,9 @@ fn an_editor_file_and_a_broken_include_cost_only_themselves() {
     assert_eq!(ns.curls(2, 5), [502, 502]);
     let run = tracer.finish();
     let f = finding_in(&run, "127.0.0.1:9", netns_inode(&ns));
-    assert_eq!(f["cause"], "dead_listener", "{f}");
-    assert_eq!(f["upstream"], "app", "the configuration that parses still names the upstream: {f}");
-    assert_eq!(f["log_lines"], 2, "log matching still works: {f}");
+    assert_eq!(f.cause, Cause::DeadListener, "{f:?}");
+    assert_eq!(f.upstream.as_deref(), Some("app"), "the configuration that parses still names the upstream: {f:?}");
+    assert_eq!(f.log_lines, 2, "log matching still works: {f:?}");
     assert!(
         run.stderr.lines().any(|l| l.contains("zz-half-edited.conf") && l.contains("warning")),
         "the file that does not parse is named:\n{}",
@@ -283,7 +282,7 @@ fn a_rotation_then_a_restart_loses_no_log_line() {
     assert_eq!(ns.curls(3, 5), [502, 502, 502]);
     let run = tracer.finish();
     let f = finding_in(&run, "127.0.0.1:9", netns_inode(&ns));
-    assert_eq!(count(f), 5, "{f}");
-    assert_eq!(f["log_lines"], 5, "2 lines in the rotated file, 3 in the new one: {f}");
+    assert_eq!(f.count, 5, "{f:?}");
+    assert_eq!(f.log_lines, 5, "2 lines in the rotated file, 3 in the new one: {f:?}");
     drop(nginx);
 }

@@ -3,49 +3,30 @@
 //! first at scale, and `watch` text that does not repeat itself (item 11).
 use crate::common::*;
 
-use std::io::{BufRead, BufReader};
 use std::process::Child;
-use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use xtask::kit::{collect_lines, read_to_end, ReadyLine, SharedLines};
 
 /// A tracer whose stdout is text (the common `Tracer` parses JSON): started, waited for until
 /// its `tracing:` line, ended by SIGINT, its whole stdout kept as bytes.
 struct TextTracer {
     child: Child,
     args: Vec<String>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    stderr: SharedLines,
     stdout: Option<thread::JoinHandle<Vec<u8>>>,
 }
 
 impl TextTracer {
     fn start(args: &[&str]) -> TextTracer {
         let mut child = spawn_tracer(args);
-        let mut out = child.stdout.take().unwrap();
-        let stdout = thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut out, &mut buf);
-            buf
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<()>();
-        {
-            let lines = Arc::clone(&stderr);
-            let err = child.stderr.take().unwrap();
-            thread::spawn(move || {
-                for line in BufReader::new(err).lines() {
-                    let Ok(line) = line else { break };
-                    let tracing = line.starts_with("tracing:");
-                    lines.lock().unwrap().push(line);
-                    if tracing {
-                        let _ = tx.send(());
-                    }
-                }
-            });
-        }
+        let stdout = read_to_end(child.stdout.take().unwrap());
+        let stderr = SharedLines::new();
+        let (ready, rx) = ReadyLine::new("tracing:");
+        collect_lines(child.stderr.take().unwrap(), &stderr, Some(ready));
         let mut t = TextTracer { child, args: args.iter().map(|s| s.to_string()).collect(), stderr, stdout: Some(stdout) };
         if rx.recv_timeout(TRACING_TIMEOUT).is_err() {
             kill_and_reap(&mut t.child);
@@ -55,7 +36,7 @@ impl TextTracer {
     }
 
     fn stderr_text(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.stderr.text()
     }
 
     /// SIGINT, exit 0 (bounded); returns stdout as bytes and stderr.
@@ -140,14 +121,14 @@ fn dead_python3_listener_fix_names_python3_not_gunicorn() {
     let done = client.finish();
     assert_eq!(result_count(&done, "ECONNREFUSED"), 3, "{done}");
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:8000", "dead_listener");
-    assert_eq!(count(f), 3, "{f}");
+    let f = run.only_finding("127.0.0.1:8000", Cause::DeadListener);
+    assert_eq!(f.count, 3, "{f:?}");
     assert_listener(f, listener_pid);
-    let fix = f["fix"].as_str().unwrap();
+    let fix = &f.fix;
     assert!(fix.contains(&format!("python3 (pid {listener_pid}")), "{fix}");
     assert!(!fix.to_lowercase().contains("gunicorn"), "{fix}");
     assert!(fix.contains("ss -tlnp | grep 8000"), "{fix}");
-    assert_eq!(f["proxy_client"], false, "python3 is no proxy: {f}");
+    assert!(!f.proxy_client, "python3 is no proxy: {f:?}");
 }
 
 /// Item 10: nothing ever listened. The fix says so and names no program.
@@ -160,8 +141,8 @@ fn dead_listener_never_seen_gets_a_generic_fix() {
     let mut client = ns.helper(&["tcp-connect", "--host", "127.0.0.1", "--port", "8001", "--count", "2"]);
     assert_eq!(result_count(&client.finish(), "ECONNREFUSED"), 2);
     let run = tracer.finish();
-    let f = run.only_finding("127.0.0.1:8001", "dead_listener");
-    let fix = f["fix"].as_str().unwrap();
+    let f = run.only_finding("127.0.0.1:8001", Cause::DeadListener);
+    let fix = &f.fix;
     assert!(fix.contains("tracer saw no listener there since it started"), "{fix}");
     assert!(!fix.to_lowercase().contains("gunicorn") && !fix.contains("systemctl restart"), "{fix}");
 }

@@ -18,7 +18,7 @@ use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
-use tracer::{explain::DeathHow, report::json::FindingLine};
+use tracer::explain::DeathHow;
 
 use super::*;
 
@@ -30,11 +30,12 @@ const CLOSED_WHILE_READING: [&str; 2] = [
 ];
 
 /// The one finding for the upstream, which must have `cause`, read into the contract's type.
-fn after_finding(run: &TracerRun, cause: &str) -> FindingLine {
-    let f = check_finding_shape(run.only_finding(UPSTREAM, cause));
-    assert_eq!(serde_json::to_value(f.cause).unwrap(), cause, "{f:?}");
+fn after_finding(run: &TracerRun, cause: Cause) -> FindingLine {
+    let f = run.only_finding(UPSTREAM, cause).clone();
+    // The raw JSON text names the cause by its contract name (serde's, not only `as_str`'s).
+    assert_eq!(serde_json::to_value(f.cause).unwrap(), cause.as_str(), "{f:?}");
     // Every upstream error line Nginx wrote is explained by this finding: none is left over.
-    let unexplained: Vec<&serde_json::Value> = run.lines.iter().filter(|l| l["type"] == "log_unexplained").collect();
+    let unexplained = run.log_unexplained();
     assert!(unexplained.is_empty(), "log lines no finding explains: {unexplained:?}");
     assert!(f.log_lines >= 1 && f.log_example.is_some(), "the finding explains Nginx's line: {f:?}");
     f
@@ -143,7 +144,7 @@ fn worker_segfault_is_upstream_killed_by_a_crash() {
     );
 
     let run = tracer.finish();
-    let f = after_finding(&run, "upstream_killed");
+    let f = after_finding(&run, Cause::UpstreamKilled);
     show_after("worker segfault", "502", &logged[0], &f);
     assert_eq!(f.count, 1, "{f:?}");
     assert_logger_is_client(&f, &logged[0], &nginx);
@@ -181,7 +182,7 @@ fn worker_sigkilled_mid_request_is_upstream_killed_by_a_signal() {
     assert_eq!(logged.len(), 1, "nginx error log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = after_finding(&run, "upstream_killed");
+    let f = after_finding(&run, Cause::UpstreamKilled);
     show_after("worker kill -9 mid-request", "502", &logged[0], &f);
     assert_eq!(f.count, 1, "{f:?}");
     assert_logger_is_client(&f, &logged[0], &nginx);
@@ -216,7 +217,7 @@ fn close_with_the_request_unread_is_upstream_reset() {
     assert_eq!(logged.len(), 2, "nginx error log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = after_finding(&run, "upstream_reset");
+    let f = after_finding(&run, Cause::UpstreamReset);
     show_after("close with the request unread", "502 x2", &logged[0], &f);
     assert_eq!(f.count, 2, "{f:?}");
     for line in &logged {
@@ -319,7 +320,7 @@ fn reused_connection_the_upstream_closed_is_a_keepalive_race() {
     assert_eq!(logged.len(), 1, "nginx error log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = after_finding(&run, "keepalive_race");
+    let f = after_finding(&run, Cause::KeepaliveRace);
     show_after("kept-alive connection reused after the upstream closed it", "200, then 502", &logged[0], &f);
     assert_eq!(f.count, 1, "{f:?}");
     assert_logger_is_client(&f, &logged[0], &nginx);
@@ -366,7 +367,7 @@ fn four_local_ports_for_twelve_requests_is_ports_exhausted() {
     assert!(logged.iter().all(|l| l.contains(" [crit] ")), "{logged:?}");
 
     let run = tracer.finish();
-    let f = after_finding(&run, "ports_exhausted");
+    let f = after_finding(&run, Cause::PortsExhausted);
     show_after("4 local ports, 12 concurrent requests", &format!("{statuses:?}"), &logged[0], &f);
     assert_eq!(f.count, failed as u64, "one attempt per connect() that failed: {f:?}");
     for line in &logged {
@@ -396,7 +397,7 @@ fn handler_slower_than_proxy_read_timeout_is_upstream_timeout() {
     assert_eq!(logged.len(), 1, "nginx error log: {:?}", nginx.error_lines());
 
     let run = tracer.finish();
-    let f = after_finding(&run, "upstream_timeout");
+    let f = after_finding(&run, Cause::UpstreamTimeout);
     show_after("handler slower than proxy_read_timeout", "504", &logged[0], &f);
     assert_eq!(f.count, 1, "{f:?}");
     assert_logger_is_client(&f, &logged[0], &nginx);
