@@ -420,7 +420,8 @@ pub struct ConnEndEvent {
     pub sk_err: i32,
     pub bytes_sent: u64,
     pub bytes_received: u64,
-    /// Client side: connect() and ESTABLISHED (`bpf_ktime_get_ns`), 0 when unknown.
+    /// Client side: connect() (`bpf_ktime_get_ns`), 0 when unknown; `established_ns` non-zero
+    /// once it connected (a marker).
     pub start_ns: u64,
     pub established_ns: u64,
     /// `bpf_jiffies64()` at the event, and the socket's `rcv_tstamp` / `lrcvtime` (jiffies).
@@ -573,7 +574,7 @@ pub struct AttemptState {
     pub syn_retransmits: u32,
     pub rst_received: u32,
     pub _pad: u32,
-    /// Set when the attempt reached ESTABLISHED: the entry then stays (the LRU ages it out) so
+    /// Non-zero once the attempt reached ESTABLISHED (a marker, not a time): the entry then stays (the LRU ages it out) so
     /// an abnormal end of the connection is charged to its owner. The ports then identify the
     /// connection, because a freed `struct sock` is soon reused at the same address.
     pub established_ns: u64,

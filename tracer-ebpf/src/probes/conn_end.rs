@@ -37,6 +37,10 @@ pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
 fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let f = &cfg.set_state;
+    let protocol: u16 = field(ctx, f.protocol)?;
+    if protocol as u32 != cfg.enums.ipproto_tcp {
+        return None;
+    }
     let old: i32 = field(ctx, f.oldstate)?;
     let new: i32 = field(ctx, f.newstate)?;
     let (old, new) = (old as u32, new as u32);

@@ -47,13 +47,14 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     if !ours {
         return None;
     }
-    let protocol: u16 = field(ctx, f.protocol)?;
-    if protocol as u32 != e.ipproto_tcp {
+    if conn_end {
+        // probes/conn_end.rs, a program of its own (it checks the protocol); nothing more to
+        // do here if the call fails.
+        unsafe { CONN_END.tail_call(ctx, 0) };
         return None;
     }
-    if conn_end {
-        // probes/conn_end.rs, a program of its own; nothing more to do here if the call fails.
-        unsafe { CONN_END.tail_call(ctx, 0) };
+    let protocol: u16 = field(ctx, f.protocol)?;
+    if protocol as u32 != e.ipproto_tcp {
         return None;
     }
     let sk: u64 = field(ctx, f.skaddr)?;
@@ -81,7 +82,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             // Kept (the LRU ages it out) so the connection's abnormal end is charged to its
             // owner; the ports identify the connection later.
             unsafe {
-                (*entry).established_ns = bpf_ktime_get_ns();
+                // The connect's start is what the findings measure from; this only marks the
+                // entry as a connection (a clock read per connection saved).
+                (*entry).established_ns = attempt.start_ns | 1;
                 (*entry).sport = field(ctx, f.sport).unwrap_or(0);
                 (*entry).dport = field(ctx, f.dport).unwrap_or(0);
             }

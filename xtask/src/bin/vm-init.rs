@@ -461,20 +461,28 @@ fn sockaddr_un(path: &str) -> (libc::sockaddr_un, u32) {
     (sa, (2 + path.len() + 1) as u32)
 }
 
+/// A TCP socket listening on "ip:port" with this backlog (SO_REUSEADDR: passes reuse ports).
+fn tcp_listener(addr: &str, backlog: i32) -> i32 {
+    let (family, sa, len) = sockaddr_in(addr);
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM, 0);
+        let one: i32 = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
+        if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
+            panic!("bind {addr}: {}", std::io::Error::last_os_error());
+        }
+        libc::listen(fd, backlog);
+        fd
+    }
+}
+
 fn helper(args: &[String]) {
     let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
     unsafe {
         match a(0) {
             // listen-tcp ADDR BACKLOG ACCEPT_AFTER_MS (0: accept at once; keeps accepting).
             "listen-tcp" => {
-                let (family, sa, len) = sockaddr_in(a(1));
-                let fd = libc::socket(family, libc::SOCK_STREAM, 0);
-                let one: i32 = 1;
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
-                if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
-                    panic!("bind {}: {}", a(1), std::io::Error::last_os_error());
-                }
-                libc::listen(fd, a(2).parse().unwrap());
+                let fd = tcp_listener(a(1), a(2).parse().unwrap());
                 ready();
                 thread::sleep(Duration::from_millis(a(3).parse().unwrap()));
                 loop {
@@ -512,14 +520,7 @@ fn helper(args: &[String]) {
             // unread (a reset), read it and close (a FIN before any response), or read it and
             // die of SIGSEGV.
             "serve-tcp" => {
-                let (family, sa, len) = sockaddr_in(a(1));
-                let fd = libc::socket(family, libc::SOCK_STREAM, 0);
-                let one: i32 = 1;
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const i32).cast(), 4);
-                if libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len) != 0 {
-                    panic!("bind {}: {}", a(1), std::io::Error::last_os_error());
-                }
-                libc::listen(fd, 16);
+                let fd = tcp_listener(a(1), 16);
                 ready();
                 let c = libc::accept(fd, std::ptr::null_mut(), std::ptr::null_mut());
                 // Let the request arrive.
