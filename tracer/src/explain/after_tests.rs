@@ -115,7 +115,7 @@ fn a_worker_that_segfaults_mid_request_is_upstream_killed_by_a_crash() {
     assert_eq!(c.after_ms, 1000);
     assert_eq!((c.nginx_sent, c.nginx_received, c.upstream_received), (143, 0, Some(143)));
     assert_eq!(f.evidence.get(&Evidence::FatalSignal(11)), 1);
-    assert!(f.detail.starts_with("1 request to 127.0.0.1:8000 lost their upstream: gunicorn (pid 701) crashed with SIGSEGV"), "{}", f.detail);
+    assert!(f.detail.starts_with("1 request to 127.0.0.1:8000 lost its upstream: gunicorn (pid 701) crashed with SIGSEGV"), "{}", f.detail);
     assert!(f.fix.contains("coredumpctl info 701"), "{}", f.fix);
 }
 

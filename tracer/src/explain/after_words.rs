@@ -74,9 +74,10 @@ pub(super) fn detail(cause: Cause, w: &Wording) -> String {
                 None => String::new(),
             };
             format!(
-                "{} to {target} lost their upstream: {proc_} {} {after} after {client} connected{read}; \
+                "{} to {target} lost {} upstream: {proc_} {} {after} after {client} connected{read}; \
                  its socket closed as it died ({bytes}).",
                 requests(n),
+                if n == 1 { "its" } else { "their" },
                 death_clause(w)
             )
         }
