@@ -266,6 +266,13 @@ pub enum EventBody {
     /// (`R (running)`, `S (sleeping)`, `D (disk sleep)`...), `in_queue` true when no process
     /// had accepted it yet.
     ConnHolder { flow: FlowAddr, state: Option<String>, in_queue: bool },
+    /// Measured by tracer (conntrack, in `netns`): the connection `flow` (as the client dialled
+    /// it) was address-translated (DNAT: a Service, a published port) to `backend`.
+    NatMapping { flow: FlowAddr, backend: SocketAddr },
+    /// Measured by tracer: the addresses configured in network namespace `netns` (the
+    /// interfaces' own addresses), so a target address can be placed in the namespace that
+    /// serves it.
+    NetnsAddresses { addrs: Vec<std::net::IpAddr> },
 }
 
 impl Event {

@@ -41,6 +41,8 @@ pub(super) struct FindingState {
     pub(super) rejected_by_icmp: u64,
     /// After-connect causes and ports_exhausted: the latest failure's facts.
     pub(super) after: Option<AfterConnect>,
+    /// The real backend behind the target (NAT), the latest seen.
+    pub(super) backend: Option<std::net::SocketAddr>,
 }
 
 /// The facts of an after-connect failure (or a connect that found no local port), kept per
@@ -73,6 +75,7 @@ impl FindingState {
             rejected_by_reset: 0,
             rejected_by_icmp: 0,
             after: None,
+            backend: None,
         }
     }
 }
@@ -234,6 +237,7 @@ impl Engine {
             death: st.after.as_ref().and_then(|a| a.death.clone()),
             connection: st.after.as_ref().map(|a| a.connection.clone()),
             ports: st.after.as_ref().and_then(|a| a.ports.clone()),
+            backend: st.backend,
         }
     }
 

@@ -124,6 +124,7 @@ impl Engine {
             EventBody::TcpConnEnded { .. } | EventBody::PortsInUse { .. } | EventBody::ConnHolder { .. } => {
                 self.after_connect_event(ev)
             }
+            EventBody::NatMapping { .. } | EventBody::NetnsAddresses { .. } => {}
             EventBody::ProcessExit { .. }
             | EventBody::SignalGenerated { .. }
             | EventBody::OomKilled

@@ -134,6 +134,9 @@ pub struct Finding {
     pub connection: Option<ConnectionFacts>,
     /// ports_exhausted: the local port range and Nginx's sockets towards the target.
     pub ports: Option<PortsFacts>,
+    /// The real backend behind the target when the connection was address-translated (DNAT:
+    /// a Kubernetes Service, a published port); None without NAT.
+    pub backend: Option<std::net::SocketAddr>,
 }
 
 /// How an upstream process died (upstream_killed).

@@ -44,11 +44,13 @@ pub struct ProcessLine {
     pub comm: String,
     pub container: Option<String>,
     pub pid: u32,
+    /// The Kubernetes pod uid when the cgroup path names one (kubepods layouts).
+    pub pod: Option<String>,
 }
 
 impl ProcessLine {
     fn of(p: &ProcessRef) -> ProcessLine {
-        ProcessLine { cgroup: None, comm: p.comm.clone(), container: None, pid: p.pid }
+        ProcessLine { cgroup: None, comm: p.comm.clone(), container: None, pid: p.pid, pod: None }
     }
 }
 
@@ -97,6 +99,9 @@ pub struct ConfigCheckLine {
 pub struct FindingLine {
     /// Backlog causes, function hooks: bucket in ms -> connections accepted after that wait.
     pub accept_wait_ms: Option<BTreeMap<String, u64>>,
+    /// The real backend (`ip:port`) behind `target` after NAT (DNAT, a Service address); null
+    /// without NAT.
+    pub backend: Option<String>,
     pub cause: Cause,
     pub clients: Vec<ProcessLine>,
     /// The operator's (`Operator::annotate_json`), null when no running Nginx configures the target.
@@ -247,6 +252,7 @@ fn timeline(e: &TimelineEntry, clock: &Clock) -> TimelineLine {
 pub fn finding_json(f: &Finding, clock: &Clock) -> FindingLine {
     FindingLine {
         accept_wait_ms: (!f.accept_wait_ms.is_empty()).then(|| f.accept_wait_ms.clone()),
+        backend: f.backend.map(|b| b.to_string()),
         cause: f.cause,
         clients: f.clients.iter().map(ProcessLine::of).collect(),
         config_line: None,
@@ -348,6 +354,7 @@ mod tests {
             death: None,
             connection: None,
             ports: None,
+            backend: None,
         }
     }
 
@@ -365,11 +372,11 @@ mod tests {
         assert_eq!(
             line.to_string(),
             concat!(
-                r#"{"accept_wait_ms":{"<1":4},"cause":"backlog_full","#,
-                r#""clients":[{"cgroup":"/system.slice/nginx.service","comm":"nginx","container":"nginx.service","pid":812}],"#,
+                r#"{"accept_wait_ms":{"<1":4},"backend":null,"cause":"backlog_full","#,
+                r#""clients":[{"cgroup":"/system.slice/nginx.service","comm":"nginx","container":"nginx.service","pid":812,"pod":null}],"#,
                 r#""config_line":"server 127.0.0.1:8000;","config_place":"/etc/nginx/nginx.conf:12","connection":null,"count":3,"death":null,"delayed":1,"#,
                 r#""detail":"d","evidence":{"tcp:tcp_receive_reset":3},"first_seen":"2024-05-01T10:01:02.000Z","fix":"f","hint":null,"#,
-                r#""last_seen":"2024-05-01T10:01:05.123Z","listener":{"cgroup":null,"comm":"gunicorn","container":null,"pid":700},"#,
+                r#""last_seen":"2024-05-01T10:01:05.123Z","listener":{"cgroup":null,"comm":"gunicorn","container":null,"pid":700,"pod":null},"#,
                 r#""listener_closed":null,"listener_note":"gunicorn (pid 700) listens here","log_example":"connect() failed","log_lines":1,"#,
                 r#""netns":4026531840,"pending":0,"ports":null,"proxy_client":true,"queue":{"len":2,"max":1},"#,
                 r#""syn_overflows":[{"at":"2024-05-01T10:01:03.000Z","len":2,"listener":{"comm":"gunicorn","pid":700},"max":1}],"#,

@@ -703,6 +703,7 @@ mod tests {
             death: None,
             connection: None,
             ports: None,
+            backend: None,
         }
     }
 
