@@ -89,6 +89,7 @@ fn overflow_accept_queue(front: &Netns) -> (Vec<u16>, Prefill) {
 fn assert_connect_timeouts(nginx: &Nginx, statuses: &[u16]) -> Vec<String> {
     let timeouts = nginx.errors_with(CONNECT_TIMED_OUT);
     let n504 = statuses.iter().filter(|&&s| s == 504).count();
+    println!("overflow: {n504} of {} requests 504, {} connect timeouts logged", statuses.len(), timeouts.len());
     assert!(n504 >= 20, "most of the 30 requests time out connecting: {statuses:?}; log: {:?}", nginx.error_lines());
     assert!(
         timeouts.len() >= n504,
@@ -314,4 +315,9 @@ fn healthy_traffic_across_namespaces_has_no_findings() {
         run.findings().into_iter().filter(|f| f.target.starts_with(APP_IP) || f.target.starts_with("10.96.0.10")).collect();
     assert!(ours.is_empty(), "no finding for the test's addresses: {ours:?}");
     assert!(run.summary().lost_events.is_empty(), "{}", run.stdout);
+    // Gunicorn listened in the app namespace when tracing started: tracer finds the socket
+    // that serves the address in whichever namespace it is, and does not call the
+    // configured upstream unlistened.
+    let unlistened: Vec<_> = run.config_checks().into_iter().filter(|c| c.target == APP_UPSTREAM && !c.listening).collect();
+    assert!(unlistened.is_empty(), "Gunicorn listens on {APP_UPSTREAM} in the app namespace: {unlistened:?}");
 }
