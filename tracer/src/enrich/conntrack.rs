@@ -13,6 +13,11 @@ use crate::event::FlowAddr;
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+/// The multicast group of conntrack's destroy events.
+pub const NFNLGRP_CONNTRACK_DESTROY: u32 = 3;
+/// The type of a destroy event.
+pub const DESTROY_EVENT: u16 = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
 /// struct nfgenmsg: family u8, version u8, res_id be16.
 const NFGENMSG_LEN: usize = 4;
 const NFNETLINK_V0: u8 = 0;
@@ -48,6 +53,18 @@ pub fn backend_of(socket: &mut NlSocket, flow: FlowAddr) -> io::Result<Option<So
         Err(e) => return Err(e),
     };
     Ok(replies.iter().find_map(|r| translated_backend(r, flow)))
+}
+
+/// A destroy event's translated TCP flow: (the flow as dialled, the backend); None for an
+/// untranslated entry, another protocol, or a malformed message.
+///
+/// Why listen: conntrack deletes an entry at once when the only reply was a reset (a refused
+/// connect), so a lookup after the failure finds nothing; its destroy event still tells.
+pub fn destroyed_translation(payload: &[u8]) -> Option<(FlowAddr, SocketAddr)> {
+    let attrs = payload.get(NFGENMSG_LEN..)?;
+    let (src, dst) = parse_tuple(rawnl::attribute(attrs, CTA_TUPLE_ORIG)?)?;
+    let (reply_src, _) = parse_tuple(rawnl::attribute(attrs, CTA_TUPLE_REPLY)?)?;
+    (reply_src != dst).then_some((FlowAddr { src, dst }, reply_src))
 }
 
 /// nfgenmsg + CTA_TUPLE_ORIG { CTA_TUPLE_IP { src, dst }, CTA_TUPLE_PROTO { TCP, ports } };
@@ -147,6 +164,17 @@ mod tests {
         let v6 = flow("[fd00::1]:40000", "[fd00::a]:80");
         let payload = reply(v6, flow("[fd00::2]:8405", "[fd00::1]:40000"));
         assert_eq!(translated_backend(&payload, v6), Some("[fd00::2]:8405".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_destroy_event_names_the_translation() {
+        let dialled = flow("10.232.0.1:40000", "10.96.0.10:80");
+        let payload = reply(dialled, flow("10.232.0.2:8405", "10.232.0.1:40000"));
+        assert_eq!(destroyed_translation(&payload), Some((dialled, "10.232.0.2:8405".parse().unwrap())));
+        assert_eq!(destroyed_translation(&reply(dialled, dialled.reversed())), None, "not translated");
+        for cut in 0..payload.len() {
+            let _ = destroyed_translation(&payload[..cut]);
+        }
     }
 
     #[test]

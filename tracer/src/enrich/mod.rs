@@ -35,6 +35,12 @@ const ROUTE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A conntrack lookup is made while events wait: it must never hold the feed for long.
 const CONNTRACK_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Datagrams of destroy events read per namespace per lookup (the rest wait, or are dropped
+/// by the kernel when the socket is full: a lookup is then simply not answered).
+const MAX_DESTROY_DATAGRAMS: usize = 64;
+/// Translated flows remembered from destroy events.
+const MAX_RECENT_TRANSLATIONS: usize = 4096;
+
 /// The last address book measured for one namespace.
 struct AddressBook {
     addrs: Vec<IpAddr>,
@@ -76,6 +82,10 @@ pub struct Enricher {
     route_sockets: HashMap<u32, NlSocket>,
     conntrack_sockets: HashMap<u32, NlSocket>,
     address_books: HashMap<u32, AddressBook>,
+    /// Per namespace, a socket subscribed to conntrack's destroy events, and the translated
+    /// flows they told of lately (by arrival, oldest first; bounded).
+    conntrack_listeners: HashMap<u32, NlSocket>,
+    recent_translations: std::collections::VecDeque<(u32, FlowAddr, SocketAddr)>,
     /// Event time of the last /proc rescan for namespaces asked for by a NAT lookup.
     namespaces_rescanned_ns: Option<u64>,
 }
@@ -97,6 +107,8 @@ impl Enricher {
             route_sockets: HashMap::new(),
             conntrack_sockets: HashMap::new(),
             address_books: HashMap::new(),
+            conntrack_listeners: HashMap::new(),
+            recent_translations: std::collections::VecDeque::new(),
             namespaces_rescanned_ns: None,
         }
     }
@@ -322,6 +334,7 @@ impl Enricher {
         self.route_sockets.retain(|netns, _| live.contains(netns));
         self.conntrack_sockets.retain(|netns, _| live.contains(netns));
         self.address_books.retain(|netns, _| live.contains(netns));
+        self.conntrack_listeners.retain(|netns, _| live.contains(netns));
     }
 
     /// The address book of every namespace now, as NetnsAddresses events (start-up).
@@ -354,6 +367,7 @@ impl Enricher {
     /// `NetnsAddresses`: the addresses configured in namespace `netns` (an rtnetlink dump on a
     /// socket made inside it), remembered for `is_local_anywhere`.
     pub fn measure_addresses(&mut self, netns: u32, ts_ns: u64) -> Option<Event> {
+        self.listen_to_conntrack(netns);
         let previous = self.address_books.remove(&netns);
         let mut book = AddressBook { addrs: previous.map(|b| b.addrs).unwrap_or_default(), tried_ns: ts_ns, measured: false };
         let result = self.route_socket(netns).map(|socket| addrs::dump_addresses(socket));
@@ -397,11 +411,18 @@ impl Enricher {
         if self.is_local_anywhere(flow.dst.ip()) || !conntrack::conntrack_present() {
             return events;
         }
+        self.read_destroy_events();
         let mut places = vec![netns];
         if let Some(own) = self.own_netns.filter(|own| *own != netns) {
             places.push(own);
         }
         for place in places {
+            let remembered = self.recent_translations.iter().rev().find(|(n, f, _)| *n == place && *f == flow).map(|(_, _, b)| *b);
+            if let Some(backend) = remembered {
+                let body = EventBody::NatMapping { flow, backend };
+                events.push(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body });
+                break;
+            }
             let Some(socket) = self.conntrack_socket(place) else { continue };
             match conntrack::backend_of(socket, flow) {
                 Ok(Some(backend)) => {
@@ -419,6 +440,42 @@ impl Enricher {
             }
         }
         events
+    }
+
+    /// Subscribes to namespace `netns`'s conntrack destroy events (once; not when the kernel
+    /// has no conntrack, so that nothing makes it load the modules).
+    fn listen_to_conntrack(&mut self, netns: u32) {
+        if self.conntrack_listeners.contains_key(&netns) || !conntrack::conntrack_present() {
+            return;
+        }
+        let protocol = netlink_sys::protocols::NETLINK_NETFILTER;
+        let group = conntrack::NFNLGRP_CONNTRACK_DESTROY;
+        let socket = if Some(netns) == self.own_netns {
+            NlSocket::subscribe_in(None, protocol, group)
+        } else {
+            let Some(handle) = self.namespaces.handle(netns) else { return };
+            NlSocket::subscribe_in(Some(handle), protocol, group)
+        };
+        match socket {
+            Ok(s) => {
+                self.conntrack_listeners.insert(netns, s);
+            }
+            Err(e) => log::debug!("no conntrack events for netns {netns}: {e}"),
+        }
+    }
+
+    /// Keeps the translated flows of the destroy events waiting on every subscription.
+    fn read_destroy_events(&mut self) {
+        for (netns, socket) in &mut self.conntrack_listeners {
+            for payload in socket.drain(conntrack::DESTROY_EVENT, MAX_DESTROY_DATAGRAMS) {
+                if let Some((flow, backend)) = conntrack::destroyed_translation(&payload) {
+                    if self.recent_translations.len() >= MAX_RECENT_TRANSLATIONS {
+                        self.recent_translations.pop_front();
+                    }
+                    self.recent_translations.push_back((*netns, flow, backend));
+                }
+            }
+        }
     }
 
     /// Measures again the address books older than `ADDRESSES_EVERY_NS`, and those of the

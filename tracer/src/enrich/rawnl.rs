@@ -58,6 +58,48 @@ impl NlSocket {
         })
     }
 
+    /// A non-blocking socket in `netns` (None: the caller's) that receives the multicast
+    /// group `group` (the kernel's NFNLGRP_* / RTNLGRP_* number).
+    pub fn subscribe_in(netns: Option<BorrowedFd<'_>>, protocol: isize, group: u32) -> io::Result<NlSocket> {
+        let make = || -> io::Result<NlSocket> {
+            let mut socket = Socket::new(protocol)?;
+            socket.bind_auto()?;
+            socket.add_membership(group)?;
+            socket.set_non_blocking(true)?;
+            Ok(NlSocket { socket, sequence: 0, buffer: Vec::with_capacity(RECV_BUFFER) })
+        };
+        let Some(netns) = netns else { return make() };
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                    make()
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("netlink helper thread panicked")))
+        })
+    }
+
+    /// The payloads of the messages of type `msg_type` waiting on a subscribed socket, at most
+    /// `max_datagrams` datagrams' worth (the rest waits for the next call). Messages the
+    /// kernel dropped because the socket was full (ENOBUFS) are simply lost.
+    pub fn drain(&mut self, msg_type: u16, max_datagrams: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for _ in 0..max_datagrams {
+            self.buffer.clear();
+            match self.socket.recv(&mut self.buffer, 0) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let datagram = &self.buffer[..n.min(self.buffer.len())];
+                    out.extend(messages(datagram).into_iter().filter(|(k, _, _)| *k == msg_type).map(|(_, _, body)| body.to_vec()));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
     /// Sends one request and collects the payloads (after the nlmsghdr) of the replies of the
     /// given type. A dump ends at NLMSG_DONE; a plain request at its first reply or error.
     /// An NLMSG_ERROR with a non-zero code becomes that errno.
