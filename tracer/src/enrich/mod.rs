@@ -388,6 +388,20 @@ impl Enricher {
         event
     }
 
+    /// The namespace that serves `ip` for a client in `netns`: its own (loopback, or an address
+    /// of its own), else the one namespace of this host that has it. None when no namespace
+    /// here has it (another host, or a translated Service address), or several do.
+    pub fn serving_netns(&self, netns: u32, ip: IpAddr) -> Option<u32> {
+        if ip.is_loopback() || self.address_books.get(&netns).is_some_and(|b| b.addrs.contains(&ip)) {
+            return Some(netns);
+        }
+        let mut owners = self.address_books.iter().filter(|(_, b)| b.addrs.contains(&ip)).map(|(n, _)| *n);
+        match (owners.next(), owners.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+
     /// Whether `ip` is configured in any namespace measured so far.
     pub fn is_local_anywhere(&self, ip: IpAddr) -> bool {
         self.address_books.values().any(|b| b.addrs.contains(&ip))
