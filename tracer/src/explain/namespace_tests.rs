@@ -100,3 +100,33 @@ fn an_address_held_by_two_namespaces_names_neither() {
     let (e, _) = run(&events);
     assert_eq!(only(&e).listener, None);
 }
+
+#[test]
+fn a_connect_given_up_at_a_full_queue_in_another_namespace_is_backlog_full() {
+    // Nginx's connect timeout (1 s) ends the attempt before the first SYN retransmit; the
+    // app's namespace counted listen overflows meanwhile, and Gunicorn listens there.
+    let gunicorn = task(700, "gunicorn");
+    let f = flow("10.232.0.1:40000", "10.232.0.2:8000");
+    let events = vec![
+        app_addresses(S),
+        in_netns(listen_start(2 * S, &gunicorn, "0.0.0.0:8000"), APP_NS),
+        in_netns(packet(5 * S + 500 * MS, EventBody::ListenOverflows { delta: 3 }), APP_NS),
+        failed(6 * S, 0xc1, &nginx(812), f, 0, 0, false, 5 * S),
+    ];
+    let (e, _) = run(&events);
+    let finding = only(&e);
+    assert_finding(&finding, Cause::BacklogFull, 1, &[812], Some(700));
+}
+
+#[test]
+fn a_client_giving_up_early_with_no_overflow_is_no_failure() {
+    let gunicorn = task(700, "gunicorn");
+    let f = flow("10.232.0.1:40000", "10.232.0.2:8000");
+    let events = vec![
+        app_addresses(S),
+        in_netns(listen_start(2 * S, &gunicorn, "0.0.0.0:8000"), APP_NS),
+        failed(6 * S, 0xc1, &nginx(812), f, 0, 0, false, 5 * S),
+    ];
+    let (e, _) = run(&events);
+    assert!(e.findings().is_empty());
+}

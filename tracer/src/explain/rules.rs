@@ -100,7 +100,12 @@ pub fn classify_tcp(f: &TcpFacts) -> Option<(Cause, Option<RejectKind>)> {
         }
         return Some((NoResponse, None));
     }
-    // 4. Closed by its owner before any retransmit, with no evidence at all: not a failure.
+    // 4. Closed by its owner before any retransmit (a connect timeout shorter than the first
+    //    SYN retransmit, 1 s): a failure only when the target's accept queue was seen full
+    //    meanwhile, or its namespace's listen overflows rose while a listener was there.
+    if f.queue_full || (f.listen_overflows_rose && f.local_listener) {
+        return Some((BacklogFull, None));
+    }
     None
 }
 

@@ -110,7 +110,10 @@ fn absorb(
             continue;
         }
         let probe = match &ev.body {
-            EventBody::TcpSynRetransmit { flow, queue: None, .. } => Some((ev.netns, Target::Tcp(flow.dst))),
+            // Asked where the target is served (a container's namespace, maybe).
+            EventBody::TcpSynRetransmit { flow, queue: None, .. } => {
+                Some((enricher.serving_netns(ev.netns, flow.dst.ip()).unwrap_or(ev.netns), Target::Tcp(flow.dst)))
+            }
             // The kernel recorded the caller's netns: it decides which sock_diag to ask.
             EventBody::UnixConnectFailed { path, errno } if *errno == libc::EAGAIN || *errno == libc::ECONNREFUSED => {
                 Some((ev.netns, Target::Unix(path.clone())))
