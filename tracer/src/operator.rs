@@ -4,7 +4,7 @@
 //!
 //! I/O at start (discovery, log positions) and at the end (log lines, cgroups); the matching
 //! itself is in the pure `nginx::errlog`.
-use crate::report::text::Escaped;
+use crate::report::text::{Escaped, Place, Places, SHORT_ID_LEN};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -14,7 +14,8 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::enrich::{cgroup, Enricher};
-use crate::explain::Finding;
+use crate::event::Target;
+use crate::explain::{Cause, Finding, Update};
 use crate::nginx::{self, config::ConfiguredTarget, errlog, rootfs::RootDir, LogTail, NginxInstance};
 use crate::report::json::{ConfigCheckLine, ConfigCheckType, FindingLine, LogUnexplainedLine, LogUnexplainedType, ProcessLine};
 use crate::report::text::escape;
@@ -263,7 +264,7 @@ impl Operator {
     /// Remembers the cgroups of the processes a finding names while they are alive.
     pub fn note_processes(&mut self, findings: &[Finding]) {
         for f in findings {
-            for p in f.clients.iter().chain(f.listener.iter()) {
+            for p in f.clients.iter().chain(&f.listener).chain(&f.upstream_process) {
                 let _ = self.cgroup(p.pid);
             }
             for p in &f.clients {
@@ -274,16 +275,59 @@ impl Operator {
 
     /// --netns / --cgroup filters.
     pub fn keep(&mut self, f: &Finding) -> bool {
-        if let Some(ns) = self.netns {
-            if f.netns != ns {
-                return false;
+        let pids: Vec<u32> = f.clients.iter().chain(f.listener.iter()).map(|p| p.pid).collect();
+        self.keep_in(f.netns, &pids)
+    }
+
+    /// --netns / --cgroup: `netns` is the filter's, and some process of `pids` is in a cgroup
+    /// whose path contains the filter's text.
+    fn keep_in(&mut self, netns: u32, pids: &[u32]) -> bool {
+        if self.netns.is_some_and(|ns| ns != netns) {
+            return false;
+        }
+        match self.cgroup_filter.clone() {
+            Some(want) => pids.iter().any(|&pid| self.cgroup(pid).is_some_and(|c| c.path.contains(&want))),
+            None => true,
+        }
+    }
+
+    /// Of one tick's updates (already through `Filter`), those --netns / --cgroup keep, for
+    /// the metrics: a finding as `keep` decides, an attempt as its finding does (the engine
+    /// reports an attempt's finding as changed in the same tick), so that a finding filtered
+    /// out of the report is not counted either; an attempt whose finding is not among the
+    /// updates goes by its namespace and its client's cgroup.
+    pub fn keep_updates<'a>(&mut self, updates: impl IntoIterator<Item = &'a Update>) -> Vec<&'a Update> {
+        let updates: Vec<&Update> = updates.into_iter().collect();
+        let mut findings: HashMap<(Cause, &Target, u32), bool> = HashMap::new();
+        for u in &updates {
+            if let Update::Finding(f) = u {
+                let kept = self.keep(f);
+                findings.insert((f.cause, &f.target, f.netns), kept);
             }
         }
-        if let Some(want) = self.cgroup_filter.clone() {
-            let pids: Vec<u32> = f.clients.iter().chain(f.listener.iter()).map(|p| p.pid).collect();
-            return pids.into_iter().any(|pid| self.cgroup(pid).is_some_and(|c| c.path.contains(&want)));
+        updates
+            .into_iter()
+            .filter(|u| match u {
+                Update::Finding(f) => findings[&(f.cause, &f.target, f.netns)],
+                Update::Attempt(a) => match findings.get(&(a.cause, &a.target, a.netns)) {
+                    Some(&kept) => kept,
+                    None => self.keep_in(a.netns, &[a.client.pid]),
+                },
+            })
+            .collect()
+    }
+
+    /// Where the processes of `findings` run (container, pod), for the text report.
+    pub fn places(&mut self, findings: &[Finding]) -> Places {
+        let mut places = Places::new();
+        for f in findings {
+            for p in f.clients.iter().chain(&f.listener).chain(&f.upstream_process) {
+                if let Some(c) = self.cgroup(p.pid).filter(|c| c.container.is_some() || c.pod.is_some()) {
+                    places.insert(p.pid, Place { container: c.container, pod: c.pod });
+                }
+            }
         }
-        true
+        places
     }
 
     /// Reads the log lines written since the last call and matches every line of the trace
@@ -301,16 +345,17 @@ impl Operator {
         }
     }
 
-    /// A process's cgroup and its container (or systemd unit), remembered once read.
+    /// A process's cgroup, its container (or systemd unit) and pod, remembered once read.
     fn annotate_process(&mut self, p: &mut ProcessLine) {
         if let Some(c) = self.cgroup(p.pid) {
             p.container = c.container.or(c.unit);
+            p.pod = c.pod;
             p.cgroup = Some(c.path);
         }
     }
 
     /// Fills a finding line's operator keys: "upstream", "config_line", "config_place",
-    /// "log_lines", "log_example", and "cgroup"/"container" on each process.
+    /// "log_lines", "log_example", and "cgroup"/"container"/"pod" on each process.
     pub fn annotate_json(&mut self, line: &mut FindingLine, f: &Finding, log_lines: &[String]) {
         if let Some(c) = self.configured(f).cloned() {
             line.upstream = Some(c.upstream);
@@ -319,7 +364,7 @@ impl Operator {
         }
         line.log_lines = log_lines.len() as u64;
         line.log_example = log_lines.first().cloned();
-        for p in line.clients.iter_mut().chain(line.listener.as_mut()) {
+        for p in line.clients.iter_mut().chain(line.listener.as_mut()).chain(line.upstream_process.as_mut()) {
             self.annotate_process(p);
         }
     }
@@ -367,8 +412,10 @@ impl Operator {
             let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for p in f.clients.iter().chain(f.listener.iter()) {
                 if let Some(c) = self.cgroup(p.pid) {
+                    let pod = c.pod.as_ref().map(|p| format!(" (pod {})", Escaped(p))).unwrap_or_default();
                     let label = match (&c.container, &c.unit) {
-                        (Some(id), _) => format!("container {}", Escaped(id.get(..12).unwrap_or(id))),
+                        (Some(id), _) => format!("container {}{pod}", Escaped(id.get(..SHORT_ID_LEN).unwrap_or(id))),
+                        (None, _) if c.pod.is_some() => format!("cgroup {}{pod}", Escaped(&c.path)),
                         (None, Some(u)) => format!("unit {}", Escaped(u)),
                         _ => format!("cgroup {}", Escaped(&c.path)),
                     };
