@@ -461,3 +461,122 @@ impl Operator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventBody, FlowAddr, TaskInfo};
+    use crate::explain::{Engine, EngineOptions};
+    use crate::metrics::{Format, Metrics};
+
+    const NGINX_ID: &str = "9a1c2b3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    const POD_ID: &str = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    const POD: &str = "6f0e3c2a-1b4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// An operator with the filters given and the cgroups of two clients already read: pid
+    /// 812 in a docker container (netns 1), pid 912 in a Kubernetes pod's container (netns 2).
+    fn operator(netns: Option<u32>, cgroup: Option<&str>) -> Operator {
+        let mut cgroups = HashMap::new();
+        cgroups.insert(812, Some(cgroup::from_path(format!("/system.slice/docker-{NGINX_ID}.scope"))));
+        let pod_path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{POD_ID}.scope", POD.replace('-', "_"));
+        cgroups.insert(912, Some(cgroup::from_path(pod_path)));
+        Operator {
+            instances: Vec::new(),
+            retired: Vec::new(),
+            watcher: None,
+            config_logs: false,
+            logs: Vec::new(),
+            unlistened: Vec::new(),
+            netns,
+            cgroup_filter: cgroup.map(str::to_string),
+            cgroups,
+            parents: RefCell::new(HashMap::new()),
+            log_lines: VecDeque::new(),
+            log_lines_dropped: 0,
+        }
+    }
+
+    /// One tick's updates: `n` refused connects by each client, nginx 812 to 10.0.0.1:8000
+    /// in netns 1 and nginx 912 to 10.0.0.2:8000 in netns 2.
+    fn updates(n: u64) -> Vec<Update> {
+        let mut e = Engine::new(EngineOptions::default());
+        for (pid, netns, dst) in [(812, 1, "10.0.0.1:8000"), (912, 2, "10.0.0.2:8000")] {
+            let task = TaskInfo { pid, tid: pid, uid: 33, comm: "nginx".into() };
+            for i in 0..n {
+                let flow = FlowAddr { src: format!("10.0.0.9:{}", 40000 + i).parse().unwrap(), dst: dst.parse().unwrap() };
+                let t0 = 1_000_000_000 * (i + 1);
+                let body = EventBody::TcpRstSentNoSocket { flow, reason: None };
+                e.push(&Event { ts_ns: t0, netns, sock: 0, task: task.clone(), body });
+                let body = EventBody::TcpAttemptFailed { flow, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: t0 };
+                e.push(&Event { ts_ns: t0 + 10, netns, sock: u64::from(pid) * 100 + i, task: task.clone(), body });
+            }
+        }
+        e.finish()
+    }
+
+    /// `tracer_failed_connections_total` per target after one tick through the filters.
+    fn failed_counts(ops: &mut Operator) -> Vec<(String, u64)> {
+        let m = Metrics::new();
+        let all = updates(3);
+        assert_eq!(all.iter().filter(|u| matches!(u, Update::Attempt(_))).count(), 6, "{all:?}");
+        m.observe(ops.keep_updates(&all), |_| None);
+        let text = m.render(Format::PrometheusText);
+        let mut counts: Vec<(String, u64)> = text
+            .lines()
+            .filter(|l| l.starts_with("tracer_failed_connections_total{"))
+            .map(|l| {
+                let target = l.split("target=\"").nth(1).and_then(|t| t.split('"').next()).unwrap_or("").to_string();
+                (target, l.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    #[test]
+    fn metrics_count_only_what_the_netns_and_cgroup_filters_keep() {
+        let both = vec![("10.0.0.1:8000".to_string(), 3), ("10.0.0.2:8000".to_string(), 3)];
+        assert_eq!(failed_counts(&mut operator(None, None)), both);
+        assert_eq!(failed_counts(&mut operator(Some(2), None)), vec![("10.0.0.2:8000".to_string(), 3)]);
+        assert_eq!(failed_counts(&mut operator(None, Some("docker-"))), vec![("10.0.0.1:8000".to_string(), 3)]);
+        assert_eq!(failed_counts(&mut operator(None, Some("kubepods"))), vec![("10.0.0.2:8000".to_string(), 3)]);
+        // Both filters: a namespace and a cgroup that are not the same client's keep nothing.
+        assert_eq!(failed_counts(&mut operator(Some(1), Some("kubepods"))), vec![]);
+        assert_eq!(failed_counts(&mut operator(None, Some("no-such-cgroup"))), vec![]);
+    }
+
+    #[test]
+    fn an_attempt_without_its_finding_in_the_tick_goes_by_its_client() {
+        let attempts: Vec<Update> = updates(1).into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
+        let kept = operator(None, Some("kubepods")).keep_updates(&attempts);
+        let pids: Vec<u32> = kept
+            .iter()
+            .filter_map(|u| match u {
+                Update::Attempt(a) => Some(a.client.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pids, vec![912]);
+    }
+
+    #[test]
+    fn json_and_text_name_the_container_and_pod() {
+        let mut ops = operator(None, None);
+        let findings: Vec<Finding> = updates(1)
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Finding(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let in_pod = findings.iter().find(|f| f.netns == 2).expect("the pod's finding");
+        let mut line = crate::report::json::finding_json(in_pod, &crate::report::Clock::fixed(0));
+        ops.annotate_json(&mut line, in_pod, &[]);
+        let client = &line.clients[0];
+        assert_eq!((client.pid, client.container.as_deref(), client.pod.as_deref()), (912, Some(POD_ID), Some(POD)));
+        let places = ops.places(&findings);
+        assert_eq!(places[&912], Place { container: Some(POD_ID.into()), pod: Some(POD.into()) });
+        assert_eq!(places[&812], Place { container: Some(NGINX_ID.into()), pod: None });
+        assert_eq!(crate::report::text::process_name("nginx", 912, &places), format!("nginx (pid 912, container 3f2a9c1b7d4e, pod {POD})"));
+    }
+}

@@ -771,6 +771,61 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    const CONTAINER: &str = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    const POD: &str = "6f0e3c2a-1b4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// The listener (pid 700) in a Kubernetes pod's container, the client 812 in a bare
+    /// container, 813 on the host.
+    fn placed() -> Places {
+        let mut places = Places::new();
+        places.insert(700, Place { container: Some(CONTAINER.into()), pod: Some(POD.into()) });
+        places.insert(812, Place { container: Some("a".repeat(64)), pod: None });
+        places
+    }
+
+    #[test]
+    fn processes_in_containers_are_named_by_short_id_and_pod() {
+        let mut out = Vec::new();
+        write_finding(&mut out, &finding(), &Clock::fixed(OFFSET), &placed()).unwrap();
+        let text = String::from_utf8(out).unwrap().replace(&format!("\n{}", " ".repeat(LABEL_WIDTH)), " ");
+        let listener = format!("gunicorn (pid 700, container 3f2a9c1b7d4e, pod {POD})");
+        assert!(text.contains(&format!("who tried:  nginx (pid 812, container aaaaaaaaaaaa), nginx (pid 813)\n")), "{text}");
+        assert!(text.contains(&format!("listener:   {listener} listened here and closed")), "{text}");
+        // Never the full id in text (JSON has it).
+        assert!(!text.contains(CONTAINER), "{text}");
+        // One-line rows (and the summary) name the listener the same way.
+        let mut out = Vec::new();
+        let many: Vec<Finding> = (0..8)
+            .map(|i| {
+                let mut f = finding();
+                f.cause = [Cause::DeadListener, Cause::RemoteRefused, Cause::NoResponse, Cause::BacklogFull][i % 4];
+                f.target = Target::Tcp(format!("127.0.0.1:{}", 8000 + i).parse().unwrap());
+                f.listener = Some(ProcessRef { pid: 700 + i as u32 % 2, comm: "gunicorn".into() });
+                f.listener_note = format!("gunicorn (pid {}) listens here", 700 + i % 2);
+                f
+            })
+            .collect();
+        write_findings(&mut out, &many, &summary(0), &Clock::fixed(OFFSET), &placed()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(&format!("; {listener} listens here")), "{text}");
+        assert!(text.contains("; gunicorn (pid 701) listens here"), "{text}");
+        // Without places, the report is as before.
+        assert_eq!(process_name("gunicorn", 700, &Places::new()), "gunicorn (pid 700)");
+    }
+
+    #[test]
+    fn a_process_name_with_a_place_is_escaped_and_only_the_exact_pid_is_rewritten() {
+        let mut f = finding();
+        f.listener = Some(ProcessRef { pid: 700, comm: "guni\x1b[2Jcorn".into() });
+        f.listener_note = "guni\x1b[2Jcorn (pid 700) listens here; guni\x1b[2Jcorn (pid 7000) too".into();
+        let mut out = Vec::new();
+        write_finding(&mut out, &f, &Clock::fixed(OFFSET), &placed()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_no_raw_control(&text);
+        assert!(text.contains("guni\\x1b[2Jcorn (pid 700, container 3f2a9c1b7d4e, pod"), "{text}");
+        assert!(text.contains("guni\\x1b[2Jcorn (pid 7000) too"), "{text}");
+    }
+
     #[test]
     fn escape_makes_control_characters_visible_and_keeps_the_rest() {
         assert!(matches!(escape("/run/gunicorn.sock"), std::borrow::Cow::Borrowed(_)));
