@@ -308,7 +308,7 @@ impl Operator {
         updates
             .into_iter()
             .filter(|u| match u {
-                Update::Finding(f) => findings[&(f.cause, &f.target, f.netns)],
+                Update::Finding(f) => findings.get(&(f.cause, &f.target, f.netns)).copied().unwrap_or(false),
                 Update::Attempt(a) => match findings.get(&(a.cause, &a.target, a.netns)) {
                     Some(&kept) => kept,
                     None => self.keep_in(a.netns, &[a.client.pid]),
