@@ -116,7 +116,15 @@ impl Operator {
                 );
             }
             for t in cfg.targets.iter().take(MAX_CHECKED_TARGETS) {
-                if enricher.probe_target(inst.netns, &t.target).is_none() {
+                // Checked where the address is served (maybe a container's namespace); an
+                // address no namespace here holds (another host, a Service translated by NAT)
+                // cannot be checked from here, and is not called unlistened.
+                let serving = match &t.target {
+                    Target::Tcp(a) => enricher.serving_netns(inst.netns, a.ip()),
+                    Target::Unix(_) => Some(inst.netns),
+                };
+                let Some(serving) = serving else { continue };
+                if enricher.probe_target(serving, &t.target).is_none() {
                     ops.unlistened.push(Unlistened { netns: inst.netns, target: t.clone() });
                 }
             }

@@ -451,3 +451,8 @@ fn nginx_started_while_tracing_is_found_and_its_log_followed_across_rotation() {
 /// no free local port, a read timeout).
 #[path = "nginx/after_connect.rs"]
 mod after_connect;
+
+/// Issue 13: Nginx and its upstream in different network namespaces on a bridge, and a
+/// Service address behind DNAT.
+#[path = "nginx/containers.rs"]
+mod containers;

@@ -48,8 +48,26 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     if conn_end {
-        // probes/conn_end.rs, a program of its own (it checks the protocol); nothing more to
-        // do here if the call fails.
+        // A healthy end (bytes came back; or bytes went both ways before this side closed)
+        // stops here, after a read or two: only the ends that may be failures pay for the
+        // after-connect program (probes/conn_end.rs, a program of its own that checks again
+        // and reads the rest).
+        let c = &cfg.conn;
+        if old == e.tcp_established && new != e.tcp_close {
+            let sk: u64 = field(ctx, f.skaddr)?;
+            let received: u64 = kernel(sk, c.tcp_bytes_received)?;
+            let healthy = if new == c.tcp_close_wait {
+                // The FIN's own sequence number is counted: more than 1 is data.
+                received > 1
+            } else if new == c.tcp_fin_wait1 {
+                received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0
+            } else {
+                true
+            };
+            if healthy {
+                return None;
+            }
+        }
         unsafe { CONN_END.tail_call(ctx, 0) };
         return None;
     }

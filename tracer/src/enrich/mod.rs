@@ -2,15 +2,20 @@
 //! namespace), their owners via /proc, and the ListenOverflows counters. This is the I/O edge:
 //! it reads the clock and /proc, and hands the engine plain events.
 
+pub mod addrs;
 pub mod after_connect;
 pub mod cgroup;
+pub mod conntrack;
+pub mod nat;
 pub mod netns;
 pub mod owners;
+pub mod rawnl;
 pub mod sockdiag;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use crate::event::{Event, EventBody, FlowAddr, Queue, Target, TaskInfo};
 
@@ -18,11 +23,31 @@ use crate::event::{Event, EventBody, FlowAddr, Queue, Target, TaskInfo};
 pub use netns::netns_inode_of_pid;
 use netns::{own_netns_inode, NetnsRegistry};
 use after_connect::{parse_port_range, Measurement};
+use nat::ADDRESSES_EVERY_NS;
 use owners::OwnerCache;
+use rawnl::NlSocket;
 use sockdiag::{tcp_match_rank, tcp_state_name, DiagSocket, TCP_CLOSE_WAIT, TCP_ESTABLISHED};
 
 /// Where a network namespace's local port range is (answers for the reader's namespace).
 const PORT_RANGE_PATH: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// An address dump answers at once; the timeout only keeps a wedged kernel from hanging tracer.
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A conntrack lookup is made while events wait: it must never hold the feed for long.
+const CONNTRACK_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Datagrams of destroy events read per namespace per lookup (the rest wait, or are dropped
+/// by the kernel when the socket is full: a lookup is then simply not answered).
+const MAX_DESTROY_DATAGRAMS: usize = 64;
+/// Translated flows remembered from destroy events.
+const MAX_RECENT_TRANSLATIONS: usize = 4096;
+
+/// The last address book measured for one namespace.
+struct AddressBook {
+    addrs: Vec<IpAddr>,
+    /// Event time of the last try (measured or not).
+    tried_ns: u64,
+    measured: bool,
+}
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, so userspace and kernel
 /// timestamps compare directly.
@@ -53,6 +78,16 @@ pub struct Enricher {
     /// Last TcpExt ListenOverflows value read per namespace.
     overflow_counters: HashMap<u32, u64>,
     own_netns: Option<u32>,
+    /// rtnetlink sockets (address dumps) and ctnetlink sockets (conntrack), per namespace.
+    route_sockets: HashMap<u32, NlSocket>,
+    conntrack_sockets: HashMap<u32, NlSocket>,
+    address_books: HashMap<u32, AddressBook>,
+    /// Per namespace, a socket subscribed to conntrack's destroy events, and the translated
+    /// flows they told of lately (by arrival, oldest first; bounded).
+    conntrack_listeners: HashMap<u32, NlSocket>,
+    recent_translations: std::collections::VecDeque<(u32, FlowAddr, SocketAddr)>,
+    /// Event time of the last /proc rescan for namespaces asked for by a NAT lookup.
+    namespaces_rescanned_ns: Option<u64>,
 }
 
 impl Default for Enricher {
@@ -69,6 +104,12 @@ impl Enricher {
             owners: OwnerCache::new(),
             overflow_counters: HashMap::new(),
             own_netns: own_netns_inode(),
+            route_sockets: HashMap::new(),
+            conntrack_sockets: HashMap::new(),
+            address_books: HashMap::new(),
+            conntrack_listeners: HashMap::new(),
+            recent_translations: std::collections::VecDeque::new(),
+            namespaces_rescanned_ns: None,
         }
     }
 
@@ -290,6 +331,222 @@ impl Enricher {
         let live: HashSet<u32> = self.namespaces.inodes().into_iter().collect();
         self.diag_sockets.retain(|netns, _| live.contains(netns));
         self.overflow_counters.retain(|netns, _| live.contains(netns));
+        self.route_sockets.retain(|netns, _| live.contains(netns));
+        self.conntrack_sockets.retain(|netns, _| live.contains(netns));
+        self.address_books.retain(|netns, _| live.contains(netns));
+        self.conntrack_listeners.retain(|netns, _| live.contains(netns));
+    }
+
+    /// The address book of every namespace now, as NetnsAddresses events (start-up).
+    pub fn snapshot_addresses(&mut self, ts_ns: u64) -> Vec<Event> {
+        self.namespaces.refresh();
+        self.forget_gone_namespaces();
+        self.namespaces.inodes().into_iter().filter_map(|netns| self.measure_addresses(netns, ts_ns)).collect()
+    }
+
+    /// The address books of namespaces found since the last call that have none yet (call
+    /// after a /proc rescan, e.g. `poll_overflows`).
+    pub fn addresses_of_new_namespaces(&mut self, ts_ns: u64) -> Vec<Event> {
+        let new: Vec<u32> = self.namespaces.inodes().into_iter().filter(|n| !self.address_books.contains_key(n)).collect();
+        new.into_iter().filter_map(|netns| self.measure_addresses(netns, ts_ns)).collect()
+    }
+
+    /// Namespace `netns`'s address book when it has never been tried (a namespace first seen
+    /// in an event); a namespace that could not be measured is tried again after
+    /// `ADDRESSES_EVERY_NS`.
+    pub fn addresses_if_unknown(&mut self, netns: u32, ts_ns: u64) -> Option<Event> {
+        if netns == 0 {
+            return None;
+        }
+        match self.address_books.get(&netns) {
+            Some(book) if book.measured || ts_ns.saturating_sub(book.tried_ns) < ADDRESSES_EVERY_NS => None,
+            _ => self.measure_addresses(netns, ts_ns),
+        }
+    }
+
+    /// `NetnsAddresses`: the addresses configured in namespace `netns` (an rtnetlink dump on a
+    /// socket made inside it), remembered for `is_local_anywhere`.
+    pub fn measure_addresses(&mut self, netns: u32, ts_ns: u64) -> Option<Event> {
+        self.listen_to_conntrack(netns);
+        let previous = self.address_books.remove(&netns);
+        let mut book = AddressBook { addrs: previous.map(|b| b.addrs).unwrap_or_default(), tried_ns: ts_ns, measured: false };
+        let result = self.route_socket(netns).map(|socket| addrs::dump_addresses(socket));
+        let event = match result {
+            Some(Ok(addrs)) => {
+                book.addrs = addrs.clone();
+                book.measured = true;
+                Some(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body: EventBody::NetnsAddresses { addrs } })
+            }
+            Some(Err(e)) => {
+                log::debug!("address dump in netns {netns}: {e}");
+                self.route_sockets.remove(&netns);
+                None
+            }
+            None => None,
+        };
+        self.address_books.insert(netns, book);
+        event
+    }
+
+    /// The namespace that serves `ip` for a client in `netns`: its own (loopback, or an address
+    /// of its own), else the one namespace of this host that has it. None when no namespace
+    /// here has it (another host, or a translated Service address), or several do.
+    pub fn serving_netns(&self, netns: u32, ip: IpAddr) -> Option<u32> {
+        if ip.is_loopback() || self.address_books.get(&netns).is_some_and(|b| b.addrs.contains(&ip)) {
+            return Some(netns);
+        }
+        let mut owners = self.address_books.iter().filter(|(_, b)| b.addrs.contains(&ip)).map(|(n, _)| *n);
+        match (owners.next(), owners.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+
+    /// Whether `ip` is configured in any namespace measured so far.
+    pub fn is_local_anywhere(&self, ip: IpAddr) -> bool {
+        self.address_books.values().any(|b| b.addrs.contains(&ip))
+    }
+
+    /// Where `flow` (dialled by a client in `netns`) was address-translated to, when its
+    /// destination is configured in no namespace (a Service address, a published port). The
+    /// address books that may be stale are measured again first (a container's address may
+    /// be newer than its namespace); those measurements come first in the result, then a
+    /// NatMapping (in the client's `netns`) when conntrack knows a translation.
+    ///
+    /// Conntrack is asked in the client's namespace (DNAT on its output: docker's published
+    /// ports and kube-proxy on the host), then in tracer's own (the host's: DNAT of a pod's
+    /// packets as they enter the host).
+    pub fn nat_mapping(&mut self, netns: u32, flow: FlowAddr, ts_ns: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.is_local_anywhere(flow.dst.ip()) {
+            return events;
+        }
+        events.extend(self.refresh_stale_address_books(ts_ns));
+        if self.is_local_anywhere(flow.dst.ip()) || !conntrack::conntrack_present() {
+            return events;
+        }
+        self.read_destroy_events();
+        let mut places = vec![netns];
+        if let Some(own) = self.own_netns.filter(|own| *own != netns) {
+            places.push(own);
+        }
+        for place in places {
+            let remembered = self.recent_translations.iter().rev().find(|(n, f, _)| *n == place && *f == flow).map(|(_, _, b)| *b);
+            if let Some(backend) = remembered {
+                let body = EventBody::NatMapping { flow, backend };
+                events.push(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body });
+                break;
+            }
+            let Some(socket) = self.conntrack_socket(place) else { continue };
+            match conntrack::backend_of(socket, flow) {
+                Ok(Some(backend)) => {
+                    let body = EventBody::NatMapping { flow, backend };
+                    events.push(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body });
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // EOPNOTSUPP and the like: no conntrack here; a timeout: a new socket
+                    // next time (a late reply must not be read as the next answer).
+                    log::debug!("conntrack in netns {place}: {e}");
+                    self.conntrack_sockets.remove(&place);
+                }
+            }
+        }
+        events
+    }
+
+    /// Subscribes to namespace `netns`'s conntrack destroy events (once; not when the kernel
+    /// has no conntrack, so that nothing makes it load the modules).
+    fn listen_to_conntrack(&mut self, netns: u32) {
+        if self.conntrack_listeners.contains_key(&netns) || !conntrack::conntrack_present() {
+            return;
+        }
+        let protocol = netlink_sys::protocols::NETLINK_NETFILTER;
+        let group = conntrack::NFNLGRP_CONNTRACK_DESTROY;
+        let socket = if Some(netns) == self.own_netns {
+            NlSocket::subscribe_in(None, protocol, group)
+        } else {
+            let Some(handle) = self.namespaces.handle(netns) else { return };
+            NlSocket::subscribe_in(Some(handle), protocol, group)
+        };
+        match socket {
+            Ok(s) => {
+                self.conntrack_listeners.insert(netns, s);
+            }
+            Err(e) => log::debug!("no conntrack events for netns {netns}: {e}"),
+        }
+    }
+
+    /// Keeps the translated flows of the destroy events waiting on every subscription.
+    fn read_destroy_events(&mut self) {
+        for (netns, socket) in &mut self.conntrack_listeners {
+            for payload in socket.drain(conntrack::DESTROY_EVENT, MAX_DESTROY_DATAGRAMS) {
+                if let Some((flow, backend)) = conntrack::destroyed_translation(&payload) {
+                    if self.recent_translations.len() >= MAX_RECENT_TRANSLATIONS {
+                        self.recent_translations.pop_front();
+                    }
+                    self.recent_translations.push_back((*netns, flow, backend));
+                }
+            }
+        }
+    }
+
+    /// Measures again the address books older than `ADDRESSES_EVERY_NS`, and those of the
+    /// namespaces that appeared since (one /proc rescan per `ADDRESSES_EVERY_NS` at most).
+    fn refresh_stale_address_books(&mut self, ts_ns: u64) -> Vec<Event> {
+        let rescan_due = self.namespaces_rescanned_ns.is_none_or(|t| ts_ns.saturating_sub(t) >= ADDRESSES_EVERY_NS || ts_ns < t);
+        if rescan_due {
+            self.namespaces_rescanned_ns = Some(ts_ns);
+            self.namespaces.refresh();
+            self.forget_gone_namespaces();
+        }
+        let stale: Vec<u32> = self
+            .namespaces
+            .inodes()
+            .into_iter()
+            .filter(|n| self.address_books.get(n).is_none_or(|b| ts_ns.saturating_sub(b.tried_ns) >= ADDRESSES_EVERY_NS || ts_ns < b.tried_ns))
+            .collect();
+        stale.into_iter().filter_map(|netns| self.measure_addresses(netns, ts_ns)).collect()
+    }
+
+    fn route_socket(&mut self, netns: u32) -> Option<&mut NlSocket> {
+        let protocol = netlink_sys::protocols::NETLINK_ROUTE;
+        Self::netlink_socket(&mut self.route_sockets, &mut self.namespaces, self.own_netns, netns, protocol, ROUTE_TIMEOUT)
+    }
+
+    fn conntrack_socket(&mut self, netns: u32) -> Option<&mut NlSocket> {
+        let protocol = netlink_sys::protocols::NETLINK_NETFILTER;
+        Self::netlink_socket(&mut self.conntrack_sockets, &mut self.namespaces, self.own_netns, netns, protocol, CONNTRACK_TIMEOUT)
+    }
+
+    /// The socket of `protocol` in namespace `netns`, created on first use (entering another
+    /// namespace needs CAP_SYS_ADMIN; without it that namespace is not measured).
+    fn netlink_socket<'a>(
+        sockets: &'a mut HashMap<u32, NlSocket>,
+        namespaces: &mut NetnsRegistry,
+        own_netns: Option<u32>,
+        netns: u32,
+        protocol: isize,
+        timeout: Duration,
+    ) -> Option<&'a mut NlSocket> {
+        if !sockets.contains_key(&netns) {
+            let socket = if Some(netns) == own_netns {
+                NlSocket::new_here(protocol, timeout)
+            } else {
+                NlSocket::new_in(namespaces.handle(netns)?, protocol, timeout)
+            };
+            match socket {
+                Ok(s) => {
+                    sockets.insert(netns, s);
+                }
+                Err(e) => {
+                    log::debug!("no netlink socket (protocol {protocol}) for netns {netns}: {e}");
+                    return None;
+                }
+            }
+        }
+        sockets.get_mut(&netns)
     }
 }
 

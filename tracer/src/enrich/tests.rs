@@ -373,3 +373,209 @@ fn finds_who_holds_a_connection_and_when_none_does_yet() {
     assert!(enricher.conn_holder(own_netns, flow, 9).is_none());
     drop(client);
 }
+
+/// Namespaces made with `ip netns add` (deleted on drop) and the processes that keep them
+/// known to tracer (the registry finds namespaces by their processes; killed on drop).
+struct Namespaces {
+    names: Vec<&'static str>,
+    children: Vec<Child>,
+}
+
+impl Namespaces {
+    fn new(names: &[&'static str]) -> Namespaces {
+        for name in names {
+            let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+            assert!(ip(&["netns", "add", name]), "ip netns add {name}");
+        }
+        let namespaces = Namespaces { names: names.to_vec(), children: Vec::new() };
+        for name in names {
+            assert!(ip(&["-n", name, "link", "set", "lo", "up"]));
+        }
+        namespaces
+    }
+
+    /// Starts `args` inside `name` (`ip netns exec` execs it: the child's pid is the
+    /// command's) and returns the child's pid.
+    fn spawn(&mut self, name: &str, args: &[&str], stdout: Stdio) -> u32 {
+        let child = Command::new("ip").args(["netns", "exec", name]).args(args).stdout(stdout).spawn().expect("spawn ip netns exec");
+        let pid = child.id();
+        self.children.push(child);
+        pid
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+fn has_ip_command(test: &str) -> bool {
+    let present = Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !present {
+        note!("skipped {test}: no `ip` command (iproute2)");
+    }
+    present
+}
+
+/// The namespace inode of a just-spawned `ip netns exec` child, once it has entered the
+/// namespace (bounded wait: `ip` enters it before exec'ing the command).
+fn netns_of_child(pid: u32, not: u32) -> u32 {
+    for _ in 0..200 {
+        if let Some(netns) = netns_inode_of_pid(pid).filter(|n| *n != not) {
+            return netns;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("pid {pid} never entered its namespace");
+}
+
+fn addresses_of(events: &[Event], netns: u32) -> Option<&Vec<IpAddr>> {
+    events.iter().find_map(|e| match &e.body {
+        EventBody::NetnsAddresses { addrs } if e.netns == netns => Some(addrs),
+        _ => None,
+    })
+}
+
+#[test]
+fn reports_the_addresses_configured_in_another_namespace() {
+    const TEST: &str = "reports_the_addresses_configured_in_another_namespace";
+    if !is_root(TEST) || !has_ip_command(TEST) {
+        return;
+    }
+    const NAME: &str = "tracer-addr-test";
+    let mut namespaces = Namespaces::new(&[NAME]);
+    // A veth pair inside the namespace (this kernel has no dummy driver).
+    assert!(ip(&["-n", NAME, "link", "add", "tracer-d0", "type", "veth", "peer", "name", "tracer-d1"]));
+    assert!(ip(&["-n", NAME, "addr", "add", "10.231.5.7/24", "dev", "tracer-d0"]));
+    assert!(ip(&["-n", NAME, "addr", "add", "fd00:231::7/64", "dev", "tracer-d0", "nodad"]));
+    assert!(ip(&["-n", NAME, "link", "set", "tracer-d0", "up"]));
+    assert!(ip(&["-n", NAME, "link", "set", "tracer-d1", "up"]));
+    let own = netns_inode_of_pid(std::process::id()).unwrap();
+    let pid = namespaces.spawn(NAME, &["sleep", "60"], Stdio::null());
+    let netns = netns_of_child(pid, own);
+
+    let mut enricher = Enricher::new();
+    let events = enricher.snapshot_addresses(11);
+    let addrs = addresses_of(&events, netns).expect("the test namespace's address book");
+    for want in ["10.231.5.7", "fd00:231::7", "127.0.0.1", "::1"] {
+        assert!(addrs.contains(&want.parse().unwrap()), "{want} missing from {addrs:?}");
+    }
+    // Besides those, only the link-local addresses the kernel gives each interface.
+    let link_local = |a: &IpAddr| matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    assert_eq!(addrs.iter().filter(|a| !link_local(a)).count(), 4, "{addrs:?}");
+    let own_addrs = addresses_of(&events, own).expect("own namespace's address book");
+    assert!(!own_addrs.contains(&"10.231.5.7".parse().unwrap()), "{own_addrs:?}");
+    assert!(events.iter().all(|e| e.ts_ns == 11));
+    assert!(enricher.is_local_anywhere("10.231.5.7".parse().unwrap()));
+    assert!(!enricher.is_local_anywhere("10.231.5.8".parse().unwrap()));
+    // Measured already: a namespace is measured on first sight only.
+    assert!(enricher.addresses_if_unknown(netns, 12).is_none());
+    assert!(enricher.addresses_of_new_namespaces(12).is_empty());
+
+    // An address added later shows in the next measurement.
+    assert!(ip(&["-n", NAME, "addr", "add", "10.231.6.1/24", "dev", "tracer-d0"]));
+    let event = enricher.measure_addresses(netns, 13).expect("measured again");
+    assert_eq!(event.netns, netns);
+    let EventBody::NetnsAddresses { addrs } = &event.body else { panic!("{event:?}") };
+    assert!(addrs.contains(&"10.231.6.1".parse().unwrap()), "{addrs:?}");
+    assert!(enricher.measure_addresses(1, 13).is_none(), "no namespace has inode 1");
+}
+
+#[test]
+fn names_the_backend_a_dnat_rule_sent_a_refused_connection_to() {
+    const TEST: &str = "names_the_backend_a_dnat_rule_sent_a_refused_connection_to";
+    if !is_root(TEST) || !has_ip_command(TEST) {
+        return;
+    }
+    let Some(python) = ["/usr/bin/python3"].into_iter().find(|p| Command::new(p).arg("-V").output().is_ok_and(|o| o.status.success())) else {
+        note!("skipped {TEST}: no python3");
+        return;
+    };
+    if Command::new("/usr/sbin/nft").arg("--version").output().is_err() {
+        note!("skipped {TEST}: no /usr/sbin/nft");
+        return;
+    }
+    if !conntrack::conntrack_present() {
+        note!("skipped {TEST}: no conntrack in this kernel");
+        return;
+    }
+    const A: &str = "tracer-nat-a";
+    const B: &str = "tracer-nat-b";
+    let mut namespaces = Namespaces::new(&[A, B]);
+    assert!(ip(&["-n", A, "link", "add", "tracer-va", "type", "veth", "peer", "name", "tracer-vb", "netns", B]));
+    assert!(ip(&["-n", A, "addr", "add", "10.232.0.1/24", "dev", "tracer-va"]));
+    assert!(ip(&["-n", B, "addr", "add", "10.232.0.2/24", "dev", "tracer-vb"]));
+    assert!(ip(&["-n", A, "link", "set", "tracer-va", "up"]));
+    assert!(ip(&["-n", B, "link", "set", "tracer-vb", "up"]));
+    assert!(ip(&["-n", A, "route", "add", "default", "via", "10.232.0.2"]));
+    let rules = "table ip nat {\n  chain output {\n    type nat hook output priority -100;\n    ip daddr 10.96.0.10 tcp dport 80 dnat to 10.232.0.2:8405\n    ip daddr 10.96.0.10 tcp dport 81 dnat to 10.232.0.2:8406\n  }\n}\n";
+    let dir = TempDir::new("nat");
+    let rules_path = dir.0.join("nat.nft");
+    fs::write(&rules_path, rules).unwrap();
+    assert!(ip(&["netns", "exec", A, "/usr/sbin/nft", "-f", rules_path.to_str().unwrap()]), "nft -f");
+
+    let own = netns_inode_of_pid(std::process::id()).unwrap();
+    let b_pid = namespaces.spawn(B, &["sleep", "60"], Stdio::null());
+    let b = netns_of_child(b_pid, own);
+    let a_pid = namespaces.spawn(A, &["sleep", "60"], Stdio::null());
+    let a = netns_of_child(a_pid, own);
+    // tracer is running before the failure: it knows both namespaces and their addresses.
+    let mut enricher = Enricher::new();
+    let books = enricher.snapshot_addresses(20);
+    assert!(addresses_of(&books, b).is_some_and(|addrs| addrs.contains(&"10.232.0.2".parse().unwrap())));
+    assert!(addresses_of(&books, a).is_some_and(|addrs| addrs.contains(&"10.232.0.1".parse().unwrap())));
+
+    // The client binds first so its port outlives the refused connect.
+    let script = "import socket,errno\n\
+                  s=socket.socket(); s.settimeout(5); s.bind(('10.232.0.1',0)); port=s.getsockname()[1]\n\
+                  try:\n    s.connect(('10.96.0.10',80)); r='connected'\n\
+                  except socket.timeout: r='timeout'\n\
+                  except OSError as e: r=errno.errorcode.get(e.errno,str(e.errno))\n\
+                  print(port, r, flush=True)\n";
+    let output = Command::new("ip").args(["netns", "exec", A, python, "-c", script]).output().expect("run the client");
+    let line = String::from_utf8_lossy(&output.stdout).to_string();
+    let (port, outcome) = line.trim().split_once(' ').unwrap_or_else(|| panic!("python printed {line:?}"));
+    assert_eq!(outcome, "ECONNREFUSED", "nothing listens on 10.232.0.2:8405");
+    let port: u16 = port.parse().unwrap();
+
+    let flow = FlowAddr { src: SocketAddr::from(([10, 232, 0, 1], port)), dst: "10.96.0.10:80".parse().unwrap() };
+    let events = enricher.nat_mapping(a, flow, 21);
+    let mappings: Vec<&Event> = events.iter().filter(|e| matches!(e.body, EventBody::NatMapping { .. })).collect();
+    assert_eq!(mappings.len(), 1, "{events:?}");
+    assert_eq!(mappings[0].netns, a);
+    assert_eq!(mappings[0].ts_ns, 21);
+    assert_eq!(mappings[0].body, EventBody::NatMapping { flow, backend: "10.232.0.2:8405".parse().unwrap() });
+
+    // A flow conntrack never saw, and one to an address a namespace has: no mapping.
+    let other = FlowAddr { src: SocketAddr::from(([10, 232, 0, 1], port.wrapping_add(1).max(1))), dst: flow.dst };
+    assert!(enricher.nat_mapping(a, other, 22).iter().all(|e| !matches!(e.body, EventBody::NatMapping { .. })));
+    let direct = FlowAddr { src: flow.src, dst: "10.232.0.2:8405".parse().unwrap() };
+    assert!(enricher.nat_mapping(a, direct, 23).is_empty(), "10.232.0.2 is B's own address");
+
+    // A connection that got through (a listener on 8406 in B) keeps its entry: the lookup
+    // itself answers (no destroy event yet: TIME_WAIT lasts two minutes).
+    let listener = "import socket,time\n\
+                    s=socket.socket(); s.bind(('10.232.0.2',8406)); s.listen(5)\n\
+                    print('ready', flush=True)\n\
+                    time.sleep(60)\n";
+    namespaces.spawn(B, &[python, "-c", listener], Stdio::piped());
+    let mut ready = String::new();
+    BufReader::new(namespaces.children.last_mut().unwrap().stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let script81 = script.replace("80)", "81)");
+    let output = Command::new("ip").args(["netns", "exec", A, python, "-c", &script81]).output().expect("run the client");
+    let line = String::from_utf8_lossy(&output.stdout).to_string();
+    let (port, outcome) = line.trim().split_once(' ').unwrap_or_else(|| panic!("python printed {line:?}"));
+    assert_eq!(outcome, "connected");
+    let flow = FlowAddr { src: SocketAddr::from(([10, 232, 0, 1], port.parse().unwrap())), dst: "10.96.0.10:81".parse().unwrap() };
+    let events = enricher.nat_mapping(a, flow, 24);
+    let backend = "10.232.0.2:8406".parse().unwrap();
+    assert!(events.iter().any(|e| e.netns == a && e.body == EventBody::NatMapping { flow, backend }), "{events:?}");
+}

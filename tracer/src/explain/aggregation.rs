@@ -170,9 +170,11 @@ impl Engine {
     /// A finding's current state, told: its facts, the listener's story and the words.
     pub(super) fn snapshot(&self, key: &FindingKey, st: &FindingState) -> Finding {
         let (cause, target, netns) = (key.0, &key.1, key.2);
+        // The listener's side: the namespace that serves the target, behind NAT the backend.
+        let (place_netns, place) = self.finding_place(netns, target, st.backend);
         let uids: Vec<u32> = st.uids.iter().copied().collect();
-        let queue = self.finding_queue(cause, target, netns, st);
-        let about = self.listener_situation(cause, target, netns, st);
+        let queue = self.finding_queue(cause, &place, place_netns, st);
+        let about = self.listener_situation(cause, &place, place_netns, st);
         let listener = about.listener().cloned();
         let listener_unit = listener.as_ref().and_then(|l| self.lifecycle.unit_of(l.pid));
         let wording = Wording {
@@ -196,12 +198,12 @@ impl Engine {
         };
         let hint = match cause {
             Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale => {
-                self.neighbour(target, netns, st, listener.as_ref()).map(|n| words::hint(&n))
+                self.neighbour(&place, place_netns, st, listener.as_ref()).map(|n| words::hint(&n))
             }
             _ => None,
         };
         let (detail, mut fix) = (cause.detail(&wording), cause.fix(&wording));
-        let timeline = self.timeline(cause, target, netns, st);
+        let timeline = self.timeline(cause, &place, place_netns, st);
         if let Some(more) = timeline::fix_addendum(&timeline, listener_unit) {
             fix = format!("{fix} {more}");
         }

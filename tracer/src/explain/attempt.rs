@@ -117,6 +117,8 @@ pub struct Attempt {
     pub overflow_samples: Vec<SynOverflow>,
     /// What the socket-less events matched to it proved.
     pub flow_evidence: EvidenceCounts,
+    /// The flow after NAT (the real backend as destination), when conntrack showed one.
+    pub nat_flow: Option<FlowAddr>,
 }
 
 impl Attempt {
@@ -142,6 +144,7 @@ impl Attempt {
             syn_overflows: 0,
             overflow_samples: Vec::new(),
             flow_evidence: EvidenceCounts::new(),
+            nat_flow: None,
         }
     }
 
@@ -179,11 +182,18 @@ impl Attempt {
         self.fullest_queue = Some(fuller(self.fullest_queue, q));
     }
 
+    /// Whether a packet of `flow` goes from the client to the target (or, after NAT, to the
+    /// real backend).
+    pub fn goes_to_target(&self, flow: &FlowAddr) -> bool {
+        let same = |f: &FlowAddr| flow.src == f.src && flow.dst == f.dst;
+        same(&self.flow) || self.nat_flow.as_ref().is_some_and(same)
+    }
+
     /// Adds one socket-less event matched to this attempt by flow.
     pub fn apply_flow_evidence(&mut self, ev: &FlowEvidence) {
         // A reset or NO_SOCKET drop of a packet going to the client (e.g. a late SYN-ACK after
         // the client gave up) says nothing about the target's listener.
-        let to_target = ev.flow.dst == self.flow.dst && ev.flow.src == self.flow.src;
+        let to_target = self.goes_to_target(&ev.flow);
         let evidence = match &ev.kind {
             FlowEvidenceKind::ResetFromNoSocket { reason } => self.note_reset_sent(reason.as_deref(), to_target),
             FlowEvidenceKind::Dropped { reason } => self.note_drop(reason, to_target),

@@ -51,9 +51,10 @@ impl Engine {
     /// `cutoff_ns`) that no later attempt claimed are its late evidence (see `flow_evidence`).
     pub(super) fn conclude_tcp_before(&mut self, key: &AttemptKey, why: ConcludeWhy, cutoff_ns: u64) {
         let Some(mut a) = self.attempts.remove(key) else { return };
-        let fk = FlowKey::of(&a.flow);
-        if self.attempt_by_flow.get(&fk) == Some(key) {
-            self.attempt_by_flow.remove(&fk);
+        for fk in std::iter::once(FlowKey::of(&a.flow)).chain(a.nat_flow.as_ref().map(FlowKey::of)) {
+            if self.attempt_by_flow.get(&fk) == Some(key) {
+                self.attempt_by_flow.remove(&fk);
+            }
         }
         self.claim_late_evidence(&mut a, cutoff_ns);
         self.remember_concluded(a.end_ns(), *key, if a.start_known { a.start_ns } else { 0 });
@@ -85,7 +86,8 @@ impl Engine {
         let fkey: FindingKey = (cause, record.target.clone(), a.netns);
         self.aggregate(&fkey, &record, |st| add_tcp_attempt(st, &a, around.sampled_full, around.listener, cause, reject));
         if cause == Cause::BacklogFull {
-            self.count_overflow_rises_once(&fkey, a.netns, around.from, around.to);
+            let (serving, _) = self.listener_place(a.netns, a.flow.dst, a.nat_flow.map(|f| f.dst));
+            self.count_overflow_rises_once(&fkey, serving, around.from, around.to);
         }
         self.push_ready(record);
     }
@@ -118,19 +120,23 @@ impl Engine {
 
     /// What was measured around `a` during its window.
     fn surroundings(&mut self, a: &Attempt) -> Surroundings {
-        let target = Target::Tcp(a.flow.dst);
+        // The listener lives where the (translated) target is served: maybe another namespace.
+        let (netns, target) = self.listener_place(a.netns, a.flow.dst, a.nat_flow.map(|f| f.dst));
         let (from, to) = (a.start_ns, a.end_ns().saturating_add(self.opts.grace_ns));
         let icmp = self.claim_icmp(a, to);
-        let overflow_rise = self.overflows.iter().filter(|o| o.during(a.netns, from, to)).map(|o| o.delta).sum();
+        let overflow_rise = self.overflows.iter().filter(|o| o.during(netns, from, to)).map(|o| o.delta).sum();
         // A wildcard listener only covers the target when the target is an address of this host.
-        let wildcards = self.is_local_ip(a.flow.dst.ip());
+        let wildcards = match &target {
+            Target::Tcp(t) => self.is_local_ip(t.ip()),
+            Target::Unix(_) => false,
+        };
         let sampled_full = self
             .listeners
-            .samples_during(a.netns, &target, wildcards, from.saturating_sub(SAMPLE_SLACK_NS), to)
+            .samples_during(netns, &target, wildcards, from.saturating_sub(SAMPLE_SLACK_NS), to)
             .into_iter()
             .filter(|q| q.is_full())
             .fold(None, |acc: Option<Queue>, q| Some(fuller(acc, q)));
-        let listener = self.listeners.listener_during(a.netns, &target, wildcards, from, to).cloned();
+        let listener = self.listeners.listener_during(netns, &target, wildcards, from, to).cloned();
         Surroundings { from, to, icmp, overflow_rise, sampled_full, listener }
     }
 
@@ -271,6 +277,9 @@ fn add_tcp_attempt(
     reject: Option<RejectKind>,
 ) {
     st.syn_retransmits += a.syn_retransmits as u64;
+    if let Some(nat) = a.nat_flow {
+        st.backend = Some(nat.dst);
+    }
     st.resets_sent += a.resets_sent_to_target;
     st.netfilter_drops += a.netfilter_drops;
     match reject {

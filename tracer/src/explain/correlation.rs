@@ -208,7 +208,7 @@ impl Engine {
             // A packet going to the target after the attempt closed was sent by a later
             // attempt on the same ports (a closed SYN_SENT socket sends nothing more): it
             // waits for that one. Answers going to the client may still arrive late.
-            let to_target = e.flow.src == a.flow.src && e.flow.dst == a.flow.dst;
+            let to_target = a.goes_to_target(&e.flow);
             let after_close = a.close.is_some_and(|c| e.ts_ns > c.ts_ns());
             if !(to_target && after_close) {
                 a.apply_flow_evidence(&e);
@@ -236,7 +236,7 @@ impl Engine {
     /// Whether `ip` is an address of this host, as far as the engine can tell: loopback, or
     /// the source address of one of our clients' attempts.
     pub(super) fn is_local_ip(&self, ip: IpAddr) -> bool {
-        ip.is_loopback() || ip.is_unspecified() || self.local_ips.contains(&ip)
+        ip.is_loopback() || ip.is_unspecified() || self.local_ips.contains(&ip) || self.book.has(ip)
     }
 
     /// Whether wildcard listeners (0.0.0.0:P, [::]:P) of this host cover `target`: only when

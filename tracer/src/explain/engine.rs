@@ -52,6 +52,8 @@ pub struct Engine {
     pub(super) unix_peer_queues: VecDeque<(u64, u32, String, Queue)>,
     /// After the connect: Nginx's and the upstream's sides of connections that ended badly.
     pub(super) after: super::after_connect::AfterState,
+    /// The addresses of this host's network namespaces (which one serves a target).
+    pub(super) book: super::namespaces::AddressBook,
 }
 
 impl Engine {
@@ -77,6 +79,7 @@ impl Engine {
             unix_peer_queues: VecDeque::new(),
             accept_wait_totals: BTreeMap::new(),
             after: Default::default(),
+            book: Default::default(),
         }
     }
 
@@ -124,7 +127,7 @@ impl Engine {
             EventBody::TcpConnEnded { .. } | EventBody::PortsInUse { .. } | EventBody::ConnHolder { .. } => {
                 self.after_connect_event(ev)
             }
-            EventBody::NatMapping { .. } | EventBody::NetnsAddresses { .. } => {}
+            EventBody::NatMapping { .. } | EventBody::NetnsAddresses { .. } => self.namespace_event(ev),
             EventBody::ProcessExit { .. }
             | EventBody::SignalGenerated { .. }
             | EventBody::OomKilled

@@ -28,6 +28,7 @@ mod correlation;
 mod engine;
 mod evidence;
 mod listeners;
+mod namespaces;
 mod output;
 pub mod rules;
 mod story;
@@ -37,6 +38,8 @@ mod words;
 mod fn_tests;
 #[cfg(test)]
 mod after_tests;
+#[cfg(test)]
+mod namespace_tests;
 #[cfg(test)]
 pub(crate) mod test_kit;
 #[cfg(test)]

@@ -267,6 +267,15 @@ fn group_line(g: &Group<'_>, clock: &Clock, places: &Places) -> String {
     )
 }
 
+/// The target as dialled, and behind NAT the real backend: `10.96.0.10:80 (Service) →
+/// 10.232.0.2:8405`.
+fn target_words(f: &Finding) -> String {
+    match f.backend {
+        Some(b) => format!("{} (Service) → {}", escape(&f.target.to_string()), b),
+        None => escape(&f.target.to_string()).to_string(),
+    }
+}
+
 /// One finding on one line: cause, target, counts, time, and the listener.
 fn one_line(f: &Finding, clock: &Clock, show_netns: bool, places: &Places) -> String {
     let netns = if show_netns { format!("  netns {}", f.netns) } else { String::new() };
@@ -274,7 +283,7 @@ fn one_line(f: &Finding, clock: &Clock, show_netns: bool, places: &Places) -> St
     format!(
         "{}  {}{netns}  ({}, {}); {}{proxy}",
         title_of(f),
-        escape(&f.target.to_string()),
+        target_words(f),
         count_phrase(f),
         when_phrase(f.first_seen_ns, f.last_seen_ns, clock),
         escape(&one_line_about(f, places))
@@ -448,7 +457,7 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
     let when = when_phrase(f.first_seen_ns, f.last_seen_ns, clock);
     let netns = if show_netns { format!("  netns {}", f.netns) } else { String::new() };
     let proxy = if f.proxy_client() { String::new() } else { format!("  [{}]", not_a_proxy_label(f)) };
-    writeln!(w, "{}  {}{netns}  ({}, {when}){proxy}", title_of(f), escape(&f.target.to_string()), count_phrase(f))?;
+    writeln!(w, "{}  {}{netns}  ({}, {when}){proxy}", title_of(f), target_words(f), count_phrase(f))?;
     let clients = f.clients.iter().map(|c| process_name(&c.comm, c.pid, places)).collect::<Vec<_>>().join(", ");
     field(w, "who tried:", &clients)?;
     if !f.uids.is_empty() {
@@ -1071,6 +1080,18 @@ mod tests {
             ..ConnectionFacts::default()
         });
         f
+    }
+
+    #[test]
+    fn a_translated_target_names_the_service_and_its_backend() {
+        let mut f = finding();
+        f.cause = Cause::DeadListener;
+        f.target = Target::Tcp("10.96.0.10:80".parse().unwrap());
+        f.backend = Some("10.232.0.2:8405".parse().unwrap());
+        let mut out = Vec::new();
+        write_finding(&mut out, &f, &Clock::fixed(OFFSET), &Places::new()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("DEAD LISTENER  10.96.0.10:80 (Service) → 10.232.0.2:8405  ("), "{text}");
     }
 
     fn death(how: crate::explain::DeathHow, signal: Option<&str>, sender: Option<(u32, &str)>, exit_status: Option<i32>) -> crate::explain::Death {

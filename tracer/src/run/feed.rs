@@ -1,10 +1,11 @@
 //! What goes into the engine besides the kernel's own records: sock_diag probes, listener
-//! owners' process facts, and lost-event counts.
+//! owners' process facts, namespaces' address books, NAT translations, and lost-event counts.
 
 use std::collections::HashMap;
 
 use crate::capture::Capture;
 use crate::enrich::after_connect::{measurement_for, MeasurementBudget};
+use crate::enrich::nat::{nat_candidate, NatBudget};
 use crate::enrich::{self, Enricher};
 use crate::event::{Event, EventBody, KindCounts, Target};
 use crate::explain::Engine;
@@ -19,13 +20,15 @@ pub struct Feed {
     last_probe: HashMap<(u32, Target), u64>,
     /// How often the after-connect measurements (ports, connection holders) may be made.
     budget: MeasurementBudget,
+    /// How often conntrack may be asked where a connection was translated to.
+    nat_budget: NatBudget,
     /// Lost-event counts already turned into `Lost` events, by kind.
     reported_lost: KindCounts,
 }
 
 impl Feed {
     pub fn new(enricher: Enricher) -> Feed {
-        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), reported_lost: KindCounts::new() }
+        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), nat_budget: NatBudget::new(), reported_lost: KindCounts::new() }
     }
 
     /// Who listens where right now (pushed to the engine with the owners' process facts), so
@@ -34,6 +37,10 @@ impl Feed {
     pub fn snapshot_listeners(&mut self, engine: &mut Engine) -> (Vec<u32>, Vec<String>) {
         let mut owners = Vec::new();
         let mut paths = Vec::new();
+        // Every namespace's address book first: it places the listeners' addresses.
+        for ev in self.enricher.snapshot_addresses(enrich::monotonic_ns()) {
+            engine.push(&ev);
+        }
         for ev in self.enricher.snapshot_listeners() {
             engine.push(&ev);
             if let EventBody::ListenerSeen { target, .. } = &ev.body {
@@ -60,6 +67,10 @@ impl Feed {
         for ev in self.enricher.poll_overflows() {
             engine.push(&ev);
         }
+        // poll_overflows rescanned /proc: the namespaces it found have no address book yet.
+        for ev in self.enricher.addresses_of_new_namespaces(now) {
+            engine.push(&ev);
+        }
         self.accept_waits(capture, now, engine);
     }
 
@@ -70,7 +81,7 @@ impl Feed {
     }
 
     pub fn absorb(&mut self, batch: &mut Vec<Event>, engine: &mut Engine) {
-        absorb(batch, engine, &mut self.enricher, &mut self.last_probe, &mut self.budget);
+        absorb(batch, engine, &mut self.enricher, &mut self.last_probe, &mut self.budget, &mut self.nat_budget);
     }
 
     pub fn lost_events(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
@@ -88,6 +99,7 @@ fn absorb(
     enricher: &mut Enricher,
     last_probe: &mut HashMap<(u32, Target), u64>,
     budget: &mut MeasurementBudget,
+    nat_budget: &mut NatBudget,
 ) {
     // Records from different CPUs interleave in the ring: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
@@ -105,8 +117,21 @@ fn absorb(
             }
             _ => None,
         };
+        // A namespace first seen: its address book, just before the event that named it.
+        if let Some(book) = enricher.addresses_if_unknown(ev.netns, ev.ts_ns) {
+            engine.push(&book);
+        }
         engine.push(&ev);
         // Measured now, stamped just after its trigger so the engine meets it next.
+        // A destination configured in no namespace was translated (a Service, a published
+        // port): conntrack names the backend while the entry lasts (~10 s after a refusal).
+        if let Some((netns, flow)) = nat_candidate(&ev) {
+            if !enricher.is_local_anywhere(flow.dst.ip()) && nat_budget.admit(netns, flow, ev.ts_ns) {
+                for measured in enricher.nat_mapping(netns, flow, ev.ts_ns.saturating_add(1)) {
+                    engine.push(&measured);
+                }
+            }
+        }
         if let Some(m) = measurement_for(&ev).filter(|m| budget.admit(m, ev.ts_ns)) {
             if let Some(measured) = enricher.measure(m, ev.ts_ns.saturating_add(1)) {
                 engine.push(&measured);

@@ -6,6 +6,7 @@
 //! starts is killed by a Drop guard, also when the test panics.
 #![allow(dead_code)]
 
+pub mod bridged;
 pub mod stack;
 
 use std::{
@@ -179,6 +180,26 @@ impl Netns {
         let mut args = vec!["add", "rule", "inet", "t", "out"];
         args.extend(rule.split_whitespace());
         self.nft(&args);
+    }
+
+    /// An nft rule on the namespace's input hook (table `inet t`, chain `in`): what reaches
+    /// this namespace's own sockets, e.g. `tcp dport 8000 drop` in an upstream's container.
+    pub fn nft_input_rule(&self, rule: &str) {
+        self.nft(&["add", "table", "inet", "t"]);
+        self.nft(&["add", "chain", "inet", "t", "in", "{ type filter hook input priority 0; }"]);
+        let mut args = vec!["add", "rule", "inet", "t", "in"];
+        args.extend(rule.split_whitespace());
+        self.nft(&args);
+    }
+
+    /// A Service address as kube-proxy's nft mode makes one: connections this namespace opens
+    /// to `service` (`ip:port`) are DNATed to `backend` (`ip:port`) on the output hook (table
+    /// `ip nat`, chain `output`). No interface has the Service address.
+    pub fn nft_dnat_output(&self, service: &str, backend: &str) {
+        let (ip, port) = service.rsplit_once(':').unwrap_or_else(|| panic!("not ip:port: {service}"));
+        self.nft(&["add", "table", "ip", "nat"]);
+        self.nft(&["add", "chain", "ip", "nat", "output", "{ type nat hook output priority -100; }"]);
+        self.nft(&["add", "rule", "ip", "nat", "output", "ip", "daddr", ip, "tcp", "dport", port, "dnat", "to", backend]);
     }
 
     /// Starts `python3 net.py <args>` inside the namespace and waits for its `{"pid": N}` line.

@@ -105,6 +105,35 @@ impl Netns {
     }
 }
 
+/// Linking namespaces like a container runtime does (docker0, a CNI bridge): a Linux bridge
+/// in one namespace, and other namespaces joined to it by veth pairs.
+impl Netns {
+    /// Adds the Linux bridge `bridge` inside this namespace, up.
+    pub fn add_bridge(&self, bridge: &str) -> Result<()> {
+        ip(&["-n", &self.name, "link", "add", bridge, "type", "bridge"])?;
+        ip(&["-n", &self.name, "link", "set", bridge, "up"])
+    }
+
+    /// Joins `member` to this namespace's bridge `bridge` by a veth pair: the end `port`
+    /// stays here, enslaved to the bridge; the end `ifname` moves into `member` with the
+    /// address `cidr` (e.g. `10.232.0.1/24`). Both ends up. The names live in their own
+    /// namespaces, so every member may call its end `eth0`.
+    pub fn join_bridge(&self, bridge: &str, port: &str, member: &Netns, ifname: &str, cidr: &str) -> Result<()> {
+        ip(&["-n", &self.name, "link", "add", port, "type", "veth", "peer", "name", ifname, "netns", &member.name])?;
+        ip(&["-n", &self.name, "link", "set", port, "master", bridge])?;
+        ip(&["-n", &self.name, "link", "set", port, "up"])?;
+        ip(&["-n", &member.name, "addr", "add", cidr, "dev", ifname])?;
+        ip(&["-n", &member.name, "link", "set", ifname, "up"])
+    }
+
+    /// A default route out of `dev` in this namespace: a connect() to an address no interface
+    /// covers (a Service address that only a DNAT rule knows) is routed, not refused with
+    /// ENETUNREACH before the NAT hook sees it.
+    pub fn add_default_route(&self, dev: &str) -> Result<()> {
+        ip(&["-n", &self.name, "route", "add", "default", "dev", dev])
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         delete(&self.name);
