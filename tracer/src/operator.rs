@@ -4,7 +4,7 @@
 //!
 //! I/O at start (discovery, log positions) and at the end (log lines, cgroups); the matching
 //! itself is in the pure `nginx::errlog`.
-use crate::report::text::Escaped;
+use crate::report::text::{Escaped, Place, Places, SHORT_ID_LEN};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::enrich::{cgroup, Enricher};
 use crate::event::Target;
-use crate::explain::Finding;
+use crate::explain::{Cause, Finding, Update};
 use crate::nginx::{self, config::ConfiguredTarget, errlog, rootfs::RootDir, LogTail, NginxInstance};
 use crate::report::json::{ConfigCheckLine, ConfigCheckType, FindingLine, LogUnexplainedLine, LogUnexplainedType, ProcessLine};
 use crate::report::text::escape;
@@ -272,7 +272,7 @@ impl Operator {
     /// Remembers the cgroups of the processes a finding names while they are alive.
     pub fn note_processes(&mut self, findings: &[Finding]) {
         for f in findings {
-            for p in f.clients.iter().chain(f.listener.iter()) {
+            for p in f.clients.iter().chain(&f.listener).chain(&f.upstream_process) {
                 let _ = self.cgroup(p.pid);
             }
             for p in &f.clients {
@@ -283,16 +283,59 @@ impl Operator {
 
     /// --netns / --cgroup filters.
     pub fn keep(&mut self, f: &Finding) -> bool {
-        if let Some(ns) = self.netns {
-            if f.netns != ns {
-                return false;
+        let pids: Vec<u32> = f.clients.iter().chain(f.listener.iter()).map(|p| p.pid).collect();
+        self.keep_in(f.netns, &pids)
+    }
+
+    /// --netns / --cgroup: `netns` is the filter's, and some process of `pids` is in a cgroup
+    /// whose path contains the filter's text.
+    fn keep_in(&mut self, netns: u32, pids: &[u32]) -> bool {
+        if self.netns.is_some_and(|ns| ns != netns) {
+            return false;
+        }
+        match self.cgroup_filter.clone() {
+            Some(want) => pids.iter().any(|&pid| self.cgroup(pid).is_some_and(|c| c.path.contains(&want))),
+            None => true,
+        }
+    }
+
+    /// Of one tick's updates (already through `Filter`), those --netns / --cgroup keep, for
+    /// the metrics: a finding as `keep` decides, an attempt as its finding does (the engine
+    /// reports an attempt's finding as changed in the same tick), so that a finding filtered
+    /// out of the report is not counted either; an attempt whose finding is not among the
+    /// updates goes by its namespace and its client's cgroup.
+    pub fn keep_updates<'a>(&mut self, updates: impl IntoIterator<Item = &'a Update>) -> Vec<&'a Update> {
+        let updates: Vec<&Update> = updates.into_iter().collect();
+        let mut findings: HashMap<(Cause, &Target, u32), bool> = HashMap::new();
+        for u in &updates {
+            if let Update::Finding(f) = u {
+                let kept = self.keep(f);
+                findings.insert((f.cause, &f.target, f.netns), kept);
             }
         }
-        if let Some(want) = self.cgroup_filter.clone() {
-            let pids: Vec<u32> = f.clients.iter().chain(f.listener.iter()).map(|p| p.pid).collect();
-            return pids.into_iter().any(|pid| self.cgroup(pid).is_some_and(|c| c.path.contains(&want)));
+        updates
+            .into_iter()
+            .filter(|u| match u {
+                Update::Finding(f) => findings.get(&(f.cause, &f.target, f.netns)).copied().unwrap_or(false),
+                Update::Attempt(a) => match findings.get(&(a.cause, &a.target, a.netns)) {
+                    Some(&kept) => kept,
+                    None => self.keep_in(a.netns, &[a.client.pid]),
+                },
+            })
+            .collect()
+    }
+
+    /// Where the processes of `findings` run (container, pod), for the text report.
+    pub fn places(&mut self, findings: &[Finding]) -> Places {
+        let mut places = Places::new();
+        for f in findings {
+            for p in f.clients.iter().chain(&f.listener).chain(&f.upstream_process) {
+                if let Some(c) = self.cgroup(p.pid).filter(|c| c.container.is_some() || c.pod.is_some()) {
+                    places.insert(p.pid, Place { container: c.container, pod: c.pod });
+                }
+            }
         }
-        true
+        places
     }
 
     /// Reads the log lines written since the last call and matches every line of the trace
@@ -310,16 +353,17 @@ impl Operator {
         }
     }
 
-    /// A process's cgroup and its container (or systemd unit), remembered once read.
+    /// A process's cgroup, its container (or systemd unit) and pod, remembered once read.
     fn annotate_process(&mut self, p: &mut ProcessLine) {
         if let Some(c) = self.cgroup(p.pid) {
             p.container = c.container.or(c.unit);
+            p.pod = c.pod;
             p.cgroup = Some(c.path);
         }
     }
 
     /// Fills a finding line's operator keys: "upstream", "config_line", "config_place",
-    /// "log_lines", "log_example", and "cgroup"/"container" on each process.
+    /// "log_lines", "log_example", and "cgroup"/"container"/"pod" on each process.
     pub fn annotate_json(&mut self, line: &mut FindingLine, f: &Finding, log_lines: &[String]) {
         if let Some(c) = self.configured(f).cloned() {
             line.upstream = Some(c.upstream);
@@ -328,7 +372,7 @@ impl Operator {
         }
         line.log_lines = log_lines.len() as u64;
         line.log_example = log_lines.first().cloned();
-        for p in line.clients.iter_mut().chain(line.listener.as_mut()) {
+        for p in line.clients.iter_mut().chain(line.listener.as_mut()).chain(line.upstream_process.as_mut()) {
             self.annotate_process(p);
         }
     }
@@ -376,8 +420,10 @@ impl Operator {
             let mut groups: BTreeMap<String, Vec<u32>> = BTreeMap::new();
             for p in f.clients.iter().chain(f.listener.iter()) {
                 if let Some(c) = self.cgroup(p.pid) {
+                    let pod = c.pod.as_ref().map(|p| format!(" (pod {})", Escaped(p))).unwrap_or_default();
                     let label = match (&c.container, &c.unit) {
-                        (Some(id), _) => format!("container {}", Escaped(id.get(..12).unwrap_or(id))),
+                        (Some(id), _) => format!("container {}{pod}", Escaped(id.get(..SHORT_ID_LEN).unwrap_or(id))),
+                        (None, _) if c.pod.is_some() => format!("cgroup {}{pod}", Escaped(&c.path)),
                         (None, Some(u)) => format!("unit {}", Escaped(u)),
                         _ => format!("cgroup {}", Escaped(&c.path)),
                     };
@@ -421,5 +467,124 @@ impl Operator {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventBody, FlowAddr, TaskInfo};
+    use crate::explain::{Engine, EngineOptions};
+    use crate::metrics::{Format, Metrics};
+
+    const NGINX_ID: &str = "9a1c2b3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    const POD_ID: &str = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    const POD: &str = "6f0e3c2a-1b4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// An operator with the filters given and the cgroups of two clients already read: pid
+    /// 812 in a docker container (netns 1), pid 912 in a Kubernetes pod's container (netns 2).
+    fn operator(netns: Option<u32>, cgroup: Option<&str>) -> Operator {
+        let mut cgroups = HashMap::new();
+        cgroups.insert(812, Some(cgroup::from_path(format!("/system.slice/docker-{NGINX_ID}.scope"))));
+        let pod_path = format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{POD_ID}.scope", POD.replace('-', "_"));
+        cgroups.insert(912, Some(cgroup::from_path(pod_path)));
+        Operator {
+            instances: Vec::new(),
+            retired: Vec::new(),
+            watcher: None,
+            config_logs: false,
+            logs: Vec::new(),
+            unlistened: Vec::new(),
+            netns,
+            cgroup_filter: cgroup.map(str::to_string),
+            cgroups,
+            parents: RefCell::new(HashMap::new()),
+            log_lines: VecDeque::new(),
+            log_lines_dropped: 0,
+        }
+    }
+
+    /// One tick's updates: `n` refused connects by each client, nginx 812 to 10.0.0.1:8000
+    /// in netns 1 and nginx 912 to 10.0.0.2:8000 in netns 2.
+    fn updates(n: u64) -> Vec<Update> {
+        let mut e = Engine::new(EngineOptions::default());
+        for (pid, netns, dst) in [(812, 1, "10.0.0.1:8000"), (912, 2, "10.0.0.2:8000")] {
+            let task = TaskInfo { pid, tid: pid, uid: 33, comm: "nginx".into() };
+            for i in 0..n {
+                let flow = FlowAddr { src: format!("10.0.0.9:{}", 40000 + i).parse().unwrap(), dst: dst.parse().unwrap() };
+                let t0 = 1_000_000_000 * (i + 1);
+                let body = EventBody::TcpRstSentNoSocket { flow, reason: None };
+                e.push(&Event { ts_ns: t0, netns, sock: 0, task: task.clone(), body });
+                let body = EventBody::TcpAttemptFailed { flow, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: t0 };
+                e.push(&Event { ts_ns: t0 + 10, netns, sock: u64::from(pid) * 100 + i, task: task.clone(), body });
+            }
+        }
+        e.finish()
+    }
+
+    /// `tracer_failed_connections_total` per target after one tick through the filters.
+    fn failed_counts(ops: &mut Operator) -> Vec<(String, u64)> {
+        let m = Metrics::new();
+        let all = updates(3);
+        assert_eq!(all.iter().filter(|u| matches!(u, Update::Attempt(_))).count(), 6, "{all:?}");
+        m.observe(ops.keep_updates(&all), |_| None);
+        let text = m.render(Format::PrometheusText);
+        let mut counts: Vec<(String, u64)> = text
+            .lines()
+            .filter(|l| l.starts_with("tracer_failed_connections_total{"))
+            .map(|l| {
+                let target = l.split("target=\"").nth(1).and_then(|t| t.split('"').next()).unwrap_or("").to_string();
+                (target, l.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0))
+            })
+            .collect();
+        counts.sort();
+        counts
+    }
+
+    #[test]
+    fn metrics_count_only_what_the_netns_and_cgroup_filters_keep() {
+        let both = vec![("10.0.0.1:8000".to_string(), 3), ("10.0.0.2:8000".to_string(), 3)];
+        assert_eq!(failed_counts(&mut operator(None, None)), both);
+        assert_eq!(failed_counts(&mut operator(Some(2), None)), vec![("10.0.0.2:8000".to_string(), 3)]);
+        assert_eq!(failed_counts(&mut operator(None, Some("docker-"))), vec![("10.0.0.1:8000".to_string(), 3)]);
+        assert_eq!(failed_counts(&mut operator(None, Some("kubepods"))), vec![("10.0.0.2:8000".to_string(), 3)]);
+        // Both filters: a namespace and a cgroup that are not the same client's keep nothing.
+        assert_eq!(failed_counts(&mut operator(Some(1), Some("kubepods"))), vec![]);
+        assert_eq!(failed_counts(&mut operator(None, Some("no-such-cgroup"))), vec![]);
+    }
+
+    #[test]
+    fn an_attempt_without_its_finding_in_the_tick_goes_by_its_client() {
+        let attempts: Vec<Update> = updates(1).into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
+        let kept = operator(None, Some("kubepods")).keep_updates(&attempts);
+        let pids: Vec<u32> = kept
+            .iter()
+            .filter_map(|u| match u {
+                Update::Attempt(a) => Some(a.client.pid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(pids, vec![912]);
+    }
+
+    #[test]
+    fn json_and_text_name_the_container_and_pod() {
+        let mut ops = operator(None, None);
+        let findings: Vec<Finding> = updates(1)
+            .into_iter()
+            .filter_map(|u| match u {
+                Update::Finding(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let in_pod = findings.iter().find(|f| f.netns == 2).expect("the pod's finding");
+        let mut line = crate::report::json::finding_json(in_pod, &crate::report::Clock::fixed(0));
+        ops.annotate_json(&mut line, in_pod, &[]);
+        let client = &line.clients[0];
+        assert_eq!((client.pid, client.container.as_deref(), client.pod.as_deref()), (912, Some(POD_ID), Some(POD)));
+        let places = ops.places(&findings);
+        assert_eq!(places[&912], Place { container: Some(POD_ID.into()), pod: Some(POD.into()) });
+        assert_eq!(places[&812], Place { container: Some(NGINX_ID.into()), pod: None });
+        assert_eq!(crate::report::text::process_name("nginx", 912, &places), format!("nginx (pid 912, container 3f2a9c1b7d4e, pod {POD})"));
     }
 }

@@ -149,6 +149,55 @@ fn m_metrics_scrape_counts_dead_listener_attempts() {
     assert_client(f, client.pid);
 }
 
+/// m3. `--netns` applies to the metrics as to the findings: refused connects to one port in
+/// two namespaces (3 in the one watched, then 4 in another, then 1 more in the watched one);
+/// the counter ends at 4, the watched namespace's alone (unfiltered, the same series would
+/// hold 8). Attempts are concluded in time order, so when the last one is counted the other
+/// namespace's, made before it, have been seen and left out.
+#[test]
+fn m3_metrics_obey_the_netns_filter() {
+    require_integration!();
+    use std::os::unix::fs::MetadataExt;
+    let port = "18203";
+    let target = "127.0.0.1:18203";
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let watched = Netns::new("metricsns");
+    let other = Netns::new("metricsother");
+    let inode = std::fs::metadata(format!("/run/netns/{}", watched.name)).unwrap().ino().to_string();
+    let tracer = Tracer::start(&["watch", "--json", "--duration", "60s", "--port", port, "--netns", &inode, "--metrics", &metrics.to_string()]);
+    let series = format!(r#"tracer_failed_connections_total{{cause="dead_listener",target="{target}",upstream="",client_comm="python3"}}"#);
+    let scrape_until = |at_least: f64| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, _, body) = http_get(metrics, "/metrics");
+            if sample(&body, &series).is_some_and(|v| v >= at_least) || Instant::now() > deadline {
+                return body;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    };
+
+    let connects = |ns: &Netns, n: &str| {
+        let mut client = ns.helper(&["tcp-connect", "--host", "127.0.0.1", "--port", port, "--count", n]);
+        let done = client.finish();
+        assert_eq!(result_count(&done, "ECONNREFUSED"), n.parse::<u64>().unwrap(), "helper: {done}");
+    };
+    connects(&watched, "3");
+    let body = scrape_until(3.0);
+    assert_eq!(sample(&body, &series), Some(3.0), "{body}\ntracer stderr:\n{}", tracer.stderr_text());
+    connects(&other, "4");
+    connects(&watched, "1");
+    let body = scrape_until(4.0);
+    println!("GET http://{metrics}/metrics ->\n{body}");
+    assert_eq!(sample(&body, &series), Some(4.0), "the other namespace's attempts are not counted:\n{body}\ntracer stderr:\n{}", tracer.stderr_text());
+
+    // The findings agree: the watched namespace's only.
+    let run = tracer.finish();
+    let f = final_finding(&run, target, Cause::DeadListener);
+    assert_eq!((f.count, f.netns.to_string()), (4, inode.clone()), "{f:?}");
+    assert!(run.findings_for(target).iter().all(|f| f.netns.to_string() == inode), "{}", run.stdout);
+}
+
 /// m2. A listener with listen(1) that never accepts, 6 non-blocking connects held 4 s: the
 /// backlog_full counter, and the queue gauges show the queue the finding measured.
 #[test]

@@ -23,7 +23,7 @@ fn engine_findings_render_as_text_and_json() {
         findings: findings.len() as u64,
     };
     let mut out = Vec::new();
-    text::write_findings(&mut out, &findings, &summary, &clock).unwrap();
+    text::write_findings(&mut out, &findings, &summary, &clock, &text::Places::new()).unwrap();
     for u in &updates {
         if let Update::Attempt(a) = u {
             text::write_attempt(&mut out, a, &clock).unwrap();
@@ -58,7 +58,7 @@ fn reports_show_overflows_and_accept_waits() {
     let f = e.findings().into_iter().next().expect("a finding");
     let clock = Clock::fixed(1_714_557_660_000_000_000);
     let mut out = Vec::new();
-    text::write_finding(&mut out, &f, &clock).unwrap();
+    text::write_finding(&mut out, &f, &clock, &text::Places::new()).unwrap();
     // Values wrap under their column: read them as one line each.
     let text = String::from_utf8(out).unwrap().replace(&format!("\n{}", " ".repeat(14)), " ");
     assert!(text.contains("2 SYNs dropped by tcp_conn_request on the full queue (queue 2/1, 3/1 when they came;"), "{text}");

@@ -57,6 +57,50 @@ impl std::fmt::Display for Escaped<'_> {
 }
 
 
+/// Where a process runs, for the text report: its container and Kubernetes pod, read by the
+/// operator from the process's cgroup while it lived (`Operator::places`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Place {
+    /// The full container id (64 hex digits); shown short, as `docker ps` does.
+    pub container: Option<String>,
+    /// The pod uid, dashed.
+    pub pod: Option<String>,
+}
+
+/// Places by pid; a process not in it (or in no container) is named by comm and pid alone.
+pub type Places = BTreeMap<u32, Place>;
+
+/// Container ids are shown by their first 12 hex digits, as `docker ps` and `crictl ps` do.
+pub const SHORT_ID_LEN: usize = 12;
+
+/// `gunicorn (pid 700, container 3f2a9c1b7d4e, pod 6f0e3c2a-...)`, or `gunicorn (pid 700)`.
+/// Not escaped: it goes into a field or a line that escapes.
+pub fn process_name(comm: &str, pid: u32, places: &Places) -> String {
+    let mut name = format!("{comm} (pid {pid}");
+    if let Some(place) = places.get(&pid) {
+        if let Some(id) = &place.container {
+            name.push_str(&format!(", container {}", id.get(..SHORT_ID_LEN).unwrap_or(id)));
+        }
+        if let Some(pod) = &place.pod {
+            name.push_str(&format!(", pod {pod}"));
+        }
+    }
+    name.push(')');
+    name
+}
+
+/// An engine note ("gunicorn (pid 700) listens here") with the finding's processes named
+/// with their places.
+fn placed_in(note: &str, f: &Finding, places: &Places) -> String {
+    let mut note = note.to_string();
+    for p in f.listener.iter().chain(&f.clients).chain(&f.upstream_process) {
+        if places.contains_key(&p.pid) {
+            note = note.replace(&p.to_string(), &process_name(&p.comm, p.pid, places));
+        }
+    }
+    note
+}
+
 /// Full blocks in a report: the largest finding of each of the first this many groups.
 pub const DETAILED_GROUPS: usize = 5;
 /// One-line rows for the other findings, at most; the rest are counted.
@@ -71,7 +115,7 @@ pub const TARGETS_PER_GROUP: usize = 6;
 /// largest finding of each leading group in full, the others one line each, bounded, and a
 /// closing line with what was traced. A loud warning first (and last) when the kernel lost
 /// events. A single finding needs no summary: its block starts with its cause.
-pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summary, clock: &Clock) -> io::Result<()> {
+pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summary, clock: &Clock, places: &Places) -> io::Result<()> {
     write_lost_warning(w, &summary.lost_events)?;
     if findings.is_empty() {
         writeln!(w, "No failed upstream connections seen.")?;
@@ -87,7 +131,7 @@ pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summar
     let show_netns = |f: &Finding| repeated.contains(&(f.cause, f.target.clone()));
     let groups = group_findings(findings);
     if findings.len() > 1 {
-        write_summary(w, &groups, clock)?;
+        write_summary(w, &groups, clock, places)?;
         writeln!(w)?;
     }
     // The largest finding of each leading group in full; every other one on one line.
@@ -106,13 +150,13 @@ pub fn write_findings(w: &mut impl Write, findings: &[Finding], summary: &Summar
         if i > 0 {
             writeln!(w)?;
         }
-        write_finding_inner(w, f, clock, show_netns(f))?;
+        write_finding_inner(w, f, clock, show_netns(f), places)?;
     }
     if !rest.is_empty() {
         writeln!(w)?;
         writeln!(w, "OTHER FINDINGS ({}, one line each; every detail: --json)", rest.len())?;
         for f in rest.iter().take(ONE_LINE_ROWS) {
-            writeln!(w, "  {}", one_line(f, clock, show_netns(f)))?;
+            writeln!(w, "  {}", one_line(f, clock, show_netns(f), places))?;
         }
         if rest.len() > ONE_LINE_ROWS {
             writeln!(w, "  ... and {} more", rest.len() - ONE_LINE_ROWS)?;
@@ -170,13 +214,13 @@ fn group_findings(findings: &[Finding]) -> Vec<Group<'_>> {
 
 /// The summary: one line per group, proxies' first; when no proxy failed, the first line says
 /// so, so that another program's failure is never read as the proxy's.
-fn write_summary(w: &mut impl Write, groups: &[Group<'_>], clock: &Clock) -> io::Result<()> {
+fn write_summary(w: &mut impl Write, groups: &[Group<'_>], clock: &Clock, places: &Places) -> io::Result<()> {
     if groups.first().is_some_and(|g| !g.proxy_client) {
         writeln!(w, "No failed connections from a proxy (nginx, haproxy, envoy ...); other clients failed:")?;
     }
     for g in groups.iter().take(SUMMARY_GROUPS) {
         let lead = if !g.proxy_client && groups[0].proxy_client { "not from a proxy: " } else { "" };
-        writeln!(w, "{lead}{}", group_line(g, clock))?;
+        writeln!(w, "{lead}{}", group_line(g, clock, places))?;
     }
     if groups.len() > SUMMARY_GROUPS {
         let more: usize = groups[SUMMARY_GROUPS..].iter().map(|g| g.findings.len()).sum();
@@ -186,10 +230,10 @@ fn write_summary(w: &mut impl Write, groups: &[Group<'_>], clock: &Clock) -> io:
 }
 
 /// "DEAD LISTENER  500 targets: 127.0.0.1:9000-9499  (1000 failed attempts, 10:01:02 - 10:01:05 UTC); no listener seen".
-fn group_line(g: &Group<'_>, clock: &Clock) -> String {
+fn group_line(g: &Group<'_>, clock: &Clock, places: &Places) -> String {
     let f0 = g.findings[0];
     if g.findings.len() == 1 {
-        return one_line(f0, clock, false);
+        return one_line(f0, clock, false, places);
     }
     let title = title_of(f0);
     let targets = compact_targets(g.findings.iter().map(|f| &f.target), TARGETS_PER_GROUP);
@@ -233,7 +277,7 @@ fn target_words(f: &Finding) -> String {
 }
 
 /// One finding on one line: cause, target, counts, time, and the listener.
-fn one_line(f: &Finding, clock: &Clock, show_netns: bool) -> String {
+fn one_line(f: &Finding, clock: &Clock, show_netns: bool, places: &Places) -> String {
     let netns = if show_netns { format!("  netns {}", f.netns) } else { String::new() };
     let proxy = if f.proxy_client() { String::new() } else { format!("; {}", not_a_proxy_label(f)) };
     format!(
@@ -242,18 +286,18 @@ fn one_line(f: &Finding, clock: &Clock, show_netns: bool) -> String {
         target_words(f),
         count_phrase(f),
         when_phrase(f.first_seen_ns, f.last_seen_ns, clock),
-        escape(&one_line_about(f))
+        escape(&one_line_about(f, places))
     )
 }
 
 /// What a one-line row says after the counts: the listener note, or for after-connect
 /// findings without one, the process that held the connection (or the ports).
-fn one_line_about(f: &Finding) -> String {
+fn one_line_about(f: &Finding, places: &Places) -> String {
     if !f.listener_note.is_empty() {
-        return f.listener_note.clone();
+        return placed_in(&f.listener_note, f, places);
     }
     match (&f.upstream_process, &f.ports) {
-        (Some(p), _) => format!("upstream process: {p}"),
+        (Some(p), _) => format!("upstream process: {}", process_name(&p.comm, p.pid, places)),
         (None, Some(p)) => format!("ports: {}", ports_phrase(p)),
         (None, None) => "no listener named".to_string(),
     }
@@ -330,16 +374,16 @@ fn compact_targets<'a>(targets: impl Iterator<Item = &'a crate::event::Target>, 
 }
 
 /// One finding (for `watch`, when a finding opens or changes).
-pub fn write_finding(w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Result<()> {
-    write_finding_inner(w, f, clock, false)
+pub fn write_finding(w: &mut impl Write, f: &Finding, clock: &Clock, places: &Places) -> io::Result<()> {
+    write_finding_inner(w, f, clock, false, places)
 }
 
 /// A finding in `tracer watch` text: through the process's one `WatchText` (a process has one
 /// watch stream; kept here so the trace loop's signature need not carry it).
-pub fn write_watch_finding(w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Result<()> {
+pub fn write_watch_finding(w: &mut impl Write, f: &Finding, clock: &Clock, places: &Places) -> io::Result<()> {
     static WATCH: std::sync::Mutex<WatchText> = std::sync::Mutex::new(WatchText { printed: BTreeMap::new() });
     let mut watch = WATCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    watch.finding(w, f, clock)
+    watch.finding(w, f, clock, places)
 }
 
 /// `watch` in text: a finding in full when it opens, when its listener changes, or when it
@@ -373,7 +417,7 @@ impl WatchText {
     }
 
     /// Prints what is new about `f` (see the type), or nothing.
-    pub fn finding(&mut self, w: &mut impl Write, f: &Finding, clock: &Clock) -> io::Result<()> {
+    pub fn finding(&mut self, w: &mut impl Write, f: &Finding, clock: &Clock, places: &Places) -> io::Result<()> {
         let key = (f.cause, f.target.clone(), f.netns);
         let listener = f.listener.as_ref().map(|l| l.pid);
         let full = match self.printed.get(&key) {
@@ -386,7 +430,7 @@ impl WatchText {
                     self.printed.remove(&oldest);
                 }
             }
-            write_finding(w, f, clock)?;
+            write_finding(w, f, clock, places)?;
             self.printed.insert(key, WatchPrinted { listener, last_seen_ns: f.last_seen_ns, count: f.count });
             return Ok(());
         }
@@ -409,18 +453,18 @@ impl WatchText {
     }
 }
 
-fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netns: bool) -> io::Result<()> {
+fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netns: bool, places: &Places) -> io::Result<()> {
     let when = when_phrase(f.first_seen_ns, f.last_seen_ns, clock);
     let netns = if show_netns { format!("  netns {}", f.netns) } else { String::new() };
     let proxy = if f.proxy_client() { String::new() } else { format!("  [{}]", not_a_proxy_label(f)) };
     writeln!(w, "{}  {}{netns}  ({}, {when}){proxy}", title_of(f), target_words(f), count_phrase(f))?;
-    let clients = f.clients.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ");
+    let clients = f.clients.iter().map(|c| process_name(&c.comm, c.pid, places)).collect::<Vec<_>>().join(", ");
     field(w, "who tried:", &clients)?;
     if !f.uids.is_empty() {
         let uids = f.uids.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ");
         field(w, "uids:", &uids)?;
     }
-    let mut listener = f.listener_note.clone();
+    let mut listener = placed_in(&f.listener_note, f, places);
     if let Some(ns) = f.listener_closed_ns {
         listener.push_str(&format!(" [closed at {} UTC]", clock.to_hms_millis(ns)));
     }
@@ -430,7 +474,7 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
     }
     // The listener's story, one event per line: "10:01:02.123  exit  gunicorn (pid 700): killed by SIGKILL".
     for (i, e) in f.timeline.iter().enumerate() {
-        let who = if e.pid != 0 { format!("  {} (pid {})", e.comm, e.pid) } else { String::new() };
+        let who = if e.pid != 0 { format!("  {}", process_name(&e.comm, e.pid, places)) } else { String::new() };
         let label = if i == 0 { "timeline:" } else { "" };
         field(w, label, &format!("{}  {}{who}: {}", clock.to_hms_millis(e.at_ns), e.what, e.detail))?;
     }
@@ -461,7 +505,7 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
             .collect();
         field(w, "accepted after:", &format!("{} (time accepted connections waited in the queue)", parts.join(", ")))?;
     }
-    write_after_connect(w, f)?;
+    write_after_connect(w, f, places)?;
     field(w, "proof:", &counters_phrase(&f.evidence))?;
     if let Some(h) = &f.hint {
         field(w, "hint:", h)?;
@@ -472,9 +516,9 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
 
 /// The after-connect facts (and ports_exhausted's): the upstream process, how it died, the
 /// failed connection's counters, and the port range with the sockets holding it.
-fn write_after_connect(w: &mut impl Write, f: &Finding) -> io::Result<()> {
+fn write_after_connect(w: &mut impl Write, f: &Finding, places: &Places) -> io::Result<()> {
     if let Some(p) = &f.upstream_process {
-        field(w, "upstream process:", &p.to_string())?;
+        field(w, "upstream process:", &process_name(&p.comm, p.pid, places))?;
     }
     if let Some(d) = &f.death {
         field(w, "death:", &death_phrase(d))?;
@@ -732,8 +776,63 @@ mod tests {
 
     fn render(findings: &[Finding], s: &Summary) -> String {
         let mut out = Vec::new();
-        write_findings(&mut out, findings, s, &Clock::fixed(OFFSET)).unwrap();
+        write_findings(&mut out, findings, s, &Clock::fixed(OFFSET), &Places::new()).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    const CONTAINER: &str = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    const POD: &str = "6f0e3c2a-1b4d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// The listener (pid 700) in a Kubernetes pod's container, the client 812 in a bare
+    /// container, 813 on the host.
+    fn placed() -> Places {
+        let mut places = Places::new();
+        places.insert(700, Place { container: Some(CONTAINER.into()), pod: Some(POD.into()) });
+        places.insert(812, Place { container: Some("a".repeat(64)), pod: None });
+        places
+    }
+
+    #[test]
+    fn processes_in_containers_are_named_by_short_id_and_pod() {
+        let mut out = Vec::new();
+        write_finding(&mut out, &finding(), &Clock::fixed(OFFSET), &placed()).unwrap();
+        let text = String::from_utf8(out).unwrap().replace(&format!("\n{}", " ".repeat(LABEL_WIDTH)), " ");
+        let listener = format!("gunicorn (pid 700, container 3f2a9c1b7d4e, pod {POD})");
+        assert!(text.contains(&format!("who tried:  nginx (pid 812, container aaaaaaaaaaaa), nginx (pid 813)\n")), "{text}");
+        assert!(text.contains(&format!("listener:   {listener} listened here and closed")), "{text}");
+        // Never the full id in text (JSON has it).
+        assert!(!text.contains(CONTAINER), "{text}");
+        // One-line rows (and the summary) name the listener the same way.
+        let mut out = Vec::new();
+        let many: Vec<Finding> = (0..8)
+            .map(|i| {
+                let mut f = finding();
+                f.cause = [Cause::DeadListener, Cause::RemoteRefused, Cause::NoResponse, Cause::BacklogFull][i % 4];
+                f.target = Target::Tcp(format!("127.0.0.1:{}", 8000 + i).parse().unwrap());
+                f.listener = Some(ProcessRef { pid: 700 + i as u32 % 2, comm: "gunicorn".into() });
+                f.listener_note = format!("gunicorn (pid {}) listens here", 700 + i % 2);
+                f
+            })
+            .collect();
+        write_findings(&mut out, &many, &summary(0), &Clock::fixed(OFFSET), &placed()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(&format!("; {listener} listens here")), "{text}");
+        assert!(text.contains("; gunicorn (pid 701) listens here"), "{text}");
+        // Without places, the report is as before.
+        assert_eq!(process_name("gunicorn", 700, &Places::new()), "gunicorn (pid 700)");
+    }
+
+    #[test]
+    fn a_process_name_with_a_place_is_escaped_and_only_the_exact_pid_is_rewritten() {
+        let mut f = finding();
+        f.listener = Some(ProcessRef { pid: 700, comm: "guni\x1b[2Jcorn".into() });
+        f.listener_note = "guni\x1b[2Jcorn (pid 700) listens here; guni\x1b[2Jcorn (pid 7000) too".into();
+        let mut out = Vec::new();
+        write_finding(&mut out, &f, &Clock::fixed(OFFSET), &placed()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_no_raw_control(&text);
+        assert!(text.contains("guni\\x1b[2Jcorn (pid 700, container 3f2a9c1b7d4e, pod"), "{text}");
+        assert!(text.contains("guni\\x1b[2Jcorn (pid 7000) too"), "{text}");
     }
 
     #[test]
@@ -789,8 +888,8 @@ mod tests {
         // The suggested command is one shell word, and escaped on screen.
         assert!(text.contains("ls -la $'/tmp/x\\n\\x1b[31mFIREWALL"), "{text}");
         let mut out = Vec::new();
-        write_finding(&mut out, &f, &Clock::fixed(OFFSET)).unwrap();
-        WatchText::new().finding(&mut out, &f, &Clock::fixed(OFFSET)).unwrap();
+        write_finding(&mut out, &f, &Clock::fixed(OFFSET), &Places::new()).unwrap();
+        WatchText::new().finding(&mut out, &f, &Clock::fixed(OFFSET), &Places::new()).unwrap();
         let a = AttemptRecord {
             ts_ns: 1,
             start_ns: 1,
@@ -883,7 +982,7 @@ mod tests {
         for tick in 0..48u64 {
             f.count = 4 * (tick + 1);
             f.last_seen_ns = 2_000_000_000 + tick * 250_000_000;
-            watch.finding(&mut out, &f, &clock).unwrap();
+            watch.finding(&mut out, &f, &clock, &Places::new()).unwrap();
         }
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("  fix:").count(), 1, "{text}");
@@ -894,9 +993,9 @@ mod tests {
         // A new listener, or a cause change (another key), prints in full again.
         let mut out = Vec::new();
         f.listener = Some(ProcessRef { pid: 701, comm: "python3".into() });
-        watch.finding(&mut out, &f, &clock).unwrap();
+        watch.finding(&mut out, &f, &clock, &Places::new()).unwrap();
         f.cause = Cause::BacklogFull;
-        watch.finding(&mut out, &f, &clock).unwrap();
+        watch.finding(&mut out, &f, &clock, &Places::new()).unwrap();
         assert_eq!(String::from_utf8(out).unwrap().matches("  fix:").count(), 2);
     }
 
@@ -990,7 +1089,7 @@ mod tests {
         f.target = Target::Tcp("10.96.0.10:80".parse().unwrap());
         f.backend = Some("10.232.0.2:8405".parse().unwrap());
         let mut out = Vec::new();
-        write_finding(&mut out, &f, &Clock::fixed(OFFSET)).unwrap();
+        write_finding(&mut out, &f, &Clock::fixed(OFFSET), &Places::new()).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("DEAD LISTENER  10.96.0.10:80 (Service) → 10.232.0.2:8405  ("), "{text}");
     }

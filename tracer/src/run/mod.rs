@@ -240,7 +240,9 @@ impl Trace {
             print_updates(&mut self.out, &updates, &self.filter, &self.clock, self.args.json, &mut self.ops, || engine.findings())?;
         }
         if let Some(m) = &self.metrics {
-            m.observe(updates.iter().filter(|u| self.filter.update(u)), |f| upstream_of(&self.ops, f));
+            // --netns and --cgroup too: a finding the report leaves out is not counted.
+            let kept = self.ops.keep_updates(updates.iter().filter(|u| self.filter.update(u)));
+            m.observe(kept, |f| upstream_of(&self.ops, f));
             m.observe_capture(&self.capture);
         }
         let Some(view) = &mut self.top else { return Ok(false) };
@@ -337,7 +339,8 @@ impl Report<'_> {
     }
 
     fn text(&mut self, findings: &[Finding], context: &operator::Context, summary: &Summary) -> Result<()> {
-        report::text::write_findings(self.out, findings, summary, self.clock)?;
+        let places = self.ops.places(findings);
+        report::text::write_findings(self.out, findings, summary, self.clock, &places)?;
         self.ops.write_text(self.out, findings, context)?;
         Ok(())
     }

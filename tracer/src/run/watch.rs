@@ -65,7 +65,8 @@ pub fn print_updates(
                 if !filter.finding(f) || !ops.keep(f) {
                     continue;
                 }
-                report::text::write_watch_finding(out, f, clock)?;
+                let places = ops.places(std::slice::from_ref(f));
+                report::text::write_watch_finding(out, f, clock, &places)?;
             }
         }
     }
