@@ -129,6 +129,13 @@ impl Enricher {
         self.listener_events(found).into_iter().filter(|e| e.task.pid != me).collect()
     }
 
+    /// Every listener of namespace `netns` now, as ListenerSeen events (see `snapshot_listeners`).
+    pub fn listeners_seen_in(&mut self, netns: u32) -> Vec<Event> {
+        let found = self.listeners_in(netns);
+        let me = if cfg!(test) { 0 } else { std::process::id() };
+        self.listener_events(found).into_iter().filter(|e| e.task.pid != me).collect()
+    }
+
     /// The listener serving `target` in namespace `netns` now, as a ListenerSeen event whose
     /// target is the one asked about. TCP: a listener on exactly that address, else a wildcard
     /// one (0.0.0.0, or [::] unless V6ONLY) on the port. Unix: the path (`@name` abstract).

@@ -66,6 +66,12 @@ impl Feed {
     pub fn poll(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
         for ev in self.enricher.poll_overflows() {
             engine.push(&ev);
+            // A namespace whose listeners overflow: their queues now, while they are full
+            // (the kernel reads a queue only at a SYN retransmit of a client in the same
+            // namespace; clients in another namespace, or that give up sooner, get none).
+            for seen in self.enricher.listeners_seen_in(ev.netns) {
+                engine.push(&seen);
+            }
         }
         // poll_overflows rescanned /proc: the namespaces it found have no address book yet.
         for ev in self.enricher.addresses_of_new_namespaces(now) {
