@@ -3,10 +3,12 @@
 //! bounds checks only (a short or odd message is skipped, never a panic).
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
+
+use super::sockdiag::set_recv_timeout;
 
 /// struct nlmsghdr: len u32, type u16, flags u16, seq u32, pid u32.
 pub const NLMSG_HDRLEN: usize = 16;
@@ -213,26 +215,6 @@ pub fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: tv is a valid timeval for the duration of the call; the fd is open.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -315,7 +315,8 @@ fn tcp_conn_info(message: &SockDiagMessage) -> Option<TcpConnInfo> {
     })
 }
 
-fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
+/// SO_RCVTIMEO on a netlink socket: a kernel that never answers cannot hold tracer up.
+pub(super) fn set_recv_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
