@@ -24,11 +24,54 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::util::{cargo, probe, require_root, run, target_dir};
 use xtask::kit::read_lines;
 
-/// The kernels of the matrix: a label and the apt package name pattern (newest match wins).
-const KERNELS: &[(&str, &str)] = &[
-    ("6.1", r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$"),
-    ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$"),
+/// Where a kernel package comes from.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The machine's own apt configuration (Debian 12 on the project's machines).
+    System,
+    /// Another Debian suite's archive, read through a temporary sources list and lists
+    /// directory so the machine's apt configuration stays untouched: (base URL, suite) lines.
+    Suites(&'static [(&'static str, &'static str)]),
+}
+
+/// One kernel of the matrix.
+struct KernelSpec {
+    label: &'static str,
+    /// apt package name pattern (newest match wins).
+    pattern: &'static str,
+    source: Source,
+    /// In the run without TRACER_VM_KERNELS. A kernel joins the default matrix once every
+    /// pass on it is green.
+    default: bool,
+}
+
+/// Debian 11's archive and its security updates (which carry the newest 5.10 builds).
+const BULLSEYE: &[(&str, &str)] =
+    &[("http://deb.debian.org/debian", "bullseye"), ("http://deb.debian.org/debian-security", "bullseye-security")];
+
+const KERNELS: &[KernelSpec] = &[
+    KernelSpec { label: "5.10", pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64$", source: Source::Suites(BULLSEYE), default: false },
+    KernelSpec { label: "6.1", pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64$", source: Source::System, default: true },
+    KernelSpec { label: "6.12", pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$", source: Source::System, default: true },
 ];
+
+/// The kernels to boot: those TRACER_VM_KERNELS names (comma-separated labels), else the
+/// default matrix. An unknown label is an error rather than a silently smaller matrix.
+fn selected_kernels(only: Option<&str>) -> Result<Vec<&'static KernelSpec>> {
+    let Some(only) = only.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(KERNELS.iter().filter(|k| k.default).collect());
+    };
+    let mut picked = Vec::new();
+    for label in only.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let spec = KERNELS.iter().find(|k| k.label == label).ok_or_else(|| {
+            anyhow!("TRACER_VM_KERNELS names {label:?}; known kernels: {}", KERNELS.iter().map(|k| k.label).collect::<Vec<_>>().join(","))
+        })?;
+        if !picked.iter().any(|k: &&KernelSpec| k.label == label) {
+            picked.push(spec);
+        }
+    }
+    Ok(picked)
+}
 
 /// Modules packed into the initramfs (with what they depend on) when the kernel has them as
 /// modules: sock_diag for tracer's listener snapshots, nf_tables with reject for the firewall
@@ -59,14 +102,10 @@ pub fn vm_test() -> Result<()> {
     // The host kernel's row: what tracer picks here (tracepoints only on Firecracker).
     let host = host_hooks(&tracer)?;
 
-    // TRACER_VM_KERNELS=6.1,6.12 picks a subset (default: all).
-    let only: Option<Vec<String>> = std::env::var("TRACER_VM_KERNELS").ok().filter(|s| !s.is_empty()).map(|s| s.split(',').map(|k| k.trim().to_string()).collect());
+    // TRACER_VM_KERNELS=5.10,6.1 picks kernels (default: the default matrix, 6.1 and 6.12).
     let mut kernels = Vec::new();
-    for (label, pattern) in KERNELS {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|k| k == label)) {
-            continue;
-        }
-        kernels.push((*label, kernel(&vm_dir, pattern)?));
+    for spec in selected_kernels(std::env::var("TRACER_VM_KERNELS").ok().as_deref())? {
+        kernels.push((spec.label, kernel(&vm_dir, spec)?));
     }
 
     let base = vm_dir.join("base");
@@ -176,11 +215,16 @@ struct Kernel {
 }
 
 /// The newest package matching `pattern`, downloaded and unpacked under target/vm (cached).
-fn kernel(vm_dir: &Path, pattern: &str) -> Result<Kernel> {
-    let search = || probe(Command::new("apt-cache").args(["search", "--names-only", pattern])).1;
-    let mut names: Vec<String> = search().lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+fn kernel(vm_dir: &Path, spec: &KernelSpec) -> Result<Kernel> {
+    let pattern = spec.pattern;
+    let apt = Apt::new(spec.source)?;
+    let search = || probe(apt.cmd("apt-cache").args(["search", "--names-only", pattern])).1;
+    let mut names: Vec<String> = Vec::new();
+    if matches!(spec.source, Source::System) {
+        names = search().lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+    }
     if names.is_empty() {
-        let _ = run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["update", "-q"]));
+        let _ = run(apt.cmd("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["update", "-q"]));
         names = search().lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
     }
     names.sort_by_key(|n| version_key(n));
@@ -205,7 +249,7 @@ fn kernel(vm_dir: &Path, pattern: &str) -> Result<Kernel> {
         let have_deb = fs::read_dir(&dir)?.flatten().any(|e| e.path().extension().is_some_and(|x| x == "deb"));
         if !have_deb {
             // apt's sandbox user cannot write under target/: download as root into the dir.
-            run(Command::new("apt-get").current_dir(&dir).args(["download", "-q", &package]))?;
+            run(apt.cmd("apt-get").current_dir(&dir).args(["download", "-q", &package]))?;
         }
         let deb = fs::read_dir(&dir)?
             .flatten()
@@ -224,6 +268,59 @@ fn kernel(vm_dir: &Path, pattern: &str) -> Result<Kernel> {
     let modules = if modules.is_dir() { modules } else { root.join("usr/lib/modules").join(&version) };
     println!("vm-test: kernel {package} ({})", vmlinuz.display());
     Ok(Kernel { package, root, vmlinuz, modules })
+}
+
+/// apt as the machine is configured, or pointed at another suite through a temporary sources
+/// list and lists directory (removed on drop). Its fetcher runs as the _apt user, so the
+/// lists live in a fresh directory under the system temp dir rather than under target/.
+struct Apt {
+    temp: Option<PathBuf>,
+}
+
+impl Apt {
+    fn new(source: Source) -> Result<Apt> {
+        let Source::Suites(suites) = source else { return Ok(Apt { temp: None }) };
+        let temp = std::env::temp_dir().join(format!("tracer-vm-apt-{}-{}", std::process::id(), suites.first().map_or("none", |s| s.1)));
+        if temp.exists() {
+            fs::remove_dir_all(&temp)?;
+        }
+        fs::create_dir_all(temp.join("lists/partial"))?;
+        fs::write(temp.join("sources.list"), sources_list(suites))?;
+        // _apt reads the lists it fetched.
+        run(Command::new("chmod").args(["-R", "a+rX"]).arg(&temp))?;
+        Ok(Apt { temp: Some(temp) })
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        if let Some(t) = &self.temp {
+            c.arg("-o")
+                .arg(format!("Dir::Etc::SourceList={}", t.join("sources.list").display()))
+                .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
+                .arg("-o")
+                .arg(format!("Dir::State::Lists={}", t.join("lists").display()))
+                // No package cache built from these lists in /var/cache/apt.
+                .args(["-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache="]);
+        }
+        c
+    }
+}
+
+impl Drop for Apt {
+    fn drop(&mut self) {
+        if let Some(t) = &self.temp {
+            let _ = fs::remove_dir_all(t);
+        }
+    }
+}
+
+/// A one-line-style sources.list for `suites`, signed by Debian's archive keyring (which on
+/// Debian 12 still holds the bullseye keys).
+fn sources_list(suites: &[(&str, &str)]) -> String {
+    suites
+        .iter()
+        .map(|(url, suite)| format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {url} {suite} main\n"))
+        .collect()
 }
 
 /// Numbers in a package name, for "newest" ordering.
@@ -455,4 +552,42 @@ fn boot(label: &str, k: &Kernel, initrd: &Path, log: &Path) -> Result<VmOutcome>
         out.release = k.package.clone();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_matrix_is_6_1_and_6_12() {
+        let labels: Vec<&str> = selected_kernels(None).unwrap().iter().map(|k| k.label).collect();
+        assert_eq!(labels, ["6.1", "6.12"]);
+        let labels: Vec<&str> = selected_kernels(Some(" ")).unwrap().iter().map(|k| k.label).collect();
+        assert_eq!(labels, ["6.1", "6.12"]);
+    }
+
+    #[test]
+    fn opt_in_picks_5_10_and_rejects_unknown_labels() {
+        let labels: Vec<&str> = selected_kernels(Some("5.10")).unwrap().iter().map(|k| k.label).collect();
+        assert_eq!(labels, ["5.10"]);
+        let labels: Vec<&str> = selected_kernels(Some("6.12, 5.10,6.12")).unwrap().iter().map(|k| k.label).collect();
+        assert_eq!(labels, ["6.12", "5.10"]);
+        assert!(selected_kernels(Some("5.4")).is_err());
+    }
+
+    #[test]
+    fn bullseye_sources_list_names_both_suites() {
+        let list = sources_list(BULLSEYE);
+        assert_eq!(list.lines().count(), 2);
+        assert!(list.contains("http://deb.debian.org/debian bullseye main"));
+        assert!(list.contains("http://deb.debian.org/debian-security bullseye-security main"));
+        assert!(list.lines().all(|l| l.starts_with("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ")));
+    }
+
+    #[test]
+    fn newest_5_10_package_wins() {
+        let mut names = vec!["linux-image-5.10.0-9-cloud-amd64", "linux-image-5.10.0-46-cloud-amd64", "linux-image-5.10.0-44-cloud-amd64"];
+        names.sort_by_key(|n| version_key(n));
+        assert_eq!(names.last(), Some(&"linux-image-5.10.0-46-cloud-amd64"));
+    }
 }
