@@ -135,6 +135,25 @@ pub struct EventHeader {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
+/// The address family of a socket-based TCP tracepoint that has no `family` field (before
+/// 5.11's tcp tracepoints gained one), from its `saddr_v6` field: the kernel fills it with the
+/// IPv4-mapped form (::ffff:a.b.c.d) for an AF_INET socket and with the socket's own IPv6
+/// address otherwise.
+#[inline(always)]
+pub fn family_of_saddr_v6(saddr_v6: &[u8; 16]) -> u16 {
+    let mut mapped = saddr_v6[10] == 0xff && saddr_v6[11] == 0xff;
+    let mut i = 0;
+    while i < 10 {
+        mapped &= saddr_v6[i] == 0;
+        i += 1;
+    }
+    if mapped {
+        AF_INET
+    } else {
+        AF_INET6
+    }
+}
+
 /// A TCP flow, oriented client -> target whenever the kernel side knows the orientation.
 /// IPv4 addresses are stored in the first 4 bytes of `saddr`/`daddr`, network byte order.
 #[repr(C)]
@@ -661,3 +680,25 @@ const _: () = assert!(core::mem::size_of::<AttemptState>() == 72);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerState>() == 48);
 const _: () = assert!(core::mem::size_of::<EventKind>() == 4);
+
+#[cfg(test)]
+mod family_tests {
+    use super::*;
+
+    #[test]
+    fn family_from_saddr_v6_on_kernels_without_the_family_field() {
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(family_of_saddr_v6(&mapped), AF_INET);
+        let mut loopback6 = [0u8; 16];
+        loopback6[15] = 1;
+        assert_eq!(family_of_saddr_v6(&loopback6), AF_INET6);
+        // fe80::ffff:0:0 style addresses are not the v4-mapped prefix.
+        let mut link_local = mapped;
+        link_local[0] = 0xfe;
+        link_local[1] = 0x80;
+        assert_eq!(family_of_saddr_v6(&link_local), AF_INET6);
+    }
+}

@@ -6,7 +6,7 @@ use aya_ebpf::{
     },
     programs::TracePointContext,
 };
-use tracer_common::{Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT, TASK_COMM_LEN};
+use tracer_common::{family_of_saddr_v6, Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT, TASK_COMM_LEN};
 
 /// Reads a `T` at `offset` in the tracepoint record, `None` when the field is absent.
 #[inline(always)]
@@ -66,7 +66,15 @@ pub fn current_netns(cfg: &Config) -> u32 {
 /// The flow of a socket-based TCP tracepoint (saddr/sport = this socket's side).
 #[inline(always)]
 pub fn sock_flow(ctx: &TracePointContext, f: &TpSockFields) -> Flow {
-    let family: u16 = field(ctx, f.family).unwrap_or(0);
+    let family: u16 = if f.family == FIELD_ABSENT {
+        // 5.10: no `family` field; saddr_v6 holds the v4-mapped form for an IPv4 socket.
+        match field::<[u8; 16]>(ctx, f.saddr_v6) {
+            Some(v6) => family_of_saddr_v6(&v6),
+            None => 0,
+        }
+    } else {
+        field(ctx, f.family).unwrap_or(0)
+    };
     let mut flow = Flow {
         family,
         sport: field(ctx, f.sport).unwrap_or(0),

@@ -262,7 +262,10 @@ fn on_accept(_listener: u64, child: u64) {
 pub fn tracer_fx_unix_connect(ctx: FExitContext) -> i32 {
     // fexit: the return value follows the 4 arguments.
     let ret: i64 = ctx.arg::<i64>(4);
-    on_unix_connect(ret as i32, ctx.arg::<u64>(1), ctx.arg::<i64>(2));
+    // addr_len is an `int`: the trampoline saves the whole register, whose upper half the
+    // caller may leave as garbage (5.10's __sys_connect_file does), so only the low 32 bits
+    // are the length, as in the kretprobe.
+    on_unix_connect(ret as i32, ctx.arg::<u64>(1), ctx.arg::<u64>(2) as i32 as i64);
     0
 }
 

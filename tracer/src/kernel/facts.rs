@@ -466,6 +466,50 @@ format:
         assert!(i.notes.iter().any(|n| n.contains("`reason` absent")), "{:?}", i.notes);
     }
 
+    /// tcp_retransmit_skb on 5.10 (tcp_event_sk_skb before the tcp tracepoints gained `family`).
+    const TCP_RETRANSMIT_SKB_5_10: &str = "name: tcp_retransmit_skb
+format:
+\tfield:const void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:int state;\toffset:24;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    /// tcp_receive_reset on 5.10 (tcp_event_sk, no `family`).
+    const TCP_RECEIVE_RESET_5_10: &str = "name: tcp_receive_reset
+format:
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:__u16 sport;\toffset:16;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:18;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:20;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:24;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:28;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:44;\tsize:16;\tsigned:0;
+\tfield:__u64 sock_cookie;\toffset:64;\tsize:8;\tsigned:0;
+";
+
+    #[test]
+    fn tcp_tracepoints_without_family_load_on_5_10() {
+        // The kernel programs take the family from saddr_v6 (tracer_common::family_of_saddr_v6).
+        let texts = HashMap::from([
+            ("tcp:tcp_retransmit_skb", TCP_RETRANSMIT_SKB_5_10),
+            ("tcp:tcp_receive_reset", TCP_RECEIVE_RESET_5_10),
+        ]);
+        let (config, infos) = config_from(&texts);
+        assert!(info(&infos, "tcp_retransmit_skb").available, "{:?}", info(&infos, "tcp_retransmit_skb").why_not);
+        assert!(info(&infos, "tcp_receive_reset").available, "{:?}", info(&infos, "tcp_receive_reset").why_not);
+        let r = config.retransmit;
+        assert_eq!((r.skbaddr, r.skaddr, r.state, r.sport, r.dport), (8, 16, 24, 28, 30));
+        assert_eq!((r.family, r.saddr, r.daddr, r.saddr_v6, r.daddr_v6), (FIELD_ABSENT, 32, 36, 40, 56));
+        let x = config.receive_reset;
+        assert_eq!((x.skaddr, x.sport, x.dport, x.family, x.saddr_v6, x.daddr_v6), (8, 16, 18, FIELD_ABSENT, 28, 44));
+    }
+
     #[test]
     fn wrong_size_of_required_field_makes_tracepoint_unavailable() {
         let bad = KFREE_SKB_6_18.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2");

@@ -179,7 +179,8 @@ macro_rules! addr_ports {
         vec![
             req("sport", U16, |c| &mut c.$group.sport),
             req("dport", U16, |c| &mut c.$group.dport),
-            req("family", U16, |c| &mut c.$group.family),
+            // Absent before 5.11: the kernel programs then take it from saddr_v6.
+            opt("family", U16, |c| &mut c.$group.family),
             req("saddr", V4, |c| &mut c.$group.saddr),
             req("daddr", V4, |c| &mut c.$group.daddr),
             req("saddr_v6", V6, |c| &mut c.$group.saddr_v6),
