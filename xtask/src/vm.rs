@@ -8,6 +8,7 @@
 //!
 //! Installs what it needs (qemu-system-x86, busybox-static, cpio) and caches the kernel
 //! packages under target/vm/. The host kernel's own row comes from running tracer here.
+//! Debian 11's 5.10 cloud kernel is opt-in (TRACER_VM_KERNELS=5.10) until all its passes hold.
 use std::{
     collections::BTreeMap,
     fs,
@@ -113,7 +114,7 @@ pub fn vm_test() -> Result<()> {
 
     let mut results = Vec::new();
     let (tx, rx) = mpsc::channel();
-    // Both VMs at once: each is one single-threaded TCG vCPU.
+    // All VMs at once: each is one single-threaded TCG vCPU.
     for (label, k) in &kernels {
         let initrd = initramfs(&vm_dir, &base, k)?;
         let tx = tx.clone();
