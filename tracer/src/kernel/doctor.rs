@@ -94,12 +94,13 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
 
     // Tracepoints: their formats do not depend on BTF; placeholder kernel values are enough
     // to tell which are usable when BTF failed.
-    let tracepoints: Vec<TracepointInfo> = match &tracefs {
+    let (tp_config, tracepoints): (Option<tracer_common::Config>, Vec<TracepointInfo>) = match &tracefs {
         Some(path) => {
             let (offsets, enums) = kernel_values.unwrap_or((KernelOffsets::default(), absent_enums()));
-            tracepoint_config(path, offsets, enums).1
+            let (config, tracepoints) = tracepoint_config(path, offsets, enums);
+            (Some(config), tracepoints)
         }
-        None => Vec::new(),
+        None => (None, Vec::new()),
     };
     writeln!(w)?;
     writeln!(w, "tracepoints:")?;
@@ -159,10 +160,15 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
 
     writeln!(w)?;
     writeln!(w, "what tracer will therefore see:")?;
+    // tcp_send_reset reports the resets this host sends from no socket only since its 6.10
+    // rework (the one that gave it `reason`): before, it proves nothing about a dead listener,
+    // the one cause that reads it (hooks::proving).
+    let no_socket_resets = tp_config.is_some_and(|c| c.send_reset.reason != FIELD_ABSENT);
     // "fn:NAME": the function hook on NAME loads here.
     let available = |name: &str| {
-        tracepoints.iter().any(|t| t.available && t.full_name() == name)
-            || name.strip_prefix("fn:").is_some_and(|f| hooked_functions.contains(&f))
+        (name != SEND_RESET || no_socket_resets)
+            && (tracepoints.iter().any(|t| t.available && t.full_name() == name)
+                || name.strip_prefix("fn:").is_some_and(|f| hooked_functions.contains(&f)))
     };
     let listen_overflow_reason =
         kernel_values.map(|(_, e)| e.drop_tcp_listen_overflow != FIELD_ABSENT).unwrap_or(false);
@@ -276,7 +282,7 @@ fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, listen_overflow_re
     match cause {
         Cause::DeadListener => match (available(SET_STATE), available(SEND_RESET) || available(KFREE_SKB)) {
             (true, true) => row(Seen::Yes, "refused attempts, and the RST this host sent because no socket listens"),
-            (true, false) => row(Seen::Partly, "refused attempts only: not told from a firewall reject (needs tcp:tcp_send_reset or skb:kfree_skb)"),
+            (true, false) => row(Seen::Partly, "refused attempts only: not told from a firewall reject, and a local refusal may read as remote_refused (needs skb:kfree_skb with drop reasons, 5.17+, or tcp:tcp_send_reset's resets from no socket, 6.10+)"),
             (false, true) => row(Seen::Partly, "RSTs from no socket, without the attempts they answer (needs sock:inet_sock_set_state)"),
             (false, false) => row(Seen::No, "needs sock:inet_sock_set_state and tcp:tcp_send_reset"),
         },
