@@ -72,12 +72,7 @@ impl KernelBtf {
     /// (TCP_LISTEN_OVERFLOW appeared in 6.15, the whole enum in 5.17).
     pub fn enums(&self) -> anyhow::Result<KernelEnums> {
         let anonymous = self.anonymous_enums();
-        // The TCP states are an anonymous enum (include/net/tcp_states.h): take all four from
-        // the one that holds TCP_ESTABLISHED, so no unrelated enum with a like name is used.
-        let tcp_states = anonymous
-            .iter()
-            .find(|members| members.iter().any(|(n, _)| n == "TCP_ESTABLISHED"))
-            .ok_or_else(|| anyhow!("kernel BTF has no enum with TCP_ESTABLISHED"))?;
+        let tcp_states = tcp_states(&anonymous).ok_or_else(|| anyhow!("kernel BTF has no enum with TCP_ESTABLISHED"))?;
         let tcp = |name: &str| -> anyhow::Result<u32> {
             lookup(tcp_states, name).ok_or_else(|| anyhow!("kernel BTF has no enum value {name}"))
         };
@@ -104,9 +99,7 @@ impl KernelBtf {
     /// missing: they then send nothing rather than guess.
     pub fn conn_config(&self) -> ConnConfig {
         let anonymous = self.anonymous_enums();
-        let state = |name: &str| {
-            anonymous.iter().find(|m| m.iter().any(|(n, _)| n == "TCP_ESTABLISHED")).and_then(|m| lookup(m, name))
-        };
+        let state = |name: &str| tcp_states(&anonymous).and_then(|m| lookup(m, name));
         let member = |s: &str, path: &[&str], size: usize| self.offset_of_sized(s, path, size).ok();
         let (Some(close_wait), Some(fin_wait1), Some(sent), Some(received)) = (
             state("TCP_CLOSE_WAIT"),
@@ -416,6 +409,12 @@ impl FnPrototype {
     pub fn types(&self) -> Vec<&str> {
         self.params.iter().map(|(_, t)| t.as_str()).collect()
     }
+}
+
+/// The TCP states among the anonymous enums (include/net/tcp_states.h): the one that holds
+/// TCP_ESTABLISHED, so that no unrelated enum with a like name is used.
+fn tcp_states(anonymous: &[Vec<(String, u32)>]) -> Option<&Vec<(String, u32)>> {
+    anonymous.iter().find(|members| members.iter().any(|(n, _)| n == "TCP_ESTABLISHED"))
 }
 
 fn lookup(members: &[(String, u32)], name: &str) -> Option<u32> {
