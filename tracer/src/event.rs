@@ -276,6 +276,20 @@ pub enum EventBody {
 }
 
 impl Event {
+    /// A failed TCP connect that closed before any local port was bound: no port (sport 0), no
+    /// error on the socket, no SYN sent, no reset: inet_hash_connect found no free port and
+    /// connect() returned EADDRNOTAVAIL to its caller only. The target it was for.
+    pub fn connect_found_no_local_port(&self) -> Option<SocketAddr> {
+        match &self.body {
+            EventBody::TcpAttemptFailed { flow, sk_err: 0, syn_retransmits: 0, rst_received: false, .. }
+                if flow.src.port() == 0 && flow.dst.port() != 0 =>
+            {
+                Some(flow.dst)
+            }
+            _ => None,
+        }
+    }
+
     /// The flow a TCP event is about, if any.
     pub fn flow(&self) -> Option<FlowAddr> {
         match &self.body {

@@ -19,17 +19,14 @@ pub enum Measurement {
 
 /// The measurement `ev` calls for, if any.
 ///
-/// A connect() that failed with EADDRNOTAVAIL leaves a socket that never got a local port,
-/// sent no SYN and saw no reset, and carries no socket error (the errno went to the caller
-/// only). A client-side connection its owner closed with nothing received is Nginx giving up
+/// A connect() that found no local port (`Event::connect_found_no_local_port`) asks for the
+/// port range and what holds it. A client-side connection its owner closed with nothing received is Nginx giving up
 /// on a silent upstream: who holds the other end, and in what state, says why it was silent.
 pub fn measurement_for(ev: &Event) -> Option<Measurement> {
+    if let Some(target) = ev.connect_found_no_local_port() {
+        return Some(Measurement::Ports { netns: ev.netns, target });
+    }
     match &ev.body {
-        EventBody::TcpAttemptFailed { flow, sk_err: 0, syn_retransmits: 0, rst_received: false, .. }
-            if flow.src.port() == 0 && flow.dst.port() != 0 =>
-        {
-            Some(Measurement::Ports { netns: ev.netns, target: flow.dst })
-        }
         EventBody::TcpConnEnded { flow, end: ConnEnd::LocalFin, client_side: true, bytes_received: 0, .. } => {
             Some(Measurement::Holder { netns: ev.netns, flow: *flow })
         }

@@ -68,13 +68,6 @@ pub(super) struct AfterState {
     ports: HashMap<(u32, SocketAddr), PortsFacts>,
 }
 
-/// A failed TCP connect that closed before any local port was bound (`sport` 0, no error on
-/// the socket, no packet sent): inet_hash_connect found no free port (EADDRNOTAVAIL).
-pub(super) fn is_no_local_port(ev: &Event) -> bool {
-    matches!(&ev.body, EventBody::TcpAttemptFailed { flow, sk_err: 0, syn_retransmits: 0, rst_received: false, .. }
-        if flow.src.port() == 0 && flow.dst.port() != 0)
-}
-
 impl Engine {
     pub(super) fn after_connect_event(&mut self, ev: &Event) {
         let max = self.opts.max_tracked;

@@ -86,7 +86,7 @@ impl Engine {
     /// Feed one event (events come roughly in ts order; evidence for a flow may arrive up to
     /// grace_ns AFTER the attempt's close event).
     pub fn push(&mut self, ev: &Event) {
-        if super::after_connect::is_no_local_port(ev) {
+        if ev.connect_found_no_local_port().is_some() {
             return self.after_connect_event(ev);
         }
         match &ev.body {
