@@ -144,6 +144,32 @@ pub struct FatalSignal {
     pub oom: bool,
 }
 
+/// The network namespace that serves `ip` for a client in `netns`, given the namespaces that
+/// hold `ip` on an interface (`holders`): the client's own for loopback or an address of its
+/// own, else the one namespace that holds it. None when none does (another host, or a Service
+/// address translated by NAT) or several do (the same private range in isolated networks):
+/// then no namespace can be named. The engine and enrich both place addresses by this rule.
+pub fn serving_namespace(netns: u32, ip: std::net::IpAddr, holders: impl IntoIterator<Item = u32>) -> Option<u32> {
+    if ip.is_loopback() || ip.is_unspecified() {
+        return Some(netns);
+    }
+    let mut holders = holders.into_iter();
+    let first = holders.next()?;
+    let mut only = Some(first);
+    for h in holders {
+        if h == netns {
+            return Some(netns);
+        }
+        if h != first {
+            only = None;
+        }
+    }
+    if first == netns {
+        return Some(netns);
+    }
+    only
+}
+
 /// One event, kernel-made or measured by tracer.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {

@@ -399,14 +399,8 @@ impl Enricher {
     /// of its own), else the one namespace of this host that has it. None when no namespace
     /// here has it (another host, or a translated Service address), or several do.
     pub fn serving_netns(&self, netns: u32, ip: IpAddr) -> Option<u32> {
-        if ip.is_loopback() || self.address_books.get(&netns).is_some_and(|b| b.addrs.contains(&ip)) {
-            return Some(netns);
-        }
-        let mut owners = self.address_books.iter().filter(|(_, b)| b.addrs.contains(&ip)).map(|(n, _)| *n);
-        match (owners.next(), owners.next()) {
-            (Some(one), None) => Some(one),
-            _ => None,
-        }
+        let holders = self.address_books.iter().filter(|(_, b)| b.addrs.contains(&ip)).map(|(n, _)| *n);
+        crate::event::serving_namespace(netns, ip, holders)
     }
 
     /// Whether `ip` is configured in any namespace measured so far.

@@ -130,3 +130,15 @@ fn a_client_giving_up_early_with_no_overflow_is_no_failure() {
     let (e, _) = run(&events);
     assert!(e.findings().is_empty());
 }
+
+#[test]
+fn the_serving_namespace_rule() {
+    use crate::event::serving_namespace;
+    let ip = "10.232.0.2".parse().unwrap();
+    assert_eq!(serving_namespace(NS, "127.0.0.1".parse().unwrap(), []), Some(NS));
+    assert_eq!(serving_namespace(NS, ip, []), None);
+    assert_eq!(serving_namespace(NS, ip, [APP_NS]), Some(APP_NS));
+    assert_eq!(serving_namespace(NS, ip, [APP_NS, NS]), Some(NS));
+    assert_eq!(serving_namespace(NS, ip, [NS, APP_NS]), Some(NS));
+    assert_eq!(serving_namespace(NS, ip, [APP_NS, 4026533000]), None);
+}

@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use crate::event::{Event, EventBody, FlowAddr, Target};
+use crate::event::{serving_namespace, Event, EventBody, FlowAddr, Target};
 
 use super::attempt::FlowKey;
 use super::engine::Engine;
@@ -52,10 +52,8 @@ impl AddressBook {
     /// An address held by several other namespaces (the same private range in two isolated
     /// networks) names none of them: the client's namespace stays.
     pub(super) fn serving(&self, netns: u32, ip: IpAddr) -> u32 {
-        match self.owners.get(&ip) {
-            Some(o) if !o.contains(&netns) && o.len() == 1 => *o.iter().next().unwrap_or(&netns),
-            _ => netns,
-        }
+        let holders = self.owners.get(&ip).into_iter().flatten().copied();
+        serving_namespace(netns, ip, holders).unwrap_or(netns)
     }
 }
 
