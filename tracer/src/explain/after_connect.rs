@@ -12,6 +12,7 @@ use crate::event::{ConnEnd, Event, EventBody, FlowAddr, TaskInfo, Target};
 
 use super::aggregation::AfterConnect;
 use super::attempt::{AttemptKey, FlowEvidenceKind, FlowKey};
+use super::buffer::KeyedBuffer;
 use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{AttemptRecord, ConnectionFacts, Death, DeathHow, Outcome, PortsFacts, ProcessRef};
@@ -54,18 +55,28 @@ struct UpstreamSide {
     unread_bytes: u32,
 }
 
-#[derive(Default)]
 pub(super) struct AfterState {
     /// Nginx's sides by (socket, connect time), in arrival order.
     nginx: HashMap<(u64, u64), NginxSide>,
     order: VecDeque<(u64, u64)>,
-    /// Upstream sides by the flow as Nginx sees it (latest first wins), bounded.
-    upstream: HashMap<FlowAddr, UpstreamSide>,
-    upstream_order: VecDeque<FlowAddr>,
+    /// Upstream sides by the flow as Nginx sees it, oldest evicted first.
+    upstream: KeyedBuffer<FlowAddr, UpstreamSide>,
     /// Holders of connections Nginx gave up on, by Nginx's flow: (holder, state, in queue).
     holders: HashMap<FlowAddr, (TaskInfo, Option<String>, bool)>,
     /// Ports in use per (netns, target), latest measurement.
     ports: HashMap<(u32, SocketAddr), PortsFacts>,
+}
+
+impl AfterState {
+    pub(super) fn new(max: usize) -> AfterState {
+        AfterState {
+            nginx: HashMap::new(),
+            order: VecDeque::new(),
+            upstream: KeyedBuffer::new(max),
+            holders: HashMap::new(),
+            ports: HashMap::new(),
+        }
+    }
 }
 
 impl Engine {
@@ -99,15 +110,7 @@ impl Engine {
                     received: *bytes_received,
                     unread_bytes: *unread_bytes,
                 };
-                let key = flow.reversed();
-                if self.after.upstream.insert(key, side).is_none() {
-                    self.after.upstream_order.push_back(key);
-                    while self.after.upstream_order.len() > max {
-                        if let Some(old) = self.after.upstream_order.pop_front() {
-                            self.after.upstream.remove(&old);
-                        }
-                    }
-                }
+                self.after.upstream.push(flow.reversed(), side);
             }
             EventBody::ConnHolder { flow, state, in_queue } => {
                 if self.after.holders.len() >= max {
@@ -205,7 +208,16 @@ impl Engine {
         if self.recently_concluded_set.get(&AttemptKey::new(n.sock, &n.flow)) == Some(&n.start_ns) {
             return;
         }
-        let upstream = self.after.upstream.get(&n.flow).filter(|u| u.ts_ns + AFTER_GRACE_NS >= n.start_ns).cloned();
+        // The latest upstream side of this flow since the connect (a flow's ports come back).
+        let upstream = self
+            .after
+            .upstream
+            .get(&n.flow)
+            .into_iter()
+            .rev()
+            .map(|(_, u)| u)
+            .find(|u| u.ts_ns + AFTER_GRACE_NS >= n.start_ns)
+            .cloned();
         let mut facts = n.facts;
         let death = upstream.as_ref().and_then(death_of);
         facts.upstream_died = death.is_some();

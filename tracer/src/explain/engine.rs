@@ -78,7 +78,7 @@ impl Engine {
             accept_waits: BTreeMap::new(),
             unix_peer_queues: VecDeque::new(),
             accept_wait_totals: BTreeMap::new(),
-            after: Default::default(),
+            after: super::after_connect::AfterState::new(max),
             book: Default::default(),
         }
     }
