@@ -14,14 +14,19 @@ const MAX_FLOWS: usize = 10_000;
 
 /// The flow (netns of the client, the flow as it dialled) whose translation `ev` asks about:
 /// a connect that failed, a SYN sent again, a connection its client saw end. Only flows that
-/// went out (a local port, a destination port) can have a conntrack entry.
+/// went out (a local port, a destination port) can have a conntrack entry. A loopback
+/// destination is every namespace's own address: answered here, before the address books are
+/// searched for it on every refused connect of a flood.
 pub fn nat_candidate(ev: &Event) -> Option<(u32, FlowAddr)> {
     let flow = match &ev.body {
         EventBody::TcpAttemptFailed { flow, .. } | EventBody::TcpSynRetransmit { flow, .. } => *flow,
         EventBody::TcpConnEnded { flow, client_side: true, .. } => *flow,
         _ => return None,
     };
-    let went_out = flow.src.port() != 0 && flow.dst.port() != 0 && !flow.dst.ip().is_unspecified();
+    let went_out = flow.src.port() != 0
+        && flow.dst.port() != 0
+        && !flow.dst.ip().is_unspecified()
+        && !flow.dst.ip().is_loopback();
     (went_out && ev.netns != 0).then_some((ev.netns, flow))
 }
 
@@ -107,6 +112,13 @@ mod tests {
         unknown_netns.netns = 0;
         assert_eq!(nat_candidate(&unknown_netns), None);
         assert_eq!(nat_candidate(&event(EventBody::ListenOverflows { delta: 1 })), None);
+    }
+
+    #[test]
+    fn a_loopback_destination_is_no_candidate() {
+        let f = flow("127.0.0.1:40000", "127.0.0.1:8000");
+        let failed = event(EventBody::TcpAttemptFailed { flow: f, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: 1 });
+        assert_eq!(nat_candidate(&failed), None);
     }
 
     #[test]
