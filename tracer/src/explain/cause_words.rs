@@ -146,17 +146,14 @@ impl Cause {
         };
         let n = w.count;
         let attempts = plural(n, "connection attempt", "connection attempts");
-        if self.after_connect() || self == Cause::PortsExhausted {
-            return super::after_words::detail(self, w);
-        }
         match self {
-            // Told by after_words (returned above).
+            // After the connect (and a connect with no local port): their own room.
             Cause::UpstreamKilled
             | Cause::UpstreamReset
             | Cause::UpstreamClosed
             | Cause::KeepaliveRace
             | Cause::PortsExhausted
-            | Cause::UpstreamTimeout => String::new(),
+            | Cause::UpstreamTimeout => super::after_words::detail(self, w),
             Cause::DeadListener => format!(
                 "This host's kernel answered {attempts} to {target} with a TCP reset because no socket \
                  listened on that port (tcp_send_reset from no socket{}), so connect() failed with \
@@ -258,9 +255,6 @@ impl Cause {
             Some(Target::Unix(p)) => p.clone(),
             _ => "/run/app.sock".to_string(),
         };
-        if self.after_connect() || self == Cause::PortsExhausted {
-            return super::after_words::fix(self, w);
-        }
         let r = restart_words(w.listener.as_ref());
         let gunicorn = w.listener.is_some_and(|l| l.comm.contains("gunicorn"));
         let keepalive = if w.proxy_client {
@@ -269,13 +263,13 @@ impl Cause {
             ""
         };
         match self {
-            // Told by after_words (returned above).
+            // After the connect (and a connect with no local port): their own room.
             Cause::UpstreamKilled
             | Cause::UpstreamReset
             | Cause::UpstreamClosed
             | Cause::KeepaliveRace
             | Cause::PortsExhausted
-            | Cause::UpstreamTimeout => String::new(),
+            | Cause::UpstreamTimeout => super::after_words::fix(self, w),
             Cause::DeadListener => {
                 let mut s = if r.known {
                     format!(
