@@ -395,7 +395,9 @@ pub struct ConnConfig {
     /// queue before it resets, but leaves these two as they were.
     pub tcp_rcv_nxt: u32,
     pub tcp_copied_seq: u32,
-    pub _pad: u32,
+    /// TCP state LAST_ACK: CLOSE_WAIT -> LAST_ACK is the normal end of a connection the peer
+    /// closed first, where the attempt's record is let go.
+    pub tcp_last_ack: u32,
 }
 
 impl ConnConfig {
@@ -409,7 +411,7 @@ impl ConnConfig {
         enabled: 0,
         tcp_rcv_nxt: FIELD_ABSENT,
         tcp_copied_seq: FIELD_ABSENT,
-        _pad: 0,
+        tcp_last_ack: FIELD_ABSENT,
     };
 }
 

@@ -81,8 +81,9 @@ fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
         // A client that connected to a server here and left without a word: not ours.
         return None;
     }
-    if attempt.is_some() && how != CONN_PEER_FIN {
-        // Nothing more will be asked of this connection.
+    if how != CONN_PEER_FIN {
+        // Nothing more will be asked of this connection: its record goes (ATTEMPTS is a plain
+        // hash, emptied only by these removes).
         let _ = ATTEMPTS.remove(&sk);
     }
     let sk_err: i32 = kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0);

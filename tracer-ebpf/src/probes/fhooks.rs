@@ -22,7 +22,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, emit_with, ACCEPT_WAITS, ATTEMPTS, FN_ARGS, LISTENERS, QUEUED},
+    maps::{config, emit_with, track_attempt, ACCEPT_WAITS, FN_ARGS, LISTENERS, QUEUED},
     read::{current_netns, current_task, kernel, netns_of},
 };
 
@@ -59,7 +59,7 @@ fn on_tcp_connect(sk: u64) {
         netns: netns_of(cfg, sk),
         ..AttemptState::default()
     };
-    let _ = ATTEMPTS.insert(&sk, &state, 0);
+    track_attempt(&sk, &state);
 }
 
 // ---- tcp_conn_request ----------------------------------------------------------------------

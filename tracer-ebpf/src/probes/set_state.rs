@@ -10,7 +10,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS, CONN_END, LISTENERS, QUEUED},
+    maps::{config, emit_with, track_attempt, ATTEMPTS, CONN_END, LISTENERS, QUEUED},
     read::{current_task, field, kernel, netns_of, sock_flow},
 };
 
@@ -37,8 +37,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     // Most transitions (the handshakes and closes of healthy connections) are none of ours:
     // leave after two reads. Keep in step with the cases below.
     // The end of an established connection: each side leaves ESTABLISHED once.
+    // CLOSE_WAIT -> LAST_ACK is the normal end of a connection the upstream closed first:
+    // there the attempt's record is let go.
     let conn_end = cfg.conn.enabled != 0
-        && (old == e.tcp_established || (old == cfg.conn.tcp_close_wait && new == e.tcp_close));
+        && (old == e.tcp_established
+            || (old == cfg.conn.tcp_close_wait && (new == e.tcp_close || new == cfg.conn.tcp_last_ack)));
     let ours = conn_end
         || old == e.tcp_syn_sent
         || (old == e.tcp_close && (new == e.tcp_syn_sent || new == e.tcp_listen))
@@ -52,19 +55,31 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         // stops here, after a read or two: only the ends that may be failures pay for the
         // after-connect program (probes/conn_end.rs, a program of its own that checks again
         // and reads the rest).
+        //
+        // ATTEMPTS is a plain hash (an LRU costs more than twice as much per insert): every
+        // record made at connect is let go here or in conn_end, at the connection's first
+        // close (FIN_WAIT1, or a reset), or at LAST_ACK after the upstream closed first (the
+        // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
         let c = &cfg.conn;
+        if old == c.tcp_close_wait && new == c.tcp_last_ack {
+            let sk: u64 = field(ctx, f.skaddr)?;
+            let _ = ATTEMPTS.remove(&sk);
+            return None;
+        }
         if old == e.tcp_established && new != e.tcp_close {
             let sk: u64 = field(ctx, f.skaddr)?;
             let received: u64 = kernel(sk, c.tcp_bytes_received)?;
-            let healthy = if new == c.tcp_close_wait {
+            if new == c.tcp_close_wait {
                 // The FIN's own sequence number is counted: more than 1 is data.
-                received > 1
+                if received > 1 {
+                    return None;
+                }
             } else if new == c.tcp_fin_wait1 {
-                received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0
+                if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
+                    let _ = ATTEMPTS.remove(&sk);
+                    return None;
+                }
             } else {
-                true
-            };
-            if healthy {
                 return None;
             }
         }
@@ -88,7 +103,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             netns: netns_of(cfg, sk),
             ..AttemptState::default()
         };
-        let _ = ATTEMPTS.insert(&sk, &state, 0);
+        track_attempt(&sk, &state);
         return Some(());
     }
 

@@ -52,6 +52,9 @@ pub struct Availability<'a> {
     pub name: &'a str,
     pub available: bool,
     pub why_not: Option<String>,
+    /// Available, but left out until something needs it (`Capture::attach_deferred`);
+    /// `why_not` says why it waits.
+    pub deferred: bool,
 }
 
 pub struct Capture {
@@ -66,6 +69,8 @@ pub struct Capture {
     pub fn_hooks: Vec<fhooks::FnHookOutcome>,
     /// The kernel's accept-wait histograms (filled while inet_csk_accept is hooked).
     pub accept_waits: Option<fhooks::AcceptWaits>,
+    /// Tracepoints left out at start until needed: (program, category, name).
+    deferred: Vec<(&'static str, &'static str, &'static str)>,
     _ebpf: Ebpf,
 }
 
@@ -133,11 +138,16 @@ impl Capture {
             }
         }
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
+        let mut deferred = Vec::new();
         for (spec, tp) in hooks::tracepoints() {
             let avail = available.iter().find(|a| a.category == tp.category && a.name == tp.name);
             let replaced_by = tp.replaced_by.filter(|f| fn_bits & hooks::function_bit(f) != 0);
             let why_not = match (avail, replaced_by) {
                 (_, Some(function)) => Some(format!("not needed: {function} is hooked")),
+                (Some(a), None) if a.available && a.deferred => {
+                    deferred.push((tp.program, tp.category, tp.name));
+                    Some(a.why_not.clone().unwrap_or_else(|| "not needed yet".into()))
+                }
                 (Some(a), None) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
                 (Some(a), None) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
                 (None, None) => Some("not probed".into()),
@@ -162,7 +172,31 @@ impl Capture {
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, _ebpf: ebpf })
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, _ebpf: ebpf })
+    }
+
+    /// Attaches the tracepoints left out at start until something needs them (the Unix
+    /// connect hooks, once an Nginx configures a Unix socket upstream). Returns the hooks now
+    /// active; one that fails to attach stays inactive with the error as its reason.
+    pub fn attach_deferred(&mut self) -> Vec<String> {
+        let mut attached = Vec::new();
+        for (program, category, name) in std::mem::take(&mut self.deferred) {
+            let full = format!("{category}:{name}");
+            let why_not = attach(&mut self._ebpf, program, category, name).err().map(|e| format!("{e:#}"));
+            if why_not.is_none() {
+                attached.push(full.clone());
+            }
+            if let Some(h) = self.hooks.iter_mut().find(|h| h.hook == full) {
+                h.active = why_not.is_none();
+                h.why_not = why_not;
+            }
+        }
+        attached
+    }
+
+    /// Whether some tracepoints still wait for `attach_deferred`.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
     }
 
     /// Tells the lifecycle programs about listeners that existed before tracing started:

@@ -101,9 +101,10 @@ impl KernelBtf {
         let anonymous = self.anonymous_enums();
         let state = |name: &str| tcp_states(&anonymous).and_then(|m| lookup(m, name));
         let member = |s: &str, path: &[&str], size: usize| self.offset_of_sized(s, path, size).ok();
-        let (Some(close_wait), Some(fin_wait1), Some(sent), Some(received)) = (
+        let (Some(close_wait), Some(fin_wait1), Some(last_ack), Some(sent), Some(received)) = (
             state("TCP_CLOSE_WAIT"),
             state("TCP_FIN_WAIT1"),
+            state("TCP_LAST_ACK"),
             member("tcp_sock", &["bytes_sent"], 8),
             member("tcp_sock", &["bytes_received"], 8),
         ) else {
@@ -119,7 +120,7 @@ impl KernelBtf {
             enabled: 1,
             tcp_rcv_nxt: member("tcp_sock", &["rcv_nxt"], 4).unwrap_or(FIELD_ABSENT),
             tcp_copied_seq: member("tcp_sock", &["copied_seq"], 4).unwrap_or(FIELD_ABSENT),
-            _pad: 0,
+            tcp_last_ack: last_ack,
         }
     }
 

@@ -118,6 +118,9 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
         for note in &tp.notes {
             writeln!(w, "  {:<30} note: {note}", "")?;
         }
+        if tp.category == "syscalls" && tp.available {
+            writeln!(w, "  {:<30} note: {SYSCALLS_ON_DEMAND}", "")?;
+        }
     }
     if tracefs.is_some() && !tracepoints.iter().any(|t| t.available) {
         blockers.push("none of the tracepoints tracer uses is available".to_string());
@@ -243,6 +246,9 @@ const SEND_RESET: &str = "tcp:tcp_send_reset";
 const ICMP_SEND: &str = "icmp:icmp_send";
 const KFREE_SKB: &str = "skb:kfree_skb";
 const SIGNAL: &str = "signal:signal_generate";
+/// When tracer attaches the syscall tracepoints (run/mod.rs `available_tracepoints`).
+const SYSCALLS_ON_DEMAND: &str = "attached only when needed (an enabled syscall tracepoint slows every syscall on the host): with --unix, when no Nginx runs, or once an Nginx configures a unix: upstream; never with --port alone";
+
 const CONNECT_ENTER: &str = "syscalls:sys_enter_connect";
 const CONNECT_EXIT: &str = "syscalls:sys_exit_connect";
 const FN_CONN_REQUEST: &str = "fn:tcp_conn_request";
