@@ -370,6 +370,62 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// After the connect: how established connections end. Appended.
     pub conn: ConnConfig,
+    /// The socket's own members, for the raw tracepoint on inet_sock_set_state. Appended.
+    pub sock: SockFields,
+}
+
+/// `struct sock` members (from BTF) that the raw tracepoint on inet_sock_set_state reads
+/// instead of the classic tracepoint's record: its arguments are only (sk, oldstate, newstate),
+/// read without a helper call, which is what makes it cheaper on the ten state changes of
+/// every healthy connection. `FIELD_ABSENT` where BTF lacks one: the classic tracepoint is
+/// used then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockFields {
+    /// `sk_protocol` (u16 since 5.6).
+    pub sk_protocol: u32,
+    /// `__sk_common.skc_family` (u16).
+    pub skc_family: u32,
+    /// `__sk_common.skc_dport` (__be16, the peer's port), and `struct inet_sock`'s
+    /// `inet_sport` (__be16, the local port; not `skc_num`, which the move to CLOSE has
+    /// already zeroed when the port is released, as the classic tracepoint's `sport` is not).
+    pub skc_dport: u32,
+    pub inet_sport: u32,
+    /// `__sk_common.skc_daddr` and `skc_rcv_saddr` (__be32).
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    /// `__sk_common.skc_v6_daddr` and `skc_v6_rcv_saddr` (struct in6_addr).
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+}
+
+impl SockFields {
+    pub const ABSENT: SockFields = SockFields {
+        sk_protocol: FIELD_ABSENT,
+        skc_family: FIELD_ABSENT,
+        skc_dport: FIELD_ABSENT,
+        inet_sport: FIELD_ABSENT,
+        skc_daddr: FIELD_ABSENT,
+        skc_rcv_saddr: FIELD_ABSENT,
+        skc_v6_daddr: FIELD_ABSENT,
+        skc_v6_rcv_saddr: FIELD_ABSENT,
+    };
+
+    /// Every member found: the raw tracepoint can stand in for the classic one.
+    pub fn complete(&self) -> bool {
+        [
+            self.sk_protocol,
+            self.skc_family,
+            self.skc_dport,
+            self.inet_sport,
+            self.skc_daddr,
+            self.skc_rcv_saddr,
+            self.skc_v6_daddr,
+            self.skc_v6_rcv_saddr,
+        ]
+        .iter()
+        .all(|o| *o != FIELD_ABSENT)
+    }
 }
 
 /// What the after-connect checks read (`probes/set_state.rs`, `ConnEndEvent`), from BTF.
@@ -669,7 +725,8 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 536);
+const _: () = assert!(core::mem::size_of::<Config>() == 568);
+const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 248);
 const _: () = assert!(core::mem::size_of::<SignalMemo>() == 48);

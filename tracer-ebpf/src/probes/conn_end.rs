@@ -15,18 +15,26 @@
 //! the two together in reasonable time.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_jiffies64},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{AttemptState, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_PEER_FIN, CONN_RESET};
 
 use crate::{
     maps::{config, emit_with, ATTEMPTS, SIGNALS},
-    read::{current_task, field, kernel, netns_of, sock_flow},
+    read::{current_task, kernel, netns_of, StateChange},
 };
 
+/// Tail-called by `tracer_set_state` (the classic tracepoint).
 #[tracepoint]
 pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
+    let _ = try_conn_end(&ctx);
+    0
+}
+
+/// Tail-called by `tracer_set_state_raw` (a tail call keeps the program type).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tracer_conn_end_raw(ctx: RawTracePointContext) -> i32 {
     let _ = try_conn_end(&ctx);
     0
 }
@@ -34,17 +42,14 @@ pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
 /// Runs for every transition out of ESTABLISHED and for CLOSE_WAIT -> CLOSE of a TCP socket
 /// (set_state has checked both before the tail call).
 #[inline(always)]
-fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
+fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     let cfg = config()?;
-    let f = &cfg.set_state;
-    let protocol: u16 = field(ctx, f.protocol)?;
+    let (old, new) = ctx.states(cfg)?;
+    let sk = ctx.sock(cfg)?;
+    let protocol = ctx.protocol(cfg, sk)?;
     if protocol as u32 != cfg.enums.ipproto_tcp {
         return None;
     }
-    let old: i32 = field(ctx, f.oldstate)?;
-    let new: i32 = field(ctx, f.newstate)?;
-    let (old, new) = (old as u32, new as u32);
-    let sk: u64 = field(ctx, f.skaddr)?;
     let c = &cfg.conn;
     let e = &cfg.enums;
     let established = old == e.tcp_established;
@@ -71,7 +76,7 @@ fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
         return None;
     };
 
-    let flow = sock_flow(ctx, f);
+    let flow = ctx.flow(cfg, sk);
     // Nginx's side: a connection tracer saw connect. The ports tell it from a later socket
     // that reuses the same address.
     let attempt: Option<AttemptState> = unsafe { ATTEMPTS.get(&sk) }

@@ -3,7 +3,11 @@
 //! CLOSE->SYN_SENT happens inside connect() (process context): the owner is recorded here, so
 //! failures that arrive later in softirq context are attributed to it, not to whatever task
 //! the softirq interrupted.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use aya_log_ebpf::debug;
 use tracer_common::{
     AttemptState, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, FN_ACCEPT, FN_TCP_CONNECT,
@@ -11,28 +15,28 @@ use tracer_common::{
 
 use crate::{
     maps::{config, emit_with, track_attempt, ATTEMPTS, CONN_END, LISTENERS, QUEUED},
-    read::{current_task, field, kernel, netns_of, sock_flow},
+    read::{current_task, kernel, netns_of, StateChange},
 };
 
+/// The classic tracepoint: fields from its record (tracefs formats).
 #[tracepoint]
 pub fn tracer_set_state(ctx: TracePointContext) -> u32 {
     let _ = try_set_state(&ctx);
     0
 }
 
+/// The raw tracepoint: the same work from (sk, oldstate, newstate) and the socket's members
+/// (BTF), without a helper call per field. Preferred where BTF has those members.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tracer_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
 #[inline(always)]
-fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     let cfg = config()?;
-    let f = &cfg.set_state;
-    // oldstate and newstate are neighbours in every kernel's record: one read for both.
-    let (old, new) = if f.newstate == f.oldstate.wrapping_add(4) {
-        let both: [i32; 2] = field(ctx, f.oldstate)?;
-        (both[0] as u32, both[1] as u32)
-    } else {
-        let old: i32 = field(ctx, f.oldstate)?;
-        let new: i32 = field(ctx, f.newstate)?;
-        (old as u32, new as u32)
-    };
+    let (old, new) = ctx.states(cfg)?;
     let e = &cfg.enums;
     // Most transitions (the handshakes and closes of healthy connections) are none of ours:
     // leave after two reads. Keep in step with the cases below.
@@ -62,12 +66,12 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
         let c = &cfg.conn;
         if old == c.tcp_close_wait && new == c.tcp_last_ack {
-            let sk: u64 = field(ctx, f.skaddr)?;
+            let sk = ctx.sock(cfg)?;
             let _ = ATTEMPTS.remove(&sk);
             return None;
         }
         if old == e.tcp_established && new != e.tcp_close {
-            let sk: u64 = field(ctx, f.skaddr)?;
+            let sk = ctx.sock(cfg)?;
             let received: u64 = kernel(sk, c.tcp_bytes_received)?;
             if new == c.tcp_close_wait {
                 // The FIN's own sequence number is counted: more than 1 is data.
@@ -86,11 +90,11 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         unsafe { CONN_END.tail_call(ctx, 0) };
         return None;
     }
-    let protocol: u16 = field(ctx, f.protocol)?;
+    let sk = ctx.sock(cfg)?;
+    let protocol = ctx.protocol(cfg, sk)?;
     if protocol as u32 != e.ipproto_tcp {
         return None;
     }
-    let sk: u64 = field(ctx, f.skaddr)?;
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
         if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
@@ -118,8 +122,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
                 // The connect's start is what the findings measure from; this only marks the
                 // entry as a connection (a clock read per connection saved).
                 (*entry).established_ns = attempt.start_ns | 1;
-                (*entry).sport = field(ctx, f.sport).unwrap_or(0);
-                (*entry).dport = field(ctx, f.dport).unwrap_or(0);
+                let (sport, dport) = ctx.ports(cfg, sk);
+                (*entry).sport = sport;
+                (*entry).dport = dport;
             }
         } else {
             let _ = ATTEMPTS.remove(&sk);
@@ -142,7 +147,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
             ev.header.sock = sk;
             ev.header.task = attempt.owner;
-            ev.flow = sock_flow(ctx, f);
+            ev.flow = ctx.flow(cfg, sk);
             ev.sk_err = sk_err;
             ev.syn_retransmits = attempt.syn_retransmits;
             ev.rst_received = attempt.rst_received;
@@ -157,7 +162,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         if cfg.fn_hooks.active & FN_ACCEPT == 0 {
             return None;
         }
-        let local = sock_flow(ctx, f);
+        let local = ctx.flow(cfg, sk);
         let flow = Flow { family: local.family, sport: local.dport, dport: local.sport, _pad: 0, saddr: local.daddr, daddr: local.saddr };
         let child = QueuedChild { start_ns: unsafe { bpf_ktime_get_ns() }, netns: netns_of(cfg, sk), _pad: 0, flow };
         let _ = QUEUED.insert(&sk, &child, 0);
@@ -168,7 +173,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     // SYN_RECV: that is a connection being accepted, not the listener closing. Only
     // CLOSE->LISTEN (listen()) and LISTEN->CLOSE (close/exit) are the listener's life.
     if (old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close) {
-        let flow = sock_flow(ctx, f);
+        let flow = ctx.flow(cfg, sk);
         let netns = netns_of(cfg, sk);
         let key = ListenerKey { netns, port: flow.sport, family: flow.family };
         let now = unsafe { bpf_ktime_get_ns() };

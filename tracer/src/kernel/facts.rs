@@ -73,6 +73,7 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     // The exit status of a listener's owner (listener lifecycle); absent: exits show no code.
     config.lifecycle.task_exit_code = btf.offset_of_sized("task_struct", &["exit_code"], 4).unwrap_or(FIELD_ABSENT);
     config.conn = btf.conn_config();
+    config.sock = btf.sock_fields();
     let functions = btf.function_prototypes(&hooks::function_names());
     Ok(KernelFacts {
         functions,
@@ -117,6 +118,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         fn_hooks: tracer_common::FnHookConfig::default(),
         lifecycle: tracer_common::LifecycleConfig::ABSENT,
         conn: tracer_common::ConnConfig::ABSENT,
+        sock: tracer_common::SockFields::ABSENT,
     }
 }
 
