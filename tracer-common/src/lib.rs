@@ -640,24 +640,20 @@ pub struct QueuedChild {
     pub flow: Flow,
 }
 
-/// Attempt state kept in the kernel (LRU hash keyed by `struct sock *`) from connect until the
-/// attempt is resolved, so failures are attributed to the owner recorded in process context.
+/// Attempt state kept in the kernel (`ATTEMPTS`, a hash keyed by `struct sock *`) from
+/// connect until the attempt fails or its connection ends, so failures are attributed to the
+/// owner recorded in process context. The socket's namespace and ports are read from the
+/// socket when something is reported, not stored here (less work on every healthy connect).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttemptState {
     pub owner: Task,
     pub start_ns: u64,
-    pub netns: u32,
     pub syn_retransmits: u32,
     pub rst_received: u32,
-    pub _pad: u32,
-    /// Non-zero once the attempt reached ESTABLISHED (a marker, not a time): the entry then stays (the LRU ages it out) so
-    /// an abnormal end of the connection is charged to its owner. The ports then identify the
-    /// connection, because a freed `struct sock` is soon reused at the same address.
+    /// Non-zero once the attempt reached ESTABLISHED (a marker, not a time): the entry then
+    /// stays until the connection ends, so that an abnormal end is charged to its owner.
     pub established_ns: u64,
-    pub sport: u16,
-    pub dport: u16,
-    pub _pad2: u32,
 }
 
 /// Key of the kernel's listener table.
@@ -735,7 +731,7 @@ const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<FnHookConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<AcceptWaitKey>() == 24);
 const _: () = assert!(core::mem::size_of::<QueuedChild>() == 56);
-const _: () = assert!(core::mem::size_of::<AttemptState>() == 72);
+const _: () = assert!(core::mem::size_of::<AttemptState>() == 56);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerState>() == 48);
 const _: () = assert!(core::mem::size_of::<EventKind>() == 4);

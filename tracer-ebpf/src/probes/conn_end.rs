@@ -61,9 +61,10 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
         }
         (CONN_PEER_FIN, kernel(sk, c.tcp_bytes_sent).unwrap_or(0), 0)
     } else if established && new == c.tcp_fin_wait1 {
-        let sent: u64 = kernel(sk, c.tcp_bytes_sent)?;
-        let received: u64 = kernel(sk, c.tcp_bytes_received)?;
+        let sent: u64 = kernel(sk, c.tcp_bytes_sent).unwrap_or(0);
+        let received: u64 = kernel(sk, c.tcp_bytes_received).unwrap_or(0);
         if sent != 0 && received != 0 {
+            let _ = ATTEMPTS.remove(&sk);
             return None;
         }
         (CONN_LOCAL_FIN, sent, received)
@@ -79,9 +80,9 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     let flow = ctx.flow(cfg, sk);
     // Nginx's side: a connection tracer saw connect. The ports tell it from a later socket
     // that reuses the same address.
-    let attempt: Option<AttemptState> = unsafe { ATTEMPTS.get(&sk) }
-        .copied()
-        .filter(|a| a.established_ns != 0 && a.sport == flow.sport && a.dport == flow.dport);
+    // Every connection's record is removed when it ends (here and in set_state), so a record
+    // marked established belongs to this connection, not to an earlier user of the address.
+    let attempt: Option<AttemptState> = unsafe { ATTEMPTS.get(&sk) }.copied().filter(|a| a.established_ns != 0);
     if how == CONN_PEER_FIN && attempt.is_none() {
         // A client that connected to a server here and left without a word: not ours.
         return None;
@@ -95,7 +96,7 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     // A local close or abort runs in the closer's process context; a reset received does not.
     let local = how == CONN_LOCAL_FIN || (how == CONN_RESET && sk_err == 0);
     let now = unsafe { bpf_ktime_get_ns() };
-    let netns = attempt.map(|a| a.netns).unwrap_or_else(|| netns_of(cfg, sk));
+    let netns = netns_of(cfg, sk);
     emit_with(EventKind::TcpConnEnded as u32, |ev: &mut ConnEndEvent| {
         ev.header.kind = EventKind::TcpConnEnded as u32;
         ev.header.netns = netns;

@@ -49,16 +49,10 @@ pub fn tracer_kp_tcp_connect(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_tcp_connect(sk: u64) {
-    let Some(cfg) = config() else { return };
-    if sk == 0 {
+    if config().is_none() || sk == 0 {
         return;
     }
-    let state = AttemptState {
-        owner: current_task(),
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        netns: netns_of(cfg, sk),
-        ..AttemptState::default()
-    };
+    let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
     track_attempt(&sk, &state);
 }
 

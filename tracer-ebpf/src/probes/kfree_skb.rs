@@ -8,7 +8,7 @@ use tracer_common::{EventKind, TcpEvent};
 use crate::{
     maps::{config, emit_with, ATTEMPTS},
     packet::tcp_flow,
-    read::{current_task, field, kernel},
+    read::{current_task, field, kernel, netns_of},
 };
 
 #[tracepoint]
@@ -40,7 +40,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
             Some(a) => {
                 let a = unsafe { &*a };
                 ev.header.sock = sk;
-                ev.header.netns = a.netns;
+                ev.header.netns = netns_of(cfg, sk);
                 ev.header.task = a.owner;
             }
             None => ev.header.task = current_task(),

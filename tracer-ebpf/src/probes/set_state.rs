@@ -88,25 +88,26 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             }
         }
         unsafe { CONN_END.tail_call(ctx, 0) };
+        // Only a failed tail call returns here: the record must still go when the
+        // connection is over (it stays through CLOSE_WAIT).
+        if new != c.tcp_close_wait {
+            let _ = ATTEMPTS.remove(&ctx.sock(cfg)?);
+        }
         return None;
     }
     let sk = ctx.sock(cfg)?;
-    let protocol = ctx.protocol(cfg, sk)?;
-    if protocol as u32 != e.ipproto_tcp {
-        return None;
-    }
+    // Only TCP sockets are recorded at connect (and checked at listen): the later steps of
+    // an attempt find it in ATTEMPTS or not at all.
+    let tcp = || ctx.protocol(cfg, sk).is_some_and(|p| p as u32 == e.ipproto_tcp);
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
-        if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
+        if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 || !tcp() {
             // fentry/kprobe on tcp_connect records the owner, a moment later, same task.
             return None;
         }
-        let state = AttemptState {
-            owner: current_task(),
-            start_ns: unsafe { bpf_ktime_get_ns() },
-            netns: netns_of(cfg, sk),
-            ..AttemptState::default()
-        };
+        // The namespace is read when something is reported (the socket is at hand then):
+        // two reads fewer on every healthy connect.
+        let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
         track_attempt(&sk, &state);
         return Some(());
     }
@@ -116,16 +117,10 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         let entry = ATTEMPTS.get_ptr_mut(&sk)?;
         let attempt = unsafe { *entry };
         if new == e.tcp_established && cfg.conn.enabled != 0 {
-            // Kept (the LRU ages it out) so the connection's abnormal end is charged to its
-            // owner; the ports identify the connection later.
-            unsafe {
-                // The connect's start is what the findings measure from; this only marks the
-                // entry as a connection (a clock read per connection saved).
-                (*entry).established_ns = attempt.start_ns | 1;
-                let (sport, dport) = ctx.ports(cfg, sk);
-                (*entry).sport = sport;
-                (*entry).dport = dport;
-            }
+            // Kept until the connection ends (every end removes it), so that an abnormal end
+            // is charged to its owner. The connect's start is what the findings measure from;
+            // this only marks the entry as a connection (a clock read per connection saved).
+            unsafe { (*entry).established_ns = attempt.start_ns | 1 };
         } else {
             let _ = ATTEMPTS.remove(&sk);
         }
@@ -143,7 +138,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         }
         emit_with(kind as u32, |ev: &mut TcpEvent| {
             ev.header.kind = kind as u32;
-            ev.header.netns = attempt.netns;
+            ev.header.netns = netns_of(cfg, sk);
             ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
             ev.header.sock = sk;
             ev.header.task = attempt.owner;
@@ -172,7 +167,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     // A child socket is cloned from its listener and leaves the inherited LISTEN state for
     // SYN_RECV: that is a connection being accepted, not the listener closing. Only
     // CLOSE->LISTEN (listen()) and LISTEN->CLOSE (close/exit) are the listener's life.
-    if (old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close) {
+    if ((old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close)) && tcp() {
         let flow = ctx.flow(cfg, sk);
         let netns = netns_of(cfg, sk);
         let key = ListenerKey { netns, port: flow.sport, family: flow.family };

@@ -134,6 +134,9 @@ pub struct ConnFacts {
     /// The upstream's end was closed by its own process while that process was dying (a
     /// non-zero exit code, or a fatal signal just before).
     pub upstream_died: bool,
+    /// The upstream's end was still in its listener's accept queue when Nginx closed (found
+    /// by sock_diag then): no process ever accepted the connection.
+    pub never_accepted: bool,
 }
 
 /// The verdict table after the connect. `None`: not a failure tracer can name (Nginx
@@ -147,6 +150,11 @@ pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
     // 2. The connection never left the listener's full queue: whatever Nginx saw later (a
     //    timeout, a reset), the full accept queue is the cause.
     if f.handshake_overflow {
+        return Some(BacklogFull);
+    }
+    //    So is a connection Nginx gave up on while it still waited in the accept queue: the
+    //    listener did not accept within Nginx's timeout (too few workers for the load).
+    if f.never_accepted && f.nginx_closed && f.nginx_received == 0 {
         return Some(BacklogFull);
     }
     // 3. The upstream's process died holding the connection: whatever Nginx then saw (a FIN,

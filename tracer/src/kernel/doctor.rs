@@ -31,9 +31,11 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
 
     // BTF: offsets and enum values for the kernel programs.
     let mut kernel_values: Option<(KernelOffsets, KernelEnums)> = None;
+    let mut set_state_raw = false;
     match KernelBtf::load() {
         Ok(btf) => match (btf.offsets(), btf.enums()) {
             (Ok(offsets), Ok(enums)) => {
+                set_state_raw = btf.sock_fields().complete();
                 writeln!(w, "BTF:         ok ({VMLINUX_BTF})")?;
                 let names = btf.names();
                 writeln!(
@@ -120,6 +122,13 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
         }
         if tp.category == "syscalls" && tp.available {
             writeln!(w, "  {:<30} note: {SYSCALLS_ON_DEMAND}", "")?;
+        }
+        if tp.full_name() == SET_STATE {
+            let how = match set_state_raw {
+                true => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF",
+                false => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
+            };
+            writeln!(w, "  {:<30} note: {how}", "")?;
         }
     }
     if tracefs.is_some() && !tracepoints.iter().any(|t| t.available) {
