@@ -396,14 +396,16 @@ struct TracerReport {
     summary: Value,
 }
 
-fn parse_tracer(path: &Path) -> Result<TracerReport> {
+/// The bench's findings only (those in its namespace, inode `netns`): the host may run other
+/// traffic while the bench runs.
+fn parse_tracer(path: &Path, netns: u64) -> Result<TracerReport> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut findings = Vec::new();
     let mut summary = Value::Null;
     for l in text.lines() {
         let Ok(v) = serde_json::from_str::<Value>(l) else { continue };
         match v["type"].as_str() {
-            Some("finding") => findings.push(v),
+            Some("finding") if v["netns"].as_u64() == Some(netns) => findings.push(v),
             Some("summary") => summary = v,
             _ => {}
         }
@@ -709,7 +711,8 @@ impl Bench {
                 for e in &errs {
                     println!("  tracer stderr: {e}");
                 }
-                Ok(Some((parse_tracer(&out)?, cpu, hwm)))
+                let netns = fs::metadata(Path::new("/run/netns").join(&self.ns.name)).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).context("the bench namespace's inode")?;
+                Ok(Some((parse_tracer(&out, netns)?, cpu, hwm)))
             }
         }
     }

@@ -66,8 +66,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
         let c = &cfg.conn;
         if old == c.tcp_close_wait && new == c.tcp_last_ack {
-            let sk = ctx.sock(cfg)?;
-            let _ = ATTEMPTS.remove(&sk);
+            forget(ctx.sock(cfg)?);
             return None;
         }
         if old == e.tcp_established && new != e.tcp_close {
@@ -80,7 +79,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
                 }
             } else if new == c.tcp_fin_wait1 {
                 if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
-                    let _ = ATTEMPTS.remove(&sk);
+                    forget(sk);
                     return None;
                 }
             } else {
@@ -96,12 +95,13 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         return None;
     }
     let sk = ctx.sock(cfg)?;
-    // Only TCP sockets are recorded at connect (and checked at listen): the later steps of
-    // an attempt find it in ATTEMPTS or not at all.
+    // The protocol is read only where something is reported: a connect of another protocol
+    // that takes TCP's states (MPTCP's own socket) is recorded like a TCP one, costs a
+    // record until it ends, and is never reported.
     let tcp = || ctx.protocol(cfg, sk).is_some_and(|p| p as u32 == e.ipproto_tcp);
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
-        if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 || !tcp() {
+        if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
             // fentry/kprobe on tcp_connect records the owner, a moment later, same task.
             return None;
         }
@@ -132,6 +132,9 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             // Connected at the first try: healthy traffic, nothing to report.
             return None;
         };
+        if !tcp() {
+            return None;
+        }
         let sk_err: i32 = if kind == EventKind::TcpAttemptFailed { kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0) } else { 0 };
         if cfg.debug != 0 {
             debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
@@ -207,4 +210,14 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         });
     }
     Some(())
+}
+
+/// Lets a connection's record go. Half of the connections that end are the upstream's
+/// accepted sockets, which have none: a lookup (no lock) finds that out more cheaply than a
+/// remove.
+#[inline(always)]
+fn forget(sk: u64) {
+    if unsafe { ATTEMPTS.get(&sk) }.is_some() {
+        let _ = ATTEMPTS.remove(&sk);
+    }
 }
