@@ -33,6 +33,11 @@ fn main() -> ExitCode {
         Command::Diagnose(args) => run_trace(args, Mode::Diagnose),
         Command::Watch(w) => run_trace(TraceArgs { metrics: w.metrics, ..w.trace }, Mode::Watch),
         Command::Top(args) => top::preflight(args.json).and_then(|()| run_trace(args, Mode::Top)),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            std::io::stdout().lock().write_all(&tracer::cli::completions(shell)).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+        Command::Manpages { dir } => tracer::cli::write_manpages(&dir).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
