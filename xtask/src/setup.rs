@@ -39,6 +39,23 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     tracefs()?;
     gunicorn()?;
+    musl_target()?;
+    Ok(())
+}
+
+/// The Rust target of the static binary `cargo xtask dist` builds.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The standard library for the static build (`cargo xtask dist`). tracer links no C code,
+/// and Rust's musl target brings its own C runtime, so musl-tools is not needed.
+fn musl_target() -> Result<()> {
+    let (_, out) = probe(Command::new("rustup").args(["target", "list", "--installed"]));
+    if out.lines().any(|l| l.trim() == MUSL_TARGET) {
+        println!("setup: rust target {MUSL_TARGET} (present)");
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    println!("setup: rust target {MUSL_TARGET} (installed)");
     Ok(())
 }
 
