@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_build;
 mod demo;
+mod dist;
 mod interrupt;
 mod setup;
 mod test;
@@ -44,8 +45,11 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, unit tests, then the privileged scenario suite (needs root).
+    /// Setup, unit tests, the privileged suites, the dist artefacts and their checks, the kernel matrix.
     Test,
+    /// Setup, then write target/dist/: the static (musl) binary and the Debian package
+    /// (binary, man pages, completions, tracer.service, example Prometheus rules).
+    Dist,
     /// The kernel matrix: Debian 6.1 and 6.12 kernels under QEMU (TCG), every cause with function hooks on, then off.
     VmTest,
     /// Benchmark (not a test): overhead A/B against no tracer and bpftrace, failure floods with
@@ -62,6 +66,7 @@ fn main() {
         Cmd::Build { release: _, debug } => cmd_build::build(!debug).map(|_| ()),
         Cmd::Run { args } => run(args),
         Cmd::Test => test::test(),
+        Cmd::Dist => dist::dist().map(|_| ()),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::VmTest => vm::vm_test(),
