@@ -219,6 +219,7 @@ pub fn check(a: &Artefacts) -> Result<()> {
     let installed = scratch.join("root");
     run(Command::new("dpkg-deb").arg("-x").arg(&a.deb).arg(&installed))?;
     check_unit(&installed)?;
+    check_docs(&installed)?;
     check_rules(&installed)?;
     check_address_in_use(&a.binary)?;
     fs::remove_dir_all(&scratch)?;
@@ -351,6 +352,24 @@ fn check_unit(installed: &Path) -> Result<()> {
     let overall = said.lines().find(|l| l.contains("Overall exposure level")).unwrap_or("").trim().to_string();
     ensure!(out.status.success(), "systemd-analyze security: exposure above 5.0 ({overall}):\n{said}");
     println!("dist check: systemd-analyze security: {overall}");
+    Ok(())
+}
+
+/// The man pages render without a warning (`man --warnings -l`), and the bash completion
+/// parses (`bash -n`; zsh and fish are not installed here to check theirs).
+fn check_docs(installed: &Path) -> Result<()> {
+    let man = installed.join(MAN_DIR);
+    let mut pages = 0;
+    for page in fs::read_dir(&man)? {
+        let page = page?.path();
+        let out = checked(Command::new("man").args(["--warnings", "-l"]).arg(&page).env("MANWIDTH", "80"))?;
+        let warnings = String::from_utf8_lossy(&out.stderr);
+        ensure!(out.status.success() && warnings.trim().is_empty(), "man -l {}: {warnings}", page.display());
+        ensure!(String::from_utf8_lossy(&out.stdout).contains("tracer"), "{} renders empty", page.display());
+        pages += 1;
+    }
+    output_of(Command::new("bash").arg("-n").arg(installed.join(COMPLETIONS[0].1)))?;
+    println!("dist check: {pages} man pages render without warnings, the bash completion parses");
     Ok(())
 }
 

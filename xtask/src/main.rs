@@ -49,7 +49,12 @@ enum Cmd {
     Test,
     /// Setup, then write target/dist/: the static (musl) binary and the Debian package
     /// (binary, man pages, completions, tracer.service, example Prometheus rules).
-    Dist,
+    Dist {
+        /// Then check them as `cargo xtask test` does (package contents, the binary alone in a
+        /// chroot, systemd-analyze, promtool).
+        #[arg(long)]
+        check: bool,
+    },
     /// The kernel matrix: Debian 6.1 and 6.12 kernels under QEMU (TCG), every cause with function hooks on, then off.
     VmTest,
     /// Benchmark (not a test): overhead A/B against no tracer and bpftrace, failure floods with
@@ -66,7 +71,7 @@ fn main() {
         Cmd::Build { release: _, debug } => cmd_build::build(!debug).map(|_| ()),
         Cmd::Run { args } => run(args),
         Cmd::Test => test::test(),
-        Cmd::Dist => dist::dist().map(|_| ()),
+        Cmd::Dist { check } => dist::dist().and_then(|a| if check { dist::check(&a) } else { Ok(()) }),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::VmTest => vm::vm_test(),

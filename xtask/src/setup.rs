@@ -18,8 +18,16 @@ const APT: &[&[&str]] = &[
     &["python3-venv"],
     &["curl"],
     &["tmux"],
-    // promtool (`promtool check metrics`): the hostile suite lints tracer's /metrics with it.
+    // promtool (`promtool check metrics`): the hostile suite lints tracer's /metrics with it;
+    // `promtool check/test rules` checks deploy/prometheus, and the operator suite runs the
+    // Prometheus server itself.
     &["prometheus"],
+    // `cargo xtask dist` and its checks: dpkg-deb, `systemd-analyze verify` of tracer.service
+    // (which looks up its man pages with man), gzip for the man pages.
+    &["dpkg"],
+    &["systemd"],
+    &["man-db"],
+    &["gzip"],
     // nginx-light only adds a module on top of nginx in Debian 12: either will do.
     &["nginx", "nginx-light"],
     &["wrk"],
