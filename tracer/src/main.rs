@@ -10,6 +10,12 @@ use tracer::note;
 use tracer::run::{run_trace, stdout::stdout_gone, Mode};
 use tracer::{kernel, top};
 
+/// The static build's allocator (see tracer/Cargo.toml: musl's malloc is slow under tracer's
+/// event load).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -400,3 +400,42 @@ fn check_address_in_use(binary: &Path) -> Result<()> {
     drop(taken);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_file_is_well_formed() {
+        let c = control(9000);
+        let mut fields = Vec::new();
+        for line in c.lines() {
+            if let Some(rest) = line.strip_prefix(' ') {
+                // A continuation of the description: text, or " ." for an empty line.
+                assert!(!rest.trim().is_empty(), "{line:?}");
+            } else {
+                let (k, v) = line.split_once(": ").unwrap_or_else(|| panic!("not a field: {line:?}"));
+                assert!(!v.trim().is_empty(), "{line:?}");
+                fields.push(k);
+            }
+        }
+        for required in ["Package", "Version", "Architecture", "Maintainer", "Description", "Installed-Size"] {
+            assert!(fields.contains(&required), "{required} missing:\n{c}");
+        }
+        assert!(c.contains(&format!("Version: {VERSION}\n")) && c.contains("Installed-Size: 9000\n") && c.ends_with('\n'), "{c}");
+    }
+
+    /// The maintainer scripts parse (`sh -n`) and never fail the installation on a host
+    /// without systemd (each systemctl is guarded and `|| true`).
+    #[test]
+    fn maintainer_scripts_parse() {
+        for script in [POSTINST, PRERM, POSTRM] {
+            assert!(script.starts_with("#!/bin/sh\nset -e\n"), "{script}");
+            let out = Command::new("sh").args(["-n", "-c", script]).output().expect("sh");
+            assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+            for l in script.lines().filter(|l| l.contains("systemctl")) {
+                assert!(l.ends_with("|| true"), "{l}");
+            }
+        }
+    }
+}

@@ -118,6 +118,12 @@ mod tests {
     }
 
     #[test]
+    fn dist_checks_only_when_asked() {
+        assert!(matches!(Cli::try_parse_from(["xtask", "dist"]).unwrap().cmd, Cmd::Dist { check: false }));
+        assert!(matches!(Cli::try_parse_from(["xtask", "dist", "--check"]).unwrap().cmd, Cmd::Dist { check: true }));
+    }
+
+    #[test]
     fn build_flags() {
         assert!(Cli::try_parse_from(["xtask", "build", "--release", "--debug"]).is_err());
         assert!(matches!(

@@ -28,6 +28,8 @@ const APT: &[&[&str]] = &[
     &["systemd"],
     &["man-db"],
     &["gzip"],
+    // musl-gcc: the static build compiles mimalloc (tracer's allocator there) for musl.
+    &["musl-tools"],
     // nginx-light only adds a module on top of nginx in Debian 12: either will do.
     &["nginx", "nginx-light"],
     &["wrk"],
@@ -54,8 +56,8 @@ pub fn setup() -> Result<()> {
 /// The Rust target of the static binary `cargo xtask dist` builds.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
-/// The standard library for the static build (`cargo xtask dist`). tracer links no C code,
-/// and Rust's musl target brings its own C runtime, so musl-tools is not needed.
+/// The standard library for the static build (`cargo xtask dist`); Rust's musl target brings
+/// its own C runtime, and musl-tools (APT above) the C compiler for mimalloc.
 fn musl_target() -> Result<()> {
     let (_, out) = probe(Command::new("rustup").args(["target", "list", "--installed"]));
     if out.lines().any(|l| l.trim() == MUSL_TARGET) {
