@@ -319,12 +319,30 @@ fn check_alone_in_a_chroot(binary: &Path, chroot: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `systemd-analyze verify` of the unit as the package installs it: under a root holding the
-/// package's files (so /usr/bin/tracer exists) and the host's targets, with the package's man
-/// pages for its `Documentation=`. Any word from it fails the check (it only warns about a
-/// bad value). Then `systemd-analyze security`: the hardening keeps the exposure at most 5.0.
+/// `systemd-analyze verify` of the unit as the package installs it (`verify_unit`), then
+/// `systemd-analyze security`: the hardening keeps the exposure at most 5.0.
 fn check_unit(installed: &Path) -> Result<()> {
-    let units = installed.join("lib/systemd/system");
+    verify_unit(installed)?;
+    println!("dist check: systemd-analyze verify tracer.service ok");
+    let out = checked(
+        Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--threshold=50", "--no-pager"])
+            .arg(installed.join(UNIT)),
+    )?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    let overall = said.lines().find(|l| l.contains("Overall exposure level")).unwrap_or("").trim().to_string();
+    ensure!(out.status.success(), "systemd-analyze security: exposure above 5.0 ({overall}):\n{said}");
+    println!("dist check: systemd-analyze security: {overall}");
+    Ok(())
+}
+
+/// `systemd-analyze verify tracer.service` under `installed` as root: a tree holding the
+/// package's files (so /usr/bin/tracer exists) to which the host's targets are added, with
+/// the package's man pages for its `Documentation=`. Any word from it fails (it only warns
+/// about a value it cannot parse).
+fn verify_unit(installed: &Path) -> Result<()> {
+    let units = installed.join(UNIT);
+    let units = units.parent().expect("the unit's directory");
     for entry in fs::read_dir("/lib/systemd/system")? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -340,18 +358,7 @@ fn check_unit(installed: &Path) -> Result<()> {
             .env("MANPATH", installed.join("usr/share/man")),
     )?;
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify tracer.service ({}): {said}", out.status);
-    println!("dist check: systemd-analyze verify tracer.service ok");
-
-    let out = checked(
-        Command::new("systemd-analyze")
-            .args(["security", "--offline=true", "--threshold=50", "--no-pager"])
-            .arg(units.join("tracer.service")),
-    )?;
-    let said = String::from_utf8_lossy(&out.stdout);
-    let overall = said.lines().find(|l| l.contains("Overall exposure level")).unwrap_or("").trim().to_string();
-    ensure!(out.status.success(), "systemd-analyze security: exposure above 5.0 ({overall}):\n{said}");
-    println!("dist check: systemd-analyze security: {overall}");
+    ensure!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify tracer.service ({}): {}", out.status, said.trim());
     Ok(())
 }
 
@@ -423,6 +430,47 @@ mod tests {
             assert!(fields.contains(&required), "{required} missing:\n{c}");
         }
         assert!(c.contains(&format!("Version: {VERSION}\n")) && c.contains("Installed-Size: 9000\n") && c.ends_with('\n'), "{c}");
+    }
+
+    /// The shipped unit passes `verify_unit` in a tree like the package's; a value systemd
+    /// cannot parse, a missing binary or a missing man page fails it. Skips, saying why,
+    /// without systemd-analyze or man.
+    #[test]
+    fn unit_verification_passes_the_unit_and_fails_broken_ones() {
+        for tool in ["systemd-analyze", "man"] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                println!("skipped: {tool} is not installed (`cargo xtask setup` installs systemd and man-db)");
+                return;
+            }
+        }
+        let tree = std::env::temp_dir().join(format!("tracer-unit-{}", std::process::id()));
+        let make = |unit: &str, with_binary: bool, with_pages: bool| {
+            let _ = fs::remove_dir_all(&tree);
+            fs::create_dir_all(tree.join("usr/lib/systemd/system")).unwrap();
+            fs::create_dir_all(tree.join("usr/bin")).unwrap();
+            fs::create_dir_all(tree.join(MAN_DIR)).unwrap();
+            std::os::unix::fs::symlink("usr/lib", tree.join("lib")).unwrap();
+            fs::write(tree.join(UNIT), unit).unwrap();
+            if with_binary {
+                fs::copy("/bin/true", tree.join("usr/bin/tracer")).unwrap();
+            }
+            if with_pages {
+                for page in ["tracer", "tracer-watch"] {
+                    fs::write(tree.join(MAN_DIR).join(format!("{page}.1")), format!(".TH {page} 1\n.SH NAME\n{page}\n")).unwrap();
+                }
+            }
+        };
+        let unit = fs::read_to_string(root().join("deploy/systemd/tracer.service")).unwrap();
+        make(&unit, true, true);
+        verify_unit(&tree).unwrap();
+        make(&unit.replace("ProtectSystem=strict", "ProtectSystem=everything"), true, true);
+        let e = verify_unit(&tree).unwrap_err().to_string();
+        assert!(e.contains("ProtectSystem") || e.contains("protect system"), "{e}");
+        make(&unit, false, true);
+        assert!(verify_unit(&tree).unwrap_err().to_string().contains("/usr/bin/tracer"));
+        make(&unit, true, false);
+        assert!(verify_unit(&tree).unwrap_err().to_string().contains("man"));
+        fs::remove_dir_all(&tree).unwrap();
     }
 
     /// The maintainer scripts parse (`sh -n`) and never fail the installation on a host
