@@ -1,8 +1,8 @@
 //! `cargo xtask vm-test`: the kernel matrix. Boots Debian's 6.1 and 6.12 cloud kernels under
 //! QEMU with software emulation (`-accel tcg -cpu max`; KVM is not available on the
-//! project's machines) with a small initramfs: busybox, the release tracer binary, the shared
-//! libraries both need, a few sock_diag modules of that kernel, and `vm-init`
-//! (xtask/src/bin/vm-init.rs) as /init. vm-init produces every cause that needs no Nginx,
+//! project's machines) with a small initramfs: busybox, the static (musl) tracer binary that
+//! `cargo xtask dist` ships, the shared libraries vm-init needs, a few sock_diag modules of
+//! that kernel, and `vm-init` (xtask/src/bin/vm-init.rs) as /init. vm-init produces every cause that needs no Nginx,
 //! twice (function hooks allowed, then forced off), checks tracer's findings and prints a
 //! per-hook table and a success marker on the serial console, which this side reads.
 //!
@@ -96,7 +96,9 @@ pub fn vm_test() -> Result<()> {
     let vm_dir = target_dir().join("vm");
     fs::create_dir_all(&vm_dir)?;
 
-    let tracer = crate::cmd_build::build(true)?;
+    // The static binary `cargo xtask dist` ships, so the matrix tests what ships (one build
+    // for both within `cargo xtask test`).
+    let tracer = crate::dist::static_binary()?;
     run(cargo().args(["build", "--release", "-p", "xtask", "--bin", "vm-init"]))?;
     let init = target_dir().join("release").join("vm-init");
 
