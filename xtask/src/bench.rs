@@ -1128,7 +1128,7 @@ fn table(r: &Value, goals: &mut Vec<Value>) -> String {
         let _ = writeln!(t, "{:<44} {:>12} {:>12}   under load {}, lost {}  bounded: {}", "churn: ATTEMPTS map entries (end)", "", end.map(|n| n.to_string()).unwrap_or("-".into()), busy.map(|n| n.to_string()).unwrap_or("-".into()), c["lost_events"], goal(bounded));
         add_goal("churn: userspace memory flat (bounded tables full, last phase)", flat, format!("RSS start {a} KiB, after each phase {} KiB", per_phase.join(" / ")));
         let _ = e;
-        add_goal("churn: kernel per-socket state drains (LRU-bounded)", bounded, format!("ATTEMPTS under load {busy:?}, at end {end:?}"));
+        add_goal("churn: kernel per-socket state drains (every record removed at its end)", bounded, format!("ATTEMPTS under load {busy:?}, at end {end:?}"));
     }
     t
 }
