@@ -201,6 +201,11 @@ impl Cause {
                  the refusal came from another host; from this host alone a dead listener cannot be \
                  told from a remote REJECT; run tracer on the upstream host to tell them apart."
             ),
+            Cause::RefusedUnattributed => format!(
+                "{target} refused {attempts} (ECONNREFUSED), and this kernel cannot show who refused: \
+                 a firewall rule on this host, no listener on that port, or the remote host. It gives \
+                 no drop reason (those came in 5.17), and tracer could not learn where it dropped packets."
+            ),
             Cause::NoResponse => format!(
                 "{attempts} to {target} got no answer at all ({} SYN retransmits) and this host saw \
                  no drop, reset or ICMP for them: the upstream host is down or unreachable, packets \
@@ -334,6 +339,13 @@ impl Cause {
                  check on that host that the upstream listens (`ss -tlnp`, `systemctl status` of its \
                  unit) and that no firewall rule rejects this host's address (`nft list ruleset`)."
                 .to_string(),
+            Cause::RefusedUnattributed => format!(
+                "Tell the three apart by hand: `ss -tlnp | grep {port}` on the upstream's host shows \
+                 whether anything listens there, `sudo nft list ruleset | grep reject` (or `sudo iptables \
+                 -S | grep REJECT`) shows reject rules on each host. tracer tells them apart itself on \
+                 kernels with drop reasons (5.17 and later), and on this one when it can read the \
+                 addresses in /proc/kallsyms (as root, with kernel.kptr_restrict at most 1)."
+            ),
             Cause::NoResponse => "The upstream never answered and this host shows no reason: check that \
                  the upstream host is up and reachable (`ping`, `curl -v` to it from this host), and \
                  look for firewalls or security groups along the path that drop the traffic. Set a \
