@@ -602,7 +602,8 @@ format:
 
     #[test]
     fn wrong_size_of_required_field_makes_tracepoint_unavailable() {
-        let bad = KFREE_SKB_6_18.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2");
+        // A reason of another size, and no location to fall back on.
+        let bad = KFREE_SKB_6_18.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2").replace("location", "caller");
         let texts = HashMap::from([("skb:kfree_skb", bad.as_str())]);
         let (config, infos) = config_from(&texts);
         let i = info(&infos, "kfree_skb");
@@ -654,7 +655,8 @@ format:
 
         // None: the tracepoint is unusable, and says why.
         let (mut config, mut infos) = config_from(&texts);
-        use_drop_sites(&mut config, &mut infos, drop_sites(&KALLSYMS.replace("ffffffff8", "000000000")));
+        let hidden: String = KALLSYMS.lines().map(|l| format!("0000000000000000{}\n", &l[16..])).collect();
+        use_drop_sites(&mut config, &mut infos, drop_sites(&hidden));
         let i = info(&infos, "kfree_skb");
         assert!(!i.available);
         assert!(i.why_not.as_deref().unwrap().contains("kptr_restrict"), "{:?}", i.why_not);
