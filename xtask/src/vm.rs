@@ -144,7 +144,7 @@ pub fn vm_test() -> Result<()> {
 
     // The table.
     println!();
-    println!("vm-test: which program served each hooked kernel function (pass 1: --backend auto; pass 2: --backend kprobes; pass 3: --backend tracepoints)");
+    println!("vm-test: which program served each hooked kernel function (pass 1: --backend auto; pass 2: --backend kprobes; pass 3: --backend tracepoints; kernels without drop reasons add pass 4, blind: tracepoints with kernel.kptr_restrict=2)");
     println!("{:<28} {:<20} {:<34} {:<38} tracepoints", "kernel", "function", "auto", "kprobes");
     for f in HOOKED {
         let h = |m: &BTreeMap<String, String>| m.get(f).cloned().unwrap_or_else(|| "?".into());

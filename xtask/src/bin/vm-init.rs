@@ -1,6 +1,7 @@
 //! /init of the kernel-matrix VMs (`cargo xtask vm-test`): PID 1 of a busybox initramfs that
-//! holds `/bin/tracer`. It mounts what tracer needs, brings up lo, and runs two passes
-//! (function hooks allowed, then `TRACER_BACKEND=tracepoints`). In each pass it starts
+//! holds `/bin/tracer`. It mounts what tracer needs, brings up lo, and runs three passes
+//! (function hooks allowed, kprobes only, `TRACER_BACKEND=tracepoints`), and on a kernel
+//! without drop reasons a fourth with tracepoints and the kernel's addresses hidden. In each pass it starts
 //! `tracer diagnose --json`, waits for its `tracing:` line, produces every cause that needs no
 //! Nginx (dead listener, full TCP backlog, Unix missing/stale/full), stops tracer and checks
 //! cause, target, count, client PID and listener PID. It prints a per-hook table
@@ -83,14 +84,18 @@ fn run_init() -> bool {
     doctor("");
 
     // Before 5.17 kfree_skb has no drop reason: tracer then reads where each drop happened,
-    // which needs the addresses in /proc/kallsyms. The tracepoints pass hides them
-    // (kernel.kptr_restrict=2, as a hardened host does), so that pass checks what tracer says
-    // when the kernel cannot show a local refusal at all.
+    // which needs the addresses in /proc/kallsyms. A fourth pass there hides them
+    // (kernel.kptr_restrict=2, as a hardened host does) and checks what tracer says when the
+    // kernel cannot show a local refusal at all.
     let drop_reasons = std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format").map(|f| f.contains(" reason;")).unwrap_or(true);
+    let mut passes = vec![("functions", "auto"), ("kprobes", "kprobes"), ("tracepoints", "tracepoints")];
+    if !drop_reasons {
+        passes.push(("blind", "tracepoints"));
+    }
     let mut all_ok = true;
-    for (i, (name, backend)) in [("functions", "auto"), ("kprobes", "kprobes"), ("tracepoints", "tracepoints")].iter().enumerate() {
+    for (i, (name, backend)) in passes.iter().enumerate() {
         let started = Instant::now();
-        let blind = !drop_reasons && *backend == "tracepoints";
+        let blind = *name == "blind";
         let kptr_restrict = std::fs::read_to_string(KPTR_RESTRICT).unwrap_or_else(|_| "0".into());
         if blind {
             if std::fs::write(KPTR_RESTRICT, "2").is_err() {
