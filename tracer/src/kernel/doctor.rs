@@ -356,6 +356,7 @@ fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, drops: DropFacts) 
             }
         }
         Cause::RemoteRefused => match (available(SET_STATE), available(RECEIVE_RESET)) {
+            (true, _) if !drops.local_refusals_visible => row(Seen::Partly, "refused attempts, but this kernel cannot show a local refusal, so none is called remote: they read refused_unattributed"),
             (true, true) => row(Seen::Yes, "attempts closed with ECONNREFUSED after an RST from the peer"),
             (true, false) => row(Seen::Partly, "attempts closed with ECONNREFUSED, the RST itself not seen (needs tcp:tcp_receive_reset)"),
             (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
@@ -445,6 +446,7 @@ mod tests {
         assert_eq!(seen(Cause::FirewallDrop), Seen::No);
         assert_eq!(seen(Cause::FirewallReject), Seen::No);
         assert_eq!(seen(Cause::RemoteRefused), Seen::Partly);
+        assert!(rows.iter().find(|r| r.cause == Cause::RemoteRefused).unwrap().how.contains("refused_unattributed"));
         assert_eq!(seen(Cause::UnixMissing), Seen::No);
         assert_eq!(seen(Cause::UnixStale), Seen::No);
         assert_eq!(seen(Cause::NoResponse), Seen::Partly);

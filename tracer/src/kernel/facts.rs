@@ -238,6 +238,11 @@ pub fn tracepoint_config(
         }
         tracefs::read_format(tracefs, category, name)
     });
+    if config.send_reset.reason == FIELD_ABSENT {
+        if let Some(info) = infos.iter_mut().find(|i| i.available && i.category == "tcp" && i.name == "tcp_send_reset") {
+            info.notes.push("before 6.10 it does not fire for a reset sent from no socket: it proves no dead listener here".into());
+        }
+    }
     if config.kfree_skb.location != FIELD_ABSENT {
         let sites = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms").and_then(|t| drop_sites(&t));
         use_drop_sites(&mut config, &mut infos, sites);
