@@ -627,22 +627,16 @@ format:
         assert_eq!(info(&infos, "kfree_skb").why_not.as_deref(), Some("skb:kfree_skb has no field `reason`"));
     }
 
-    const KFREE_SKB_5_10: &str = "name: kfree_skb
-ID: 1391
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:unsigned short protocol;\toffset:24;\tsize:2;\tsigned:0;
-";
+    /// 5.10's format: 6.18's without `rx_sk` and `reason`, so `protocol` moves up to 24.
+    fn kfree_skb_5_10() -> String {
+        let lines = KFREE_SKB_6_18.lines().filter(|l| !l.contains("rx_sk") && !l.contains("reason"));
+        lines.map(|l| format!("{}\n", l.replace("offset:32", "offset:24"))).collect()
+    }
 
     #[test]
     fn kfree_skb_before_5_17_reads_the_drop_location() {
-        let texts = HashMap::from([("skb:kfree_skb", KFREE_SKB_5_10)]);
+        let format = kfree_skb_5_10();
+        let texts = HashMap::from([("skb:kfree_skb", format.as_str())]);
         let (mut config, mut infos) = config_from(&texts);
         let k = config.kfree_skb;
         assert_eq!((k.skbaddr, k.location, k.protocol, k.reason), (8, 16, 24, FIELD_ABSENT));

@@ -192,6 +192,11 @@ macro_rules! addr_ports {
     };
 }
 
+/// kfree_skb's packet: the skb and its ethertype, in every layout.
+fn skb_packet() -> Vec<FieldSpec> {
+    vec![req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr), req("protocol", U16, |c| &mut c.kfree_skb.protocol)]
+}
+
 fn with(mut head: Vec<FieldSpec>, tail: Vec<FieldSpec>) -> Vec<FieldSpec> {
     head.extend(tail);
     head
@@ -423,23 +428,12 @@ fn build() -> Vec<HookSpec> {
             &[DeadListener, FirewallDrop, FirewallReject],
             "packets dropped with a reason: NO_SOCKET (dead_listener), NETFILTER_DROP (firewall_drop, firewall_reject), TCP_LISTEN_OVERFLOW (backlog_full); before 5.17, by the function that dropped them: nf_hook_slow (firewall_drop, firewall_reject), tcp_v4_rcv/tcp_v6_rcv (dead_listener)",
             vec![
-                Layout {
-                    label: "drop reasons",
-                    fields: vec![
-                        req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr),
-                        req("protocol", U16, |c| &mut c.kfree_skb.protocol),
-                        req("reason", INT, |c| &mut c.kfree_skb.reason),
-                    ],
-                },
+                Layout { label: "drop reasons", fields: with(skb_packet(), vec![req("reason", INT, |c| &mut c.kfree_skb.reason)]) },
                 // Before 5.17: no reason, the caller's address instead, matched against the
                 // drop sites start-up resolves through /proc/kallsyms (facts::drop_sites).
                 Layout {
                     label: DROP_SITE_LAYOUT,
-                    fields: vec![
-                        req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr),
-                        req("protocol", U16, |c| &mut c.kfree_skb.protocol),
-                        req("location", PTR, |c| &mut c.kfree_skb.location),
-                    ],
+                    fields: with(skb_packet(), vec![req("location", PTR, |c| &mut c.kfree_skb.location)]),
                 },
             ],
         ),
