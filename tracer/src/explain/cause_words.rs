@@ -179,18 +179,17 @@ impl Cause {
             }
             Cause::FirewallDrop => format!(
                 "A netfilter rule on this host dropped the packets of {attempts} to {target} \
-                 ({} NETFILTER_DROP drops): the SYN was never answered, so the connection waited and \
+                 ({} netfilter drops): the SYN was never answered, so the connection waited and \
                  timed out.",
                 w.netfilter_drops
             ),
             Cause::FirewallReject => {
                 let how = match (w.rejected_by_reset, w.rejected_by_icmp) {
-                    (r, 0) if r > 0 => "netfilter answered with a TCP reset (the packet was dropped \
-                                        with NETFILTER_DROP and no socket-less reset came from the \
-                                        TCP stack)"
+                    (r, 0) if r > 0 => "netfilter answered with a TCP reset (netfilter dropped the \
+                                        packet, and no socket-less reset came from the TCP stack)"
                         .to_string(),
-                    (0, _) => "netfilter answered with an ICMP unreachable error (NETFILTER_DROP \
-                               drop and icmp_send on this host)"
+                    (0, _) => "netfilter answered with an ICMP unreachable error (a netfilter \
+                               drop, then the ICMP error)"
                         .to_string(),
                     (r, i) => format!("netfilter answered {r} with a TCP reset and {i} with an ICMP unreachable error"),
                 };
