@@ -156,9 +156,13 @@ impl Cause {
             | Cause::UpstreamTimeout => super::after_words::detail(self, w),
             Cause::DeadListener => format!(
                 "This host's kernel answered {attempts} to {target} with a TCP reset because no socket \
-                 listened on that port (tcp_send_reset from no socket{}), so connect() failed with \
-                 ECONNREFUSED.",
-                if w.resets_sent > 0 { format!(", {} sent", w.resets_sent) } else { String::new() }
+                 listened on that port ({}), so connect() failed with ECONNREFUSED.",
+                // Kernels before 6.10 trace no reset from no socket: there the SYN's drop shows it.
+                if w.resets_sent > 0 {
+                    format!("tcp_send_reset from no socket, {} sent", w.resets_sent)
+                } else {
+                    "its stack found no socket for the SYN and dropped it".to_string()
+                }
             ),
             Cause::BacklogFull => {
                 let queue = match w.queue {
