@@ -176,7 +176,8 @@ pub struct Flow {
 pub struct TcpEvent {
     pub header: EventHeader,
     pub flow: Flow,
-    /// Raw kernel value: skb_drop_reason for `SkbDropped`, sk_rst_reason for
+    /// Raw kernel value: skb_drop_reason for `SkbDropped` (or `DROP_SITE_FLAG | site` on
+    /// kernels without drop reasons), sk_rst_reason for
     /// `TcpRstSentNoSocket` (when the tracepoint has it), type<<8|code for `IcmpSent`.
     pub reason: u32,
     /// `sk->sk_err` when a SYN_SENT attempt closed (positive errno, 0 = closed by its owner).
@@ -275,14 +276,36 @@ impl TpSockFields {
     };
 }
 
-/// `skb:kfree_skb` fields.
+/// `skb:kfree_skb` fields. A kernel has `reason` (5.17 and later) or, before, only
+/// `location`: the return address into the function that dropped the skb, which the program
+/// compares with the `DropSites` ranges.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpKfreeSkbFields {
     pub skbaddr: u32,
     pub protocol: u32,
     pub reason: u32,
-    pub _pad: u32,
+    pub location: u32,
+}
+
+/// The kernel functions whose drops explain a refused or unanswered connect on kernels
+/// without drop reasons (before 5.17), indexed like `DropSites.ranges`: a netfilter verdict
+/// (`nf_hook_slow` frees what a rule dropped or rejected) and the TCP receive paths (a SYN
+/// they free was answered with a reset from no socket, or discarded).
+pub const DROP_SITE_FUNCTIONS: [&str; 3] = ["nf_hook_slow", "tcp_v4_rcv", "tcp_v6_rcv"];
+
+/// `TcpEvent.reason` of an `SkbDropped` found by its drop site instead of a drop reason:
+/// this bit or'ed with the index into `DROP_SITE_FUNCTIONS` (drop reasons are small enum
+/// values, far below it).
+pub const DROP_SITE_FLAG: u32 = 1 << 31;
+
+/// Address ranges `[start, end)` of the `DROP_SITE_FUNCTIONS` in the running kernel, from
+/// /proc/kallsyms at start-up (a function ends where the next symbol starts); `[0, 0]` for a
+/// function not found. All zero on kernels with drop reasons.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSites {
+    pub ranges: [[u64; 2]; DROP_SITE_FUNCTIONS.len()],
 }
 
 /// `syscalls:sys_enter_connect` / `sys_enter_bind` (fd, address, length) and the `ret` of the
@@ -372,6 +395,8 @@ pub struct Config {
     pub conn: ConnConfig,
     /// The socket's own members, for the raw tracepoint on inet_sock_set_state. Appended.
     pub sock: SockFields,
+    /// Where `skb:kfree_skb` drops come from on kernels without drop reasons. Appended.
+    pub drop_sites: DropSites,
 }
 
 /// `struct sock` members (from BTF) that the raw tracepoint on inet_sock_set_state reads
@@ -721,8 +746,9 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 568);
+const _: () = assert!(core::mem::size_of::<Config>() == 616);
 const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
+const _: () = assert!(core::mem::size_of::<DropSites>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 248);
 const _: () = assert!(core::mem::size_of::<SignalMemo>() == 48);

@@ -149,7 +149,8 @@ impl Trace {
         let plan = capture::fhooks::FnHookPlan { choice: backend_choice(&args)?, functions: &facts.functions, kprobes: &facts.kprobes };
         let mut capture = Capture::start(&facts.config, &available, args.debug_kernel, &plan)?;
         let clock = wall_clock();
-        let mut engine = Engine::new(EngineOptions::default());
+        let mut engine =
+            Engine::new(EngineOptions { local_refusals_unseen: !facts.local_refusals_visible(), ..EngineOptions::default() });
         let mut feed = Feed::new(Enricher::new());
         let (owners, paths) = feed.snapshot_listeners(&mut engine);
         capture.watch_listeners(&owners, &paths);
