@@ -31,6 +31,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The program on sock:inet_sock_set_state (classic; `tracer_set_state_raw` is its raw twin).
 const SET_STATE: &str = "tracer_set_state";
+const SET_STATE_HOOK: &str = "sock:inet_sock_set_state";
 
 /// How tracer reaches the kernel: tracepoints only, or function hooks (fentry/fexit, else
 /// kprobe/kretprobe) where they load, per function, and the tracepoints for everything else.
@@ -74,6 +75,9 @@ pub struct Capture {
     pub accept_waits: Option<fhooks::AcceptWaits>,
     /// Tracepoints left out at start until needed: (program, category, name).
     deferred: Vec<(&'static str, &'static str, &'static str)>,
+    /// sock:inet_sock_set_state is served by its raw tracepoint (the hook keeps its name in
+    /// the summary and the metrics; `--verbose` shows `raw_tp:`).
+    set_state_raw: bool,
     _ebpf: Ebpf,
 }
 
@@ -172,11 +176,7 @@ impl Capture {
                     bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", tp.full_name());
                 }
             }
-            let hook = match tp.program == SET_STATE && set_state_raw {
-                true => format!("raw_tp:{}", tp.full_name()),
-                false => tp.full_name(),
-            };
-            hooks.push(HookState { hook, active: why_not.is_none(), why_not });
+            hooks.push(HookState { hook: tp.full_name(), active: why_not.is_none(), why_not });
         }
 
         if fold_no_socket && !hooks.iter().any(|h| h.active && h.hook == "tcp:tcp_send_reset") {
@@ -189,7 +189,7 @@ impl Capture {
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, _ebpf: ebpf })
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, set_state_raw, _ebpf: ebpf })
     }
 
     /// Attaches the tracepoints left out at start until something needs them (the Unix
@@ -248,7 +248,15 @@ impl Capture {
     /// The full list (`--verbose`): `backend=B hooks=a,b,c inactive=x (why); y (why)`. (The VM
     /// tests read which hook served each function from the JSON summary's `hooks`.)
     pub fn describe_hooks(&self) -> String {
-        let active: Vec<&str> = self.hooks.iter().filter(|h| h.active).map(|h| h.hook.as_str()).collect();
+        let active: Vec<String> = self
+            .hooks
+            .iter()
+            .filter(|h| h.active)
+            .map(|h| match self.set_state_raw && h.hook == SET_STATE_HOOK {
+                true => format!("raw_tp:{}", h.hook),
+                false => h.hook.clone(),
+            })
+            .collect();
         let inactive: Vec<String> = self
             .hooks
             .iter()
@@ -417,7 +425,7 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<
 /// `tcp:tcp_send_reset` (a tracepoint, named by its category).
 fn hook_kind(hook: &str) -> &str {
     match hook.split_once(':') {
-        Some((kind, _)) if kind.starts_with("fentry") || kind.starts_with("fexit") || kind.starts_with("kprobe") || kind.starts_with("kretprobe") || kind == "raw_tp" => kind,
+        Some((kind, _)) if kind.starts_with("fentry") || kind.starts_with("fexit") || kind.starts_with("kprobe") || kind.starts_with("kretprobe") => kind,
         _ => "tracepoint",
     }
 }
