@@ -5,6 +5,7 @@
 pub mod addrs;
 pub mod after_connect;
 pub mod cgroup;
+pub mod firewall;
 pub mod conntrack;
 pub mod nat;
 pub mod netns;

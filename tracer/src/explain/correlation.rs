@@ -10,6 +10,7 @@ use crate::event::{Event, EventBody, FlowAddr, Target};
 use super::attempt::{drop_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
 use super::conclusion::ConcludeWhy;
 use super::engine::Engine;
+use super::output::RuleFacts;
 
 /// An ICMP error this host sent; matched to an attempt by addresses, and by ports when the
 /// kernel could read them from the offending packet (0 when unknown).
@@ -130,6 +131,10 @@ impl Engine {
             }
             EventBody::SkbDropped { flow: Some(flow), reason } => {
                 (*flow, FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) })
+            }
+            EventBody::FirewallRule { flow, rules, certain, enter_pid } => {
+                let facts = RuleFacts { netns: ev.netns, rules: rules.clone(), certain: *certain, enter_pid: *enter_pid };
+                (*flow, FlowEvidenceKind::RuleNamed(facts))
             }
             EventBody::TcpListenOverflow { flow: Some(flow), queue, listener, .. } => {
                 (*flow, FlowEvidenceKind::SynOverflow { queue: *queue, listener: listener.clone() })

@@ -137,6 +137,22 @@ pub struct Finding {
     /// The real backend behind the target when the connection was address-translated (DNAT:
     /// a Kubernetes Service, a published port); None without NAT.
     pub backend: Option<std::net::SocketAddr>,
+    /// firewall_drop / firewall_reject: the netfilter rule that dropped or rejected the
+    /// packets (or the candidates), read from the ruleset of the namespace of the drop.
+    pub rule: Option<RuleFacts>,
+}
+
+/// The netfilter rule of a firewall finding, as enrich named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleFacts {
+    /// The namespace whose ruleset holds it (where the packet was dropped).
+    pub netns: u32,
+    /// The rule first; more than one only when they are candidates.
+    pub rules: Vec<crate::event::NamedRule>,
+    /// One rule, surely; false: candidates, none of them certain.
+    pub certain: bool,
+    /// A process in `netns` to enter it by, None when it is tracer's own namespace.
+    pub enter_pid: Option<u32>,
 }
 
 /// How an upstream process died (upstream_killed).

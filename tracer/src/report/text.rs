@@ -507,11 +507,24 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
     }
     write_after_connect(w, f, places)?;
     field(w, "proof:", &counters_phrase(&f.evidence))?;
+    write_rules(w, f)?;
     if let Some(h) = &f.hint {
         field(w, "hint:", h)?;
     }
     field(w, "why:", &f.detail)?;
     field(w, "fix:", &f.fix)
+}
+
+/// A firewall finding's rule, one line each: `rule: inet filter output (handle 4): tcp dport
+/// 8000 counter drop`; candidates say so.
+fn write_rules(w: &mut impl Write, f: &Finding) -> io::Result<()> {
+    let Some(facts) = &f.rule else { return Ok(()) };
+    let netns = if facts.enter_pid.is_some() { format!("  [netns {}]", facts.netns) } else { String::new() };
+    for r in &facts.rules {
+        let label = if facts.certain { "rule:" } else { "rule (candidate):" };
+        field(w, label, &format!("{}{netns}", crate::explain::rule_line(r)))?;
+    }
+    Ok(())
 }
 
 /// The after-connect facts (and ports_exhausted's): the upstream process, how it died, the
@@ -757,6 +770,7 @@ mod tests {
             connection: None,
             ports: None,
             backend: None,
+            rule: None,
         }
     }
 
