@@ -27,7 +27,7 @@ pub struct Packet {
     pub daddr: IpAddr,
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags names the packet carries (`syn`; `syn`, `ack` for a SYN-ACK).
+    /// TCP flags names the packet carries (`syn`; `syn`, `ack` for a SYN-ACK); empty: unknown.
     pub tcp_flags: Vec<&'static str>,
     /// The hooks it crosses in this namespace, in path order (`output`, `postrouting` for a
     /// packet sent from here; `prerouting`, `input` for one received).
@@ -187,6 +187,11 @@ impl Ruleset {
                 c.hook.is_some() && matches!(name.as_str(), "INPUT" | "OUTPUT" | "FORWARD" | "PREROUTING" | "POSTROUTING")
             });
         xt || builtin
+    }
+
+    /// Whether any table of `family` looks made by iptables-nft.
+    pub fn has_iptables_tables(&self, family: &str) -> bool {
+        self.tables.keys().any(|(f, t)| f == family && self.is_iptables_table(f, t))
     }
 
     /// The rules that dropped or rejected `packet`, or may have.
@@ -472,6 +477,7 @@ impl Walk<'_> {
                 ("ip", "protocol") | ("ip6", "nexthdr") => Known::Name("tcp".into(), 6),
                 ("tcp" | "th", "sport") => Known::Number(u64::from(p.sport)),
                 ("tcp" | "th", "dport") => Known::Number(u64::from(p.dport)),
+                ("tcp", "flags") if p.tcp_flags.is_empty() => Known::Unknown,
                 ("tcp", "flags") => Known::Flags(p.tcp_flags.clone()),
                 ("udp" | "sctp" | "dccp" | "icmp" | "icmpv6" | "udplite" | "esp" | "ah" | "comp", _) => Known::Absent,
                 _ => Known::Unknown,

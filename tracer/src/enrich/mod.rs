@@ -5,12 +5,14 @@
 pub mod addrs;
 pub mod after_connect;
 pub mod cgroup;
+pub mod drop_rule;
 pub mod firewall;
 pub mod conntrack;
 pub mod nat;
 pub mod netns;
 pub mod owners;
 pub mod rawnl;
+pub mod ruleset;
 pub mod sockdiag;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -89,6 +91,9 @@ pub struct Enricher {
     recent_translations: std::collections::VecDeque<(u32, FlowAddr, SocketAddr)>,
     /// Event time of the last /proc rescan for namespaces asked for by a NAT lookup.
     namespaces_rescanned_ns: Option<u64>,
+    /// Per namespace, the netfilter ruleset last read and a socket to ask its generation.
+    rulesets: HashMap<u32, drop_rule::ReadRuleset>,
+    nftables_sockets: HashMap<u32, NlSocket>,
 }
 
 impl Default for Enricher {
@@ -111,6 +116,8 @@ impl Enricher {
             conntrack_listeners: HashMap::new(),
             recent_translations: std::collections::VecDeque::new(),
             namespaces_rescanned_ns: None,
+            rulesets: HashMap::new(),
+            nftables_sockets: HashMap::new(),
         }
     }
 
@@ -343,6 +350,8 @@ impl Enricher {
         self.conntrack_sockets.retain(|netns, _| live.contains(netns));
         self.address_books.retain(|netns, _| live.contains(netns));
         self.conntrack_listeners.retain(|netns, _| live.contains(netns));
+        self.rulesets.retain(|netns, _| live.contains(netns));
+        self.nftables_sockets.retain(|netns, _| live.contains(netns));
     }
 
     /// The address book of every namespace now, as NetnsAddresses events (start-up).

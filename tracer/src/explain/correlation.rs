@@ -214,7 +214,9 @@ impl Engine {
             // attempt on the same ports (a closed SYN_SENT socket sends nothing more): it
             // waits for that one. Answers going to the client may still arrive late.
             let to_target = a.goes_to_target(&e.flow);
-            let after_close = a.close.is_some_and(|c| e.ts_ns > c.ts_ns());
+            // A named rule is measured after the drop it names, maybe after the close.
+            let named = matches!(e.kind, FlowEvidenceKind::RuleNamed(_));
+            let after_close = !named && a.close.is_some_and(|c| e.ts_ns > c.ts_ns());
             if !(to_target && after_close) {
                 a.apply_flow_evidence(&e);
                 return;
