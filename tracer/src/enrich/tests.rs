@@ -579,3 +579,67 @@ fn names_the_backend_a_dnat_rule_sent_a_refused_connection_to() {
     let backend = "10.232.0.2:8406".parse().unwrap();
     assert!(events.iter().any(|e| e.netns == a && e.body == EventBody::NatMapping { flow, backend }), "{events:?}");
 }
+
+/// Runs `nft` with `args` inside namespace `name` (the test's own set-up, not tracer's path).
+fn nft_in(name: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", name, "nft"];
+    all.extend_from_slice(args);
+    assert!(ip(&all), "nft {args:?} in {name}");
+}
+
+#[test]
+fn names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_again() {
+    if !is_root("names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_again") {
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() || !ruleset::trusted_program(ruleset::NFT) {
+        note!("skipped names_the_rule_of_a_drop...: no `ip` command or no root-owned {}", ruleset::NFT);
+        return;
+    }
+    const NAME: &str = "tracer-enrich-rule";
+    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
+    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
+    let mut guard = NetnsGuard { name: NAME, child: None };
+    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    let child = Command::new("ip").args(["netns", "exec", NAME, "sleep", "120"]).spawn().expect("spawn sleep");
+    let pid = child.id();
+    guard.child = Some(child);
+    let netns = (0..100)
+        .find_map(|_| {
+            let ns = netns_inode_of_pid(pid).filter(|ns| Some(*ns) != netns_inode_of_pid(std::process::id()));
+            if ns.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ns
+        })
+        .expect("sleep's netns");
+    nft_in(NAME, &["add", "table", "inet", "t"]);
+    nft_in(NAME, &["add", "chain", "inet", "t", "out", "{ type filter hook output priority 0; }"]);
+    nft_in(NAME, &["add", "rule", "inet", "t", "out", "tcp", "dport", "9000", "drop"]);
+    nft_in(NAME, &["add", "rule", "inet", "t", "out", "tcp", "dport", "8000", "counter", "drop"]);
+    nft_in(NAME, &["add", "rule", "inet", "t", "out", "tcp", "dport", "8000", "accept"]);
+
+    let mut enricher = Enricher::new();
+    let syn = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:8000".parse().unwrap() };
+    let s = 1_000_000_000;
+    let event = enricher.firewall_rule(netns, syn, true, 10 * s).expect("the rule");
+    assert_eq!(event.netns, netns);
+    let EventBody::FirewallRule { flow, rules, certain, enter_pid } = &event.body else { panic!("{event:?}") };
+    assert_eq!((*flow, *certain, *enter_pid), (syn, true, Some(pid)));
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let r = &rules[0];
+    assert_eq!((r.family.as_str(), r.table.as_str(), r.chain.as_str(), r.hook.as_str()), ("inet", "t", "out", "output"));
+    assert_eq!(r.text, "tcp dport 8000 counter drop");
+    let first_handle = r.handle;
+
+    // A reject inserted before it: a new generation, read again.
+    nft_in(NAME, &["insert", "rule", "inet", "t", "out", "tcp", "dport", "8000", "reject"]);
+    let event = enricher.firewall_rule(netns, syn, true, 12 * s).expect("the new rule");
+    let EventBody::FirewallRule { rules, .. } = &event.body else { panic!("{event:?}") };
+    assert_ne!(rules[0].handle, first_handle, "{rules:?}");
+    assert_eq!(rules[0].text, "tcp dport 8000 reject");
+    // Another port: nothing drops it.
+    let other = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:8001".parse().unwrap() };
+    assert!(enricher.firewall_rule(netns, other, true, 13 * s).is_none());
+    assert!(enricher.firewall_rule(1, syn, true, 14 * s).is_none(), "no namespace has inode 1");
+}
