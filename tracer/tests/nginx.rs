@@ -456,3 +456,8 @@ mod after_connect;
 /// Service address behind DNAT.
 #[path = "nginx/containers.rs"]
 mod containers;
+
+/// Issue 17: the firewall rule that dropped or rejected the connections, named by its handle
+/// (or its iptables line), in the namespace of the drop.
+#[path = "nginx/firewall.rs"]
+mod firewall;
