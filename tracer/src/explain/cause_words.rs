@@ -315,10 +315,10 @@ impl Cause {
             }
             Cause::FirewallDrop if w.rule.is_some_and(|r| !r.rules.is_empty()) => format!(
                 "{} Until then set a short `proxy_connect_timeout` (e.g. 5s) so requests fail fast instead of hanging.",
-                super::rule_words::fix(w.rule, &port).unwrap_or_default()
+                super::rule_words::fix(w.rule, &port, "drops").unwrap_or_default()
             ),
             Cause::FirewallReject if w.rule.is_some_and(|r| !r.rules.is_empty()) => {
-                super::rule_words::fix(w.rule, &port).unwrap_or_default()
+                super::rule_words::fix(w.rule, &port, "rejects").unwrap_or_default()
             }
             Cause::FirewallDrop => format!(
                 "A netfilter rule on this host silently drops packets to the upstream: list the rules \

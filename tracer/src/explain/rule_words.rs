@@ -59,13 +59,14 @@ fn place(facts: &RuleFacts) -> String {
     }
 }
 
-/// The first part of a firewall finding's fix when a rule was named; None without one.
-pub fn fix(facts: Option<&RuleFacts>, port: &str) -> Option<String> {
+/// The first part of a firewall finding's fix when a rule was named (`verb`: `drops` or
+/// `rejects`, the finding's cause); None without one.
+pub fn fix(facts: Option<&RuleFacts>, port: &str, verb: &str) -> Option<String> {
     let facts = facts?;
     let first = facts.rules.first()?;
     let what = if first.policy { "The policy of chain" } else { "The rule" };
-    let changes = "this changes the firewall: do it where the rules are managed (firewalld, Docker, \
-                   kube-proxy, /etc/nftables.conf), or they come back";
+    let changes = "this changes the firewall; make the change where the rules are managed, such as \
+                   firewalld, Docker, kube-proxy or /etc/nftables.conf, or it comes back";
     if facts.certain {
         let how = if first.policy {
             "Let the upstream's port through before the policy applies"
@@ -73,7 +74,7 @@ pub fn fix(facts: Option<&RuleFacts>, port: &str) -> Option<String> {
             "Remove it"
         };
         return Some(format!(
-            "{what} `{}` {} drops or rejects the packets to the upstream. {how} with `{}` ({changes}), \
+            "{what} `{}` {} {verb} the packets to the upstream. {how} with `{}` ({changes}), \
              or allow only Nginx's traffic through.",
             rule_line(first),
             place(facts),
@@ -82,8 +83,9 @@ pub fn fix(facts: Option<&RuleFacts>, port: &str) -> Option<String> {
     }
     let list: Vec<String> = facts.rules.iter().map(|r| format!("`{}`", rule_line(r))).collect();
     Some(format!(
-        "tracer cannot tell from the ruleset alone which rule {} dropped the packets (their matches depend \
-         on connection state, marks or rate limits); the candidates, in the order netfilter meets them: {}. \
+        "tracer cannot tell from the ruleset alone which rule {} {verb} the packets (some matches, such as \
+         connection state, marks, rate limits or iptables extensions, depend on more than the packet's \
+         addresses and ports); the candidates, in the order netfilter meets them: {}. \
          Watch their counters (`{}nft -a list ruleset`) while the failures happen, then remove the one \
          that matches, e.g. `{}` for the first ({changes}).",
         place(facts),
@@ -115,11 +117,11 @@ mod tests {
     fn a_certain_rule_is_named_with_its_deletion() {
         let facts = RuleFacts { netns: 4026531840, rules: vec![rule(4, "tcp dport 8000 counter drop")], certain: true, enter_pid: None };
         assert_eq!(rule_line(&facts.rules[0]), "inet filter output (handle 4): tcp dport 8000 counter drop");
-        let fix = super::fix(Some(&facts), "8000").unwrap();
+        let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("`sudo nft delete rule inet filter output handle 4`"), "{fix}");
         assert!(fix.contains("changes the firewall"), "{fix}");
         let other = RuleFacts { enter_pid: Some(77), netns: 5, ..facts };
-        let fix = super::fix(Some(&other), "8000").unwrap();
+        let fix = super::fix(Some(&other), "8000", "drops").unwrap();
         assert!(fix.contains("`sudo nsenter --net=/proc/77/ns/net nft delete rule inet filter output handle 4`"), "{fix}");
         assert!(fix.contains("network namespace 5"), "{fix}");
     }
@@ -132,22 +134,22 @@ mod tests {
         let spec = "-A APP -p tcp -m tcp --dport 8000 -m comment --comment \"block app\" -j REJECT --reject-with tcp-reset";
         ipt.iptables = Some(IptablesRule { table: "filter".into(), chain: "APP".into(), spec: spec.into() });
         let facts = RuleFacts { netns: 1, rules: vec![ipt.clone()], certain: true, enter_pid: None };
-        let fix = super::fix(Some(&facts), "8000").unwrap();
+        let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("`sudo iptables -t filter -D APP -p tcp -m tcp --dport 8000 -m comment --comment \"block app\" -j REJECT --reject-with tcp-reset`"), "{fix}");
         assert!(rule_line(&ipt).contains("[iptables -t filter -A APP"), "{}", rule_line(&ipt));
 
         let mut policy = rule(1, "policy drop");
         policy.policy = true;
         let facts = RuleFacts { netns: 1, rules: vec![policy.clone()], certain: true, enter_pid: None };
-        let fix = super::fix(Some(&facts), "8000").unwrap();
+        let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.starts_with("The policy of chain"), "{fix}");
         assert!(fix.contains("`sudo nft insert rule inet filter output tcp dport 8000 accept`"), "{fix}");
 
         let facts = RuleFacts { netns: 1, rules: vec![rule(12, "ct state new tcp dport 8000 drop"), rule(13, "tcp dport 8000 drop")], certain: false, enter_pid: None };
-        let fix = super::fix(Some(&facts), "8000").unwrap();
+        let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("cannot tell") && fix.contains("candidates"), "{fix}");
         assert!(fix.contains("(handle 12)") && fix.contains("(handle 13)"), "{fix}");
-        assert!(super::fix(None, "8000").is_none());
+        assert!(super::fix(None, "8000", "drops").is_none());
     }
 
     #[test]
@@ -155,7 +157,7 @@ mod tests {
         let mut odd = rule(3, "drop");
         odd.chain = "a b;rm".into();
         let facts = RuleFacts { netns: 1, rules: vec![odd], certain: true, enter_pid: None };
-        let fix = super::fix(Some(&facts), "8000").unwrap();
+        let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("nft delete rule inet filter 'a b;rm' handle 3"), "{fix}");
     }
 }
