@@ -302,9 +302,17 @@ pub enum EventBody {
     /// Measured by tracer (the ruleset of `netns`, the namespace where a packet of `flow` was
     /// dropped with NETFILTER_DROP; `flow` in the packet's direction): the netfilter rules that
     /// dropped or rejected it. `certain`: exactly one rule could have and its match is sure;
-    /// otherwise they are candidates. `enter_pid`: a process in `netns` to reach it by
-    /// (`nsenter --net=/proc/PID/ns/net`), None when it is tracer's own namespace.
-    FirewallRule { flow: FlowAddr, rules: Vec<NamedRule>, certain: bool, enter_pid: Option<u32> },
+    /// otherwise they are candidates. How to reach `netns` (both None: tracer's own): its
+    /// `ip netns` name (then `enter_pid` is None), else `enter_pid`, a process in it
+    /// (`nsenter --net=/proc/PID/ns/net`).
+    FirewallRule {
+        flow: FlowAddr,
+        rules: Vec<NamedRule>,
+        certain: bool,
+        enter_pid: Option<u32>,
+        #[serde(default)]
+        netns_name: Option<String>,
+    },
 }
 
 /// A netfilter rule (or a base chain's policy) as tracer names it.

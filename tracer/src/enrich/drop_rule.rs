@@ -74,8 +74,11 @@ impl Enricher {
             return None;
         }
         let rules = found.rules.iter().map(|r| read.named(r)).collect();
-        let enter_pid = if Some(netns) == self.own_netns { None } else { self.namespaces.pid(netns) };
-        let body = EventBody::FirewallRule { flow: packet, rules, certain: found.certain, enter_pid };
+        let own = Some(netns) == self.own_netns;
+        let netns_name = self.namespaces.name(netns).filter(|_| !own).map(str::to_string);
+        // A name outlives any process in the namespace: preferred.
+        let enter_pid = if own || netns_name.is_some() { None } else { self.namespaces.pid(netns) };
+        let body = EventBody::FirewallRule { flow: packet, rules, certain: found.certain, enter_pid, netns_name };
         Some(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body })
     }
 
@@ -135,7 +138,7 @@ impl Enricher {
             }
         }
         let own = Some(netns) == self.own_netns;
-        let handle = if own { None } else { Some(self.namespaces.handle(netns)?) };
+        let handle = if own { None } else { Some(self.namespaces.handle_or_named(netns)?) };
         let json = match ruleset::run_in_netns(handle, NFT, &["-j", "list", "ruleset"]) {
             Ok(json) => json,
             Err(e) => {

@@ -624,8 +624,8 @@ fn names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_aga
     let s = 1_000_000_000;
     let event = enricher.firewall_rule(netns, syn, true, 10 * s).expect("the rule");
     assert_eq!(event.netns, netns);
-    let EventBody::FirewallRule { flow, rules, certain, enter_pid } = &event.body else { panic!("{event:?}") };
-    assert_eq!((*flow, *certain, *enter_pid), (syn, true, Some(pid)));
+    let EventBody::FirewallRule { flow, rules, certain, enter_pid, netns_name } = &event.body else { panic!("{event:?}") };
+    assert_eq!((*flow, *certain, *enter_pid, netns_name.as_deref()), (syn, true, None, Some(NAME)), "by its name, not pid {pid}");
     assert_eq!(rules.len(), 1, "{rules:?}");
     let r = &rules[0];
     assert_eq!((r.family.as_str(), r.table.as_str(), r.chain.as_str(), r.hook.as_str()), ("inet", "t", "out", "output"));
@@ -642,4 +642,15 @@ fn names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_aga
     let other = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:8001".parse().unwrap() };
     assert!(enricher.firewall_rule(netns, other, true, 13 * s).is_none());
     assert!(enricher.firewall_rule(1, syn, true, 14 * s).is_none(), "no namespace has inode 1");
+
+    // No process left in it: still reached by its `ip netns` name.
+    if let Some(mut child) = guard.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    nft_in(NAME, &["insert", "rule", "inet", "t", "out", "tcp", "dport", "8000", "counter", "reject"]);
+    let event = enricher.firewall_rule(netns, syn, true, 16 * s).expect("the rule of a namespace without processes");
+    let EventBody::FirewallRule { rules, enter_pid, netns_name, .. } = &event.body else { panic!("{event:?}") };
+    assert_eq!(rules[0].text, "tcp dport 8000 counter reject");
+    assert_eq!((netns_name.as_deref(), enter_pid.is_none()), (Some(NAME), true), "{event:?}");
 }

@@ -132,8 +132,14 @@ impl Engine {
             EventBody::SkbDropped { flow: Some(flow), reason } => {
                 (*flow, FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) })
             }
-            EventBody::FirewallRule { flow, rules, certain, enter_pid } => {
-                let facts = RuleFacts { netns: ev.netns, rules: rules.clone(), certain: *certain, enter_pid: *enter_pid };
+            EventBody::FirewallRule { flow, rules, certain, enter_pid, netns_name } => {
+                let facts = RuleFacts {
+                    netns: ev.netns,
+                    rules: rules.clone(),
+                    certain: *certain,
+                    enter_pid: *enter_pid,
+                    netns_name: netns_name.clone(),
+                };
                 (*flow, FlowEvidenceKind::RuleNamed(facts))
             }
             EventBody::TcpListenOverflow { flow: Some(flow), queue, listener, .. } => {

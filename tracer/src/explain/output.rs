@@ -151,8 +151,9 @@ pub struct RuleFacts {
     pub rules: Vec<crate::event::NamedRule>,
     /// One rule, surely; false: candidates, none of them certain.
     pub certain: bool,
-    /// A process in `netns` to enter it by, None when it is tracer's own namespace.
+    /// How to reach `netns` (both None: tracer's own): its `ip netns` name, else a process in it.
     pub enter_pid: Option<u32>,
+    pub netns_name: Option<String>,
 }
 
 /// How an upstream process died (upstream_killed).

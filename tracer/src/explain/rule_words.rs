@@ -18,9 +18,10 @@ pub fn rule_line(r: &NamedRule) -> String {
 
 /// The command prefix that runs in the namespace of the rule.
 fn enter(facts: &RuleFacts) -> String {
-    match facts.enter_pid {
-        Some(pid) => format!("sudo nsenter --net=/proc/{pid}/ns/net "),
-        None => "sudo ".to_string(),
+    match (&facts.netns_name, facts.enter_pid) {
+        (Some(name), _) => format!("sudo ip netns exec {} ", shell_word(name)),
+        (None, Some(pid)) => format!("sudo nsenter --net=/proc/{pid}/ns/net "),
+        (None, None) => "sudo ".to_string(),
     }
 }
 
@@ -53,9 +54,10 @@ fn removal(facts: &RuleFacts, r: &NamedRule, port: &str) -> String {
 
 /// Where the rule is, in words: `in this host's namespace` or `in network namespace N`.
 fn place(facts: &RuleFacts) -> String {
-    match facts.enter_pid {
-        Some(_) => format!("in network namespace {}", facts.netns),
-        None => "in tracer's network namespace".to_string(),
+    match (&facts.netns_name, facts.enter_pid) {
+        (Some(name), _) => format!("in network namespace {} (`ip netns` name {})", facts.netns, shell_word(name)),
+        (None, Some(_)) => format!("in network namespace {}", facts.netns),
+        (None, None) => "in tracer's network namespace".to_string(),
     }
 }
 
@@ -115,7 +117,7 @@ mod tests {
 
     #[test]
     fn a_certain_rule_is_named_with_its_deletion() {
-        let facts = RuleFacts { netns: 4026531840, rules: vec![rule(4, "tcp dport 8000 counter drop")], certain: true, enter_pid: None };
+        let facts = RuleFacts { netns: 4026531840, rules: vec![rule(4, "tcp dport 8000 counter drop")], certain: true, enter_pid: None, netns_name: None };
         assert_eq!(rule_line(&facts.rules[0]), "inet filter output (handle 4): tcp dport 8000 counter drop");
         let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("`sudo nft delete rule inet filter output handle 4`"), "{fix}");
@@ -124,6 +126,9 @@ mod tests {
         let fix = super::fix(Some(&other), "8000", "drops").unwrap();
         assert!(fix.contains("`sudo nsenter --net=/proc/77/ns/net nft delete rule inet filter output handle 4`"), "{fix}");
         assert!(fix.contains("network namespace 5"), "{fix}");
+        let named = RuleFacts { netns_name: Some("blue net".into()), ..other };
+        let fix = super::fix(Some(&named), "8000", "drops").unwrap();
+        assert!(fix.contains("`sudo ip netns exec 'blue net' nft delete rule inet filter output handle 4`"), "{fix}");
     }
 
     #[test]
@@ -133,19 +138,19 @@ mod tests {
         ipt.chain = "APP".into();
         let spec = "-A APP -p tcp -m tcp --dport 8000 -m comment --comment \"block app\" -j REJECT --reject-with tcp-reset";
         ipt.iptables = Some(IptablesRule { table: "filter".into(), chain: "APP".into(), spec: spec.into() });
-        let facts = RuleFacts { netns: 1, rules: vec![ipt.clone()], certain: true, enter_pid: None };
+        let facts = RuleFacts { netns: 1, rules: vec![ipt.clone()], certain: true, enter_pid: None, netns_name: None };
         let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("`sudo iptables -t filter -D APP -p tcp -m tcp --dport 8000 -m comment --comment \"block app\" -j REJECT --reject-with tcp-reset`"), "{fix}");
         assert!(rule_line(&ipt).contains("[iptables -t filter -A APP"), "{}", rule_line(&ipt));
 
         let mut policy = rule(1, "policy drop");
         policy.policy = true;
-        let facts = RuleFacts { netns: 1, rules: vec![policy.clone()], certain: true, enter_pid: None };
+        let facts = RuleFacts { netns: 1, rules: vec![policy.clone()], certain: true, enter_pid: None, netns_name: None };
         let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.starts_with("The policy of chain"), "{fix}");
         assert!(fix.contains("`sudo nft insert rule inet filter output tcp dport 8000 accept`"), "{fix}");
 
-        let facts = RuleFacts { netns: 1, rules: vec![rule(12, "ct state new tcp dport 8000 drop"), rule(13, "tcp dport 8000 drop")], certain: false, enter_pid: None };
+        let facts = RuleFacts { netns: 1, rules: vec![rule(12, "ct state new tcp dport 8000 drop"), rule(13, "tcp dport 8000 drop")], certain: false, enter_pid: None, netns_name: None };
         let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("cannot tell") && fix.contains("candidates"), "{fix}");
         assert!(fix.contains("(handle 12)") && fix.contains("(handle 13)"), "{fix}");
@@ -156,7 +161,7 @@ mod tests {
     fn outside_names_are_shell_words() {
         let mut odd = rule(3, "drop");
         odd.chain = "a b;rm".into();
-        let facts = RuleFacts { netns: 1, rules: vec![odd], certain: true, enter_pid: None };
+        let facts = RuleFacts { netns: 1, rules: vec![odd], certain: true, enter_pid: None, netns_name: None };
         let fix = super::fix(Some(&facts), "8000", "drops").unwrap();
         assert!(fix.contains("nft delete rule inet filter 'a b;rm' handle 3"), "{fix}");
     }

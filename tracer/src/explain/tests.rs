@@ -407,7 +407,7 @@ fn the_rule_named_for_a_drop_is_the_findings_and_its_fix_removes_it() {
         policy: false,
         iptables: None,
     };
-    let named = packet(2 * S + 1, EventBody::FirewallRule { flow: f1, rules: vec![rule.clone()], certain: true, enter_pid: None });
+    let named = packet(2 * S + 1, EventBody::FirewallRule { flow: f1, rules: vec![rule.clone()], certain: true, enter_pid: None, netns_name: None });
     events.insert(1, named);
     let (e, _) = run(&events);
     let f = only(&e);

@@ -519,7 +519,7 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
 /// 8000 counter drop`; candidates say so.
 fn write_rules(w: &mut impl Write, f: &Finding) -> io::Result<()> {
     let Some(facts) = &f.rule else { return Ok(()) };
-    let netns = if facts.enter_pid.is_some() { format!("  [netns {}]", facts.netns) } else { String::new() };
+    let netns = if facts.enter_pid.is_some() || facts.netns_name.is_some() { format!("  [netns {}]", facts.netns) } else { String::new() };
     for r in &facts.rules {
         let label = if facts.certain { "rule:" } else { "rule (candidate):" };
         field(w, label, &format!("{}{netns}", crate::explain::rule_line(r)))?;
