@@ -202,6 +202,17 @@ struct NetnsGuard {
     child: Option<Child>,
 }
 
+impl NetnsGuard {
+    /// A new namespace `name` with loopback up (a leftover of an earlier run deleted first).
+    fn fresh(name: &'static str) -> NetnsGuard {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        assert!(ip(&["netns", "add", name]), "ip netns add {name}");
+        let guard = NetnsGuard { name, child: None };
+        assert!(ip(&["netns", "exec", name, "ip", "link", "set", "lo", "up"]));
+        guard
+    }
+}
+
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -233,10 +244,7 @@ fn finds_listener_in_another_namespace() {
         return;
     };
     const NAME: &str = "tracer-enrich-test";
-    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
-    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
-    let mut guard = NetnsGuard { name: NAME, child: None };
-    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    let mut guard = NetnsGuard::fresh(NAME);
 
     // `ip netns exec` execs the command, so the child's pid is python's.
     let script = "import socket,time\n\
@@ -307,10 +315,7 @@ fn reads_the_port_range_from_inside_another_namespace() {
         return;
     };
     const NAME: &str = "tracer-enrich-ports";
-    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
-    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
-    let mut guard = NetnsGuard { name: NAME, child: None };
-    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    let mut guard = NetnsGuard::fresh(NAME);
     assert!(ip(&["netns", "exec", NAME, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 40003"]));
     // Two connections to its own listener: their local ports come from the 4-port range.
     let script = "import socket,time\n\
@@ -597,10 +602,7 @@ fn names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_aga
         return;
     }
     const NAME: &str = "tracer-enrich-rule";
-    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
-    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
-    let mut guard = NetnsGuard { name: NAME, child: None };
-    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    let mut guard = NetnsGuard::fresh(NAME);
     let child = Command::new("ip").args(["netns", "exec", NAME, "sleep", "120"]).spawn().expect("spawn sleep");
     let pid = child.id();
     guard.child = Some(child);
