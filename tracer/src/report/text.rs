@@ -516,13 +516,13 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
 }
 
 /// A firewall finding's rule, one line each: `rule: inet filter output (handle 4): tcp dport
-/// 8000 counter drop`; candidates say so.
+/// 8000 counter drop`; candidates say so (`rule: (candidate, not certain) ...`).
 fn write_rules(w: &mut impl Write, f: &Finding) -> io::Result<()> {
     let Some(facts) = &f.rule else { return Ok(()) };
     let netns = if facts.enter_pid.is_some() || facts.netns_name.is_some() { format!("  [netns {}]", facts.netns) } else { String::new() };
+    let candidate = if facts.certain { "" } else { "(candidate, not certain) " };
     for r in &facts.rules {
-        let label = if facts.certain { "rule:" } else { "rule (candidate):" };
-        field(w, label, &format!("{}{netns}", crate::explain::rule_line(r)))?;
+        field(w, "rule:", &format!("{candidate}{}{netns}", crate::explain::rule_line(r)))?;
     }
     Ok(())
 }
@@ -1183,6 +1183,38 @@ mod tests {
             held: [("TIME_WAIT".to_string(), 1), ("ESTABLISHED".to_string(), 3)].into_iter().collect(),
         });
         assert!(render(&[ports], &summary(0)).contains("ports:      range 40000-40000 (1 port); held: 3 ESTABLISHED, 1 TIME_WAIT\n"));
+    }
+
+    #[test]
+    fn the_firewall_rule_is_one_line_each_and_its_outside_text_is_escaped() {
+        let rule = |handle: u64, text: &str| crate::event::NamedRule {
+            family: "inet".into(),
+            table: "filter".into(),
+            chain: "output".into(),
+            hook: "output".into(),
+            handle,
+            text: text.into(),
+            policy: false,
+            iptables: None,
+        };
+        let mut f = finding();
+        f.cause = Cause::FirewallDrop;
+        f.rule = Some(crate::explain::RuleFacts { netns: 1, rules: vec![rule(4, "tcp dport 8000 counter drop")], certain: true, enter_pid: None, netns_name: None });
+        let text = render(&[f.clone()], &summary(0));
+        assert!(text.contains("  rule:       inet filter output (handle 4): tcp dport 8000 counter drop\n"), "{text}");
+        let evil = "drop comment \"x\nFIREWALL DROP\x1b[2J\"";
+        f.rule = Some(crate::explain::RuleFacts {
+            netns: 9,
+            rules: vec![rule(5, evil), rule(6, "tcp dport 8000 drop")],
+            certain: false,
+            enter_pid: Some(77),
+            netns_name: None,
+        });
+        let text = render(&[f], &summary(0));
+        assert_no_raw_control(&text);
+        assert_eq!(text.lines().filter(|l| l.starts_with("FIREWALL DROP")).count(), 1, "the title only: {text}");
+        assert_eq!(text.matches("  rule:       (candidate, not certain) inet filter output").count(), 2, "{text}");
+        assert!(text.contains("(handle 6): tcp dport 8000 drop [netns 9]"), "{text}");
     }
 
     #[test]
