@@ -93,8 +93,13 @@ fn named_and_anonymous_sets_ranges_prefixes_and_verdict_maps() {
     // A range; a verdict map.
     assert_eq!(handles(&first("10.2.0.5", 8008)).first(), Some(&16));
     assert!(handles(&first("10.2.0.5", 8014)).contains(&24), "{:?}", first("10.2.0.5", 8014));
-    // An IPv6 rule never matches an IPv4 packet.
+    // An IPv6 rule never matches an IPv4 packet; an IPv6 packet meets it, and never the IPv4
+    // rules nor `table ip filter`'s policy.
     assert!(!handles(&first("10.2.0.5", 8006)).contains(&15));
+    let m = r.find(&syn_out("::1", "::1", 40000, 8006));
+    assert_eq!((handles(&m), m.certain), (vec![15], true), "{m:?}");
+    let m = r.find(&syn_out("::1", "::1", 40000, 7000));
+    assert!(m.rules.iter().all(|x| x.family == "inet" && x.handle != 7), "{m:?}");
     let texts = rule_texts(MANY_TEXT);
     assert_eq!(texts[&("inet".into(), "filter".into(), "output".into(), 8)], "tcp dport @blocked reject");
     assert_eq!(texts[&("inet".into(), "filter".into(), "output".into(), 22)], "tcp dport 8013 drop comment \"hello\"");

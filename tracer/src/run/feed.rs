@@ -264,3 +264,26 @@ fn lost_events(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unplaced_drops_are_taken_by_their_connection_once_and_forgotten_when_old() {
+        let flow = FlowAddr { src: "10.0.0.1:40000".parse().unwrap(), dst: "10.0.0.2:8000".parse().unwrap() };
+        let other = FlowAddr { src: "10.0.0.1:40001".parse().unwrap(), dst: "10.0.0.2:8000".parse().unwrap() };
+        let mut drops = UnplacedDrops::default();
+        drops.push(1, flow);
+        drops.push(2, flow);
+        drops.push(3, flow.reversed());
+        drops.push(4, other);
+        assert_eq!(drops.take(&flow, 10), [flow, flow.reversed()], "each packet direction once");
+        assert!(drops.take(&flow, 11).is_empty(), "taken");
+        assert!(drops.take(&other, 4 + UNPLACED_DROP_TTL_NS).is_empty(), "too old");
+        for i in 0..(MAX_UNPLACED_DROPS as u64 + 5) {
+            drops.push(i, other);
+        }
+        assert_eq!(drops.0.len(), MAX_UNPLACED_DROPS);
+    }
+}
