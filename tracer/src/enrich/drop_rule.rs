@@ -84,15 +84,20 @@ impl Enricher {
 
     /// The namespaces a packet dropped where the kernel did not say (no socket of its own) may
     /// have been dropped in, for a client in `client_netns`, in path order: the sender's, then
-    /// the receiver's.
-    pub fn drop_places(&self, client_netns: u32, packet: FlowAddr) -> Vec<u32> {
-        let mut places = Vec::new();
+    /// the receiver's (both surely on its path), then tracer's own, the host's, which forwards
+    /// between containers on a Docker bridge but may not be on the path at all (`false`: a
+    /// rule found there is only a candidate).
+    pub fn drop_places(&self, client_netns: u32, packet: FlowAddr) -> Vec<(u32, bool)> {
+        let mut places: Vec<(u32, bool)> = Vec::new();
         for ip in [packet.src.ip(), packet.dst.ip()] {
             if let Some(ns) = self.serving_netns(client_netns, ip) {
-                if !places.contains(&ns) {
-                    places.push(ns);
+                if !places.iter().any(|(p, _)| *p == ns) {
+                    places.push((ns, true));
                 }
             }
+        }
+        if let Some(own) = self.own_netns.filter(|own| !places.iter().any(|(p, _)| p == own)) {
+            places.push((own, false));
         }
         places
     }

@@ -214,14 +214,19 @@ fn absorb(
 /// A drop with its socket is the connecting socket's own SYN, in its namespace: asked at once.
 /// A drop without (a packet received, or on loopback) waits for an event of its connection
 /// (a SYN retransmit, the reset, the failure), whose client's namespace places its addresses:
-/// the sender's namespace is asked first, then the receiver's.
+/// the sender's namespace is asked first, then the receiver's, then the host's (`drop_places`).
 fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, lookups: &mut RuleLookups) {
-    let ask = |netns: u32, packet: FlowAddr, syn: bool, enricher: &mut Enricher, engine: &mut Engine, lookups: &mut RuleLookups| -> bool {
+    // `on_path`: the packet surely crossed the namespace; otherwise what is found there is only
+    // a candidate.
+    let ask = |netns: u32, packet: FlowAddr, syn: bool, on_path: bool, enricher: &mut Enricher, engine: &mut Engine, lookups: &mut RuleLookups| -> bool {
         if !lookups.budget.admit(netns, packet, ev.ts_ns) {
             return false;
         }
         match enricher.firewall_rule(netns, packet, syn, ev.ts_ns.saturating_add(1)) {
-            Some(named) => {
+            Some(mut named) => {
+                if let EventBody::FirewallRule { certain, .. } = &mut named.body {
+                    *certain &= on_path;
+                }
                 engine.push(&named);
                 true
             }
@@ -231,7 +236,7 @@ fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, 
     match &ev.body {
         EventBody::SkbDropped { flow: Some(packet), reason } if reason.trim_start_matches("SKB_DROP_REASON_") == "NETFILTER_DROP" => {
             if ev.netns != 0 {
-                ask(ev.netns, *packet, true, enricher, engine, lookups);
+                ask(ev.netns, *packet, true, true, enricher, engine, lookups);
             } else {
                 lookups.unplaced.push(ev.ts_ns, *packet);
             }
@@ -241,8 +246,8 @@ fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, 
         {
             for packet in lookups.unplaced.take(flow, ev.ts_ns) {
                 let places = enricher.drop_places(ev.netns, packet);
-                for netns in places {
-                    if ask(netns, packet, packet == *flow, enricher, engine, lookups) {
+                for (netns, on_path) in places {
+                    if ask(netns, packet, packet == *flow, on_path, enricher, engine, lookups) {
                         break;
                     }
                 }
