@@ -52,6 +52,8 @@ pub use engine::Engine;
 pub use evidence::{Evidence, EvidenceCounts};
 pub use output::{AttemptRecord, ConnectionFacts, Death, DeathHow, EngineOptions, Finding, Outcome, PortsFacts, ProcessRef, RuleFacts, Update};
 pub use rule_words::rule_line;
+#[cfg(test)]
+pub(crate) use rule_words::test_rule;
 pub use rules::{is_proxy_comm, Cause, PROXY_COMMS};
 pub use cause_words::unsafe_for_terminal;
 pub use words::duration;

@@ -97,23 +97,26 @@ pub fn fix(facts: Option<&RuleFacts>, port: &str, verb: &str) -> Option<String> 
     ))
 }
 
+/// A rule of `inet filter output` for tests.
+#[cfg(test)]
+pub(crate) fn test_rule(handle: u64, text: &str) -> NamedRule {
+    NamedRule {
+        family: "inet".into(),
+        table: "filter".into(),
+        chain: "output".into(),
+        hook: "output".into(),
+        handle,
+        text: text.into(),
+        policy: false,
+        iptables: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_rule as rule;
     use super::*;
     use crate::event::IptablesRule;
-
-    fn rule(handle: u64, text: &str) -> NamedRule {
-        NamedRule {
-            family: "inet".into(),
-            table: "filter".into(),
-            chain: "output".into(),
-            hook: "output".into(),
-            handle,
-            text: text.into(),
-            policy: false,
-            iptables: None,
-        }
-    }
 
     #[test]
     fn a_certain_rule_is_named_with_its_deletion() {

@@ -397,16 +397,7 @@ fn syn_retransmits_with_netfilter_drops_are_firewall_drop_even_with_a_listener()
 fn the_rule_named_for_a_drop_is_the_findings_and_its_fix_removes_it() {
     let f1 = flow("127.0.0.1:40001", "127.0.0.1:8002");
     let mut events = dropped_attempt(2 * S, 0x1, &nginx(812), f1, 2);
-    let rule = crate::event::NamedRule {
-        family: "inet".into(),
-        table: "filter".into(),
-        chain: "output".into(),
-        hook: "output".into(),
-        handle: 4,
-        text: "tcp dport 8002 counter drop".into(),
-        policy: false,
-        iptables: None,
-    };
+    let rule = test_rule(4, "tcp dport 8002 counter drop");
     let named = packet(2 * S + 1, EventBody::FirewallRule { flow: f1, rules: vec![rule.clone()], certain: true, enter_pid: None, netns_name: None });
     events.insert(1, named);
     let (e, _) = run(&events);

@@ -1187,16 +1187,7 @@ mod tests {
 
     #[test]
     fn the_firewall_rule_is_one_line_each_and_its_outside_text_is_escaped() {
-        let rule = |handle: u64, text: &str| crate::event::NamedRule {
-            family: "inet".into(),
-            table: "filter".into(),
-            chain: "output".into(),
-            hook: "output".into(),
-            handle,
-            text: text.into(),
-            policy: false,
-            iptables: None,
-        };
+        let rule = crate::explain::test_rule;
         let mut f = finding();
         f.cause = Cause::FirewallDrop;
         f.rule = Some(crate::explain::RuleFacts { netns: 1, rules: vec![rule(4, "tcp dport 8000 counter drop")], certain: true, enter_pid: None, netns_name: None });
