@@ -82,6 +82,31 @@ impl Enricher {
         Some(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body })
     }
 
+    /// `FirewallRule` from a drop the kernel traced (`--trace-rules`): that rule, certain.
+    pub fn traced_rule(&mut self, traced: &super::nftrace::TracedDrop, ts_ns: u64) -> Option<Event> {
+        let netns = traced.netns;
+        self.refresh_ruleset(netns, ts_ns);
+        let read = self.rulesets.get(&netns)?;
+        let (chain_handle, position) = read.ruleset.place_of(&traced.family, &traced.table, &traced.chain, traced.handle).unwrap_or((0, 0));
+        let hook = read.ruleset.hook_of(&traced.family, &traced.table, &traced.base_chain).unwrap_or("unknown").to_string();
+        let found = FoundRule {
+            family: traced.family.clone(),
+            table: traced.table.clone(),
+            chain: traced.chain.clone(),
+            hook,
+            handle: traced.handle.unwrap_or(chain_handle),
+            position,
+            policy: traced.handle.is_none(),
+            sure: true,
+        };
+        let rule = read.named(&found);
+        let own = Some(netns) == self.own_netns;
+        let netns_name = self.namespaces.name(netns).filter(|_| !own).map(str::to_string);
+        let enter_pid = if own || netns_name.is_some() { None } else { self.namespaces.pid(netns) };
+        let body = EventBody::FirewallRule { flow: traced.packet, rules: vec![rule], certain: true, enter_pid, netns_name };
+        Some(Event { ts_ns, netns, sock: 0, task: TaskInfo::default(), body })
+    }
+
     /// The namespaces a packet dropped where the kernel did not say (no socket of its own) may
     /// have been dropped in, for a client in `client_netns`, in path order: the sender's, then
     /// the receiver's (both surely on its path), then tracer's own, the host's, which forwards

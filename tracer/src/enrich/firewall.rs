@@ -189,6 +189,20 @@ impl Ruleset {
         xt || builtin
     }
 
+    /// The hook of a base chain (None: no such chain, or not a base chain).
+    pub fn hook_of(&self, family: &str, table: &str, chain: &str) -> Option<&str> {
+        self.chains.get(&(family.to_string(), table.to_string(), chain.to_string()))?.hook.as_deref()
+    }
+
+    /// A chain's handle, and the position of its rule `handle` (None: no such rule).
+    pub fn place_of(&self, family: &str, table: &str, chain: &str, handle: Option<u64>) -> Option<(u64, usize)> {
+        let c = self.chains.get(&(family.to_string(), table.to_string(), chain.to_string()))?;
+        match handle {
+            Some(h) => Some((c.handle, c.rules.iter().position(|(r, _)| *r == h)?)),
+            None => Some((c.handle, c.rules.len())),
+        }
+    }
+
     /// Whether any table of `family` looks made by iptables-nft.
     pub fn has_iptables_tables(&self, family: &str) -> bool {
         self.tables.keys().any(|(f, t)| f == family && self.is_iptables_table(f, t))

@@ -10,6 +10,7 @@ pub mod firewall;
 pub mod conntrack;
 pub mod nat;
 pub mod netns;
+pub mod nftrace;
 pub mod owners;
 pub mod rawnl;
 pub mod ruleset;
@@ -545,7 +546,7 @@ impl Enricher {
             let socket = if Some(netns) == own_netns {
                 NlSocket::new_here(protocol, timeout)
             } else {
-                NlSocket::new_in(namespaces.handle(netns)?, protocol, timeout)
+                NlSocket::new_in(namespaces.handle_or_named(netns)?, protocol, timeout)
             };
             match socket {
                 Ok(s) => {

@@ -157,6 +157,14 @@ impl NetnsRegistry {
         }
     }
 
+    /// Every namespace known, with processes or only named by `ip netns`, ascending.
+    pub fn all_inodes(&self) -> Vec<u32> {
+        let mut inodes: Vec<u32> = self.entries.keys().chain(self.named.keys()).copied().collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        inodes
+    }
+
     /// The `ip netns` name of namespace `inode`, when it has one.
     pub fn name(&self, inode: u32) -> Option<&str> {
         self.named.get(&inode).map(|n| n.name.as_str())

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use crate::capture::Capture;
 use crate::enrich::after_connect::{measurement_for, MeasurementBudget};
 use crate::enrich::nat::{nat_candidate, NatBudget};
+use crate::enrich::nftrace::RuleTracing;
 use crate::enrich::{self, Enricher};
 use crate::event::{Event, EventBody, FlowAddr, KindCounts, Target};
 use crate::explain::Engine;
@@ -51,6 +52,8 @@ struct RuleLookups {
     /// Each (netns, packet flow) once, capped per second (the NAT lookups' budget).
     budget: NatBudget,
     unplaced: UnplacedDrops,
+    /// `--trace-rules`: the kernel's own trace of the drops (its table goes with it).
+    tracing: Option<RuleTracing>,
 }
 
 /// The userspace side of the event stream and what it remembers between batches.
@@ -125,6 +128,11 @@ impl Feed {
         for ev in capture.accept_waits.as_ref().map(|a| a.events(now)).unwrap_or_default() {
             engine.push(&ev);
         }
+    }
+
+    /// `--trace-rules`: nftables tracing on in every namespace, until the feed is dropped.
+    pub fn trace_rules(&mut self, ports: &[u16], only: Option<u32>) {
+        self.rule_lookups.tracing = Some(self.enricher.start_rule_tracing(ports, only));
     }
 
     pub fn absorb(&mut self, batch: &mut Vec<Event>, engine: &mut Engine) {
@@ -235,6 +243,19 @@ fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, 
     };
     match &ev.body {
         EventBody::SkbDropped { flow: Some(packet), reason } if reason.trim_start_matches("SKB_DROP_REASON_") == "NETFILTER_DROP" => {
+            // Traced by the kernel (`--trace-rules`): the rule itself, in the namespace it
+            // says, whatever the ruleset alone could tell.
+            if let Some(tracing) = lookups.tracing.as_mut() {
+                tracing.read();
+                if let Some(traced) = tracing.drop_of(packet).cloned() {
+                    if lookups.budget.admit(traced.netns, *packet, ev.ts_ns) {
+                        if let Some(named) = enricher.traced_rule(&traced, ev.ts_ns.saturating_add(1)) {
+                            engine.push(&named);
+                        }
+                    }
+                    return;
+                }
+            }
             if ev.netns != 0 {
                 ask(ev.netns, *packet, true, true, enricher, engine, lookups);
             } else {

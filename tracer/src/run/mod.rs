@@ -149,6 +149,12 @@ impl Trace {
         let clock = wall_clock();
         let mut engine = Engine::new(EngineOptions::default());
         let mut feed = Feed::new(Enricher::new());
+        // A table a killed tracer left (`--trace-rules`) goes first, whatever this run does.
+        feed.enricher.remove_leftover_trace_tables();
+        if args.trace_rules {
+            feed.trace_rules(&args.ports, args.netns);
+            note!("tracer: --trace-rules: table inet {} added to the namespaces' rulesets until tracer ends", crate::enrich::nftrace::TRACE_TABLE);
+        }
         let (owners, paths) = feed.snapshot_listeners(&mut engine);
         capture.watch_listeners(&owners, &paths);
         let operator_args =

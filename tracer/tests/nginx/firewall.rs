@@ -177,3 +177,84 @@ fn an_undecidable_rule_gives_candidates_not_certainty() {
     assert!(f.rule_candidates.iter().all(|c| !c.certain));
     assert!(f.fix.contains("cannot tell") && f.fix.contains("candidates"), "{}", f.fix);
 }
+
+/// Whether tracer's `--trace-rules` table is in the namespace's ruleset.
+fn has_trace_table(ns: &Netns) -> bool {
+    ns.exec("nft", &["list", "tables"]).contains("table inet tracer_trace")
+}
+
+/// Waits (bounded: 15 s) until `cond` holds; panics naming `what` if it never does.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..150 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("never: {what}");
+}
+
+/// The namespace's inode (for `--netns`).
+fn inode_of(ns: &Netns) -> String {
+    let m = std::fs::metadata(format!("/run/netns/{}", ns.name)).expect("the namespace's file");
+    std::os::unix::fs::MetadataExt::ino(&m).to_string()
+}
+
+/// 7. `--trace-rules`: the kernel's trace names the rule the static matcher could only list
+/// as a candidate, surely; tracer's table is there while it traces and gone after.
+#[test]
+fn trace_rules_names_the_undecidable_rule_exactly() {
+    require_stack!();
+    let dir = stack_dir("fwtrace");
+    let ns = Netns::new("fwtrace");
+    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let _nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "1s");
+    assert_eq!(ns.curl(10), 200);
+    load_ruleset(
+        &ns,
+        &dir,
+        "table inet filter {\n  chain output {\n    type filter hook output priority 0;\n    \
+         ct state new tcp dport 8000 drop\n    tcp dport 8000 drop\n  }\n}\n",
+    );
+    let ct = handle_of(&ns, "inet", "filter", "output", "ct state new tcp dport 8000 drop");
+    let tracer = Tracer::diagnose(&["--port", "8000", "--netns", &inode_of(&ns), "--trace-rules"]);
+    assert!(has_trace_table(&ns), "tracer's table while it traces");
+    assert_eq!(ns.curls(2, 10), [504, 504]);
+    let run = tracer.finish();
+    assert!(!has_trace_table(&ns), "tracer's table is gone after Ctrl-C");
+    let f = run.only_finding(UPSTREAM, Cause::FirewallDrop);
+    let r = rule_of(f);
+    assert_eq!((r.handle, r.certain, r.hook.as_str(), r.chain.as_str()), (ct, true, "output", "output"), "{r:?}");
+    assert!(f.rule_candidates.is_empty(), "{f:?}");
+}
+
+/// 8. `--trace-rules`' table goes when tracer ends on SIGTERM or SIGINT; after a SIGKILL it
+/// stays, and the next start of tracer (without the flag) removes it.
+#[test]
+fn trace_rules_table_goes_on_every_exit_and_a_killed_tracers_at_the_next_start() {
+    require_stack!();
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let ns = Netns::new("fwtrlife");
+    let inode = inode_of(&ns);
+    let args = ["diagnose", "--json", "--duration", "60s", "--port", "8000", "--netns", &inode, "--trace-rules"];
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGKILL] {
+        let mut child = spawn_tracer(&args);
+        wait_until(&format!("tracer's table in {} (before {signal})", ns.name), || has_trace_table(&ns));
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = wait_timeout(&mut child, std::time::Duration::from_secs(30)).unwrap_or_else(|| {
+            kill_and_reap(&mut child);
+            panic!("tracer did not exit after {signal}")
+        });
+        if signal == Signal::SIGKILL {
+            assert!(has_trace_table(&ns), "a SIGKILLed tracer cannot remove its table");
+        } else {
+            assert!(status.success(), "{signal}: {status}");
+            assert!(!has_trace_table(&ns), "tracer's table is gone after {signal}");
+        }
+    }
+    let next = Tracer::diagnose(&["--port", "8000", "--netns", &inode]);
+    assert!(!has_trace_table(&ns), "the next start removed the leftover");
+    assert!(next.stderr_text().contains("removed table inet tracer_trace left in netns"), "{}", next.stderr_text());
+    next.finish();
+}
