@@ -176,7 +176,8 @@ pub struct Flow {
 pub struct TcpEvent {
     pub header: EventHeader,
     pub flow: Flow,
-    /// Raw kernel value: skb_drop_reason for `SkbDropped`, sk_rst_reason for
+    /// Raw kernel value: skb_drop_reason for `SkbDropped` (or `DROP_SITE_FLAG | site` on
+    /// kernels without drop reasons), sk_rst_reason for
     /// `TcpRstSentNoSocket` (when the tracepoint has it), type<<8|code for `IcmpSent`.
     pub reason: u32,
     /// `sk->sk_err` when a SYN_SENT attempt closed (positive errno, 0 = closed by its owner).
@@ -275,14 +276,36 @@ impl TpSockFields {
     };
 }
 
-/// `skb:kfree_skb` fields.
+/// `skb:kfree_skb` fields. A kernel has `reason` (5.17 and later) or, before, only
+/// `location`: the return address into the function that dropped the skb, which the program
+/// compares with the `DropSites` ranges.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TpKfreeSkbFields {
     pub skbaddr: u32,
     pub protocol: u32,
     pub reason: u32,
-    pub _pad: u32,
+    pub location: u32,
+}
+
+/// The kernel functions whose drops explain a refused or unanswered connect on kernels
+/// without drop reasons (before 5.17), indexed like `DropSites.ranges`: a netfilter verdict
+/// (`nf_hook_slow` frees what a rule dropped or rejected) and the TCP receive paths (a SYN
+/// they free was answered with a reset from no socket, or discarded).
+pub const DROP_SITE_FUNCTIONS: [&str; 3] = ["nf_hook_slow", "tcp_v4_rcv", "tcp_v6_rcv"];
+
+/// `TcpEvent.reason` of an `SkbDropped` found by its drop site instead of a drop reason:
+/// this bit or'ed with the index into `DROP_SITE_FUNCTIONS` (drop reasons are small enum
+/// values, far below it).
+pub const DROP_SITE_FLAG: u32 = 1 << 31;
+
+/// Address ranges `[start, end)` of the `DROP_SITE_FUNCTIONS` in the running kernel, from
+/// /proc/kallsyms at start-up (a function ends where the next symbol starts); `[0, 0]` for a
+/// function not found. All zero on kernels with drop reasons.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSites {
+    pub ranges: [[u64; 2]; DROP_SITE_FUNCTIONS.len()],
 }
 
 /// `syscalls:sys_enter_connect` / `sys_enter_bind` (fd, address, length) and the `ret` of the
@@ -370,6 +393,64 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// After the connect: how established connections end. Appended.
     pub conn: ConnConfig,
+    /// The socket's own members, for the raw tracepoint on inet_sock_set_state. Appended.
+    pub sock: SockFields,
+    /// Where `skb:kfree_skb` drops come from on kernels without drop reasons. Appended.
+    pub drop_sites: DropSites,
+}
+
+/// `struct sock` members (from BTF) that the raw tracepoint on inet_sock_set_state reads
+/// instead of the classic tracepoint's record: its arguments are only (sk, oldstate, newstate),
+/// read without a helper call, which is what makes it cheaper on the ten state changes of
+/// every healthy connection. `FIELD_ABSENT` where BTF lacks one: the classic tracepoint is
+/// used then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockFields {
+    /// `sk_protocol` (u16 since 5.6).
+    pub sk_protocol: u32,
+    /// `__sk_common.skc_family` (u16).
+    pub skc_family: u32,
+    /// `__sk_common.skc_dport` (__be16, the peer's port), and `struct inet_sock`'s
+    /// `inet_sport` (__be16, the local port; not `skc_num`, which the move to CLOSE has
+    /// already zeroed when the port is released, as the classic tracepoint's `sport` is not).
+    pub skc_dport: u32,
+    pub inet_sport: u32,
+    /// `__sk_common.skc_daddr` and `skc_rcv_saddr` (__be32).
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    /// `__sk_common.skc_v6_daddr` and `skc_v6_rcv_saddr` (struct in6_addr).
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+}
+
+impl SockFields {
+    pub const ABSENT: SockFields = SockFields {
+        sk_protocol: FIELD_ABSENT,
+        skc_family: FIELD_ABSENT,
+        skc_dport: FIELD_ABSENT,
+        inet_sport: FIELD_ABSENT,
+        skc_daddr: FIELD_ABSENT,
+        skc_rcv_saddr: FIELD_ABSENT,
+        skc_v6_daddr: FIELD_ABSENT,
+        skc_v6_rcv_saddr: FIELD_ABSENT,
+    };
+
+    /// Every member found: the raw tracepoint can stand in for the classic one.
+    pub fn complete(&self) -> bool {
+        [
+            self.sk_protocol,
+            self.skc_family,
+            self.skc_dport,
+            self.inet_sport,
+            self.skc_daddr,
+            self.skc_rcv_saddr,
+            self.skc_v6_daddr,
+            self.skc_v6_rcv_saddr,
+        ]
+        .iter()
+        .all(|o| *o != FIELD_ABSENT)
+    }
 }
 
 /// What the after-connect checks read (`probes/set_state.rs`, `ConnEndEvent`), from BTF.
@@ -395,7 +476,9 @@ pub struct ConnConfig {
     /// queue before it resets, but leaves these two as they were.
     pub tcp_rcv_nxt: u32,
     pub tcp_copied_seq: u32,
-    pub _pad: u32,
+    /// TCP state LAST_ACK: CLOSE_WAIT -> LAST_ACK is the normal end of a connection the peer
+    /// closed first, where the attempt's record is let go.
+    pub tcp_last_ack: u32,
 }
 
 impl ConnConfig {
@@ -409,7 +492,7 @@ impl ConnConfig {
         enabled: 0,
         tcp_rcv_nxt: FIELD_ABSENT,
         tcp_copied_seq: FIELD_ABSENT,
-        _pad: 0,
+        tcp_last_ack: FIELD_ABSENT,
     };
 }
 
@@ -582,24 +665,20 @@ pub struct QueuedChild {
     pub flow: Flow,
 }
 
-/// Attempt state kept in the kernel (LRU hash keyed by `struct sock *`) from connect until the
-/// attempt is resolved, so failures are attributed to the owner recorded in process context.
+/// Attempt state kept in the kernel (`ATTEMPTS`, a hash keyed by `struct sock *`) from
+/// connect until the attempt fails or its connection ends, so failures are attributed to the
+/// owner recorded in process context. The socket's namespace and ports are read from the
+/// socket when something is reported, not stored here (less work on every healthy connect).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttemptState {
     pub owner: Task,
     pub start_ns: u64,
-    pub netns: u32,
     pub syn_retransmits: u32,
     pub rst_received: u32,
-    pub _pad: u32,
-    /// Non-zero once the attempt reached ESTABLISHED (a marker, not a time): the entry then stays (the LRU ages it out) so
-    /// an abnormal end of the connection is charged to its owner. The ports then identify the
-    /// connection, because a freed `struct sock` is soon reused at the same address.
+    /// Non-zero once the attempt reached ESTABLISHED (a marker, not a time): the entry then
+    /// stays until the connection ends, so that an abnormal end is charged to its owner.
     pub established_ns: u64,
-    pub sport: u16,
-    pub dport: u16,
-    pub _pad2: u32,
 }
 
 /// Key of the kernel's listener table.
@@ -667,7 +746,9 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 536);
+const _: () = assert!(core::mem::size_of::<Config>() == 616);
+const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
+const _: () = assert!(core::mem::size_of::<DropSites>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEndEvent>() == 248);
 const _: () = assert!(core::mem::size_of::<SignalMemo>() == 48);
@@ -676,7 +757,7 @@ const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<FnHookConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<AcceptWaitKey>() == 24);
 const _: () = assert!(core::mem::size_of::<QueuedChild>() == 56);
-const _: () = assert!(core::mem::size_of::<AttemptState>() == 72);
+const _: () = assert!(core::mem::size_of::<AttemptState>() == 56);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerState>() == 48);
 const _: () = assert!(core::mem::size_of::<EventKind>() == 4);

@@ -3,10 +3,10 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tracer_common::{
-    AcceptWaitKey, AttemptState, Config, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
+    AcceptWaitKey, AttemptState, Config, EventKind, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
     LOST_BASE, UNIX_PATH_MAX,
 };
 
@@ -18,10 +18,14 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
 
-/// In-flight TCP connection attempts keyed by `struct sock *`, with the owner recorded in
-/// process context at connect time.
+/// TCP connection attempts keyed by `struct sock *`, with the owner recorded in process
+/// context at connect time, kept through the connection's life (its abnormal end is charged
+/// to the owner). A plain hash, not an LRU: an LRU insert costs more than twice as much, on
+/// the path every upstream connection takes. Every record is removed when its attempt fails
+/// or its connection ends (set_state.rs, conn_end.rs); a full table is counted
+/// (`track_attempt`), never silent.
 #[map]
-pub static ATTEMPTS: LruHashMap<u64, AttemptState> = LruHashMap::with_max_entries(262_144, 0);
+pub static ATTEMPTS: HashMap<u64, AttemptState> = HashMap::with_max_entries(262_144, 0);
 
 /// TCP listeners seen entering LISTEN while tracing, keyed by (netns, port, family).
 #[map]
@@ -131,5 +135,14 @@ pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) {
             bump(kind);
         }
         None => bump(LOST_BASE + kind),
+    }
+}
+
+/// Records a connection attempt's owner. When the table is full the attempt cannot be
+/// followed: counted as a lost attempt-failure event, so the summary says events were lost.
+#[inline(always)]
+pub fn track_attempt(sk: &u64, state: &AttemptState) {
+    if ATTEMPTS.insert(sk, state, 0).is_err() {
+        bump(LOST_BASE + EventKind::TcpAttemptFailed as u32);
     }
 }

@@ -4,7 +4,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::bpf_get_current_comm as get_current_comm,
     },
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
+    EbpfContext,
 };
 use tracer_common::{family_of_saddr_v6, Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT, TASK_COMM_LEN};
 
@@ -111,4 +112,102 @@ pub fn sockaddr_side(ctx: &TracePointContext, offset: u32) -> Option<(u16, u16, 
         return None;
     }
     Some((family, u16::from_be(port_be), addr))
+}
+
+/// One call of sock:inet_sock_set_state, as set_state.rs and conn_end.rs read it: from the
+/// classic tracepoint's record (every field a helper call), or from the raw tracepoint's
+/// arguments (sk, oldstate, newstate: plain loads) and the socket's own members at offsets
+/// from BTF. Userspace attaches one of the two (capture::start).
+pub trait StateChange: EbpfContext {
+    /// (oldstate, newstate).
+    fn states(&self, cfg: &Config) -> Option<(u32, u32)>;
+    /// The `struct sock *`.
+    fn sock(&self, cfg: &Config) -> Option<u64>;
+    /// IPPROTO_* of the socket.
+    fn protocol(&self, cfg: &Config, sk: u64) -> Option<u16>;
+    /// (sport, dport) in host order, this socket's side first.
+    fn ports(&self, cfg: &Config, sk: u64) -> (u16, u16);
+    /// The socket's flow, this socket's side as the source.
+    fn flow(&self, cfg: &Config, sk: u64) -> Flow;
+}
+
+impl StateChange for TracePointContext {
+    #[inline(always)]
+    fn states(&self, cfg: &Config) -> Option<(u32, u32)> {
+        let f = &cfg.set_state;
+        // oldstate and newstate are neighbours in every kernel's record: one read for both.
+        if f.newstate == f.oldstate.wrapping_add(4) {
+            let both: [i32; 2] = field(self, f.oldstate)?;
+            Some((both[0] as u32, both[1] as u32))
+        } else {
+            let old: i32 = field(self, f.oldstate)?;
+            let new: i32 = field(self, f.newstate)?;
+            Some((old as u32, new as u32))
+        }
+    }
+
+    #[inline(always)]
+    fn sock(&self, cfg: &Config) -> Option<u64> {
+        field(self, cfg.set_state.skaddr)
+    }
+
+    #[inline(always)]
+    fn protocol(&self, cfg: &Config, _sk: u64) -> Option<u16> {
+        field(self, cfg.set_state.protocol)
+    }
+
+    #[inline(always)]
+    fn ports(&self, cfg: &Config, _sk: u64) -> (u16, u16) {
+        (field(self, cfg.set_state.sport).unwrap_or(0), field(self, cfg.set_state.dport).unwrap_or(0))
+    }
+
+    #[inline(always)]
+    fn flow(&self, cfg: &Config, _sk: u64) -> Flow {
+        sock_flow(self, &cfg.set_state)
+    }
+}
+
+impl StateChange for RawTracePointContext {
+    #[inline(always)]
+    fn states(&self, _cfg: &Config) -> Option<(u32, u32)> {
+        // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate).
+        Some((self.arg::<u64>(1) as u32, self.arg::<u64>(2) as u32))
+    }
+
+    #[inline(always)]
+    fn sock(&self, _cfg: &Config) -> Option<u64> {
+        let sk: u64 = self.arg(0);
+        (sk != 0).then_some(sk)
+    }
+
+    #[inline(always)]
+    fn protocol(&self, cfg: &Config, sk: u64) -> Option<u16> {
+        kernel(sk, cfg.sock.sk_protocol)
+    }
+
+    #[inline(always)]
+    fn ports(&self, cfg: &Config, sk: u64) -> (u16, u16) {
+        let s = &cfg.sock;
+        let sport: u16 = kernel(sk, s.inet_sport).unwrap_or(0);
+        let dport: u16 = kernel(sk, s.skc_dport).unwrap_or(0);
+        (u16::from_be(sport), u16::from_be(dport))
+    }
+
+    #[inline(always)]
+    fn flow(&self, cfg: &Config, sk: u64) -> Flow {
+        let s = &cfg.sock;
+        let family: u16 = kernel(sk, s.skc_family).unwrap_or(0);
+        let (sport, dport) = self.ports(cfg, sk);
+        let mut flow = Flow { family, sport, dport, ..Flow::default() };
+        if family == AF_INET6 {
+            flow.saddr = kernel(sk, s.skc_v6_rcv_saddr).unwrap_or([0; 16]);
+            flow.daddr = kernel(sk, s.skc_v6_daddr).unwrap_or([0; 16]);
+        } else if family == AF_INET {
+            let d: [u8; 4] = kernel(sk, s.skc_daddr).unwrap_or([0; 4]);
+            let l: [u8; 4] = kernel(sk, s.skc_rcv_saddr).unwrap_or([0; 4]);
+            flow.saddr[..4].copy_from_slice(&l);
+            flow.daddr[..4].copy_from_slice(&d);
+        }
+        flow
+    }
 }

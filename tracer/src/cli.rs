@@ -7,8 +7,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::{capture, metrics};
 
+/// `tracer --version`: the package version and the git commit it was built from (tracer/build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("TRACER_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "tracer", version, about = "Explains, from inside the kernel, why Nginx answers 502 Bad Gateway")]
+#[command(name = "tracer", version = VERSION, about = "Explains, from inside the kernel, why Nginx answers 502 Bad Gateway")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -24,6 +27,47 @@ pub enum Command {
     Top(TraceArgs),
     /// Show what this kernel offers and what tracer will therefore see; attaches nothing.
     Doctor,
+    /// Print the shell completion script for SHELL (bash, zsh or fish) on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write the man pages (tracer.1, tracer-watch.1, ...) into the existing directory DIR.
+    Manpages {
+        dir: std::path::PathBuf,
+    },
+}
+
+/// The shells the Debian package ships completions for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// `tracer completions SHELL`: the script clap_complete writes from these definitions.
+pub fn completions(shell: CompletionShell) -> Vec<u8> {
+    use clap::CommandFactory;
+    let shell = match shell {
+        CompletionShell::Bash => clap_complete::Shell::Bash,
+        CompletionShell::Zsh => clap_complete::Shell::Zsh,
+        CompletionShell::Fish => clap_complete::Shell::Fish,
+    };
+    // Into memory first: clap_complete panics when its writer fails (stdout closed).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tracer", &mut script);
+    script
+}
+
+/// `tracer manpages DIR`: tracer(1) and a page per command, in roff (clap_mangen).
+pub fn write_manpages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use clap::CommandFactory;
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory: give an existing directory to write the man pages into", dir.display());
+    }
+    clap_mangen::generate_to(Cli::command(), dir).with_context(|| format!("cannot write the man pages into {}", dir.display()))
 }
 
 #[derive(Args, Clone)]
@@ -181,6 +225,46 @@ mod tests {
         // Escaped, one line, whatever the path holds.
         let e = parse_unix_path("a\nFIREWALL DROP\x1b[2J").unwrap_err();
         assert!(!e.contains('\n') && !e.contains('\x1b'), "{e}");
+    }
+
+    #[test]
+    fn version_names_the_package_version_and_the_commit() {
+        assert!(VERSION.starts_with(&format!("{} (git ", env!("CARGO_PKG_VERSION"))) && VERSION.ends_with(')'), "{VERSION}");
+        let commit = &VERSION[VERSION.find("(git ").unwrap() + 5..VERSION.len() - 1];
+        assert!(commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())), "{VERSION}");
+        let e = Cli::try_parse_from(["tracer", "--version"]).err().expect("--version stops parsing");
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(e.render().to_string().trim(), format!("tracer {VERSION}"));
+    }
+
+    #[test]
+    fn completions_cover_every_command_in_each_shell() {
+        for (shell, marker) in [(CompletionShell::Bash, "complete -F"), (CompletionShell::Zsh, "#compdef tracer"), (CompletionShell::Fish, "complete -c tracer")] {
+            let script = String::from_utf8(completions(shell)).unwrap();
+            assert!(script.contains(marker), "{shell:?}:\n{script}");
+            for word in ["diagnose", "watch", "top", "doctor", "metrics", "nginx-error-log"] {
+                assert!(script.contains(word), "{shell:?} lacks {word}");
+            }
+        }
+        assert!(Cli::try_parse_from(["tracer", "completions", "powershell"]).is_err());
+    }
+
+    #[test]
+    fn man_pages_are_written_per_command_or_refused_in_one_line() {
+        let dir = std::env::temp_dir().join(format!("tracer-man-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_manpages(&dir).unwrap();
+        let mut pages: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        pages.sort();
+        assert_eq!(pages, ["tracer-completions.1", "tracer-diagnose.1", "tracer-doctor.1", "tracer-manpages.1", "tracer-top.1", "tracer-watch.1", "tracer.1"]);
+        let main = std::fs::read_to_string(dir.join("tracer.1")).unwrap();
+        assert!(main.starts_with(".ie \\n(.g .ds Aq \\(aq") || main.contains(".TH tracer 1"), "{main}");
+        assert!(main.contains(VERSION), "the page names the version:\n{main}");
+        let watch = std::fs::read_to_string(dir.join("tracer-watch.1")).unwrap();
+        assert!(watch.contains("metrics"), "{watch}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = write_manpages(std::path::Path::new("/nonexistent/man")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/man is not a directory") && !e.contains('\n'), "{e}");
     }
 
 }

@@ -10,6 +10,12 @@ use tracer::note;
 use tracer::run::{run_trace, stdout::stdout_gone, Mode};
 use tracer::{kernel, top};
 
+/// The static build's allocator (see tracer/Cargo.toml: musl's malloc is slow under tracer's
+/// event load).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -33,6 +39,11 @@ fn main() -> ExitCode {
         Command::Diagnose(args) => run_trace(args, Mode::Diagnose),
         Command::Watch(w) => run_trace(TraceArgs { metrics: w.metrics, ..w.trace }, Mode::Watch),
         Command::Top(args) => top::preflight(args.json).and_then(|()| run_trace(args, Mode::Top)),
+        Command::Completions { shell } => {
+            use std::io::Write as _;
+            std::io::stdout().lock().write_all(&tracer::cli::completions(shell)).map(|()| ExitCode::SUCCESS).map_err(Into::into)
+        }
+        Command::Manpages { dir } => tracer::cli::write_manpages(&dir).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -80,9 +80,9 @@ impl Operator {
     /// Finds Nginx, checks its configured targets, and starts following its error logs.
     /// A log given on the command line that cannot be read is an error; one found in the
     /// configuration that cannot be read is a warning.
-    pub fn start(args: &OperatorArgs, enricher: &mut Enricher) -> Result<Operator> {
+    /// `instances`: the masters running now (`nginx::discover`).
+    pub fn start(args: &OperatorArgs, instances: Vec<NginxInstance>, enricher: &mut Enricher) -> Result<Operator> {
         let tracing_since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-        let instances = nginx::discover();
         let mut logs = Vec::new();
         for path in &args.error_logs {
             logs.push(LogTail::open(path)?);
@@ -188,6 +188,12 @@ impl Operator {
                 escape(&e.to_string())
             ),
         }
+    }
+
+    /// Whether a running Nginx may connect to a Unix socket upstream (see
+    /// `nginx::may_connect_unix`): the Unix connect hooks are then needed.
+    pub fn may_connect_unix(&self) -> bool {
+        nginx::may_connect_unix(&self.instances)
     }
 
     /// Called about once a second while tracing: takes in the masters that started, reloaded

@@ -248,6 +248,218 @@ fn m2_metrics_queue_gauges_for_a_full_backlog() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A real Prometheus server with tracer's rules
+// ---------------------------------------------------------------------------------------
+
+/// The Prometheus server of Debian's `prometheus` package, running inside `ns` with its data
+/// in a directory of its own; SIGKILLed on drop (and with the namespace).
+struct Prometheus<'a> {
+    ns: &'a Netns,
+    child: std::process::Child,
+    _data: TempDir,
+}
+
+/// Where Prometheus serves inside its namespace.
+const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
+
+impl<'a> Prometheus<'a> {
+    /// Scrapes `targets` as job `tracer` every second and evaluates tracer's rules
+    /// (deploy/prometheus/tracer-rules.yml, as the package ships them) every second.
+    fn start(ns: &'a Netns, targets: &[&str]) -> Prometheus<'a> {
+        let data = TempDir::new("prometheus");
+        let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/tracer-rules.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - '{}'\n\
+             scrape_configs:\n  - job_name: tracer\n    static_configs:\n      - targets: [{}]\n",
+            rules.display(),
+            targets.join(", ")
+        );
+        std::fs::write(data.path("prometheus.yml"), config).unwrap();
+        let child = ns
+            .command("prometheus")
+            .arg(format!("--config.file={}", data.path("prometheus.yml")))
+            .arg(format!("--storage.tsdb.path={}", data.path("tsdb")))
+            .arg(format!("--web.listen-address={PROMETHEUS_ADDR}"))
+            .arg("--log.level=warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(data.path("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start prometheus: {e}"));
+        let mut p = Prometheus { ns, child, _data: data };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while p.get("/-/ready").is_none() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("prometheus exited ({status}): {}", p.log());
+            }
+            assert!(Instant::now() < deadline, "prometheus not ready within 60 s: {}", p.log());
+            thread::sleep(Duration::from_millis(250));
+        }
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._data.path("prometheus.log")).unwrap_or_default()
+    }
+
+    /// GET http://127.0.0.1:9090<path> from inside the namespace (curl): the body when 200.
+    fn get(&self, path: &str) -> Option<String> {
+        let out = output_with_timeout(
+            self.ns.command("curl").args(["-sf", "--max-time", "5", &format!("http://{PROMETHEUS_ADDR}{path}")]),
+            Duration::from_secs(10),
+        );
+        out.status.success().then_some(out.stdout)
+    }
+
+    /// `/api/v1/<what>`'s `data`, from its JSON answer.
+    fn api(&self, what: &str) -> serde_json::Value {
+        let body = self.get(&format!("/api/v1/{what}")).unwrap_or_else(|| panic!("GET /api/v1/{what} failed: {}", self.log()));
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/v1/{what}: {e}: {body}"));
+        assert_eq!(v["status"], "success", "{body}");
+        v["data"].clone()
+    }
+
+    /// The value of an instant query that returns one sample, None when it returns none.
+    fn query_one(&self, promql: &str) -> Option<f64> {
+        let data = self.api(&format!("query?query={}", urlencode(promql)));
+        let result = data["result"].as_array().cloned().unwrap_or_default();
+        assert!(result.len() <= 1, "{promql}: {data}");
+        result.first().map(|s| s["value"][1].as_str().unwrap().parse().unwrap())
+    }
+
+    /// Waits (bounded) until `pred` holds for the answer of `/api/v1/<what>`; returns it.
+    fn wait_api(&self, what: &str, timeout: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let data = self.api(what);
+            if pred(&data) || Instant::now() > deadline {
+                return data;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+impl Drop for Prometheus<'_> {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.child);
+    }
+}
+
+/// Percent-encoding for a query parameter (PromQL has braces, quotes, spaces).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The alerts of `/api/v1/alerts` named `name`.
+fn alerts_named(data: &serde_json::Value, name: &str) -> Vec<serde_json::Value> {
+    data["alerts"].as_array().into_iter().flatten().filter(|a| a["labels"]["alertname"] == name).cloned().collect()
+}
+
+/// p. What tracer.service does on a host, end to end: `tracer watch --metrics
+/// 127.0.0.1:9464` (the unit's command line) and a real Prometheus server, both in a test
+/// namespace, Prometheus loading deploy/prometheus/tracer-rules.yml. Refused connects to a
+/// port nothing listens on, in two bursts (a counter's first scrape gives no increase): the
+/// TracerUpstreamNotListening alert fires with the target, cause and severity as labels, the
+/// counter Prometheus stored equals the finding's count, and no other alert fires.
+#[test]
+fn p_prometheus_alerts_on_a_dead_listener() {
+    require_integration!();
+    if which("prometheus").is_none() || which("curl").is_none() {
+        println!("skipped: prometheus or curl is not installed (`cargo xtask setup` installs the prometheus and curl packages)");
+        return;
+    }
+    let port = "18207";
+    let target = "127.0.0.1:18207";
+    let metrics = "127.0.0.1:9464";
+    let ns = Netns::new("prom");
+    let tracer = Tracer::start_in_netns(&ns, &["watch", "--json", "--duration", "120s", "--port", port, "--metrics", metrics]);
+    let prometheus = Prometheus::start(&ns, &[metrics]);
+    let series = format!(r#"sum(tracer_failed_connections_total{{cause="dead_listener",target="{target}"}})"#);
+
+    let connects = |n: &str| {
+        let mut client = ns.helper(&["tcp-connect", "--host", "127.0.0.1", "--port", port, "--count", n]);
+        let done = client.finish();
+        assert_eq!(result_count(&done, "ECONNREFUSED"), n.parse::<u64>().unwrap(), "helper: {done}");
+        client.pid
+    };
+    let wait_stored = |at_least: f64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = prometheus.query_one(&series);
+            if v.is_some_and(|v| v >= at_least) || Instant::now() > deadline {
+                return v;
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let first = connects("3");
+    assert_eq!(wait_stored(3.0), Some(3.0), "Prometheus stored the first burst; tracer stderr:\n{}", tracer.stderr_text());
+    let second = connects("4");
+    assert_eq!(wait_stored(7.0), Some(7.0), "Prometheus stored both bursts; tracer stderr:\n{}", tracer.stderr_text());
+
+    let data = prometheus.wait_api("alerts", Duration::from_secs(30), |d| {
+        alerts_named(d, "TracerUpstreamNotListening").iter().any(|a| a["state"] == "firing")
+    });
+    println!("GET /api/v1/alerts ->\n{}", serde_json::to_string_pretty(&data).unwrap());
+    let fired = alerts_named(&data, "TracerUpstreamNotListening");
+    assert_eq!(fired.len(), 1, "one alert, for {target}: {data}");
+    let alert = &fired[0];
+    assert_eq!(alert["state"], "firing", "{alert}");
+    let labels = alert["labels"].as_object().unwrap();
+    let mut got: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = [
+        ("alertname", "TracerUpstreamNotListening"),
+        ("cause", "dead_listener"),
+        ("family", "not_listening"),
+        ("instance", metrics),
+        ("job", "tracer"),
+        ("severity", "critical"),
+        ("target", target),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    want.sort();
+    // No Nginx here, so no `upstream` label (tracer exports upstream="", which Prometheus drops).
+    assert_eq!(got, want, "{alert}");
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(summary.starts_with(&format!("{metrics}: nothing listens on {target} (upstream -, dead_listener): about ")), "{summary}");
+    let description = alert["annotations"]["description"].as_str().unwrap();
+    assert!(description.starts_with(&format!("Target {target}, upstream -: start the service")) && !description.contains('\n'), "{description}");
+    // Only this alert: tracer is up, its hooks are attached, nothing was lost.
+    let names: Vec<&str> = data["alerts"].as_array().unwrap().iter().map(|a| a["labels"]["alertname"].as_str().unwrap()).collect();
+    assert_eq!(names, ["TracerUpstreamNotListening"], "{data}");
+    assert_eq!(prometheus.query_one(r#"up{job="tracer"}"#), Some(1.0));
+    assert!(prometheus.query_one("tracer_hooks_active").is_some_and(|v| v >= 1.0));
+    // The recording rule the dashboards read has the cause's rate.
+    assert!(
+        prometheus.query_one(r#"cause_upstream:tracer_failed_connections:rate5m{cause="dead_listener"}"#).is_some_and(|v| v > 0.0),
+        "{}",
+        prometheus.log()
+    );
+
+    // tracer's own finding agrees with what Prometheus stored.
+    let run = tracer.finish();
+    let f = final_finding(&run, target, Cause::DeadListener);
+    assert_eq!(f.count, 7, "{f:?}");
+    assert_client(f, first);
+    assert_client(f, second);
+}
+
+/// The path of `program` on PATH, if any.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+// ---------------------------------------------------------------------------------------
 // tracer top in tmux
 // ---------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 mod bench;
 mod cmd_build;
 mod demo;
+mod dist;
 mod interrupt;
 mod setup;
 mod test;
@@ -44,8 +45,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, unit tests, then the privileged scenario suite (needs root).
+    /// Setup, unit tests, the privileged suites, the dist artefacts and their checks, the kernel matrix.
     Test,
+    /// Setup, then write target/dist/: the static (musl) binary and the Debian package
+    /// (binary, man pages, completions, tracer.service, example Prometheus rules).
+    Dist {
+        /// Then check them as `cargo xtask test` does (package contents, the binary alone in a
+        /// chroot, systemd-analyze, promtool).
+        #[arg(long)]
+        check: bool,
+    },
     /// The kernel matrix: Debian 6.1 and 6.12 kernels under QEMU (TCG), every cause with function hooks on, then off.
     VmTest,
     /// Benchmark (not a test): overhead A/B against no tracer and bpftrace, failure floods with
@@ -62,6 +71,7 @@ fn main() {
         Cmd::Build { release: _, debug } => cmd_build::build(!debug).map(|_| ()),
         Cmd::Run { args } => run(args),
         Cmd::Test => test::test(),
+        Cmd::Dist { check } => dist::dist().and_then(|a| if check { dist::check(&a) } else { Ok(()) }),
         Cmd::Demo => demo::demo(),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::VmTest => vm::vm_test(),
@@ -105,6 +115,12 @@ mod tests {
         assert_eq!(a, ["diagnose", "--duration", "30s"]);
         assert_eq!(run_args(&["xtask", "run", "watch", "--json"]), ["watch", "--json"]);
         assert!(run_args(&["xtask", "run"]).is_empty());
+    }
+
+    #[test]
+    fn dist_checks_only_when_asked() {
+        assert!(matches!(Cli::try_parse_from(["xtask", "dist"]).unwrap().cmd, Cmd::Dist { check: false }));
+        assert!(matches!(Cli::try_parse_from(["xtask", "dist", "--check"]).unwrap().cmd, Cmd::Dist { check: true }));
     }
 
     #[test]

@@ -20,8 +20,18 @@ const APT: &[&[&str]] = &[
     &["python3-venv"],
     &["curl"],
     &["tmux"],
-    // promtool (`promtool check metrics`): the hostile suite lints tracer's /metrics with it.
+    // promtool (`promtool check metrics`): the hostile suite lints tracer's /metrics with it;
+    // `promtool check/test rules` checks deploy/prometheus, and the operator suite runs the
+    // Prometheus server itself.
     &["prometheus"],
+    // `cargo xtask dist` and its checks: dpkg-deb, `systemd-analyze verify` of tracer.service
+    // (which looks up its man pages with man), gzip for the man pages.
+    &["dpkg"],
+    &["systemd"],
+    &["man-db"],
+    &["gzip"],
+    // musl-gcc: the static build compiles mimalloc (tracer's allocator there) for musl.
+    &["musl-tools"],
     // nginx-light only adds a module on top of nginx in Debian 12: either will do.
     &["nginx", "nginx-light"],
     &["wrk"],
@@ -41,6 +51,23 @@ pub fn setup() -> Result<()> {
     bpf_linker()?;
     tracefs()?;
     gunicorn()?;
+    musl_target()?;
+    Ok(())
+}
+
+/// The Rust target of the static binary `cargo xtask dist` builds.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// The standard library for the static build (`cargo xtask dist`); Rust's musl target brings
+/// its own C runtime, and musl-tools (APT above) the C compiler for mimalloc.
+fn musl_target() -> Result<()> {
+    let (_, out) = probe(Command::new("rustup").args(["target", "list", "--installed"]));
+    if out.lines().any(|l| l.trim() == MUSL_TARGET) {
+        println!("setup: rust target {MUSL_TARGET} (present)");
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", MUSL_TARGET]))?;
+    println!("setup: rust target {MUSL_TARGET} (installed)");
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: setup, the unit tests of the workspace (no root needed), then the
 //! privileged suites (real tracer, real kernel, one network namespace per test, one test at a
-//! time), then the kernel matrix in QEMU. Every suite runs; the result names each.
+//! time), the dist artefacts and their checks, then the kernel matrix in QEMU. Every suite runs; the result names each.
 use anyhow::{bail, Result};
 
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
 const SUITES: &[(&str, &str)] = &[
     ("scenario suite", "scenarios"),
     ("Nginx + Gunicorn suite", "nginx"),
-    ("operator suite (metrics over HTTP, `tracer top` in tmux)", "operators"),
+    ("operator suite (metrics over HTTP, a real Prometheus and its alert, `tracer top` in tmux)", "operators"),
     ("listener lifecycle suite (exits, signals, OOM kills, unlinks)", "lifecycle"),
     ("hostile-input suite (planted binaries, escapes, symlinks, odd files, signals, scale)", "hostile"),
 ];
@@ -41,6 +41,18 @@ pub fn test() -> Result<()> {
             .env_remove("AYA_BUILD_SKIP");
         results.push((target, run_status(&mut suite)?.success()));
     }
+
+    // What ships: the static binary and the Debian package (`cargo xtask dist`), checked as a
+    // production host would get them. The kernel matrix below boots the same binary.
+    println!("test: dist artefacts (cargo xtask dist; dpkg-deb -c, the binary alone in a chroot, systemd-analyze, promtool)");
+    let dist_ok = match crate::dist::dist().and_then(|a| crate::dist::check(&a)) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("test: dist artefacts: {e:#}");
+            false
+        }
+    };
+    results.push(("dist artefacts", dist_ok));
 
     // The kernel matrix: function hooks (fentry, kprobe) and tracepoints on Debian 6.1 and
     // 6.12 under QEMU. TRACER_VM_TEST=0 skips it (e.g. while iterating on something else).

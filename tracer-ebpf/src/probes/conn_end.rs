@@ -15,18 +15,26 @@
 //! the two together in reasonable time.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_jiffies64},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracer_common::{AttemptState, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_PEER_FIN, CONN_RESET};
 
 use crate::{
     maps::{config, emit_with, ATTEMPTS, SIGNALS},
-    read::{current_task, field, kernel, netns_of, sock_flow},
+    read::{current_task, kernel, netns_of, StateChange},
 };
 
+/// Tail-called by `tracer_set_state` (the classic tracepoint).
 #[tracepoint]
 pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
+    let _ = try_conn_end(&ctx);
+    0
+}
+
+/// Tail-called by `tracer_set_state_raw` (a tail call keeps the program type).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tracer_conn_end_raw(ctx: RawTracePointContext) -> i32 {
     let _ = try_conn_end(&ctx);
     0
 }
@@ -34,17 +42,14 @@ pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
 /// Runs for every transition out of ESTABLISHED and for CLOSE_WAIT -> CLOSE of a TCP socket
 /// (set_state has checked both before the tail call).
 #[inline(always)]
-fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
+fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     let cfg = config()?;
-    let f = &cfg.set_state;
-    let protocol: u16 = field(ctx, f.protocol)?;
+    let (old, new) = ctx.states(cfg)?;
+    let sk = ctx.sock(cfg)?;
+    let protocol = ctx.protocol(cfg, sk)?;
     if protocol as u32 != cfg.enums.ipproto_tcp {
         return None;
     }
-    let old: i32 = field(ctx, f.oldstate)?;
-    let new: i32 = field(ctx, f.newstate)?;
-    let (old, new) = (old as u32, new as u32);
-    let sk: u64 = field(ctx, f.skaddr)?;
     let c = &cfg.conn;
     let e = &cfg.enums;
     let established = old == e.tcp_established;
@@ -56,9 +61,10 @@ fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
         }
         (CONN_PEER_FIN, kernel(sk, c.tcp_bytes_sent).unwrap_or(0), 0)
     } else if established && new == c.tcp_fin_wait1 {
-        let sent: u64 = kernel(sk, c.tcp_bytes_sent)?;
-        let received: u64 = kernel(sk, c.tcp_bytes_received)?;
+        let sent: u64 = kernel(sk, c.tcp_bytes_sent).unwrap_or(0);
+        let received: u64 = kernel(sk, c.tcp_bytes_received).unwrap_or(0);
         if sent != 0 && received != 0 {
+            let _ = ATTEMPTS.remove(&sk);
             return None;
         }
         (CONN_LOCAL_FIN, sent, received)
@@ -71,25 +77,26 @@ fn try_conn_end(ctx: &TracePointContext) -> Option<()> {
         return None;
     };
 
-    let flow = sock_flow(ctx, f);
+    let flow = ctx.flow(cfg, sk);
     // Nginx's side: a connection tracer saw connect. The ports tell it from a later socket
     // that reuses the same address.
-    let attempt: Option<AttemptState> = unsafe { ATTEMPTS.get(&sk) }
-        .copied()
-        .filter(|a| a.established_ns != 0 && a.sport == flow.sport && a.dport == flow.dport);
+    // Every connection's record is removed when it ends (here and in set_state), so a record
+    // marked established belongs to this connection, not to an earlier user of the address.
+    let attempt: Option<AttemptState> = unsafe { ATTEMPTS.get(&sk) }.copied().filter(|a| a.established_ns != 0);
     if how == CONN_PEER_FIN && attempt.is_none() {
         // A client that connected to a server here and left without a word: not ours.
         return None;
     }
-    if attempt.is_some() && how != CONN_PEER_FIN {
-        // Nothing more will be asked of this connection.
+    if how != CONN_PEER_FIN {
+        // Nothing more will be asked of this connection: its record goes (ATTEMPTS is a plain
+        // hash, emptied only by these removes).
         let _ = ATTEMPTS.remove(&sk);
     }
     let sk_err: i32 = kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0);
     // A local close or abort runs in the closer's process context; a reset received does not.
     let local = how == CONN_LOCAL_FIN || (how == CONN_RESET && sk_err == 0);
     let now = unsafe { bpf_ktime_get_ns() };
-    let netns = attempt.map(|a| a.netns).unwrap_or_else(|| netns_of(cfg, sk));
+    let netns = netns_of(cfg, sk);
     emit_with(EventKind::TcpConnEnded as u32, |ev: &mut ConnEndEvent| {
         ev.header.kind = EventKind::TcpConnEnded as u32;
         ev.header.netns = netns;

@@ -22,7 +22,7 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, emit_with, ACCEPT_WAITS, ATTEMPTS, FN_ARGS, LISTENERS, QUEUED},
+    maps::{config, emit_with, track_attempt, ACCEPT_WAITS, FN_ARGS, LISTENERS, QUEUED},
     read::{current_netns, current_task, kernel, netns_of},
 };
 
@@ -49,17 +49,11 @@ pub fn tracer_kp_tcp_connect(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_tcp_connect(sk: u64) {
-    let Some(cfg) = config() else { return };
-    if sk == 0 {
+    if config().is_none() || sk == 0 {
         return;
     }
-    let state = AttemptState {
-        owner: current_task(),
-        start_ns: unsafe { bpf_ktime_get_ns() },
-        netns: netns_of(cfg, sk),
-        ..AttemptState::default()
-    };
-    let _ = ATTEMPTS.insert(&sk, &state, 0);
+    let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
+    track_attempt(&sk, &state);
 }
 
 // ---- tcp_conn_request ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ use tracer_common::{EventKind, ListenerKey, TcpEvent, AF_INET6};
 
 use crate::{
     maps::{config, emit_with, ATTEMPTS, LISTENERS},
-    read::{current_task, field, kernel, sock_flow},
+    read::{current_task, field, kernel, netns_of, sock_flow},
 };
 
 #[tracepoint]
@@ -30,7 +30,7 @@ fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
 
     let flow = sock_flow(ctx, f);
     let (netns, owner, retransmits, rst, start_ns) =
-        (attempt.netns, attempt.owner, attempt.syn_retransmits, attempt.rst_received, attempt.start_ns);
+        (netns_of(cfg, sk), attempt.owner, attempt.syn_retransmits, attempt.rst_received, attempt.start_ns);
     // The listener, if it is local and was seen entering LISTEN: same family first, then a
     // dual-stack IPv6 listener that also takes IPv4.
     let mut key = ListenerKey { netns, port: flow.dport, family: flow.family };

@@ -3,42 +3,49 @@
 //! CLOSE->SYN_SENT happens inside connect() (process context): the owner is recorded here, so
 //! failures that arrive later in softirq context are attributed to it, not to whatever task
 //! the softirq interrupted.
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
 use aya_log_ebpf::debug;
 use tracer_common::{
     AttemptState, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, FN_ACCEPT, FN_TCP_CONNECT,
 };
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS, CONN_END, LISTENERS, QUEUED},
-    read::{current_task, field, kernel, netns_of, sock_flow},
+    maps::{config, emit_with, track_attempt, ATTEMPTS, CONN_END, LISTENERS, QUEUED},
+    read::{current_task, kernel, netns_of, StateChange},
 };
 
+/// The classic tracepoint: fields from its record (tracefs formats).
 #[tracepoint]
 pub fn tracer_set_state(ctx: TracePointContext) -> u32 {
     let _ = try_set_state(&ctx);
     0
 }
 
+/// The raw tracepoint: the same work from (sk, oldstate, newstate) and the socket's members
+/// (BTF), without a helper call per field. Preferred where BTF has those members.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn tracer_set_state_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
 #[inline(always)]
-fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     let cfg = config()?;
-    let f = &cfg.set_state;
-    // oldstate and newstate are neighbours in every kernel's record: one read for both.
-    let (old, new) = if f.newstate == f.oldstate.wrapping_add(4) {
-        let both: [i32; 2] = field(ctx, f.oldstate)?;
-        (both[0] as u32, both[1] as u32)
-    } else {
-        let old: i32 = field(ctx, f.oldstate)?;
-        let new: i32 = field(ctx, f.newstate)?;
-        (old as u32, new as u32)
-    };
+    let (old, new) = ctx.states(cfg)?;
     let e = &cfg.enums;
     // Most transitions (the handshakes and closes of healthy connections) are none of ours:
     // leave after two reads. Keep in step with the cases below.
     // The end of an established connection: each side leaves ESTABLISHED once.
+    // CLOSE_WAIT -> LAST_ACK is the normal end of a connection the upstream closed first:
+    // there the attempt's record is let go.
     let conn_end = cfg.conn.enabled != 0
-        && (old == e.tcp_established || (old == cfg.conn.tcp_close_wait && new == e.tcp_close));
+        && (old == e.tcp_established
+            || (old == cfg.conn.tcp_close_wait && (new == e.tcp_close || new == cfg.conn.tcp_last_ack)));
     let ours = conn_end
         || old == e.tcp_syn_sent
         || (old == e.tcp_close && (new == e.tcp_syn_sent || new == e.tcp_listen))
@@ -52,43 +59,56 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         // stops here, after a read or two: only the ends that may be failures pay for the
         // after-connect program (probes/conn_end.rs, a program of its own that checks again
         // and reads the rest).
+        //
+        // ATTEMPTS is a plain hash (an LRU costs more than twice as much per insert): every
+        // record made at connect is let go here or in conn_end, at the connection's first
+        // close (FIN_WAIT1, or a reset), or at LAST_ACK after the upstream closed first (the
+        // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
         let c = &cfg.conn;
+        if old == c.tcp_close_wait && new == c.tcp_last_ack {
+            forget(ctx.sock(cfg)?);
+            return None;
+        }
         if old == e.tcp_established && new != e.tcp_close {
-            let sk: u64 = field(ctx, f.skaddr)?;
+            let sk = ctx.sock(cfg)?;
             let received: u64 = kernel(sk, c.tcp_bytes_received)?;
-            let healthy = if new == c.tcp_close_wait {
+            if new == c.tcp_close_wait {
                 // The FIN's own sequence number is counted: more than 1 is data.
-                received > 1
+                if received > 1 {
+                    return None;
+                }
             } else if new == c.tcp_fin_wait1 {
-                received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0
+                if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
+                    forget(sk);
+                    return None;
+                }
             } else {
-                true
-            };
-            if healthy {
                 return None;
             }
         }
         unsafe { CONN_END.tail_call(ctx, 0) };
+        // Only a failed tail call returns here: the record must still go when the
+        // connection is over (it stays through CLOSE_WAIT).
+        if new != c.tcp_close_wait {
+            let _ = ATTEMPTS.remove(&ctx.sock(cfg)?);
+        }
         return None;
     }
-    let protocol: u16 = field(ctx, f.protocol)?;
-    if protocol as u32 != e.ipproto_tcp {
-        return None;
-    }
-    let sk: u64 = field(ctx, f.skaddr)?;
+    let sk = ctx.sock(cfg)?;
+    // The protocol is read only where something is reported: a connect of another protocol
+    // that takes TCP's states (MPTCP's own socket) is recorded like a TCP one, costs a
+    // record until it ends, and is never reported.
+    let tcp = || ctx.protocol(cfg, sk).is_some_and(|p| p as u32 == e.ipproto_tcp);
 
     if old == e.tcp_close && new == e.tcp_syn_sent {
         if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
             // fentry/kprobe on tcp_connect records the owner, a moment later, same task.
             return None;
         }
-        let state = AttemptState {
-            owner: current_task(),
-            start_ns: unsafe { bpf_ktime_get_ns() },
-            netns: netns_of(cfg, sk),
-            ..AttemptState::default()
-        };
-        let _ = ATTEMPTS.insert(&sk, &state, 0);
+        // The namespace is read when something is reported (the socket is at hand then):
+        // two reads fewer on every healthy connect.
+        let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
+        track_attempt(&sk, &state);
         return Some(());
     }
 
@@ -97,15 +117,10 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         let entry = ATTEMPTS.get_ptr_mut(&sk)?;
         let attempt = unsafe { *entry };
         if new == e.tcp_established && cfg.conn.enabled != 0 {
-            // Kept (the LRU ages it out) so the connection's abnormal end is charged to its
-            // owner; the ports identify the connection later.
-            unsafe {
-                // The connect's start is what the findings measure from; this only marks the
-                // entry as a connection (a clock read per connection saved).
-                (*entry).established_ns = attempt.start_ns | 1;
-                (*entry).sport = field(ctx, f.sport).unwrap_or(0);
-                (*entry).dport = field(ctx, f.dport).unwrap_or(0);
-            }
+            // Kept until the connection ends (every end removes it), so that an abnormal end
+            // is charged to its owner. The connect's start is what the findings measure from;
+            // this only marks the entry as a connection (a clock read per connection saved).
+            unsafe { (*entry).established_ns = attempt.start_ns | 1 };
         } else {
             let _ = ATTEMPTS.remove(&sk);
         }
@@ -117,17 +132,20 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
             // Connected at the first try: healthy traffic, nothing to report.
             return None;
         };
+        if !tcp() {
+            return None;
+        }
         let sk_err: i32 = if kind == EventKind::TcpAttemptFailed { kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0) } else { 0 };
         if cfg.debug != 0 {
             debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
         }
         emit_with(kind as u32, |ev: &mut TcpEvent| {
             ev.header.kind = kind as u32;
-            ev.header.netns = attempt.netns;
+            ev.header.netns = netns_of(cfg, sk);
             ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
             ev.header.sock = sk;
             ev.header.task = attempt.owner;
-            ev.flow = sock_flow(ctx, f);
+            ev.flow = ctx.flow(cfg, sk);
             ev.sk_err = sk_err;
             ev.syn_retransmits = attempt.syn_retransmits;
             ev.rst_received = attempt.rst_received;
@@ -142,7 +160,7 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         if cfg.fn_hooks.active & FN_ACCEPT == 0 {
             return None;
         }
-        let local = sock_flow(ctx, f);
+        let local = ctx.flow(cfg, sk);
         let flow = Flow { family: local.family, sport: local.dport, dport: local.sport, _pad: 0, saddr: local.daddr, daddr: local.saddr };
         let child = QueuedChild { start_ns: unsafe { bpf_ktime_get_ns() }, netns: netns_of(cfg, sk), _pad: 0, flow };
         let _ = QUEUED.insert(&sk, &child, 0);
@@ -152,8 +170,8 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     // A child socket is cloned from its listener and leaves the inherited LISTEN state for
     // SYN_RECV: that is a connection being accepted, not the listener closing. Only
     // CLOSE->LISTEN (listen()) and LISTEN->CLOSE (close/exit) are the listener's life.
-    if (old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close) {
-        let flow = sock_flow(ctx, f);
+    if ((old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close)) && tcp() {
+        let flow = ctx.flow(cfg, sk);
         let netns = netns_of(cfg, sk);
         let key = ListenerKey { netns, port: flow.sport, family: flow.family };
         let now = unsafe { bpf_ktime_get_ns() };
@@ -192,4 +210,14 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
         });
     }
     Some(())
+}
+
+/// Lets a connection's record go. Half of the connections that end are the upstream's
+/// accepted sockets, which have none: a lookup (no lock) finds that out more cheaply than a
+/// remove.
+#[inline(always)]
+fn forget(sk: u64) {
+    if unsafe { ATTEMPTS.get(&sk) }.is_some() {
+        let _ = ATTEMPTS.remove(&sk);
+    }
 }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
     ConnEndEvent, EventHeader, EventKind, Flow, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6, CONN_LOCAL_FIN, CONN_PEER_FIN,
+    DROP_SITE_FLAG, DROP_SITE_FUNCTIONS,
 };
 
 use crate::event::{ConnEnd, Event, EventBody, FatalSignal, FlowAddr, Queue, TaskInfo};
@@ -12,6 +13,17 @@ use crate::event::{ConnEnd, Event, EventBody, FatalSignal, FlowAddr, Queue, Task
 pub trait ReasonNames {
     fn drop_reason(&self, value: u32) -> Option<String>;
     fn rst_reason(&self, value: u32) -> Option<String>;
+}
+
+/// A drop's reason by name, or on kernels without drop reasons, where it happened
+/// (`in nf_hook_slow`: `rules::drop_meaning` reads both).
+fn drop_reason(names: &dyn ReasonNames, raw: u32) -> String {
+    if raw & DROP_SITE_FLAG != 0 {
+        if let Some(function) = DROP_SITE_FUNCTIONS.get((raw & !DROP_SITE_FLAG) as usize) {
+            return format!("in {function}");
+        }
+    }
+    names.drop_reason(raw).unwrap_or_else(|| raw.to_string())
 }
 
 pub fn task_info(t: &Task) -> TaskInfo {
@@ -165,10 +177,7 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
             flow,
             reason: (ev.reason != u32::MAX).then(|| names.rst_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string())),
         },
-        EventKind::SkbDropped => EventBody::SkbDropped {
-            flow: Some(flow),
-            reason: names.drop_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string()),
-        },
+        EventKind::SkbDropped => EventBody::SkbDropped { flow: Some(flow), reason: drop_reason(names, ev.reason) },
         EventKind::IcmpSent => {
             EventBody::IcmpSent { flow, icmp_type: (ev.reason >> 8) as u8, code: (ev.reason & 0xff) as u8 }
         }
@@ -271,6 +280,17 @@ mod tests {
         drop.flow.family = 2;
         match decode(&bytes(&drop), &NoNames).unwrap().body {
             EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "NO_SOCKET"),
+            other => panic!("{other:?}"),
+        }
+        // Before 5.17: the drop site instead of a reason.
+        drop.reason = DROP_SITE_FLAG;
+        match decode(&bytes(&drop), &NoNames).unwrap().body {
+            EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "in nf_hook_slow"),
+            other => panic!("{other:?}"),
+        }
+        drop.reason = DROP_SITE_FLAG | 2;
+        match decode(&bytes(&drop), &NoNames).unwrap().body {
+            EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "in tcp_v6_rcv"),
             other => panic!("{other:?}"),
         }
     }

@@ -9,7 +9,7 @@ pub mod fhooks;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use tokio::io::unix::AsyncFd;
@@ -28,6 +28,9 @@ pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20
 
 /// The kernel object built by tracer/build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// The program on sock:inet_sock_set_state (classic; `tracer_set_state_raw` is its raw twin).
+const SET_STATE: &str = "tracer_set_state";
 
 /// How tracer reaches the kernel: tracepoints only, or function hooks (fentry/fexit, else
 /// kprobe/kretprobe) where they load, per function, and the tracepoints for everything else.
@@ -52,6 +55,9 @@ pub struct Availability<'a> {
     pub name: &'a str,
     pub available: bool,
     pub why_not: Option<String>,
+    /// Available, but left out until something needs it (`Capture::attach_deferred`);
+    /// `why_not` says why it waits.
+    pub deferred: bool,
 }
 
 pub struct Capture {
@@ -66,6 +72,8 @@ pub struct Capture {
     pub fn_hooks: Vec<fhooks::FnHookOutcome>,
     /// The kernel's accept-wait histograms (filled while inet_csk_accept is hooked).
     pub accept_waits: Option<fhooks::AcceptWaits>,
+    /// Tracepoints left out at start until needed: (program, category, name).
+    deferred: Vec<(&'static str, &'static str, &'static str)>,
     _ebpf: Ebpf,
 }
 
@@ -95,11 +103,7 @@ impl Capture {
         if fold_no_socket {
             config.enums.drop_no_socket = tracer_common::FIELD_ABSENT;
         }
-        {
-            let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
-            let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
-            cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")?;
-        }
+        write_config(&mut ebpf, &config)?;
 
         let logger = if debug {
             match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -117,27 +121,48 @@ impl Capture {
         let (fn_hooks, fn_bits) = fhooks::start(&mut ebpf, plan, true);
         if fn_bits != 0 {
             config.fn_hooks.active = fn_bits;
-            let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
-            let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
-            cfg_map.set(0, config, 0).context("writing the active function hooks into the CONFIG map")?;
+            write_config(&mut ebpf, &config)?;
         }
         // The after-connect checks (probes/conn_end.rs), tail-called by set_state. Without
         // them (a kernel that refuses the program) set_state goes on alone: they are off.
+        // sock:inet_sock_set_state fires ten times per healthy proxied request: its raw
+        // tracepoint reads (sk, oldstate, newstate) without a helper call each, where BTF
+        // gives the socket members it reads instead of the classic record's fields.
+        let mut set_state_raw = config.sock.complete();
         if config.conn.enabled != 0 {
-            if let Err(e) = load_conn_end(&mut ebpf) {
+            if let Err(e) = load_conn_end(&mut ebpf, set_state_raw) {
                 log::warn!("after-connect checks off: {e:#}");
                 config.conn.enabled = 0;
-                let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
-                let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
-                cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")?;
+                write_config(&mut ebpf, &config)?;
             }
         }
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
+        let mut deferred = Vec::new();
         for (spec, tp) in hooks::tracepoints() {
             let avail = available.iter().find(|a| a.category == tp.category && a.name == tp.name);
             let replaced_by = tp.replaced_by.filter(|f| fn_bits & hooks::function_bit(f) != 0);
             let why_not = match (avail, replaced_by) {
                 (_, Some(function)) => Some(format!("not needed: {function} is hooked")),
+                (Some(a), None) if a.available && a.deferred => {
+                    deferred.push((tp.program, tp.category, tp.name));
+                    Some(a.why_not.clone().unwrap_or_else(|| "not needed yet".into()))
+                }
+                (_, None) if tp.program == SET_STATE && set_state_raw => match attach_set_state_raw(&mut ebpf) {
+                    Ok(()) => None,
+                    Err(e) => {
+                        // The classic tracepoint then, with its own after-connect program.
+                        log::warn!("raw tracepoint inet_sock_set_state: {e:#}; using the classic tracepoint");
+                        set_state_raw = false;
+                        if config.conn.enabled != 0 && load_conn_end(&mut ebpf, false).is_err() {
+                            config.conn.enabled = 0;
+                            write_config(&mut ebpf, &config)?;
+                        }
+                        match avail {
+                            Some(a) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
+                            _ => Some("not available on this kernel".into()),
+                        }
+                    }
+                },
                 (Some(a), None) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
                 (Some(a), None) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
                 (None, None) => Some("not probed".into()),
@@ -147,22 +172,48 @@ impl Capture {
                     bail!("cannot attach {} ({why}): tracer needs it to follow connection attempts; run `tracer doctor`", tp.full_name());
                 }
             }
-            hooks.push(HookState { hook: tp.full_name(), active: why_not.is_none(), why_not });
+            let hook = match tp.program == SET_STATE && set_state_raw {
+                true => format!("raw_tp:{}", tp.full_name()),
+                false => tp.full_name(),
+            };
+            hooks.push(HookState { hook, active: why_not.is_none(), why_not });
         }
 
         if fold_no_socket && !hooks.iter().any(|h| h.active && h.hook == "tcp:tcp_send_reset") {
             // tcp_send_reset did not attach after all: the NO_SOCKET drops are needed.
             config.enums.drop_no_socket = no_socket_drop;
-            let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
-            let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
-            cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")?;
+            write_config(&mut ebpf, &config)?;
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?)?;
         let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, _ebpf: ebpf })
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, _ebpf: ebpf })
+    }
+
+    /// Attaches the tracepoints left out at start until something needs them (the Unix
+    /// connect hooks, once an Nginx configures a Unix socket upstream). Returns the hooks now
+    /// active; one that fails to attach stays inactive with the error as its reason.
+    pub fn attach_deferred(&mut self) -> Vec<String> {
+        let mut attached = Vec::new();
+        for (program, category, name) in std::mem::take(&mut self.deferred) {
+            let full = format!("{category}:{name}");
+            let why_not = attach(&mut self._ebpf, program, category, name).err().map(|e| format!("{e:#}"));
+            if why_not.is_none() {
+                attached.push(full.clone());
+            }
+            if let Some(h) = self.hooks.iter_mut().find(|h| h.hook == full) {
+                h.active = why_not.is_none();
+                h.why_not = why_not;
+            }
+        }
+        attached
+    }
+
+    /// Whether some tracepoints still wait for `attach_deferred`.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
     }
 
     /// Tells the lifecycle programs about listeners that existed before tracing started:
@@ -283,11 +334,7 @@ pub fn probe_function_hooks(config: &Config, plan: &fhooks::FnHookPlan<'_>) -> R
         bail!("this tracer binary was built without its kernel programs");
     }
     let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| anyhow!("loading tracer's eBPF object failed: {e}"))?;
-    {
-        let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
-        let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
-        cfg_map.set(0, *config, 0)?;
-    }
+    write_config(&mut ebpf, config)?;
     Ok(fhooks::start(&mut ebpf, plan, false).0)
 }
 
@@ -325,16 +372,34 @@ fn unload(prog: &mut aya::programs::Program) {
 }
 
 /// Loads `tracer_conn_end` (not attached: set_state tail-calls it) into slot 0 of `CONN_END`.
-fn load_conn_end(ebpf: &mut Ebpf) -> Result<()> {
-    let prog: &mut TracePoint = ebpf
-        .program_mut("tracer_conn_end")
-        .ok_or_else(|| anyhow!("program tracer_conn_end missing from the eBPF object"))?
-        .try_into()?;
-    prog.load().map_err(|e| anyhow!("tracer_conn_end: load refused: {e}"))?;
-    let fd = prog.fd()?.try_clone()?;
+/// Loads the after-connect program of the same kind as the set_state program (a tail call
+/// keeps the program type) into the CONN_END slot.
+fn load_conn_end(ebpf: &mut Ebpf, raw: bool) -> Result<()> {
+    let name = if raw { "tracer_conn_end_raw" } else { "tracer_conn_end" };
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    let fd = if raw {
+        let prog: &mut RawTracePoint = program.try_into()?;
+        prog.load().map_err(|e| anyhow!("{name}: load refused: {e}"))?;
+        prog.fd()?.try_clone()?
+    } else {
+        let prog: &mut TracePoint = program.try_into()?;
+        prog.load().map_err(|e| anyhow!("{name}: load refused: {e}"))?;
+        prog.fd()?.try_clone()?
+    };
     let map = ebpf.map_mut("CONN_END").ok_or_else(|| anyhow!("eBPF object has no CONN_END map"))?;
     let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
     slots.set(0, &fd, 0).context("filling the CONN_END slot")?;
+    Ok(())
+}
+
+/// sock:inet_sock_set_state as a raw tracepoint (`tracer_set_state_raw`).
+fn attach_set_state_raw(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut("tracer_set_state_raw")
+        .ok_or_else(|| anyhow!("program tracer_set_state_raw missing from the eBPF object"))?
+        .try_into()?;
+    prog.load().map_err(|e| anyhow!("load refused: {e}"))?;
+    prog.attach("inet_sock_set_state").map_err(|e| anyhow!("attach refused: {e}"))?;
     Ok(())
 }
 
@@ -352,7 +417,7 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<
 /// `tcp:tcp_send_reset` (a tracepoint, named by its category).
 fn hook_kind(hook: &str) -> &str {
     match hook.split_once(':') {
-        Some((kind, _)) if kind.starts_with("fentry") || kind.starts_with("fexit") || kind.starts_with("kprobe") || kind.starts_with("kretprobe") => kind,
+        Some((kind, _)) if kind.starts_with("fentry") || kind.starts_with("fexit") || kind.starts_with("kprobe") || kind.starts_with("kretprobe") || kind == "raw_tp" => kind,
         _ => "tracepoint",
     }
 }
@@ -395,4 +460,11 @@ mod describe_tests {
         );
         assert!(line.len() < 200, "{}", line.len());
     }
+}
+
+/// Writes the kernel facts into the CONFIG map's one slot.
+fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
+    let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
+    let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
+    cfg_map.set(0, *config, 0).context("writing the kernel facts into the CONFIG map")
 }

@@ -225,8 +225,9 @@ impl Engine {
             e.ts_ns + AFTER_GRACE_NS >= n.start_ns
                 && matches!(&e.kind, FlowEvidenceKind::Dropped { reason } if reason == "TCP_LISTEN_OVERFLOW")
         });
-        let Some(cause) = classify_after_connect(&facts) else { return };
         let holder = self.after.holders.get(&n.flow).cloned();
+        facts.never_accepted = matches!(holder, Some((_, _, true)));
+        let Some(cause) = classify_after_connect(&facts) else { return };
         let upstream_process = match (&upstream, &holder) {
             (Some(UpstreamSide { closer: Some(c), .. }), _) => Some(ProcessRef::of(c)),
             (_, Some((h, _, false))) if h.pid != 0 => Some(ProcessRef::of(h)),
@@ -333,6 +334,7 @@ fn evidence_of(f: &ConnFacts, upstream: Option<&UpstreamSide>, death: Option<&De
     set(Evidence::ResetOnConnection, f.reset);
     set(Evidence::ResetAfterUpstreamFin, f.reset_after_fin);
     set(Evidence::NginxClosedWithoutResponse, f.nginx_closed && f.nginx_received == 0);
+    set(Evidence::NeverAccepted, f.never_accepted && f.nginx_closed);
     set(Evidence::ClosedByDyingProcess, death.is_some());
     if let Some(u) = upstream {
         set(Evidence::UpstreamAbort, u.end == ConnEnd::Reset && death.is_none());

@@ -90,6 +90,8 @@ fn the_after_connect_table_reads_like_its_comments() {
     // A server closing a connection on which no request went out failed nothing.
     assert_eq!(f(|x| x.fin_before_response = true), None);
     assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143 }), Some(Cause::UpstreamTimeout));
+    // Given up on while still in the listener's accept queue: nobody accepted it in time.
+    assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143; x.never_accepted = true }), Some(Cause::BacklogFull));
     // A client closing a connection it never sent a request on gave up on nothing.
     assert_eq!(f(|x| x.nginx_closed = true), None);
     // Nginx closing a connection that had its response is not a failure.
@@ -242,6 +244,17 @@ fn nginx_giving_up_is_upstream_timeout_with_the_holder_and_its_state() {
     assert_eq!(f.upstream_process.as_ref().map(|p| p.pid), Some(701));
     let c = f.connection.as_ref().unwrap();
     assert_eq!((c.after_ms, c.upstream_state.as_deref()), (2000, Some("S (sleeping)")));
+}
+
+#[test]
+fn nginx_giving_up_on_a_connection_never_accepted_is_backlog_full() {
+    let w = worker();
+    let holder = ev(12 * S + MS, 0, &w, EventBody::ConnHolder { flow: nginx_flow(), state: None, in_queue: true });
+    let (e, _) = run(&[nginx_end(12 * S, ConnEnd::LocalFin, 0, false, 0, None), holder]);
+    let f = only(&e);
+    assert_finding(&f, Cause::BacklogFull, 1, &[812], None);
+    assert_eq!(f.evidence.get(&Evidence::NeverAccepted), 1);
+    assert_eq!(f.connection, None);
 }
 
 #[test]

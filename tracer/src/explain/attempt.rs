@@ -6,6 +6,7 @@ use crate::event::{FlowAddr, Queue, TaskInfo};
 
 use super::evidence::{Evidence, EvidenceCounts};
 use super::output::RuleFacts;
+use super::rules::{drop_meaning, DropMeaning};
 use super::ProcessRef;
 
 /// Identity of an attempt: the kernel socket address plus its flow (socket memory is reused,
@@ -229,14 +230,15 @@ impl Attempt {
     }
 
     fn note_drop(&mut self, reason: &str, to_target: bool) -> Evidence {
-        match reason {
+        let meaning = drop_meaning(reason);
+        match meaning {
             // Netfilter drops count in either direction: a dropped SYN or a dropped answer.
-            "NETFILTER_DROP" => self.netfilter_drops += 1,
-            "NO_SOCKET" if to_target => self.no_socket_to_target += 1,
-            "TCP_LISTEN_OVERFLOW" => self.listen_overflow_drops += 1,
+            Some(DropMeaning::Netfilter) => self.netfilter_drops += 1,
+            Some(DropMeaning::NoSocket) if to_target => self.no_socket_to_target += 1,
+            Some(DropMeaning::ListenOverflow) => self.listen_overflow_drops += 1,
             _ => {}
         }
-        let to_client = !to_target && reason != "NETFILTER_DROP";
+        let to_client = !to_target && meaning != Some(DropMeaning::Netfilter);
         Evidence::Dropped { reason: reason.to_string(), to_client }
     }
 

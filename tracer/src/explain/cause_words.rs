@@ -158,9 +158,13 @@ impl Cause {
             | Cause::UpstreamTimeout => super::after_words::detail(self, w),
             Cause::DeadListener => format!(
                 "This host's kernel answered {attempts} to {target} with a TCP reset because no socket \
-                 listened on that port (tcp_send_reset from no socket{}), so connect() failed with \
-                 ECONNREFUSED.",
-                if w.resets_sent > 0 { format!(", {} sent", w.resets_sent) } else { String::new() }
+                 listened on that port ({}), so connect() failed with ECONNREFUSED.",
+                // Kernels before 6.10 trace no reset from no socket: there the SYN's drop shows it.
+                if w.resets_sent > 0 {
+                    format!("tcp_send_reset from no socket, {} sent", w.resets_sent)
+                } else {
+                    "its stack found no socket for the SYN and dropped it".to_string()
+                }
             ),
             Cause::BacklogFull => {
                 let queue = match w.queue {
@@ -181,18 +185,17 @@ impl Cause {
             }
             Cause::FirewallDrop => format!(
                 "A netfilter rule on this host dropped the packets of {attempts} to {target} \
-                 ({} NETFILTER_DROP drops): the SYN was never answered, so the connection waited and \
+                 ({} netfilter drops): the SYN was never answered, so the connection waited and \
                  timed out.",
                 w.netfilter_drops
             ),
             Cause::FirewallReject => {
                 let how = match (w.rejected_by_reset, w.rejected_by_icmp) {
-                    (r, 0) if r > 0 => "netfilter answered with a TCP reset (the packet was dropped \
-                                        with NETFILTER_DROP and no socket-less reset came from the \
-                                        TCP stack)"
+                    (r, 0) if r > 0 => "netfilter answered with a TCP reset (netfilter dropped the \
+                                        packet, and no socket-less reset came from the TCP stack)"
                         .to_string(),
-                    (0, _) => "netfilter answered with an ICMP unreachable error (NETFILTER_DROP \
-                               drop and icmp_send on this host)"
+                    (0, _) => "netfilter answered with an ICMP unreachable error (a netfilter \
+                               drop, then the ICMP error)"
                         .to_string(),
                     (r, i) => format!("netfilter answered {r} with a TCP reset and {i} with an ICMP unreachable error"),
                 };
@@ -202,6 +205,11 @@ impl Cause {
                 "{target} refused {attempts} with a TCP reset that this host's stack did not send: \
                  the refusal came from another host; from this host alone a dead listener cannot be \
                  told from a remote REJECT; run tracer on the upstream host to tell them apart."
+            ),
+            Cause::RefusedUnattributed => format!(
+                "{target} refused {attempts} (ECONNREFUSED), and this kernel cannot show who refused: \
+                 a firewall rule on this host, no listener on that port, or the remote host. It gives \
+                 no drop reason (those came in 5.17), and tracer could not learn where it dropped packets."
             ),
             Cause::NoResponse => format!(
                 "{attempts} to {target} got no answer at all ({} SYN retransmits) and this host saw \
@@ -343,6 +351,13 @@ impl Cause {
                  check on that host that the upstream listens (`ss -tlnp`, `systemctl status` of its \
                  unit) and that no firewall rule rejects this host's address (`nft list ruleset`)."
                 .to_string(),
+            Cause::RefusedUnattributed => format!(
+                "Tell the three apart by hand: `ss -tlnp | grep {port}` on the upstream's host shows \
+                 whether anything listens there, `sudo nft list ruleset | grep reject` (or `sudo iptables \
+                 -S | grep REJECT`) shows reject rules on each host. tracer tells them apart itself on \
+                 kernels with drop reasons (5.17 and later), and on this one when it can read the \
+                 addresses in /proc/kallsyms (as root, with kernel.kptr_restrict at most 1)."
+            ),
             Cause::NoResponse => "The upstream never answered and this host shows no reason: check that \
                  the upstream host is up and reachable (`ping`, `curl -v` to it from this host), and \
                  look for firewalls or security groups along the path that drop the traffic. Set a \

@@ -60,7 +60,7 @@ impl Engine {
         self.remember_concluded(a.end_ns(), *key, if a.start_known { a.start_ns } else { 0 });
 
         let around = self.surroundings(&a);
-        let facts = tcp_facts(&a, &around);
+        let facts = tcp_facts(&a, &around, self.opts.local_refusals_unseen);
         let Some((cause, reject)) = classify_tcp(&facts) else { return };
         let outcome = match a.close {
             Some(Close::Delayed { .. }) => Outcome::Delayed,
@@ -212,8 +212,9 @@ impl Engine {
 }
 
 /// The rule table's input for one attempt.
-fn tcp_facts(a: &Attempt, around: &Surroundings) -> TcpFacts {
+fn tcp_facts(a: &Attempt, around: &Surroundings, local_refusals_unseen: bool) -> TcpFacts {
     TcpFacts {
+        local_refusals_unseen,
         netfilter_drop: a.netfilter_drops > 0,
         rst_received: a.rst_received,
         sk_err: a.sk_err(),

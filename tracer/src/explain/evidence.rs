@@ -62,6 +62,9 @@ pub enum Evidence {
     UpstreamFinBeforeResponse,
     /// Nginx closed its socket before any response byte (it gave up).
     NginxClosedWithoutResponse,
+    /// The upstream's end of the connection was still in its listener's accept queue when
+    /// Nginx gave up: no process ever accepted it.
+    NeverAccepted,
     /// connect() found no free local port: the attempt closed before a port was bound.
     NoLocalPort,
 }

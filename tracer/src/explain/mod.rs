@@ -42,6 +42,8 @@ mod after_tests;
 #[cfg(test)]
 mod namespace_tests;
 #[cfg(test)]
+mod old_kernel_tests;
+#[cfg(test)]
 pub(crate) mod test_kit;
 #[cfg(test)]
 mod tests;

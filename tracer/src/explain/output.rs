@@ -20,11 +20,13 @@ pub struct EngineOptions {
     pub evidence_ttl_ns: u64,
     /// Bound on tracked attempts, buffered evidence and known listeners (each).
     pub max_tracked: usize,
+    /// The kernel cannot show this host refusing a connection (`TcpFacts::local_refusals_unseen`).
+    pub local_refusals_unseen: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { grace_ns: 300_000_000, evidence_ttl_ns: 120_000_000_000, max_tracked: 200_000 }
+        EngineOptions { grace_ns: 300_000_000, evidence_ttl_ns: 120_000_000_000, max_tracked: 200_000, local_refusals_unseen: false }
     }
 }
 

@@ -12,6 +12,10 @@ pub enum Cause {
     FirewallDrop,
     FirewallReject,
     RemoteRefused,
+    /// Refused, on a kernel that cannot show a local refusal (no drop reasons before 5.17,
+    /// no drop sites, no resets from no socket before 6.10): a firewall reject, a dead
+    /// listener or the remote host, and this kernel does not say which.
+    RefusedUnattributed,
     UnixMissing,
     UnixStale,
     UnixBacklogFull,
@@ -56,6 +60,38 @@ pub struct TcpFacts {
     pub icmp_sent: bool,
     /// SYN retransmits of this attempt.
     pub syn_retransmits: u32,
+    /// The kernel cannot show this host refusing a connection (it has no drop reasons, its
+    /// drop sites are unknown, and tcp_send_reset does not report resets from no socket): the
+    /// absence of local evidence then proves nothing.
+    pub local_refusals_unseen: bool,
+}
+
+/// What a packet drop (skb:kfree_skb) means for a connect, from its drop reason or, on
+/// kernels without reasons (before 5.17), from the function that dropped it (`in NAME`, see
+/// tracer_common::DROP_SITE_FUNCTIONS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropMeaning {
+    /// A netfilter rule dropped or rejected it: `NETFILTER_DROP`, or freed by `nf_hook_slow`
+    /// (where the NF_DROP verdict frees the packet).
+    Netfilter,
+    /// No socket took it: `NO_SOCKET`, or freed by `tcp_v4_rcv`/`tcp_v6_rcv`, whose drop of a
+    /// segment on its way to the target follows the reset from no socket (it is the
+    /// `no_tcp_socket` path; the other drops there are malformed segments, which no client
+    /// sees refused).
+    NoSocket,
+    /// `TCP_LISTEN_OVERFLOW`: the handshake's ACK came to a full accept queue.
+    ListenOverflow,
+}
+
+/// The meaning of a drop reason name (without its prefix) or drop site; None: not one tracer
+/// reads.
+pub fn drop_meaning(reason: &str) -> Option<DropMeaning> {
+    match reason {
+        "NETFILTER_DROP" | "in nf_hook_slow" => Some(DropMeaning::Netfilter),
+        "NO_SOCKET" | "in tcp_v4_rcv" | "in tcp_v6_rcv" => Some(DropMeaning::NoSocket),
+        "TCP_LISTEN_OVERFLOW" => Some(DropMeaning::ListenOverflow),
+        _ => None,
+    }
 }
 
 pub const ECONNREFUSED: i32 = 111;
@@ -88,6 +124,11 @@ pub fn classify_tcp(f: &TcpFacts) -> Option<(Cause, Option<RejectKind>)> {
         }
         if f.icmp_sent {
             return Some((FirewallReject, Some(RejectKind::Icmp)));
+        }
+        // Nothing local seen: the remote host refused, unless this kernel could not have
+        // shown a local refusal. Then say so rather than name one.
+        if f.local_refusals_unseen {
+            return Some((RefusedUnattributed, None));
         }
         return Some((RemoteRefused, None));
     }
@@ -134,6 +175,9 @@ pub struct ConnFacts {
     /// The upstream's end was closed by its own process while that process was dying (a
     /// non-zero exit code, or a fatal signal just before).
     pub upstream_died: bool,
+    /// The upstream's end was still in its listener's accept queue when Nginx closed (found
+    /// by sock_diag then): no process ever accepted the connection.
+    pub never_accepted: bool,
 }
 
 /// The verdict table after the connect. `None`: not a failure tracer can name (Nginx
@@ -147,6 +191,11 @@ pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
     // 2. The connection never left the listener's full queue: whatever Nginx saw later (a
     //    timeout, a reset), the full accept queue is the cause.
     if f.handshake_overflow {
+        return Some(BacklogFull);
+    }
+    //    So is a connection Nginx gave up on while it still waited in the accept queue: the
+    //    listener did not accept within Nginx's timeout (too few workers for the load).
+    if f.never_accepted && f.nginx_closed && f.nginx_received == 0 {
         return Some(BacklogFull);
     }
     // 3. The upstream's process died holding the connection: whatever Nginx then saw (a FIN,
@@ -216,12 +265,13 @@ pub fn is_abstract(path: &str) -> bool {
 }
 
 impl Cause {
-    pub const ALL: [Cause; 16] = [
+    pub const ALL: [Cause; 17] = [
         Cause::DeadListener,
         Cause::BacklogFull,
         Cause::FirewallDrop,
         Cause::FirewallReject,
         Cause::RemoteRefused,
+        Cause::RefusedUnattributed,
         Cause::UnixMissing,
         Cause::UnixStale,
         Cause::UnixBacklogFull,
@@ -243,6 +293,7 @@ impl Cause {
             Cause::FirewallDrop => "firewall_drop",
             Cause::FirewallReject => "firewall_reject",
             Cause::RemoteRefused => "remote_refused",
+            Cause::RefusedUnattributed => "refused_unattributed",
             Cause::UnixMissing => "unix_missing",
             Cause::UnixStale => "unix_stale",
             Cause::UnixBacklogFull => "unix_backlog_full",

@@ -52,6 +52,7 @@ fn cause_names_are_the_stable_snake_case_contract() {
             "firewall_drop",
             "firewall_reject",
             "remote_refused",
+            "refused_unattributed",
             "unix_missing",
             "unix_stale",
             "unix_backlog_full",

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use btf_rs::{Btf, Member, Struct, Type};
-use tracer_common::{ConnConfig, FnHookConfig, KernelEnums, KernelOffsets, FIELD_ABSENT};
+use tracer_common::{ConnConfig, FnHookConfig, KernelEnums, KernelOffsets, SockFields, FIELD_ABSENT};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -101,9 +101,10 @@ impl KernelBtf {
         let anonymous = self.anonymous_enums();
         let state = |name: &str| tcp_states(&anonymous).and_then(|m| lookup(m, name));
         let member = |s: &str, path: &[&str], size: usize| self.offset_of_sized(s, path, size).ok();
-        let (Some(close_wait), Some(fin_wait1), Some(sent), Some(received)) = (
+        let (Some(close_wait), Some(fin_wait1), Some(last_ack), Some(sent), Some(received)) = (
             state("TCP_CLOSE_WAIT"),
             state("TCP_FIN_WAIT1"),
+            state("TCP_LAST_ACK"),
             member("tcp_sock", &["bytes_sent"], 8),
             member("tcp_sock", &["bytes_received"], 8),
         ) else {
@@ -119,7 +120,23 @@ impl KernelBtf {
             enabled: 1,
             tcp_rcv_nxt: member("tcp_sock", &["rcv_nxt"], 4).unwrap_or(FIELD_ABSENT),
             tcp_copied_seq: member("tcp_sock", &["copied_seq"], 4).unwrap_or(FIELD_ABSENT),
-            _pad: 0,
+            tcp_last_ack: last_ack,
+        }
+    }
+
+    /// The socket members the raw tracepoint on inet_sock_set_state reads (each absent one
+    /// `FIELD_ABSENT`: the classic tracepoint serves then).
+    pub fn sock_fields(&self) -> SockFields {
+        let member = |path: &[&str], size: usize| self.offset_of_sized("sock", path, size).unwrap_or(FIELD_ABSENT);
+        SockFields {
+            sk_protocol: member(&["sk_protocol"], 2),
+            skc_family: member(&["__sk_common", "skc_family"], 2),
+            skc_dport: member(&["__sk_common", "skc_dport"], 2),
+            inet_sport: self.offset_of_sized("inet_sock", &["inet_sport"], 2).unwrap_or(FIELD_ABSENT),
+            skc_daddr: member(&["__sk_common", "skc_daddr"], 4),
+            skc_rcv_saddr: member(&["__sk_common", "skc_rcv_saddr"], 4),
+            skc_v6_daddr: member(&["__sk_common", "skc_v6_daddr"], 16),
+            skc_v6_rcv_saddr: member(&["__sk_common", "skc_v6_rcv_saddr"], 16),
         }
     }
 
@@ -512,6 +529,18 @@ pub(crate) mod tests {
         assert!(o.skb_transport_header > o.skb_sk && o.skb_transport_header < 512);
         assert_eq!(o.skb_sk % 8, 0);
         assert_eq!(o.skb_head % 8, 0);
+    }
+
+    /// The raw tracepoint reads sock_common's address and port pairs, which sit in anonymous
+    /// unions: the well-known layout (include/net/sock.h) comes out of BTF.
+    #[test]
+    fn sock_fields_for_the_raw_tracepoint_resolve() {
+        let Some(btf) = kernel_btf() else { return };
+        let s = btf.sock_fields();
+        assert!(s.complete(), "{s:?}");
+        assert_eq!((s.skc_daddr, s.skc_rcv_saddr), (0, 4), "skc_addrpair opens sock_common: {s:?}");
+        assert!(s.sk_protocol > s.skc_v6_rcv_saddr, "{s:?}");
+        assert!(s.inet_sport > s.sk_protocol, "inet_sock's members follow its struct sock: {s:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tracer_common::{Config, KernelEnums, KernelOffsets, FIELD_ABSENT};
 
 use super::btf::{KernelBtf, VMLINUX_BTF};
 use super::facts::{
-    fentry_availability, kernel_release, kprobes_availability, privileges, tracepoint_config, Availability,
+    fentry_availability, kernel_release, kprobes_availability, local_refusals_visible, privileges, tracepoint_config, Availability,
     TracepointInfo,
 };
 use super::hooks::{BackendChoice, FnHookOutcome, FnHookPlan};
@@ -31,9 +31,11 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
 
     // BTF: offsets and enum values for the kernel programs.
     let mut kernel_values: Option<(KernelOffsets, KernelEnums)> = None;
+    let mut set_state_raw = false;
     match KernelBtf::load() {
         Ok(btf) => match (btf.offsets(), btf.enums()) {
             (Ok(offsets), Ok(enums)) => {
+                set_state_raw = btf.sock_fields().complete();
                 writeln!(w, "BTF:         ok ({VMLINUX_BTF})")?;
                 let names = btf.names();
                 writeln!(
@@ -118,6 +120,16 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
         for note in &tp.notes {
             writeln!(w, "  {:<30} note: {note}", "")?;
         }
+        if tp.category == "syscalls" && tp.available {
+            writeln!(w, "  {:<30} note: {SYSCALLS_ON_DEMAND}", "")?;
+        }
+        if tp.full_name() == SET_STATE {
+            let how = match set_state_raw {
+                true => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF",
+                false => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
+            };
+            writeln!(w, "  {:<30} note: {how}", "")?;
+        }
     }
     if tracefs.is_some() && !tracepoints.iter().any(|t| t.available) {
         blockers.push("none of the tracepoints tracer uses is available".to_string());
@@ -170,9 +182,12 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
             && (tracepoints.iter().any(|t| t.available && t.full_name() == name)
                 || name.strip_prefix("fn:").is_some_and(|f| hooked_functions.contains(&f)))
     };
-    let listen_overflow_reason =
-        kernel_values.map(|(_, e)| e.drop_tcp_listen_overflow != FIELD_ABSENT).unwrap_or(false);
-    for row in cause_visibility(&available, listen_overflow_reason) {
+    let drops = DropFacts {
+        listen_overflow_reason: kernel_values.map(|(_, e)| e.drop_tcp_listen_overflow != FIELD_ABSENT).unwrap_or(false),
+        by_site: tp_config.is_some_and(|c| c.kfree_skb.location != FIELD_ABSENT),
+        local_refusals_visible: tp_config.is_some_and(|c| local_refusals_visible(&c, &tracepoints)),
+    };
+    for row in cause_visibility(&available, drops) {
         writeln!(w, "  {:<23} {:<8} {}", row.cause.as_str(), row.seen.word(), row.how)?;
     }
 
@@ -243,6 +258,9 @@ const SEND_RESET: &str = "tcp:tcp_send_reset";
 const ICMP_SEND: &str = "icmp:icmp_send";
 const KFREE_SKB: &str = "skb:kfree_skb";
 const SIGNAL: &str = "signal:signal_generate";
+/// When tracer attaches the syscall tracepoints (run/mod.rs `available_tracepoints`).
+const SYSCALLS_ON_DEMAND: &str = "attached only when needed (an enabled syscall tracepoint slows every syscall on the host): with --unix, when no Nginx runs, or once an Nginx configures a unix: upstream; never with --port alone";
+
 const CONNECT_ENTER: &str = "syscalls:sys_enter_connect";
 const CONNECT_EXIT: &str = "syscalls:sys_exit_connect";
 const FN_CONN_REQUEST: &str = "fn:tcp_conn_request";
@@ -251,12 +269,13 @@ const FN_UNIX_CONNECT: &str = "fn:unix_stream_connect";
 const FN_UNIX_PEER: &str = "fn:unix_find_other";
 
 /// The order of doctor's "what tracer will therefore see" rows.
-const SHOWN: [Cause; 16] = [
+const SHOWN: [Cause; 17] = [
     Cause::DeadListener,
     Cause::BacklogFull,
     Cause::FirewallDrop,
     Cause::FirewallReject,
     Cause::RemoteRefused,
+    Cause::RefusedUnattributed,
     Cause::NoResponse,
     Cause::UnixMissing,
     Cause::UnixStale,
@@ -270,19 +289,35 @@ const SHOWN: [Cause; 16] = [
     Cause::UpstreamTimeout,
 ];
 
+/// What this kernel's packet drops say, besides which hooks are usable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropFacts {
+    /// skb_drop_reason has TCP_LISTEN_OVERFLOW (6.15+).
+    pub listen_overflow_reason: bool,
+    /// skb:kfree_skb has no reasons (before 5.17): drops are known by the function that
+    /// dropped them (drop sites from /proc/kallsyms).
+    pub by_site: bool,
+    /// The kernel can show this host refusing a connection (facts::local_refusals_visible).
+    pub local_refusals_visible: bool,
+}
+
 /// Per cause: which evidence (KERNEL-NOTES.md) the available hooks give.
 /// `available(key)` says whether a hook is usable (`cat:name`, or `fn:function`).
-pub fn cause_visibility(available: &dyn Fn(&str) -> bool, listen_overflow_reason: bool) -> Vec<CauseVisibility> {
-    SHOWN.iter().map(|&cause| visibility(cause, available, listen_overflow_reason)).collect()
+pub fn cause_visibility(available: &dyn Fn(&str) -> bool, drops: DropFacts) -> Vec<CauseVisibility> {
+    SHOWN.iter().map(|&cause| visibility(cause, available, drops)).collect()
 }
 
 /// One cause's row: how well the hooks that prove it (hooks::proving) see it here.
-fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, listen_overflow_reason: bool) -> CauseVisibility {
+fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, drops: DropFacts) -> CauseVisibility {
     let row = |seen, how: &str| CauseVisibility { cause, seen, how: how.to_string() };
+    let listen_overflow_reason = drops.listen_overflow_reason;
+    // How a netfilter drop shows: by its reason, or before 5.17 by where it happened.
+    let netfilter_drop = if drops.by_site { "drops in nf_hook_slow" } else { "NETFILTER_DROP drops" };
     match cause {
         Cause::DeadListener => match (available(SET_STATE), available(SEND_RESET) || available(KFREE_SKB)) {
+            (true, true) if drops.by_site => row(Seen::Yes, "refused attempts, and their SYNs dropped in tcp_v4_rcv/tcp_v6_rcv where this host reset them from no socket (no drop reasons before 5.17: the drop sites come from /proc/kallsyms)"),
             (true, true) => row(Seen::Yes, "refused attempts, and the RST this host sent because no socket listens"),
-            (true, false) => row(Seen::Partly, "refused attempts only: not told from a firewall reject, and a local refusal may read as remote_refused (needs skb:kfree_skb with drop reasons, 5.17+, or tcp:tcp_send_reset's resets from no socket, 6.10+)"),
+            (true, false) => row(Seen::Partly, "refused attempts only: not told from a firewall reject or the remote host, so a local refusal reads as refused_unattributed (needs skb:kfree_skb with drop reasons, 5.17+, or its drop sites in a readable /proc/kallsyms, or tcp:tcp_send_reset's resets from no socket, 6.10+)"),
             (false, true) => row(Seen::Partly, "RSTs from no socket, without the attempts they answer (needs sock:inet_sock_set_state)"),
             (false, false) => row(Seen::No, "needs sock:inet_sock_set_state and tcp:tcp_send_reset"),
         },
@@ -306,23 +341,29 @@ fn visibility(cause: Cause, available: &dyn Fn(&str) -> bool, listen_overflow_re
             }
         }
         Cause::FirewallDrop => match (available(KFREE_SKB), available(RETRANSMIT)) {
-            (true, true) => row(Seen::Yes, "NETFILTER_DROP drops of the SYN and its retransmits"),
-            (true, false) => row(Seen::Partly, "NETFILTER_DROP drops, without the retransmitting attempt (needs tcp:tcp_retransmit_skb)"),
+            (true, true) => row(Seen::Yes, &format!("{netfilter_drop} of the SYN and its retransmits")),
+            (true, false) => row(Seen::Partly, &format!("{netfilter_drop}, without the retransmitting attempt (needs tcp:tcp_retransmit_skb)")),
             (false, true) => row(Seen::Partly, "unanswered SYNs only: not told from a lost or overloaded peer (needs skb:kfree_skb)"),
             (false, false) => row(Seen::No, "needs skb:kfree_skb and tcp:tcp_retransmit_skb"),
         },
         Cause::FirewallReject => {
             let tcp_reset = available(KFREE_SKB) && available(RECEIVE_RESET);
             match (tcp_reset, available(ICMP_SEND)) {
-                (true, true) => row(Seen::Yes, "reject with tcp reset (NETFILTER_DROP + RST received) and with icmp (ICMP sent)"),
-                (true, false) => row(Seen::Partly, "reject with tcp reset only (needs icmp:icmp_send for reject with icmp)"),
+                (true, true) => row(Seen::Yes, &format!("reject with tcp reset ({netfilter_drop} + RST received) and with icmp (ICMP sent)")),
+                (true, false) => row(Seen::Partly, &format!("reject with tcp reset ({netfilter_drop} + RST received), and with icmp only by the refused attempt's error (needs icmp:icmp_send for the ICMP itself)")),
                 (false, true) => row(Seen::Partly, "reject with icmp only (needs skb:kfree_skb and tcp:tcp_receive_reset for tcp reset)"),
                 (false, false) => row(Seen::No, "needs skb:kfree_skb, tcp:tcp_receive_reset, icmp:icmp_send"),
             }
         }
         Cause::RemoteRefused => match (available(SET_STATE), available(RECEIVE_RESET)) {
+            (true, _) if !drops.local_refusals_visible => row(Seen::Partly, "refused attempts, but this kernel cannot show a local refusal, so none is called remote: they read refused_unattributed"),
             (true, true) => row(Seen::Yes, "attempts closed with ECONNREFUSED after an RST from the peer"),
             (true, false) => row(Seen::Partly, "attempts closed with ECONNREFUSED, the RST itself not seen (needs tcp:tcp_receive_reset)"),
+            (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
+        },
+        Cause::RefusedUnattributed => match (available(SET_STATE), drops.local_refusals_visible) {
+            (true, false) => row(Seen::Yes, "every refusal with no local evidence: this kernel has no drop reasons (5.17+), no readable drop sites and no resets from no socket (6.10+), so a dead listener, a firewall reject and a remote refusal all read as this"),
+            (true, true) => row(Seen::Yes, "not given here: this kernel shows local refusals, so each refusal gets its own cause"),
             (false, _) => row(Seen::No, "needs sock:inet_sock_set_state"),
         },
         Cause::NoResponse => match (available(SET_STATE), available(RETRANSMIT)) {
@@ -375,7 +416,7 @@ mod tests {
 
     #[test]
     fn everything_available_sees_every_cause() {
-        let rows = cause_visibility(&|_| true, true);
+        let rows = cause_visibility(&|_| true, DropFacts { listen_overflow_reason: true, by_site: false, local_refusals_visible: true });
         assert_eq!(rows.len(), Cause::ALL.len());
         assert!(rows.iter().all(|r| r.seen == Seen::Yes), "{rows:?}");
         assert!(rows[1].how.contains("TCP_LISTEN_OVERFLOW"));
@@ -384,7 +425,7 @@ mod tests {
 
     #[test]
     fn function_hooks_alone_see_backlogs_and_unix_errors() {
-        let rows = cause_visibility(&|name| name.starts_with("fn:"), false);
+        let rows = cause_visibility(&|name| name.starts_with("fn:"), NO_DROPS);
         let get = |cause: Cause| rows.iter().find(|r| r.cause == cause).unwrap().clone();
         assert_eq!(get(Cause::BacklogFull).seen, Seen::Yes, "{rows:?}");
         assert!(get(Cause::BacklogFull).how.contains("tcp_conn_request"));
@@ -396,16 +437,34 @@ mod tests {
 
     #[test]
     fn missing_tracepoints_degrade_causes() {
-        let rows = cause_visibility(&|name| name == SET_STATE, false);
+        let rows = cause_visibility(&|name| name == SET_STATE, NO_DROPS);
         let seen = |cause: Cause| rows.iter().find(|r| r.cause == cause).unwrap().seen;
+        assert_eq!(seen(Cause::RefusedUnattributed), Seen::Yes);
+        assert!(rows[0].how.contains("refused_unattributed"), "{:?}", rows[0]);
         assert_eq!(seen(Cause::DeadListener), Seen::Partly);
         assert_eq!(seen(Cause::BacklogFull), Seen::Partly);
         assert_eq!(seen(Cause::FirewallDrop), Seen::No);
         assert_eq!(seen(Cause::FirewallReject), Seen::No);
         assert_eq!(seen(Cause::RemoteRefused), Seen::Partly);
+        assert!(rows.iter().find(|r| r.cause == Cause::RemoteRefused).unwrap().how.contains("refused_unattributed"));
         assert_eq!(seen(Cause::UnixMissing), Seen::No);
         assert_eq!(seen(Cause::UnixStale), Seen::No);
         assert_eq!(seen(Cause::NoResponse), Seen::Partly);
+    }
+
+    const NO_DROPS: DropFacts = DropFacts { listen_overflow_reason: false, by_site: false, local_refusals_visible: false };
+
+    #[test]
+    fn before_5_17_drops_are_named_by_their_site() {
+        // 5.10: kfree_skb by drop site, no icmp_send, no resets from no socket.
+        let drops = DropFacts { listen_overflow_reason: false, by_site: true, local_refusals_visible: true };
+        let rows = cause_visibility(&|name| name != ICMP_SEND && name != SEND_RESET, drops);
+        let get = |cause: Cause| rows.iter().find(|r| r.cause == cause).unwrap().clone();
+        assert_eq!(get(Cause::DeadListener).seen, Seen::Yes);
+        assert!(get(Cause::DeadListener).how.contains("tcp_v4_rcv"));
+        assert!(get(Cause::FirewallDrop).how.starts_with("drops in nf_hook_slow"));
+        assert_eq!(get(Cause::FirewallReject).seen, Seen::Partly);
+        assert!(get(Cause::RefusedUnattributed).how.starts_with("not given here"));
     }
 
     /// The rules read exactly the hooks the registry says prove each cause: a hook added to
@@ -420,7 +479,7 @@ mod tests {
                     asked.borrow_mut().insert(key.to_string());
                     answer
                 };
-                visibility(cause, &record, true);
+                visibility(cause, &record, DropFacts { listen_overflow_reason: true, by_site: false, local_refusals_visible: answer });
             }
             let proving: std::collections::BTreeSet<String> = hooks::proving(cause).into_iter().collect();
             assert_eq!(asked.into_inner(), proving, "{cause:?}");

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use tracer_common::{
-    Config, KernelEnums, KernelOffsets, TpKfreeSkbFields, TpSockFields, TpSyscallFields, FIELD_ABSENT,
+    Config, DropSites, KernelEnums, KernelOffsets, TpKfreeSkbFields, TpSockFields, TpSyscallFields,
+    DROP_SITE_FUNCTIONS, FIELD_ABSENT,
 };
 
 use super::btf::{BtfNames, KernelBtf};
@@ -28,6 +29,23 @@ pub struct KernelFacts {
     /// Prototypes of the kernel functions the function-hook backend attaches to, from BTF
     /// (None: this kernel's BTF has no such function).
     pub functions: Vec<(&'static str, Option<super::btf::FnPrototype>)>,
+}
+
+impl KernelFacts {
+    /// Whether this kernel can show this host refusing a connection: packet drops with a
+    /// reason or a known drop site (skb:kfree_skb usable), or the resets it sends from no
+    /// socket (tcp:tcp_send_reset with `reason`, 6.10 and later; before, it does not fire for
+    /// them). Without either, a refusal with no local evidence proves nothing about where it
+    /// came from (rules: refused_unattributed).
+    pub fn local_refusals_visible(&self) -> bool {
+        local_refusals_visible(&self.config, &self.tracepoints)
+    }
+}
+
+/// `KernelFacts::local_refusals_visible` from the config and tracepoints (doctor has no facts).
+pub fn local_refusals_visible(config: &Config, tracepoints: &[TracepointInfo]) -> bool {
+    let usable = |name: &str| tracepoints.iter().any(|t| t.available && t.full_name() == name);
+    usable("skb:kfree_skb") || (usable("tcp:tcp_send_reset") && config.send_reset.reason != FIELD_ABSENT)
 }
 
 /// One tracepoint tracer uses, and whether this kernel has it in a form tracer can read.
@@ -73,6 +91,7 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     // The exit status of a listener's owner (listener lifecycle); absent: exits show no code.
     config.lifecycle.task_exit_code = btf.offset_of_sized("task_struct", &["exit_code"], 4).unwrap_or(FIELD_ABSENT);
     config.conn = btf.conn_config();
+    config.sock = btf.sock_fields();
     let functions = btf.function_prototypes(&hooks::function_names());
     Ok(KernelFacts {
         functions,
@@ -105,7 +124,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
             skbaddr: FIELD_ABSENT,
             protocol: FIELD_ABSENT,
             reason: FIELD_ABSENT,
-            _pad: 0,
+            location: FIELD_ABSENT,
         },
         connect_enter: SYSCALL_ABSENT,
         connect_exit: SYSCALL_ABSENT,
@@ -117,6 +136,8 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         fn_hooks: tracer_common::FnHookConfig::default(),
         lifecycle: tracer_common::LifecycleConfig::ABSENT,
         conn: tracer_common::ConnConfig::ABSENT,
+        sock: tracer_common::SockFields::ABSENT,
+        drop_sites: DropSites::default(),
     }
 }
 
@@ -211,12 +232,86 @@ pub fn tracepoint_config(
     offsets: KernelOffsets,
     enums: KernelEnums,
 ) -> (Config, Vec<TracepointInfo>) {
-    tracepoint_config_with(offsets, enums, |category, name| {
+    let (mut config, mut infos) = tracepoint_config_with(offsets, enums, |category, name| {
         if !tracefs::tracepoint_exists(tracefs, category, name) {
             anyhow::bail!("this kernel has no tracepoint {category}:{name}");
         }
         tracefs::read_format(tracefs, category, name)
-    })
+    });
+    if config.send_reset.reason == FIELD_ABSENT {
+        if let Some(info) = infos.iter_mut().find(|i| i.available && i.category == "tcp" && i.name == "tcp_send_reset") {
+            info.notes.push("before 6.10 it does not fire for a reset sent from no socket: it proves no dead listener here".into());
+        }
+    }
+    if config.kfree_skb.location != FIELD_ABSENT {
+        let sites = fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms").and_then(|t| drop_sites(&t));
+        use_drop_sites(&mut config, &mut infos, sites);
+    }
+    (config, infos)
+}
+
+/// The address ranges of the `DROP_SITE_FUNCTIONS` in a /proc/kallsyms text: each from its
+/// address to the next higher symbol's. Fails when the addresses are hidden (all zero:
+/// kernel.kptr_restrict, or no CAP_SYSLOG) or none of the functions is listed.
+pub fn drop_sites(kallsyms: &str) -> anyhow::Result<DropSites> {
+    let mut addresses = Vec::new();
+    let mut starts = [0u64; DROP_SITE_FUNCTIONS.len()];
+    for line in kallsyms.lines() {
+        // "ffffffff81000000 T name [module]"
+        let mut words = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (words.next(), words.next(), words.next()) else { continue };
+        let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+        addresses.push(addr);
+        if kind.eq_ignore_ascii_case("t") {
+            if let Some(i) = DROP_SITE_FUNCTIONS.iter().position(|f| *f == name) {
+                if starts[i] == 0 {
+                    starts[i] = addr;
+                }
+            }
+        }
+    }
+    if addresses.iter().all(|a| *a == 0) {
+        anyhow::bail!(
+            "/proc/kallsyms shows no addresses (kernel.kptr_restrict hides them: run as root with kptr_restrict at most 1)"
+        );
+    }
+    if starts.iter().all(|s| *s == 0) {
+        anyhow::bail!("/proc/kallsyms lists none of {}", DROP_SITE_FUNCTIONS.join(", "));
+    }
+    addresses.sort_unstable();
+    let mut sites = DropSites::default();
+    for (range, start) in sites.ranges.iter_mut().zip(starts) {
+        let next = addresses.partition_point(|a| *a <= start);
+        if start != 0 && next < addresses.len() {
+            *range = [start, addresses[next]];
+        }
+    }
+    Ok(sites)
+}
+
+/// Puts the drop sites in `config`, with a note on kfree_skb saying which were found; without
+/// any, kfree_skb (which then has neither reasons nor sites) is unusable, and says why.
+fn use_drop_sites(config: &mut Config, infos: &mut [TracepointInfo], sites: anyhow::Result<DropSites>) {
+    let Some(info) = infos.iter_mut().find(|i| i.category == "skb" && i.name == "kfree_skb") else { return };
+    match sites {
+        Ok(sites) => {
+            let named = |found: bool| -> Vec<&str> {
+                DROP_SITE_FUNCTIONS.iter().zip(sites.ranges).filter(|(_, r)| (r[0] != 0) == found).map(|(f, _)| *f).collect()
+            };
+            info.notes.push(format!("drop sites from /proc/kallsyms: {}", named(true).join(", ")));
+            let missing = named(false);
+            if !missing.is_empty() {
+                info.notes.push(format!("not in /proc/kallsyms (their drops unseen): {}", missing.join(", ")));
+            }
+            config.drop_sites = sites;
+        }
+        Err(e) => {
+            info.available = false;
+            info.why_not = Some(format!("skb:kfree_skb has no drop reasons on this kernel, and its drop sites are unknown: {e:#}"));
+            info.notes.clear();
+            config.kfree_skb = empty_config(KernelOffsets::default(), config.enums).kfree_skb;
+        }
+    }
 }
 
 /// `tracepoint_config` with the format source given (tests feed recorded texts).
@@ -512,7 +607,8 @@ format:
 
     #[test]
     fn wrong_size_of_required_field_makes_tracepoint_unavailable() {
-        let bad = KFREE_SKB_6_18.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2");
+        // A reason of another size, and no location to fall back on.
+        let bad = KFREE_SKB_6_18.replace("reason;\toffset:36;\tsize:4", "reason;\toffset:36;\tsize:2").replace("location", "caller");
         let texts = HashMap::from([("skb:kfree_skb", bad.as_str())]);
         let (config, infos) = config_from(&texts);
         let i = info(&infos, "kfree_skb");
@@ -524,11 +620,67 @@ format:
 
     #[test]
     fn missing_required_field_makes_tracepoint_unavailable() {
-        // kfree_skb before 5.17 has no reason.
-        let old = KFREE_SKB_6_18.lines().filter(|l| !l.contains("reason")).collect::<Vec<_>>().join("\n");
+        // Neither a reason nor a location: no layout fits; the first one's want is named.
+        let old = KFREE_SKB_6_18.lines().filter(|l| !l.contains("reason") && !l.contains("location")).collect::<Vec<_>>().join("\n");
         let texts = HashMap::from([("skb:kfree_skb", old.as_str())]);
         let (_, infos) = config_from(&texts);
         assert_eq!(info(&infos, "kfree_skb").why_not.as_deref(), Some("skb:kfree_skb has no field `reason`"));
+    }
+
+    /// 5.10's format: 6.18's without `rx_sk` and `reason`, so `protocol` moves up to 24.
+    fn kfree_skb_5_10() -> String {
+        let lines = KFREE_SKB_6_18.lines().filter(|l| !l.contains("rx_sk") && !l.contains("reason"));
+        lines.map(|l| format!("{}\n", l.replace("offset:32", "offset:24"))).collect()
+    }
+
+    #[test]
+    fn kfree_skb_before_5_17_reads_the_drop_location() {
+        let format = kfree_skb_5_10();
+        let texts = HashMap::from([("skb:kfree_skb", format.as_str())]);
+        let (mut config, mut infos) = config_from(&texts);
+        let k = config.kfree_skb;
+        assert_eq!((k.skbaddr, k.location, k.protocol, k.reason), (8, 16, 24, FIELD_ABSENT));
+        assert!(info(&infos, "kfree_skb").notes[0].contains("drop sites instead of drop reasons"));
+        // With reasons, the location is not read.
+        let (with_reasons, _) = config_from(&HashMap::from([("skb:kfree_skb", KFREE_SKB_6_18)]));
+        assert_eq!(with_reasons.kfree_skb.location, FIELD_ABSENT);
+
+        // Drop sites found: kept, and named in the notes.
+        let sites = drop_sites(KALLSYMS).unwrap();
+        use_drop_sites(&mut config, &mut infos, Ok(sites));
+        assert_eq!(config.drop_sites, sites);
+        assert!(info(&infos, "kfree_skb").available);
+        assert!(info(&infos, "kfree_skb").notes.iter().any(|n| n == "drop sites from /proc/kallsyms: nf_hook_slow, tcp_v4_rcv, tcp_v6_rcv"));
+
+        // None: the tracepoint is unusable, and says why.
+        let (mut config, mut infos) = config_from(&texts);
+        let hidden: String = KALLSYMS.lines().map(|l| format!("0000000000000000{}\n", &l[16..])).collect();
+        use_drop_sites(&mut config, &mut infos, drop_sites(&hidden));
+        let i = info(&infos, "kfree_skb");
+        assert!(!i.available);
+        assert!(i.why_not.as_deref().unwrap().contains("kptr_restrict"), "{:?}", i.why_not);
+        assert_eq!(config.kfree_skb.location, FIELD_ABSENT);
+    }
+
+    const KALLSYMS: &str = "ffffffff81a10000 T tcp_v4_rcv
+ffffffff81a0f000 t tcp_v4_fill_cb
+ffffffff81a11200 T tcp_v4_destroy_sock
+ffffffff819c0000 T nf_hook_slow
+ffffffff819c0180 T nf_hook_slow_list
+ffffffff81b20000 T tcp_v6_rcv
+ffffffff81b21000 t tcp_v6_early_demux
+ffffffff81b20000 t __pfx_alias [ipv6]
+";
+
+    #[test]
+    fn drop_sites_span_to_the_next_symbol() {
+        let s = drop_sites(KALLSYMS).unwrap();
+        assert_eq!(s.ranges, [[0xffffffff819c0000, 0xffffffff819c0180], [0xffffffff81a10000, 0xffffffff81a11200], [0xffffffff81b20000, 0xffffffff81b21000]]);
+        let v4_only = drop_sites("ffffffff81a10000 T tcp_v4_rcv\nffffffff81a11200 T tcp_v4_destroy_sock\n").unwrap();
+        assert_eq!(v4_only.ranges[0], [0, 0]);
+        assert_eq!(v4_only.ranges[2], [0, 0]);
+        let e = drop_sites("ffffffff81a10000 T something_else\n").unwrap_err();
+        assert_eq!(e.to_string(), "/proc/kallsyms lists none of nf_hook_slow, tcp_v4_rcv, tcp_v6_rcv");
     }
 
     #[test]

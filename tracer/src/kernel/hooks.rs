@@ -160,6 +160,9 @@ fn opt(name: &'static str, size: u32, slot: Slot) -> FieldSpec {
     FieldSpec { name, slot, required: false, size: Some(size) }
 }
 
+/// The label of kfree_skb's layout without drop reasons (before 5.17).
+pub const DROP_SITE_LAYOUT: &str = "drop sites instead of drop reasons (before 5.17): the `location` of each drop, in /proc/kallsyms";
+
 /// Sizes tracer reads. Pointers are 8 bytes: tracer supports 64-bit kernels only.
 const PTR: u32 = 8;
 const INT: u32 = 4;
@@ -187,6 +190,11 @@ macro_rules! addr_ports {
             req("daddr_v6", V6, |c| &mut c.$group.daddr_v6),
         ]
     };
+}
+
+/// kfree_skb's packet: the skb and its ethertype, in every layout.
+fn skb_packet() -> Vec<FieldSpec> {
+    vec![req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr), req("protocol", U16, |c| &mut c.kfree_skb.protocol)]
 }
 
 fn with(mut head: Vec<FieldSpec>, tail: Vec<FieldSpec>) -> Vec<FieldSpec> {
@@ -330,6 +338,7 @@ fn build() -> Vec<HookSpec> {
                 DeadListener,
                 BacklogFull,
                 RemoteRefused,
+                RefusedUnattributed,
                 NoResponse,
                 PortsExhausted,
                 UpstreamKilled,
@@ -338,7 +347,7 @@ fn build() -> Vec<HookSpec> {
                 KeepaliveRace,
                 UpstreamTimeout,
             ],
-            "TCP attempts failing (SYN_SENT->CLOSE with the socket error), connections ending before a response (FIN or reset with the kernel's byte counters), listeners opening/closing: remote_refused, dead_listener, no_response, ports_exhausted and the after-connect causes",
+            "TCP attempts failing (SYN_SENT->CLOSE with the socket error), connections ending before a response (FIN or reset with the kernel's byte counters), listeners opening/closing: remote_refused, refused_unattributed, dead_listener, no_response, ports_exhausted and the after-connect causes",
             standard(with(
                 vec![
                     req("skaddr", PTR, |c| &mut c.set_state.skaddr),
@@ -417,12 +426,16 @@ fn build() -> Vec<HookSpec> {
             "tracer_kfree_skb",
             false,
             &[DeadListener, FirewallDrop, FirewallReject],
-            "packets dropped with a reason: NO_SOCKET (dead_listener), NETFILTER_DROP (firewall_drop, firewall_reject), TCP_LISTEN_OVERFLOW (backlog_full)",
-            standard(vec![
-                req("skbaddr", PTR, |c| &mut c.kfree_skb.skbaddr),
-                req("protocol", U16, |c| &mut c.kfree_skb.protocol),
-                req("reason", INT, |c| &mut c.kfree_skb.reason),
-            ]),
+            "packets dropped with a reason: NO_SOCKET (dead_listener), NETFILTER_DROP (firewall_drop, firewall_reject), TCP_LISTEN_OVERFLOW (backlog_full); before 5.17, by the function that dropped them: nf_hook_slow (firewall_drop, firewall_reject), tcp_v4_rcv/tcp_v6_rcv (dead_listener)",
+            vec![
+                Layout { label: "drop reasons", fields: with(skb_packet(), vec![req("reason", INT, |c| &mut c.kfree_skb.reason)]) },
+                // Before 5.17: no reason, the caller's address instead, matched against the
+                // drop sites start-up resolves through /proc/kallsyms (facts::drop_sites).
+                Layout {
+                    label: DROP_SITE_LAYOUT,
+                    fields: with(skb_packet(), vec![req("location", PTR, |c| &mut c.kfree_skb.location)]),
+                },
+            ],
         ),
         tp(
             "icmp",

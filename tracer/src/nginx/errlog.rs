@@ -103,7 +103,7 @@ pub fn parse_line(raw: &str) -> Option<LogLine> {
 fn explains_connect_errno(cause: Cause, errno: Option<i32>) -> bool {
     use Cause::*;
     match errno {
-        Some(111) => matches!(cause, DeadListener | FirewallReject | RemoteRefused | UnixStale | BacklogFull),
+        Some(111) => matches!(cause, DeadListener | FirewallReject | RemoteRefused | RefusedUnattributed | UnixStale | BacklogFull),
         Some(2) => cause == UnixMissing,
         Some(11) => matches!(cause, UnixBacklogFull | BacklogFull),
         Some(13) | Some(1) => cause == UnixPermissionDenied,
@@ -311,9 +311,9 @@ mod tests {
         ]
     };
 
-    const ALL_CAUSES: [Cause; 16] = {
+    const ALL_CAUSES: [Cause; 17] = {
         use Cause::*;
-        [DeadListener, BacklogFull, FirewallDrop, FirewallReject, RemoteRefused, UnixMissing, UnixStale, UnixBacklogFull,
+        [DeadListener, BacklogFull, FirewallDrop, FirewallReject, RemoteRefused, RefusedUnattributed, UnixMissing, UnixStale, UnixBacklogFull,
          UnixPermissionDenied, NoResponse, UpstreamKilled, UpstreamReset, UpstreamClosed, KeepaliveRace, PortsExhausted, UpstreamTimeout]
     };
 

@@ -221,6 +221,13 @@ pub fn conf_and_prefix(args: &str, defaults: &CompiledDefaults) -> (String, Stri
 pub const DISCOVERY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Every Nginx master on the host with its parsed configuration, within DISCOVERY_DEADLINE.
+/// Whether any of these masters may connect to a Unix socket upstream: one configures a
+/// `unix:` target, or part of its configuration could not be read (its upstreams are then
+/// not all known).
+pub fn may_connect_unix(instances: &[NginxInstance]) -> bool {
+    instances.iter().any(|i| !i.config_errors.is_empty() || i.config.targets.iter().any(|t| matches!(t.target, Target::Unix(_))))
+}
+
 pub fn discover() -> Vec<NginxInstance> {
     let (found, late) = inspect_all(masters_now());
     if !late.is_empty() {

@@ -37,6 +37,7 @@ pub fn label(e: &Evidence) -> String {
         Evidence::UpstreamAbort => "upstream closed with a reset".into(),
         Evidence::UpstreamFinBeforeResponse => "upstream closed (FIN) before any response byte".into(),
         Evidence::NginxClosedWithoutResponse => "nginx closed before any response byte".into(),
+        Evidence::NeverAccepted => "still in the accept queue when nginx gave up".into(),
         Evidence::NoLocalPort => "connect() EADDRNOTAVAIL (no free local port)".into(),
     }
 }

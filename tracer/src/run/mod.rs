@@ -143,11 +143,14 @@ impl Trace {
     /// Attaches the kernel programs, takes the listener snapshot and reads Nginx's files.
     fn start(args: TraceArgs, mode: Mode, facts: KernelFacts) -> Result<Trace> {
         let filter = Filter { ports: args.ports.clone(), unix_paths: args.unix_paths.clone(), comms: args.client_comms.clone() };
-        let available = available_tracepoints(&facts, &args);
+        let nginx = crate::nginx::discover();
+        let syscalls = SyscallHooks::choose(&args, nginx.is_empty() || crate::nginx::may_connect_unix(&nginx));
+        let available = available_tracepoints(&facts, syscalls);
         let plan = capture::fhooks::FnHookPlan { choice: backend_choice(&args)?, functions: &facts.functions, kprobes: &facts.kprobes };
         let mut capture = Capture::start(&facts.config, &available, args.debug_kernel, &plan)?;
         let clock = wall_clock();
-        let mut engine = Engine::new(EngineOptions::default());
+        let mut engine =
+            Engine::new(EngineOptions { local_refusals_unseen: !facts.local_refusals_visible(), ..EngineOptions::default() });
         let mut feed = Feed::new(Enricher::new());
         // A table a killed tracer left (`--trace-rules`) goes first, whatever this run does.
         feed.enricher.remove_leftover_trace_tables();
@@ -159,7 +162,7 @@ impl Trace {
         capture.watch_listeners(&owners, &paths);
         let operator_args =
             operator::OperatorArgs { error_logs: args.nginx_error_logs.clone(), netns: args.netns, cgroup: args.cgroup.clone() };
-        let ops = operator::Operator::start(&operator_args, &mut feed.enricher)?;
+        let ops = operator::Operator::start(&operator_args, nginx, &mut feed.enricher)?;
         note!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
         if let Some(signal) = signals::stopped_by() {
             // The report that follows covers no time: say so, lest it read as an all-clear.
@@ -238,6 +241,10 @@ impl Trace {
             self.feed.poll(&self.capture, now, &mut self.engine);
             // Nginx masters that started, reloaded or exited; error-log lines written since.
             self.ops.tick();
+            if self.capture.has_deferred() && self.ops.may_connect_unix() {
+                let attached = self.capture.attach_deferred();
+                note!("tracing: an Nginx now configures a Unix socket upstream: attached {}", attached.join(", "));
+            }
         }
         self.feed.lost_events(&self.capture, now, &mut self.engine);
         let updates = self.engine.tick(now);
@@ -352,18 +359,53 @@ impl Report<'_> {
     }
 }
 
-/// The tracepoints to attach. Filters naming TCP ports only leave the syscall tracepoints
-/// out: they serve Unix sockets alone, and an enabled syscall tracepoint sends every syscall
-/// of every task through the kernel's slow path (measured: a few % of an Nginx proxy's
-/// throughput).
-fn available_tracepoints<'a>(facts: &'a KernelFacts, args: &TraceArgs) -> Vec<Availability<'a>> {
-    let tcp_only = !args.ports.is_empty() && args.unix_paths.is_empty();
+/// When the syscall tracepoints are attached. They serve Unix sockets alone, and an enabled
+/// syscall tracepoint sends every syscall of every task on the host through the kernel's slow
+/// path (a few % of an Nginx proxy's throughput, on top of their programs' time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SyscallHooks {
+    /// Filters naming TCP ports only.
+    Never,
+    /// `--unix`, no Nginx running, or an Nginx that configures a Unix upstream (or whose
+    /// configuration is partly unreadable).
+    AtStart,
+    /// Until an Nginx starts or reloads with a Unix upstream (`Capture::attach_deferred`).
+    WhenNeeded,
+}
+
+impl SyscallHooks {
+    /// `nginx_may_connect_unix`: `nginx::may_connect_unix` of the masters running, or no
+    /// master running at all.
+    fn choose(args: &TraceArgs, nginx_may_connect_unix: bool) -> SyscallHooks {
+        match (args.ports.is_empty(), args.unix_paths.is_empty(), nginx_may_connect_unix) {
+            (false, true, _) => SyscallHooks::Never,
+            (_, false, _) | (true, true, true) => SyscallHooks::AtStart,
+            (true, true, false) => SyscallHooks::WhenNeeded,
+        }
+    }
+}
+
+/// The tracepoints to attach, with the syscall tracepoints as `SyscallHooks` says.
+fn available_tracepoints<'a>(facts: &'a KernelFacts, syscalls: SyscallHooks) -> Vec<Availability<'a>> {
     facts
         .tracepoints
         .iter()
-        .map(|t| match tcp_only && t.category == "syscalls" {
-            true => Availability { category: t.category, name: t.name, available: false, why_not: Some("not needed: the filters name TCP ports only".into()) },
-            false => Availability { category: t.category, name: t.name, available: t.available, why_not: t.why_not.clone() },
+        .map(|t| {
+            let mut a = Availability { category: t.category, name: t.name, available: t.available, why_not: t.why_not.clone(), deferred: false };
+            if t.category == "syscalls" && t.available {
+                match syscalls {
+                    SyscallHooks::Never => {
+                        a.available = false;
+                        a.why_not = Some("not needed: the filters name TCP ports only".into());
+                    }
+                    SyscallHooks::WhenNeeded => {
+                        a.deferred = true;
+                        a.why_not = Some("not needed yet: no Nginx upstream is a Unix socket (attached when an Nginx configures one)".into());
+                    }
+                    SyscallHooks::AtStart => {}
+                }
+            }
+            a
         })
         .collect()
 }
@@ -397,4 +439,23 @@ fn wall_clock() -> Clock {
     let mono = monotonic_ns() as i128;
     let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i128).unwrap_or(0);
     Clock::fixed(wall - mono)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyscallHooks;
+    use crate::cli::diagnose_args;
+
+    /// The syscall tracepoints slow every syscall on the host: attached at start only when a
+    /// Unix connect may need explaining, never for TCP port filters alone, and otherwise left
+    /// for an Nginx that configures a Unix upstream.
+    #[test]
+    fn syscall_hooks_are_attached_only_when_a_unix_connect_may_need_explaining() {
+        let choose = |argv: &[&str], nginx_unix: bool| SyscallHooks::choose(&diagnose_args(argv).unwrap(), nginx_unix);
+        assert_eq!(choose(&["--port", "8000"], true), SyscallHooks::Never);
+        assert_eq!(choose(&["--port", "8000", "--unix", "/run/a.sock"], false), SyscallHooks::AtStart);
+        assert_eq!(choose(&["--unix", "/run/a.sock"], false), SyscallHooks::AtStart);
+        assert_eq!(choose(&[], true), SyscallHooks::AtStart);
+        assert_eq!(choose(&[], false), SyscallHooks::WhenNeeded);
+    }
 }

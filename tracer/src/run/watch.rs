@@ -113,7 +113,7 @@ mod tests {
         let log = dir.join("error.log");
         std::fs::write(&log, format!("{REFUSED}\n")).unwrap(); // before tracing: not counted
         let args = operator::OperatorArgs { error_logs: vec![log.clone()], netns: None, cgroup: None };
-        let mut ops = operator::Operator::start(&args, &mut Enricher::new()).unwrap();
+        let mut ops = operator::Operator::start(&args, Vec::new(), &mut Enricher::new()).unwrap();
         let filter = Filter { ports: vec![], unix_paths: vec![], comms: vec![] };
         let clock = Clock::fixed(0);
         let line = |engine: &mut Engine, ops: &mut operator::Operator| {
@@ -157,7 +157,7 @@ mod tests {
         let log = dir.join("error.log");
         std::fs::write(&log, "").unwrap();
         let args = operator::OperatorArgs { error_logs: vec![log.clone()], netns: None, cgroup: None };
-        let mut ops = operator::Operator::start(&args, &mut Enricher::new()).unwrap();
+        let mut ops = operator::Operator::start(&args, Vec::new(), &mut Enricher::new()).unwrap();
         let many = format!("{REFUSED}\n").repeat(operator::MAX_LOG_LINES / 2 + 7);
         for _ in 0..3 {
             std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(many.as_bytes()).unwrap();

@@ -387,7 +387,27 @@ pub fn spawn_tracer(args: &[&str]) -> std::process::Child {
 impl Tracer {
     /// Starts `tracer <args>` and waits (bounded) for its `tracing:` line on stderr.
     pub fn start(args: &[&str]) -> Tracer {
-        let mut child = spawn_tracer(args);
+        Tracer::start_child(spawn_tracer(args), args)
+    }
+
+    /// `start`, with tracer's sockets (its `--metrics` server) in the network namespace `ns`:
+    /// `nsenter --net` changes only the network namespace (`ip netns exec` would also mount a
+    /// /sys of its own, without tracefs). The kernel programs see every namespace all the same.
+    pub fn start_in_netns(ns: &Netns, args: &[&str]) -> Tracer {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .arg("--")
+            .arg(tracer_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nsenter {}: {e}", tracer_bin()));
+        Tracer::start_child(child, args)
+    }
+
+    fn start_child(mut child: Child, args: &[&str]) -> Tracer {
         let stdout = read_all(child.stdout.take().unwrap());
         let stderr_lines = SharedLines::new();
         let (ready, rx) = ReadyLine::new("tracing:");
