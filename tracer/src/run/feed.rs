@@ -9,6 +9,7 @@ use crate::enrich::nat::{nat_candidate, NatBudget};
 use crate::enrich::nftrace::RuleTracing;
 use crate::enrich::{self, Enricher};
 use crate::event::{Event, EventBody, FlowAddr, KindCounts, Target};
+use crate::explain::rules::{drop_meaning, DropMeaning};
 use crate::explain::Engine;
 
 /// Do not ask sock_diag about the same target more often than this.
@@ -242,7 +243,9 @@ fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, 
         }
     };
     match &ev.body {
-        EventBody::SkbDropped { flow: Some(packet), reason } if reason.trim_start_matches("SKB_DROP_REASON_") == "NETFILTER_DROP" => {
+        EventBody::SkbDropped { flow: Some(packet), reason }
+            if drop_meaning(reason.trim_start_matches("SKB_DROP_REASON_")) == Some(DropMeaning::Netfilter) =>
+        {
             // Traced by the kernel (`--trace-rules`): the rule itself, in the namespace it
             // says, whatever the ruleset alone could tell.
             if let Some(tracing) = lookups.tracing.as_mut() {
