@@ -33,14 +33,20 @@ fn rule_of(f: &FindingLine) -> &RuleLine {
     f.rule.as_ref().unwrap_or_else(|| panic!("no rule named: {f:?}"))
 }
 
+/// Gunicorn and Nginx on loopback in a new namespace, a request through them answered.
+fn healthy_stack(name: &str, connect_timeout: &str) -> (TempDir, Netns, Gunicorn, Nginx) {
+    let dir = stack_dir(name);
+    let ns = Netns::new(name);
+    let gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
+    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), connect_timeout);
+    assert_eq!(ns.curl(10), 200, "healthy before the rules");
+    (dir, ns, gunicorn, nginx)
+}
+
 /// A loopback stack whose ruleset stops Nginx's connects to Gunicorn (loaded once both are
 /// up and a request went through): the statuses of two requests and tracer's run.
 fn loopback_firewall(name: &str, ruleset: &str, connect_timeout: &str) -> (Vec<u16>, Netns, Nginx, TracerRun, TempDir) {
-    let dir = stack_dir(name);
-    let ns = Netns::new(name);
-    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
-    let nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), connect_timeout);
-    assert_eq!(ns.curl(10), 200, "healthy before the rules");
+    let (dir, ns, _gunicorn, nginx) = healthy_stack(name, connect_timeout);
     let tracer = Tracer::diagnose(&["--port", "8000"]);
     load_ruleset(&ns, &dir, ruleset);
     let statuses = ns.curls(2, 10);
@@ -95,11 +101,7 @@ fn iptables_nft_reject_with_a_comment_is_named_by_its_line() {
         println!("skipped: {iptables} is not installed (Debian package iptables; `cargo xtask setup` installs it)");
         return;
     }
-    let dir = stack_dir("fwipt");
-    let ns = Netns::new("fwipt");
-    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
-    let _nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "3s");
-    assert_eq!(ns.curl(10), 200);
+    let (_dir, ns, _gunicorn, _nginx) = healthy_stack("fwipt", "3s");
     let tracer = Tracer::diagnose(&["--port", "8000"]);
     ns.exec(iptables, &["-A", "OUTPUT", "-p", "tcp", "--dport", "9000", "-j", "DROP"]);
     ns.exec(iptables, &["-A", "OUTPUT", "-p", "tcp", "--dport", "8000", "-m", "comment", "--comment", "no app traffic", "-j", "REJECT", "--reject-with", "tcp-reset"]);
@@ -205,11 +207,7 @@ fn inode_of(ns: &Netns) -> String {
 #[test]
 fn trace_rules_names_the_undecidable_rule_exactly() {
     require_stack!();
-    let dir = stack_dir("fwtrace");
-    let ns = Netns::new("fwtrace");
-    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts::default());
-    let _nginx = ns.nginx(&dir, &format!("http://{UPSTREAM}"), "1s");
-    assert_eq!(ns.curl(10), 200);
+    let (dir, ns, _gunicorn, _nginx) = healthy_stack("fwtrace", "1s");
     load_ruleset(
         &ns,
         &dir,
