@@ -111,6 +111,14 @@ pub struct TraceArgs {
     /// Name every hook on the `tracing:` line (default: counts per kind).
     #[arg(long)]
     pub verbose: bool,
+    /// Name the exact rule of each firewall drop with nftables tracing. CHANGES THE RULESET:
+    /// adds table `inet tracer_trace` (`meta nftrace set 1` for the SYNs to the traced ports)
+    /// to every network namespace (only `--netns`'s when given) and removes it when tracer
+    /// ends (a table left by a killed
+    /// tracer is removed at the next start). Off by default: without it the rule is found by
+    /// reading the ruleset, and undecidable matches give candidates.
+    #[arg(long)]
+    pub trace_rules: bool,
 }
 
 #[derive(Args, Clone)]

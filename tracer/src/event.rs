@@ -299,6 +299,50 @@ pub enum EventBody {
     /// interfaces' own addresses), so a target address can be placed in the namespace that
     /// serves it.
     NetnsAddresses { addrs: Vec<std::net::IpAddr> },
+    /// Measured by tracer (the ruleset of `netns`, the namespace where a packet of `flow` was
+    /// dropped with NETFILTER_DROP; `flow` in the packet's direction): the netfilter rules that
+    /// dropped or rejected it. `certain`: exactly one rule could have and its match is sure;
+    /// otherwise they are candidates. How to reach `netns` (both None: tracer's own): its
+    /// `ip netns` name (then `enter_pid` is None), else `enter_pid`, a process in it
+    /// (`nsenter --net=/proc/PID/ns/net`).
+    FirewallRule {
+        flow: FlowAddr,
+        rules: Vec<NamedRule>,
+        certain: bool,
+        enter_pid: Option<u32>,
+        #[serde(default)]
+        netns_name: Option<String>,
+    },
+}
+
+/// A netfilter rule (or a base chain's policy) as tracer names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedRule {
+    /// nftables family (`inet`, `ip`, `ip6`), table and chain.
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    /// The base chain's hook the packet came through (`output`, `input`...).
+    pub hook: String,
+    /// The rule's handle (`nft -a`); for a policy, its chain's handle.
+    pub handle: u64,
+    /// The rule as `nft -a -s list ruleset` prints it, without the handle comment; a
+    /// policy: `policy drop`.
+    pub text: String,
+    /// The base chain's policy dropped it, no rule.
+    #[serde(default)]
+    pub policy: bool,
+    /// The rule as iptables shows it, when an iptables-nft table holds it.
+    #[serde(default)]
+    pub iptables: Option<IptablesRule>,
+}
+
+/// A rule of an iptables-nft table: its iptables table, chain and `-A CHAIN ...` line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IptablesRule {
+    pub table: String,
+    pub chain: String,
+    pub spec: String,
 }
 
 impl Event {

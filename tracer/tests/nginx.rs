@@ -172,6 +172,8 @@ fn nft_drop_is_a_firewall_drop() {
     let f = run.only_finding(UPSTREAM, Cause::FirewallDrop);
     show("nft drop", "504 x2", &logged[0], f);
     assert_eq!(f.count, 2, "{f:?}");
+    let r = f.rule.as_ref().unwrap_or_else(|| panic!("no rule named: {f:?}"));
+    assert_eq!((r.chain.as_str(), r.text.as_str(), r.certain), ("out", "tcp dport 8000 drop", true), "{r:?}");
     assert_nginx_clients(f, &nginx);
 }
 
@@ -456,3 +458,8 @@ mod after_connect;
 /// Service address behind DNAT.
 #[path = "nginx/containers.rs"]
 mod containers;
+
+/// Issue 17: the firewall rule that dropped or rejected the connections, named by its handle
+/// (or its iptables line), in the namespace of the drop.
+#[path = "nginx/firewall.rs"]
+mod firewall;

@@ -180,6 +180,14 @@ fn run_scenario(s: &Scenario) {
         return;
     };
     let f = run.only_finding(&target, cause);
+    if let Some(rule) = s.nft_output_rule {
+        // Issue 17: the rule is named, surely, from the namespace's own ruleset (nft prints
+        // its own form of the verdict: `reject` for icmpx port-unreachable).
+        let r = f.rule.as_ref().unwrap_or_else(|| panic!("no rule named: {f:?}"));
+        let matches: String = rule.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        assert_eq!((r.family.as_str(), r.table.as_str(), r.chain.as_str(), r.certain), ("inet", "t", "out", true), "{r:?}");
+        assert!(r.text.starts_with(&matches), "{r:?}");
+    }
     let n = f.count;
     match s.count {
         Count::Exactly(want) => assert_eq!(n, want, "{f:?}"),

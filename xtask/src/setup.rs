@@ -12,6 +12,8 @@ const APT: &[&[&str]] = &[
     &["llvm-22-dev"],
     &["libpolly-22-dev"],
     &["nftables"],
+    // iptables-nft: the nginx suite's iptables (nft backend) rule naming case.
+    &["iptables"],
     &["iproute2"],
     &["bpftool"],
     &["python3"],

@@ -5,11 +5,15 @@
 pub mod addrs;
 pub mod after_connect;
 pub mod cgroup;
+pub mod drop_rule;
+pub mod firewall;
 pub mod conntrack;
 pub mod nat;
 pub mod netns;
+pub mod nftrace;
 pub mod owners;
 pub mod rawnl;
+pub mod ruleset;
 pub mod sockdiag;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -88,6 +92,9 @@ pub struct Enricher {
     recent_translations: std::collections::VecDeque<(u32, FlowAddr, SocketAddr)>,
     /// Event time of the last /proc rescan for namespaces asked for by a NAT lookup.
     namespaces_rescanned_ns: Option<u64>,
+    /// Per namespace, the netfilter ruleset last read and a socket to ask its generation.
+    rulesets: HashMap<u32, drop_rule::ReadRuleset>,
+    nftables_sockets: HashMap<u32, NlSocket>,
 }
 
 impl Default for Enricher {
@@ -110,6 +117,8 @@ impl Enricher {
             conntrack_listeners: HashMap::new(),
             recent_translations: std::collections::VecDeque::new(),
             namespaces_rescanned_ns: None,
+            rulesets: HashMap::new(),
+            nftables_sockets: HashMap::new(),
         }
     }
 
@@ -342,6 +351,8 @@ impl Enricher {
         self.conntrack_sockets.retain(|netns, _| live.contains(netns));
         self.address_books.retain(|netns, _| live.contains(netns));
         self.conntrack_listeners.retain(|netns, _| live.contains(netns));
+        self.rulesets.retain(|netns, _| live.contains(netns));
+        self.nftables_sockets.retain(|netns, _| live.contains(netns));
     }
 
     /// The address book of every namespace now, as NetnsAddresses events (start-up).
@@ -535,7 +546,7 @@ impl Enricher {
             let socket = if Some(netns) == own_netns {
                 NlSocket::new_here(protocol, timeout)
             } else {
-                NlSocket::new_in(namespaces.handle(netns)?, protocol, timeout)
+                NlSocket::new_in(namespaces.handle_or_named(netns)?, protocol, timeout)
             };
             match socket {
                 Ok(s) => {

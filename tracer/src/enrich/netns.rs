@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 /// The network namespace inode of a process; None when it exited or may not be inspected.
 pub fn netns_inode_of_pid(pid: u32) -> Option<u32> {
@@ -37,6 +37,27 @@ pub fn read_in_netns(netns: BorrowedFd<'_>, path: &str) -> std::io::Result<Strin
     })
 }
 
+/// The namespaces `ip netns` named: each entry of `NAMED_NETNS_DIR` that is an nsfs file (a
+/// plain file or a symlink there is skipped), by inode.
+fn named_namespaces() -> HashMap<u32, NamedNetns> {
+    let mut out = HashMap::new();
+    let Ok(dir) = fs::read_dir(NAMED_NETNS_DIR) else { return out };
+    for entry in dir.flatten().take(MAX_NAMED) {
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(entry.path());
+        let Ok(file) = opened else { continue };
+        let nsfs = nix::sys::statfs::fstatfs(&file).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+        let inode = file.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok());
+        if let (true, Some(inode)) = (nsfs, inode) {
+            out.insert(inode, NamedNetns { file, name });
+        }
+    }
+    out
+}
+
 /// Every pid in /proc, ascending (lowest first: usually the parent of a process family).
 pub fn all_pids() -> Vec<u32> {
     // Each `Process` holds an fd on its /proc directory: keep only the pid.
@@ -54,10 +75,24 @@ struct NetnsEntry {
     pid: u32,
 }
 
-/// Network namespaces that have at least one process, found by scanning /proc.
+/// Where `ip netns add` keeps named namespaces (nsfs files bind-mounted there): such a
+/// namespace may hold no process at all (a router's, or a test's between its commands).
+const NAMED_NETNS_DIR: &str = "/run/netns";
+/// Bound on the names read there.
+const MAX_NAMED: usize = 4096;
+
+/// A namespace named in `NAMED_NETNS_DIR`.
+struct NamedNetns {
+    file: File,
+    name: String,
+}
+
+/// Network namespaces that have at least one process, found by scanning /proc, and the named
+/// ones of `ip netns` (entered only to read their firewall rules).
 #[derive(Default)]
 pub struct NetnsRegistry {
     entries: HashMap<u32, NetnsEntry>,
+    named: HashMap<u32, NamedNetns>,
 }
 
 impl NetnsRegistry {
@@ -75,6 +110,7 @@ impl NetnsRegistry {
             }
         }
         self.entries.retain(|inode, _| seen.contains_key(inode));
+        self.named = named_namespaces();
         for (inode, pid) in seen {
             if let Some(entry) = self.entries.get_mut(&inode) {
                 entry.pid = pid;
@@ -108,6 +144,30 @@ impl NetnsRegistry {
             self.refresh();
         }
         self.entries.get(&inode).map(|e| e.file.as_fd())
+    }
+
+    /// A handle on namespace `inode` also when no process is in it but `ip netns` named it.
+    pub fn handle_or_named(&mut self, inode: u32) -> Option<BorrowedFd<'_>> {
+        if !self.entries.contains_key(&inode) && !self.named.contains_key(&inode) {
+            self.refresh();
+        }
+        match self.entries.get(&inode) {
+            Some(e) => Some(e.file.as_fd()),
+            None => self.named.get(&inode).map(|n| n.file.as_fd()),
+        }
+    }
+
+    /// Every namespace known, with processes or only named by `ip netns`, ascending.
+    pub fn all_inodes(&self) -> Vec<u32> {
+        let mut inodes: Vec<u32> = self.entries.keys().chain(self.named.keys()).copied().collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        inodes
+    }
+
+    /// The `ip netns` name of namespace `inode`, when it has one.
+    pub fn name(&self, inode: u32) -> Option<&str> {
+        self.named.get(&inode).map(|n| n.name.as_str())
     }
 
     /// A process in namespace `inode` at the last scan (it may have exited since).

@@ -202,6 +202,17 @@ struct NetnsGuard {
     child: Option<Child>,
 }
 
+impl NetnsGuard {
+    /// A new namespace `name` with loopback up (a leftover of an earlier run deleted first).
+    fn fresh(name: &'static str) -> NetnsGuard {
+        let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
+        assert!(ip(&["netns", "add", name]), "ip netns add {name}");
+        let guard = NetnsGuard { name, child: None };
+        assert!(ip(&["netns", "exec", name, "ip", "link", "set", "lo", "up"]));
+        guard
+    }
+}
+
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
@@ -233,10 +244,7 @@ fn finds_listener_in_another_namespace() {
         return;
     };
     const NAME: &str = "tracer-enrich-test";
-    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
-    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
-    let mut guard = NetnsGuard { name: NAME, child: None };
-    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    let mut guard = NetnsGuard::fresh(NAME);
 
     // `ip netns exec` execs the command, so the child's pid is python's.
     let script = "import socket,time\n\
@@ -307,10 +315,7 @@ fn reads_the_port_range_from_inside_another_namespace() {
         return;
     };
     const NAME: &str = "tracer-enrich-ports";
-    let _ = Command::new("ip").args(["netns", "del", NAME]).stderr(Stdio::null()).status();
-    assert!(ip(&["netns", "add", NAME]), "ip netns add {NAME}");
-    let mut guard = NetnsGuard { name: NAME, child: None };
-    assert!(ip(&["netns", "exec", NAME, "ip", "link", "set", "lo", "up"]));
+    let mut guard = NetnsGuard::fresh(NAME);
     assert!(ip(&["netns", "exec", NAME, "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=40000 40003"]));
     // Two connections to its own listener: their local ports come from the 4-port range.
     let script = "import socket,time\n\
@@ -578,4 +583,76 @@ fn names_the_backend_a_dnat_rule_sent_a_refused_connection_to() {
     let events = enricher.nat_mapping(a, flow, 24);
     let backend = "10.232.0.2:8406".parse().unwrap();
     assert!(events.iter().any(|e| e.netns == a && e.body == EventBody::NatMapping { flow, backend }), "{events:?}");
+}
+
+/// Runs `nft` with `args` inside namespace `name` (the test's own set-up, not tracer's path).
+fn nft_in(name: &str, args: &[&str]) {
+    let mut all = vec!["netns", "exec", name, "nft"];
+    all.extend_from_slice(args);
+    assert!(ip(&all), "nft {args:?} in {name}");
+}
+
+#[test]
+fn names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_again() {
+    if !is_root("names_the_rule_of_a_drop_in_another_namespace_and_reads_a_changed_ruleset_again") {
+        return;
+    }
+    if Command::new("ip").arg("-V").output().is_err() || !ruleset::trusted_program(ruleset::NFT) {
+        note!("skipped names_the_rule_of_a_drop...: no `ip` command or no root-owned {}", ruleset::NFT);
+        return;
+    }
+    const NAME: &str = "tracer-enrich-rule";
+    let mut guard = NetnsGuard::fresh(NAME);
+    let child = Command::new("ip").args(["netns", "exec", NAME, "sleep", "120"]).spawn().expect("spawn sleep");
+    let pid = child.id();
+    guard.child = Some(child);
+    let netns = (0..100)
+        .find_map(|_| {
+            let ns = netns_inode_of_pid(pid).filter(|ns| Some(*ns) != netns_inode_of_pid(std::process::id()));
+            if ns.is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ns
+        })
+        .expect("sleep's netns");
+    nft_in(NAME, &["add", "table", "inet", "t"]);
+    nft_in(NAME, &["add", "chain", "inet", "t", "out", "{ type filter hook output priority 0; }"]);
+    nft_in(NAME, &["add", "rule", "inet", "t", "out", "tcp", "dport", "9000", "drop"]);
+    nft_in(NAME, &["add", "rule", "inet", "t", "out", "tcp", "dport", "8000", "counter", "drop"]);
+    nft_in(NAME, &["add", "rule", "inet", "t", "out", "tcp", "dport", "8000", "accept"]);
+
+    let mut enricher = Enricher::new();
+    let syn = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:8000".parse().unwrap() };
+    let s = 1_000_000_000;
+    let event = enricher.firewall_rule(netns, syn, true, 10 * s).expect("the rule");
+    assert_eq!(event.netns, netns);
+    let EventBody::FirewallRule { flow, rules, certain, enter_pid, netns_name } = &event.body else { panic!("{event:?}") };
+    assert_eq!((*flow, *certain, *enter_pid, netns_name.as_deref()), (syn, true, None, Some(NAME)), "by its name, not pid {pid}");
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let r = &rules[0];
+    assert_eq!((r.family.as_str(), r.table.as_str(), r.chain.as_str(), r.hook.as_str()), ("inet", "t", "out", "output"));
+    assert_eq!(r.text, "tcp dport 8000 counter drop");
+    let first_handle = r.handle;
+
+    // A reject inserted before it: a new generation, read again.
+    nft_in(NAME, &["insert", "rule", "inet", "t", "out", "tcp", "dport", "8000", "reject"]);
+    let event = enricher.firewall_rule(netns, syn, true, 12 * s).expect("the new rule");
+    let EventBody::FirewallRule { rules, .. } = &event.body else { panic!("{event:?}") };
+    assert_ne!(rules[0].handle, first_handle, "{rules:?}");
+    assert_eq!(rules[0].text, "tcp dport 8000 reject");
+    // Another port: nothing drops it.
+    let other = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:8001".parse().unwrap() };
+    assert!(enricher.firewall_rule(netns, other, true, 13 * s).is_none());
+    assert!(enricher.firewall_rule(1, syn, true, 14 * s).is_none(), "no namespace has inode 1");
+
+    // No process left in it: still reached by its `ip netns` name.
+    if let Some(mut child) = guard.child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    nft_in(NAME, &["insert", "rule", "inet", "t", "out", "tcp", "dport", "8000", "counter", "reject"]);
+    let event = enricher.firewall_rule(netns, syn, true, 16 * s).expect("the rule of a namespace without processes");
+    let EventBody::FirewallRule { rules, enter_pid, netns_name, .. } = &event.body else { panic!("{event:?}") };
+    assert_eq!(rules[0].text, "tcp dport 8000 counter reject");
+    assert_eq!((netns_name.as_deref(), enter_pid.is_none()), (Some(NAME), true), "{event:?}");
 }

@@ -43,6 +43,8 @@ pub(super) struct FindingState {
     pub(super) after: Option<AfterConnect>,
     /// The real backend behind the target (NAT), the latest seen.
     pub(super) backend: Option<std::net::SocketAddr>,
+    /// Firewall causes: the rule named for the latest attempt that had one.
+    pub(super) rule: Option<super::output::RuleFacts>,
 }
 
 /// The facts of an after-connect failure (or a connect that found no local port), kept per
@@ -76,6 +78,7 @@ impl FindingState {
             rejected_by_icmp: 0,
             after: None,
             backend: None,
+            rule: None,
         }
     }
 }
@@ -195,6 +198,7 @@ impl Engine {
             death: st.after.as_ref().and_then(|a| a.death.as_ref()),
             connection: st.after.as_ref().map(|a| &a.connection),
             ports: st.after.as_ref().and_then(|a| a.ports.as_ref()),
+            rule: st.rule.as_ref(),
         };
         let hint = match cause {
             Cause::DeadListener | Cause::UnixMissing | Cause::UnixStale => {
@@ -240,6 +244,7 @@ impl Engine {
             connection: st.after.as_ref().map(|a| a.connection.clone()),
             ports: st.after.as_ref().and_then(|a| a.ports.clone()),
             backend: st.backend,
+            rule: st.rule.clone(),
         }
     }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use crate::event::{FlowAddr, Queue, TaskInfo};
 
 use super::evidence::{Evidence, EvidenceCounts};
+use super::output::RuleFacts;
 use super::rules::{drop_meaning, DropMeaning};
 use super::ProcessRef;
 
@@ -56,6 +57,9 @@ pub enum FlowEvidenceKind {
     /// tcp_conn_request found the listener's accept queue full when this SYN arrived (the
     /// kernel drops it there, with no drop reason): the queue as read then, and its owner.
     SynOverflow { queue: Queue, listener: Option<TaskInfo> },
+    /// The netfilter rule that dropped a packet of this flow, read from the ruleset of the
+    /// namespace of the drop (enrich).
+    RuleNamed(RuleFacts),
 }
 
 /// One SYN dropped by tcp_conn_request on a full accept queue: when, the queue then, and
@@ -120,6 +124,8 @@ pub struct Attempt {
     pub flow_evidence: EvidenceCounts,
     /// The flow after NAT (the real backend as destination), when conntrack showed one.
     pub nat_flow: Option<FlowAddr>,
+    /// The netfilter rule named for a drop of this attempt's packets (the latest).
+    pub firewall_rule: Option<RuleFacts>,
 }
 
 impl Attempt {
@@ -146,6 +152,7 @@ impl Attempt {
             overflow_samples: Vec::new(),
             flow_evidence: EvidenceCounts::new(),
             nat_flow: None,
+            firewall_rule: None,
         }
     }
 
@@ -203,6 +210,11 @@ impl Attempt {
                     return;
                 }
                 self.note_syn_overflow(ev.ts_ns, *queue, listener.as_ref())
+            }
+            // A measurement, not evidence: it names the rule; the drop itself counted.
+            FlowEvidenceKind::RuleNamed(rule) => {
+                self.firewall_rule = Some(rule.clone());
+                return;
             }
         };
         self.flow_evidence.add(evidence, 1);

@@ -35,6 +35,8 @@ pub struct Wording<'a> {
     pub death: Option<&'a super::output::Death>,
     pub connection: Option<&'a super::output::ConnectionFacts>,
     pub ports: Option<&'a super::output::PortsFacts>,
+    /// Firewall causes: the rule named in the namespace of the drop.
+    pub rule: Option<&'a super::output::RuleFacts>,
 }
 
 /// The listener a fix names: its process name and, when its cgroup said so, its systemd unit.
@@ -318,6 +320,13 @@ impl Cause {
                      {workers} together with `net.core.somaxconn` (the kernel caps the backlog at it){keepalive}. \
                      Watch the queue with `ss -ltn 'sport = :{port}'` (Recv-Q against Send-Q)."
                 )
+            }
+            Cause::FirewallDrop if w.rule.is_some_and(|r| !r.rules.is_empty()) => format!(
+                "{} Until then set a short `proxy_connect_timeout` (e.g. 5s) so requests fail fast instead of hanging.",
+                super::rule_words::fix(w.rule, &port, "drops").unwrap_or_default()
+            ),
+            Cause::FirewallReject if w.rule.is_some_and(|r| !r.rules.is_empty()) => {
+                super::rule_words::fix(w.rule, &port, "rejects").unwrap_or_default()
             }
             Cause::FirewallDrop => format!(
                 "A netfilter rule on this host silently drops packets to the upstream: list the rules \

@@ -283,6 +283,9 @@ fn add_tcp_attempt(
     }
     st.resets_sent += a.resets_sent_to_target;
     st.netfilter_drops += a.netfilter_drops;
+    if matches!(cause, Cause::FirewallDrop | Cause::FirewallReject) && a.firewall_rule.is_some() {
+        st.rule = a.firewall_rule.clone();
+    }
     match reject {
         Some(RejectKind::TcpReset) => st.rejected_by_reset += 1,
         Some(RejectKind::Icmp) => st.rejected_by_icmp += 1,

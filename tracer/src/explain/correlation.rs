@@ -10,6 +10,7 @@ use crate::event::{Event, EventBody, FlowAddr, Target};
 use super::attempt::{drop_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
 use super::conclusion::ConcludeWhy;
 use super::engine::Engine;
+use super::output::RuleFacts;
 
 /// An ICMP error this host sent; matched to an attempt by addresses, and by ports when the
 /// kernel could read them from the offending packet (0 when unknown).
@@ -131,6 +132,16 @@ impl Engine {
             EventBody::SkbDropped { flow: Some(flow), reason } => {
                 (*flow, FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) })
             }
+            EventBody::FirewallRule { flow, rules, certain, enter_pid, netns_name } => {
+                let facts = RuleFacts {
+                    netns: ev.netns,
+                    rules: rules.clone(),
+                    certain: *certain,
+                    enter_pid: *enter_pid,
+                    netns_name: netns_name.clone(),
+                };
+                (*flow, FlowEvidenceKind::RuleNamed(facts))
+            }
             EventBody::TcpListenOverflow { flow: Some(flow), queue, listener, .. } => {
                 (*flow, FlowEvidenceKind::SynOverflow { queue: *queue, listener: listener.clone() })
             }
@@ -209,7 +220,9 @@ impl Engine {
             // attempt on the same ports (a closed SYN_SENT socket sends nothing more): it
             // waits for that one. Answers going to the client may still arrive late.
             let to_target = a.goes_to_target(&e.flow);
-            let after_close = a.close.is_some_and(|c| e.ts_ns > c.ts_ns());
+            // A named rule is measured after the drop it names, maybe after the close.
+            let named = matches!(e.kind, FlowEvidenceKind::RuleNamed(_));
+            let after_close = !named && a.close.is_some_and(|c| e.ts_ns > c.ts_ns());
             if !(to_target && after_close) {
                 a.apply_flow_evidence(&e);
                 return;

@@ -97,7 +97,8 @@ impl Engine {
             EventBody::TcpRstSentNoSocket { .. }
             | EventBody::SkbDropped { .. }
             | EventBody::IcmpSent { .. }
-            | EventBody::TcpListenOverflow { .. } => self.socketless_event(ev),
+            | EventBody::TcpListenOverflow { .. }
+            | EventBody::FirewallRule { .. } => self.socketless_event(ev),
             EventBody::TcpListenStart { addr, .. } => {
                 self.lifecycle.push(ev);
                 self.listeners.listen_start(ev.netns, *addr, &ev.task, ev.sock, ev.ts_ns)

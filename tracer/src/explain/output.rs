@@ -139,6 +139,23 @@ pub struct Finding {
     /// The real backend behind the target when the connection was address-translated (DNAT:
     /// a Kubernetes Service, a published port); None without NAT.
     pub backend: Option<std::net::SocketAddr>,
+    /// firewall_drop / firewall_reject: the netfilter rule that dropped or rejected the
+    /// packets (or the candidates), read from the ruleset of the namespace of the drop.
+    pub rule: Option<RuleFacts>,
+}
+
+/// The netfilter rule of a firewall finding, as enrich named it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleFacts {
+    /// The namespace whose ruleset holds it (where the packet was dropped).
+    pub netns: u32,
+    /// The rule first; more than one only when they are candidates.
+    pub rules: Vec<crate::event::NamedRule>,
+    /// One rule, surely; false: candidates, none of them certain.
+    pub certain: bool,
+    /// How to reach `netns` (both None: tracer's own): its `ip netns` name, else a process in it.
+    pub enter_pid: Option<u32>,
+    pub netns_name: Option<String>,
 }
 
 /// How an upstream process died (upstream_killed).

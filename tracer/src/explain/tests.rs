@@ -392,6 +392,26 @@ fn syn_retransmits_with_netfilter_drops_are_firewall_drop_even_with_a_listener()
     );
 }
 
+/// The rule enrich named for the drop (in the packet's direction, right after the first
+/// drop, before the attempt's own events) is the finding's, and its fix names its removal.
+#[test]
+fn the_rule_named_for_a_drop_is_the_findings_and_its_fix_removes_it() {
+    let f1 = flow("127.0.0.1:40001", "127.0.0.1:8002");
+    let mut events = dropped_attempt(2 * S, 0x1, &nginx(812), f1, 2);
+    let rule = test_rule(4, "tcp dport 8002 counter drop");
+    let named = packet(2 * S + 1, EventBody::FirewallRule { flow: f1, rules: vec![rule.clone()], certain: true, enter_pid: None, netns_name: None });
+    events.insert(1, named);
+    let (e, _) = run(&events);
+    let f = only(&e);
+    assert_finding(&f, Cause::FirewallDrop, 1, &[812], None);
+    let facts = f.rule.as_ref().expect("the rule");
+    assert_eq!((facts.rules.as_slice(), facts.certain), (&[rule][..], true));
+    assert_eq!(facts.netns, events[0].netns);
+    assert!(f.fix.contains("`sudo nft delete rule inet filter output handle 4`"), "{}", f.fix);
+    assert!(f.fix.contains("changes the firewall") && f.fix.contains("proxy_connect_timeout"), "{}", f.fix);
+    assert_eq!(f.evidence[dropped_for("NETFILTER_DROP")], 3, "naming the rule is no drop");
+}
+
 #[test]
 fn syn_retransmits_with_nothing_else_are_no_response_never_firewall_drop() {
     let f1 = flow("10.0.0.1:40001", "10.0.0.5:8000");

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Queue;
 use crate::event::KindCounts;
-use crate::explain::{AttemptRecord, Cause, ConnectionFacts, Death, Finding, Outcome, PortsFacts, ProcessRef, SynOverflow, TimelineEntry};
+use crate::explain::{AttemptRecord, Cause, ConnectionFacts, Death, Finding, Outcome, PortsFacts, ProcessRef, RuleFacts, SynOverflow, TimelineEntry};
 
 use super::{Clock, Summary};
 
@@ -134,6 +134,15 @@ pub struct FindingLine {
     /// false: no client is a proxy (explain::PROXY_COMMS); the finding is not why a proxy fails.
     pub proxy_client: bool,
     pub queue: Option<Queue>,
+    /// firewall_drop / firewall_reject: the netfilter rule that dropped or rejected the
+    /// packets, from the ruleset of the namespace of the drop; `certain` false when tracer
+    /// could not decide statically and it is only the first candidate. Null when none was
+    /// named (no nft here, a ruleset tracer could not read).
+    #[serde(default)]
+    pub rule: Option<RuleLine>,
+    /// The further candidates after `rule` (empty when `rule` is certain).
+    #[serde(default)]
+    pub rule_candidates: Vec<RuleLine>,
     pub syn_overflows: Option<Vec<SynOverflowLine>>,
     pub target: String,
     pub timeline: Vec<TimelineLine>,
@@ -144,6 +153,44 @@ pub struct FindingLine {
     pub upstream: Option<String>,
     /// After-connect causes: the process that held the upstream's end (`{"comm","pid",...}`).
     pub upstream_process: Option<ProcessLine>,
+}
+
+/// A netfilter rule: `{"certain","chain","family","handle","hook","iptables","netns","policy",
+/// "table","text"}`; `text` as `nft -a list` prints the rule, `iptables` `{"chain","spec",
+/// "table"}` (spec: the `-A ...` line, with any `-m comment`) for an iptables-nft table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleLine {
+    pub certain: bool,
+    pub chain: String,
+    pub family: String,
+    pub handle: u64,
+    pub hook: String,
+    pub iptables: Option<crate::event::IptablesRule>,
+    pub netns: u32,
+    /// The base chain's policy, no rule (`text` is `policy drop`).
+    pub policy: bool,
+    pub table: String,
+    pub text: String,
+}
+
+impl RuleLine {
+    /// The rules of a finding as (`rule`, `rule_candidates`).
+    fn of(facts: Option<&RuleFacts>) -> (Option<RuleLine>, Vec<RuleLine>) {
+        let Some(facts) = facts else { return (None, Vec::new()) };
+        let mut lines = facts.rules.iter().map(|r| RuleLine {
+            certain: facts.certain,
+            chain: r.chain.clone(),
+            family: r.family.clone(),
+            handle: r.handle,
+            hook: r.hook.clone(),
+            iptables: r.iptables.clone(),
+            netns: facts.netns,
+            policy: r.policy,
+            table: r.table.clone(),
+            text: r.text.clone(),
+        });
+        (lines.next(), lines.collect())
+    }
 }
 
 /// The client of an attempt: `{"comm","pid","uid"}`.
@@ -250,6 +297,7 @@ fn timeline(e: &TimelineEntry, clock: &Clock) -> TimelineLine {
 
 /// A finding's line, without the operator's keys yet (`Operator::annotate_json` fills them).
 pub fn finding_json(f: &Finding, clock: &Clock) -> FindingLine {
+    let (rule, rule_candidates) = RuleLine::of(f.rule.as_ref());
     FindingLine {
         accept_wait_ms: (!f.accept_wait_ms.is_empty()).then(|| f.accept_wait_ms.clone()),
         backend: f.backend.map(|b| b.to_string()),
@@ -274,6 +322,8 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> FindingLine {
         pending: f.pending,
         proxy_client: f.proxy_client(),
         queue: f.queue,
+        rule,
+        rule_candidates,
         syn_overflows: (!f.syn_overflows.is_empty()).then(|| f.syn_overflows.iter().map(|o| syn_overflow(o, clock)).collect()),
         target: f.target.to_string(),
         timeline: f.timeline.iter().map(|e| timeline(e, clock)).collect(),
@@ -355,6 +405,7 @@ mod tests {
             connection: None,
             ports: None,
             backend: None,
+            rule: None,
         }
     }
 
@@ -378,7 +429,7 @@ mod tests {
                 r#""detail":"d","evidence":{"tcp:tcp_receive_reset":3},"first_seen":"2024-05-01T10:01:02.000Z","fix":"f","hint":null,"#,
                 r#""last_seen":"2024-05-01T10:01:05.123Z","listener":{"cgroup":null,"comm":"gunicorn","container":null,"pid":700,"pod":null},"#,
                 r#""listener_closed":null,"listener_note":"gunicorn (pid 700) listens here","log_example":"connect() failed","log_lines":1,"#,
-                r#""netns":4026531840,"pending":0,"ports":null,"proxy_client":true,"queue":{"len":2,"max":1},"#,
+                r#""netns":4026531840,"pending":0,"ports":null,"proxy_client":true,"queue":{"len":2,"max":1},"rule":null,"rule_candidates":[],"#,
                 r#""syn_overflows":[{"at":"2024-05-01T10:01:03.000Z","len":2,"listener":{"comm":"gunicorn","pid":700},"max":1}],"#,
                 r#""target":"127.0.0.1:8000","timeline":[{"at":"2024-05-01T10:01:01.000Z","comm":"gunicorn","detail":"backlog 1","pid":700,"what":"listen"}],"#,
                 r#""type":"finding","uids":[33],"upstream":"backend","upstream_process":null}"#

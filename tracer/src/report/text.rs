@@ -507,11 +507,24 @@ fn write_finding_inner(w: &mut impl Write, f: &Finding, clock: &Clock, show_netn
     }
     write_after_connect(w, f, places)?;
     field(w, "proof:", &counters_phrase(&f.evidence))?;
+    write_rules(w, f)?;
     if let Some(h) = &f.hint {
         field(w, "hint:", h)?;
     }
     field(w, "why:", &f.detail)?;
     field(w, "fix:", &f.fix)
+}
+
+/// A firewall finding's rule, one line each: `rule: inet filter output (handle 4): tcp dport
+/// 8000 counter drop`; candidates say so (`rule: (candidate, not certain) ...`).
+fn write_rules(w: &mut impl Write, f: &Finding) -> io::Result<()> {
+    let Some(facts) = &f.rule else { return Ok(()) };
+    let netns = if facts.enter_pid.is_some() || facts.netns_name.is_some() { format!("  [netns {}]", facts.netns) } else { String::new() };
+    let candidate = if facts.certain { "" } else { "(candidate, not certain) " };
+    for r in &facts.rules {
+        field(w, "rule:", &format!("{candidate}{}{netns}", crate::explain::rule_line(r)))?;
+    }
+    Ok(())
 }
 
 /// The after-connect facts (and ports_exhausted's): the upstream process, how it died, the
@@ -757,6 +770,7 @@ mod tests {
             connection: None,
             ports: None,
             backend: None,
+            rule: None,
         }
     }
 
@@ -1169,6 +1183,29 @@ mod tests {
             held: [("TIME_WAIT".to_string(), 1), ("ESTABLISHED".to_string(), 3)].into_iter().collect(),
         });
         assert!(render(&[ports], &summary(0)).contains("ports:      range 40000-40000 (1 port); held: 3 ESTABLISHED, 1 TIME_WAIT\n"));
+    }
+
+    #[test]
+    fn the_firewall_rule_is_one_line_each_and_its_outside_text_is_escaped() {
+        let rule = crate::explain::test_rule;
+        let mut f = finding();
+        f.cause = Cause::FirewallDrop;
+        f.rule = Some(crate::explain::RuleFacts { netns: 1, rules: vec![rule(4, "tcp dport 8000 counter drop")], certain: true, enter_pid: None, netns_name: None });
+        let text = render(&[f.clone()], &summary(0));
+        assert!(text.contains("  rule:       inet filter output (handle 4): tcp dport 8000 counter drop\n"), "{text}");
+        let evil = "drop comment \"x\nFIREWALL DROP\x1b[2J\"";
+        f.rule = Some(crate::explain::RuleFacts {
+            netns: 9,
+            rules: vec![rule(5, evil), rule(6, "tcp dport 8000 drop")],
+            certain: false,
+            enter_pid: Some(77),
+            netns_name: None,
+        });
+        let text = render(&[f], &summary(0));
+        assert_no_raw_control(&text);
+        assert_eq!(text.lines().filter(|l| l.starts_with("FIREWALL DROP")).count(), 1, "the title only: {text}");
+        assert_eq!(text.matches("  rule:       (candidate, not certain) inet filter output").count(), 2, "{text}");
+        assert!(text.contains("(handle 6): tcp dport 8000 drop [netns 9]"), "{text}");
     }
 
     #[test]

@@ -6,12 +6,56 @@ use std::collections::HashMap;
 use crate::capture::Capture;
 use crate::enrich::after_connect::{measurement_for, MeasurementBudget};
 use crate::enrich::nat::{nat_candidate, NatBudget};
+use crate::enrich::nftrace::RuleTracing;
 use crate::enrich::{self, Enricher};
-use crate::event::{Event, EventBody, KindCounts, Target};
+use crate::event::{Event, EventBody, FlowAddr, KindCounts, Target};
+use crate::explain::rules::{drop_meaning, DropMeaning};
 use crate::explain::Engine;
 
 /// Do not ask sock_diag about the same target more often than this.
 const PROBE_EVERY_NS: u64 = 200_000_000;
+/// How long a netfilter drop the kernel could not place in a namespace waits for an event of
+/// its connection that says whose it is, and how many wait at most.
+const UNPLACED_DROP_TTL_NS: u64 = 5_000_000_000;
+const MAX_UNPLACED_DROPS: usize = 1024;
+
+/// Netfilter drops whose namespace the kernel did not give (a packet without its socket: one
+/// received, or sent on loopback), by arrival, oldest first.
+#[derive(Default)]
+struct UnplacedDrops(std::collections::VecDeque<(u64, FlowAddr)>);
+
+impl UnplacedDrops {
+    fn push(&mut self, ts_ns: u64, packet: FlowAddr) {
+        if self.0.len() >= MAX_UNPLACED_DROPS {
+            self.0.pop_front();
+        }
+        self.0.push_back((ts_ns, packet));
+    }
+
+    /// The waiting drops of connection `flow` (either direction), taken; old ones forgotten.
+    fn take(&mut self, flow: &FlowAddr, ts_ns: u64) -> Vec<FlowAddr> {
+        self.0.retain(|(t, _)| ts_ns.saturating_sub(*t) < UNPLACED_DROP_TTL_NS);
+        let mut taken = Vec::new();
+        self.0.retain(|(_, p)| {
+            let ours = p == flow || *p == flow.reversed();
+            if ours && !taken.contains(p) {
+                taken.push(*p);
+            }
+            !ours
+        });
+        taken
+    }
+}
+
+/// What asks netfilter's ruleset for the rule that dropped a packet, and how often.
+#[derive(Default)]
+struct RuleLookups {
+    /// Each (netns, packet flow) once, capped per second (the NAT lookups' budget).
+    budget: NatBudget,
+    unplaced: UnplacedDrops,
+    /// `--trace-rules`: the kernel's own trace of the drops (its table goes with it).
+    tracing: Option<RuleTracing>,
+}
 
 /// The userspace side of the event stream and what it remembers between batches.
 pub struct Feed {
@@ -24,11 +68,12 @@ pub struct Feed {
     nat_budget: NatBudget,
     /// Lost-event counts already turned into `Lost` events, by kind.
     reported_lost: KindCounts,
+    rule_lookups: RuleLookups,
 }
 
 impl Feed {
     pub fn new(enricher: Enricher) -> Feed {
-        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), nat_budget: NatBudget::new(), reported_lost: KindCounts::new() }
+        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), nat_budget: NatBudget::new(), reported_lost: KindCounts::new(), rule_lookups: RuleLookups::default() }
     }
 
     /// Who listens where right now (pushed to the engine with the owners' process facts), so
@@ -86,8 +131,13 @@ impl Feed {
         }
     }
 
+    /// `--trace-rules`: nftables tracing on in every namespace, until the feed is dropped.
+    pub fn trace_rules(&mut self, ports: &[u16], only: Option<u32>) {
+        self.rule_lookups.tracing = Some(self.enricher.start_rule_tracing(ports, only));
+    }
+
     pub fn absorb(&mut self, batch: &mut Vec<Event>, engine: &mut Engine) {
-        absorb(batch, engine, &mut self.enricher, &mut self.last_probe, &mut self.budget, &mut self.nat_budget);
+        absorb(batch, engine, &mut self.enricher, &mut self.last_probe, &mut self.budget, &mut self.nat_budget, &mut self.rule_lookups);
     }
 
     pub fn lost_events(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
@@ -106,6 +156,7 @@ fn absorb(
     last_probe: &mut HashMap<(u32, Target), u64>,
     budget: &mut MeasurementBudget,
     nat_budget: &mut NatBudget,
+    rule_lookups: &mut RuleLookups,
 ) {
     // Records from different CPUs interleave in the ring: restore time order.
     batch.sort_by_key(|e| e.ts_ns);
@@ -141,6 +192,7 @@ fn absorb(
                 }
             }
         }
+        name_firewall_rule(&ev, engine, enricher, rule_lookups);
         if let Some(m) = measurement_for(&ev).filter(|m| budget.admit(m, ev.ts_ns)) {
             if let Some(measured) = enricher.measure(m, ev.ts_ns.saturating_add(1)) {
                 engine.push(&measured);
@@ -167,6 +219,68 @@ fn absorb(
     }
 }
 
+/// The netfilter rule of a drop, read from the ruleset of the namespace where it happened.
+/// A drop with its socket is the connecting socket's own SYN, in its namespace: asked at once.
+/// A drop without (a packet received, or on loopback) waits for an event of its connection
+/// (a SYN retransmit, the reset, the failure), whose client's namespace places its addresses:
+/// the sender's namespace is asked first, then the receiver's, then the host's (`drop_places`).
+fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, lookups: &mut RuleLookups) {
+    // `on_path`: the packet surely crossed the namespace; otherwise what is found there is only
+    // a candidate.
+    let ask = |netns: u32, packet: FlowAddr, syn: bool, on_path: bool, enricher: &mut Enricher, engine: &mut Engine, lookups: &mut RuleLookups| -> bool {
+        if !lookups.budget.admit(netns, packet, ev.ts_ns) {
+            return false;
+        }
+        match enricher.firewall_rule(netns, packet, syn, ev.ts_ns.saturating_add(1)) {
+            Some(mut named) => {
+                if let EventBody::FirewallRule { certain, .. } = &mut named.body {
+                    *certain &= on_path;
+                }
+                engine.push(&named);
+                true
+            }
+            None => false,
+        }
+    };
+    match &ev.body {
+        EventBody::SkbDropped { flow: Some(packet), reason }
+            if drop_meaning(reason.trim_start_matches("SKB_DROP_REASON_")) == Some(DropMeaning::Netfilter) =>
+        {
+            // Traced by the kernel (`--trace-rules`): the rule itself, in the namespace it
+            // says, whatever the ruleset alone could tell.
+            if let Some(tracing) = lookups.tracing.as_mut() {
+                tracing.read();
+                if let Some(traced) = tracing.drop_of(packet).cloned() {
+                    if lookups.budget.admit(traced.netns, *packet, ev.ts_ns) {
+                        if let Some(named) = enricher.traced_rule(&traced, ev.ts_ns.saturating_add(1)) {
+                            engine.push(&named);
+                        }
+                    }
+                    return;
+                }
+            }
+            if ev.netns != 0 {
+                ask(ev.netns, *packet, true, true, enricher, engine, lookups);
+            } else {
+                lookups.unplaced.push(ev.ts_ns, *packet);
+            }
+        }
+        EventBody::TcpSynRetransmit { flow, .. } | EventBody::TcpAttemptFailed { flow, .. } | EventBody::TcpRstReceived { flow }
+            if ev.netns != 0 =>
+        {
+            for packet in lookups.unplaced.take(flow, ev.ts_ns) {
+                let places = enricher.drop_places(ev.netns, packet);
+                for (netns, on_path) in places {
+                    if ask(netns, packet, packet == *flow, on_path, enricher, engine, lookups) {
+                        break;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Turns kernel lost-event counters into `Lost` events (only the increase since last time).
 fn lost_events(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &mut Engine) {
     let Ok((_, lost)) = capture.counters() else { return };
@@ -177,5 +291,28 @@ fn lost_events(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &
             engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
             reported.insert(kind, count);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unplaced_drops_are_taken_by_their_connection_once_and_forgotten_when_old() {
+        let flow = FlowAddr { src: "10.0.0.1:40000".parse().unwrap(), dst: "10.0.0.2:8000".parse().unwrap() };
+        let other = FlowAddr { src: "10.0.0.1:40001".parse().unwrap(), dst: "10.0.0.2:8000".parse().unwrap() };
+        let mut drops = UnplacedDrops::default();
+        drops.push(1, flow);
+        drops.push(2, flow);
+        drops.push(3, flow.reversed());
+        drops.push(4, other);
+        assert_eq!(drops.take(&flow, 10), [flow, flow.reversed()], "each packet direction once");
+        assert!(drops.take(&flow, 11).is_empty(), "taken");
+        assert!(drops.take(&other, 4 + UNPLACED_DROP_TTL_NS).is_empty(), "too old");
+        for i in 0..(MAX_UNPLACED_DROPS as u64 + 5) {
+            drops.push(i, other);
+        }
+        assert_eq!(drops.0.len(), MAX_UNPLACED_DROPS);
     }
 }

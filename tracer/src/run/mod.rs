@@ -152,6 +152,12 @@ impl Trace {
         let mut engine =
             Engine::new(EngineOptions { local_refusals_unseen: !facts.local_refusals_visible(), ..EngineOptions::default() });
         let mut feed = Feed::new(Enricher::new());
+        // A table a killed tracer left (`--trace-rules`) goes first, whatever this run does.
+        feed.enricher.remove_leftover_trace_tables();
+        if args.trace_rules {
+            feed.trace_rules(&args.ports, args.netns);
+            note!("tracer: --trace-rules: table inet {} added to the namespaces' rulesets until tracer ends", crate::enrich::nftrace::TRACE_TABLE);
+        }
         let (owners, paths) = feed.snapshot_listeners(&mut engine);
         capture.watch_listeners(&owners, &paths);
         let operator_args =

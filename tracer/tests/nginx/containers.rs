@@ -223,6 +223,10 @@ fn reject_rule_in_the_app_namespace_is_a_firewall_reject() {
     // only_finding also fails on any dead_listener finding for the same target.
     let f = run.only_finding(APP_UPSTREAM, Cause::FirewallReject);
     show("reject rule in the app namespace", "502 x2", &logged[0], f);
+    // Issue 17: named from the app namespace's ruleset, where the SYN was rejected.
+    let r = f.rule.as_ref().unwrap_or_else(|| panic!("no rule named: {f:?}"));
+    assert_eq!((r.chain.as_str(), r.hook.as_str(), r.text.as_str(), r.certain), ("in", "input", "tcp dport 8000 reject with tcp reset", true), "{r:?}");
+    assert_ne!(r.netns, f.netns, "the app's namespace, not Nginx's: {r:?}");
     assert_eq!(f.count, 2, "{f:?}");
     assert_backend(f, None);
     assert_nginx_clients(f, &nginx);
