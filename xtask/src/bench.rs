@@ -290,6 +290,21 @@ fn with_bpf_stats<T>(pid: u32, f: impl FnOnce() -> Result<T>) -> Result<(T, BTre
     Ok((out?, stats))
 }
 
+/// Per program of process `pid` (by name): the runs the kernel skipped because a BPF program
+/// was already running on that CPU (`recursion_misses`, 5.12+), where non-zero.
+fn recursion_misses(pid: u32) -> BTreeMap<String, u64> {
+    let mut misses = BTreeMap::new();
+    for id in bpf_ids(pid, "prog_id") {
+        let (ok, info) = probe(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]));
+        if let (true, Ok(v)) = (ok, serde_json::from_str::<Value>(&info)) {
+            if let Some(n) = v["recursion_misses"].as_u64().filter(|n| *n > 0) {
+                misses.insert(v["name"].as_str().unwrap_or("?").to_string(), n);
+            }
+        }
+    }
+    misses
+}
+
 /// `{"total_ns_per_unit", "programs": {name: {"ns_per_call", "calls_per_unit", "ns_per_unit"}}}`.
 fn cost_json(stats: &BTreeMap<String, (u64, u64)>, units: u64) -> Value {
     let units = units.max(1) as f64;
@@ -706,6 +721,12 @@ impl Bench {
             Attached::Tracer { mut proc, out, cpu_at_start } => {
                 let cpu = cpu_seconds(proc.pid()).unwrap_or(0.0) - cpu_at_start;
                 let hwm = vm_kib(proc.pid(), "VmHWM:").unwrap_or(0);
+                // Runs the kernel skipped because a program was already running on that CPU
+                // (its recursion guard): each is an event tracer never saw.
+                let skipped = recursion_misses(proc.pid());
+                if !skipped.is_empty() {
+                    println!("  tracer programs skipped by the kernel's recursion guard: {skipped:?}");
+                }
                 proc.stop(Signal::SIGINT, Duration::from_secs(30))?;
                 let errs: Vec<String> = proc.output().into_iter().filter(|l| l.starts_with("tracer:")).collect();
                 for e in &errs {
