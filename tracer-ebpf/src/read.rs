@@ -114,20 +114,6 @@ pub fn sockaddr_side(ctx: &TracePointContext, offset: u32) -> Option<(u16, u16, 
     Some((family, u16::from_be(port_be), addr))
 }
 
-/// The first members of `struct sock_common`, at the offsets `RawTracePointContext::flow`
-/// checks against BTF before it reads them this way.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct SockCommonHead {
-    daddr: [u8; 4],
-    rcv_saddr: [u8; 4],
-    _hash: u32,
-    dport_be: u16,
-    _num: u16,
-    family: u16,
-    _pad: [u8; 6],
-}
-
 /// One call of sock:inet_sock_set_state, as set_state.rs and conn_end.rs read it: from the
 /// classic tracepoint's record (every field a helper call), or from the raw tracepoint's
 /// arguments (sk, oldstate, newstate: plain loads) and the socket's own members at offsets
@@ -139,6 +125,8 @@ pub trait StateChange: EbpfContext {
     fn sock(&self, cfg: &Config) -> Option<u64>;
     /// IPPROTO_* of the socket.
     fn protocol(&self, cfg: &Config, sk: u64) -> Option<u16>;
+    /// (sport, dport) in host order, this socket's side first.
+    fn ports(&self, cfg: &Config, sk: u64) -> (u16, u16);
     /// The socket's flow, this socket's side as the source.
     fn flow(&self, cfg: &Config, sk: u64) -> Flow;
 }
@@ -169,6 +157,11 @@ impl StateChange for TracePointContext {
     }
 
     #[inline(always)]
+    fn ports(&self, cfg: &Config, _sk: u64) -> (u16, u16) {
+        (field(self, cfg.set_state.sport).unwrap_or(0), field(self, cfg.set_state.dport).unwrap_or(0))
+    }
+
+    #[inline(always)]
     fn flow(&self, cfg: &Config, _sk: u64) -> Flow {
         sock_flow(self, &cfg.set_state)
     }
@@ -193,29 +186,27 @@ impl StateChange for RawTracePointContext {
     }
 
     #[inline(always)]
-    fn flow(&self, cfg: &Config, sk: u64) -> Flow {
+    fn ports(&self, cfg: &Config, sk: u64) -> (u16, u16) {
         let s = &cfg.sock;
         let sport: u16 = kernel(sk, s.inet_sport).unwrap_or(0);
-        let mut flow = Flow { sport: u16::from_be(sport), ..Flow::default() };
-        // sock_common opens with the address pair, the hash, the port pair and the family
-        // (include/net/sock.h, unchanged since 2.6): where BTF confirms those offsets, one read
-        // of that head replaces four (this runs once per refused attempt, floods included).
-        let (daddr, rcv_saddr) = if s.skc_daddr == 0 && s.skc_rcv_saddr == 4 && s.skc_dport == 12 && s.skc_family == 16 {
-            let head: SockCommonHead = kernel(sk, 0).unwrap_or_default();
-            flow.family = head.family;
-            flow.dport = u16::from_be(head.dport_be);
-            (head.daddr, head.rcv_saddr)
-        } else {
-            flow.family = kernel(sk, s.skc_family).unwrap_or(0);
-            flow.dport = u16::from_be(kernel(sk, s.skc_dport).unwrap_or(0));
-            (kernel(sk, s.skc_daddr).unwrap_or([0; 4]), kernel(sk, s.skc_rcv_saddr).unwrap_or([0; 4]))
-        };
-        if flow.family == AF_INET6 {
+        let dport: u16 = kernel(sk, s.skc_dport).unwrap_or(0);
+        (u16::from_be(sport), u16::from_be(dport))
+    }
+
+    #[inline(always)]
+    fn flow(&self, cfg: &Config, sk: u64) -> Flow {
+        let s = &cfg.sock;
+        let family: u16 = kernel(sk, s.skc_family).unwrap_or(0);
+        let (sport, dport) = self.ports(cfg, sk);
+        let mut flow = Flow { family, sport, dport, ..Flow::default() };
+        if family == AF_INET6 {
             flow.saddr = kernel(sk, s.skc_v6_rcv_saddr).unwrap_or([0; 16]);
             flow.daddr = kernel(sk, s.skc_v6_daddr).unwrap_or([0; 16]);
-        } else if flow.family == AF_INET {
-            flow.saddr[..4].copy_from_slice(&rcv_saddr);
-            flow.daddr[..4].copy_from_slice(&daddr);
+        } else if family == AF_INET {
+            let d: [u8; 4] = kernel(sk, s.skc_daddr).unwrap_or([0; 4]);
+            let l: [u8; 4] = kernel(sk, s.skc_rcv_saddr).unwrap_or([0; 4]);
+            flow.saddr[..4].copy_from_slice(&l);
+            flow.daddr[..4].copy_from_slice(&d);
         }
         flow
     }

@@ -15,57 +15,35 @@ pub fn tracer_rst_send(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// tcp_send_reset's record since 6.10 from `skaddr` on (state, reason and the two sockaddr
-/// images follow it): read in one call where the tracefs offsets say the fields sit so.
-#[repr(C)]
-struct RecordSince610 {
-    skaddr: u64,
-    _state: i32,
-    reason: u32,
-    saddr: [u8; 28],
-    daddr: [u8; 28],
-}
-
 #[inline(always)]
 fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let f = &cfg.send_reset;
-    let one_read = f.sport == FIELD_ABSENT
-        && f.state == f.skaddr + 8
-        && f.reason == f.skaddr + 12
-        && f.saddr == f.skaddr + 16
-        && f.daddr == f.skaddr + 44;
+    let sk: u64 = field(ctx, f.skaddr).unwrap_or(0);
+    if sk != 0 {
+        return None;
+    }
     // With no socket the tracepoint reverses the offending segment's 4-tuple, so its
     // source is the refused target and its destination the client; flip it to client->target.
     let mut flow = Flow::default();
-    let reason: u32;
-    if one_read {
-        let r: RecordSince610 = field(ctx, f.skaddr)?;
-        if r.skaddr != 0 {
-            return None;
-        }
-        let (family, tport, taddr) = sockaddr_image(&r.saddr)?;
-        let (_, cport, caddr) = sockaddr_image(&r.daddr)?;
-        (flow.family, flow.sport, flow.saddr, flow.dport, flow.daddr) = (family, cport, caddr, tport, taddr);
-        reason = r.reason;
+    if f.sport == FIELD_ABSENT {
+        // Since 6.10 addresses are stored as sockaddr images (family, port, address).
+        let (family, tport, taddr) = sockaddr_image(ctx, f.saddr)?;
+        let (_, cport, caddr) = sockaddr_image(ctx, f.daddr)?;
+        flow.family = family;
+        flow.sport = cport;
+        flow.saddr = caddr;
+        flow.dport = tport;
+        flow.daddr = taddr;
     } else {
-        let sk: u64 = field(ctx, f.skaddr).unwrap_or(0);
-        if sk != 0 {
-            return None;
-        }
-        if f.sport == FIELD_ABSENT {
-            // Since 6.10 addresses are stored as sockaddr images (family, port, address).
-            let s: [u8; 28] = field(ctx, f.saddr)?;
-            let d: [u8; 28] = field(ctx, f.daddr)?;
-            let (family, tport, taddr) = sockaddr_image(&s)?;
-            let (_, cport, caddr) = sockaddr_image(&d)?;
-            (flow.family, flow.sport, flow.saddr, flow.dport, flow.daddr) = (family, cport, caddr, tport, taddr);
-        } else {
-            let raw = sock_flow(ctx, f);
-            (flow.family, flow.sport, flow.saddr, flow.dport, flow.daddr) = (raw.family, raw.dport, raw.daddr, raw.sport, raw.saddr);
-        }
-        reason = field(ctx, f.reason).unwrap_or(u32::MAX);
+        let raw = sock_flow(ctx, f);
+        flow.family = raw.family;
+        flow.sport = raw.dport;
+        flow.saddr = raw.daddr;
+        flow.dport = raw.sport;
+        flow.daddr = raw.saddr;
     }
+    let reason: u32 = field(ctx, f.reason).unwrap_or(u32::MAX);
     emit_with(EventKind::TcpRstSentNoSocket as u32, |ev: &mut TcpEvent| {
         ev.header.kind = EventKind::TcpRstSentNoSocket as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -78,9 +56,11 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
 }
 
 /// One side of the flow from a `struct sockaddr_in`/`sockaddr_in6` image (family, big-endian
-/// port, IPv4 address at +4 or IPv6 address at +8: UAPI layouts).
+/// port, IPv4 address at +4 or IPv6 address at +8: UAPI layouts), read with ONE helper call
+/// instead of three: this program runs once per refused connection, floods included.
 #[inline(always)]
-fn sockaddr_image(b: &[u8; 28]) -> Option<(u16, u16, [u8; 16])> {
+fn sockaddr_image(ctx: &TracePointContext, offset: u32) -> Option<(u16, u16, [u8; 16])> {
+    let b: [u8; 24] = field(ctx, offset)?;
     let family = u16::from_ne_bytes([b[0], b[1]]);
     let port = u16::from_be_bytes([b[2], b[3]]);
     let mut addr = [0u8; 16];
