@@ -111,7 +111,8 @@ impl Capture {
 
         let logger = if debug {
             match aya_log::EbpfLogger::init(&mut ebpf) {
-                Ok(l) => Some(AsyncFd::new(l).context("polling the aya-log buffer")?),
+                // SAFETY: the logger owns its ring buffer's fd, open for as long as it lives.
+                Ok(l) => Some(unsafe { AsyncFd::register(l) }.map_err(|e| anyhow!("polling the aya-log buffer: {e}"))?),
                 Err(e) => {
                     log::warn!("kernel debug log unavailable: {e}");
                     None
@@ -185,7 +186,8 @@ impl Capture {
             write_config(&mut ebpf, &config)?;
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("eBPF object has no EVENTS map"))?)?;
-        let ring = AsyncFd::new(ring).context("polling the ring buffer")?;
+        // SAFETY: the RingBuf owns its map's fd, open for as long as it lives.
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow!("polling the ring buffer: {e}"))?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
