@@ -277,7 +277,7 @@ impl Metrics {
         r.register("tracer_events", "Events the kernel programs handed to tracer", events.clone());
         r.register(
             "tracer_lost_events",
-            "Events the kernel could not hand over (ring buffer full), by kind",
+            "Events the kernel could not hand over (ring buffer full, or a program run the kernel skipped), by kind",
             lost.clone(),
         );
         r.register("tracer_hooks_active", "Kernel hooks attached", hooks_active.clone());

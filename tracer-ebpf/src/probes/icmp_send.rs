@@ -2,7 +2,7 @@
 //! For TCP that only happens through a netfilter `reject with icmp...` rule (the stack itself
 //! answers TCP with an RST), so it tells an ICMP reject apart from a dead listener.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, TcpEvent};
+use tracer_common::{EventKind, PacketEvent};
 
 use crate::{
     maps::{config, emit_with},
@@ -32,7 +32,7 @@ fn try_icmp_send(ctx: &TracePointContext) -> Option<()> {
     let skb: u64 = field(ctx, f.skbaddr)?;
     // The offending packet: only TCP ones matter (UDP port unreachables are normal life).
     let flow = tcp_flow(cfg, skb, ETH_P_IP)?;
-    emit_with(EventKind::IcmpSent as u32, |ev: &mut TcpEvent| {
+    emit_with(EventKind::IcmpSent as u32, |ev: &mut PacketEvent| {
         ev.header.kind = EventKind::IcmpSent as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
         ev.header.task = current_task();

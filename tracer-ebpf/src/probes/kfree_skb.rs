@@ -8,7 +8,7 @@
 //! whose address ranges userspace resolved through /proc/kallsyms (`DropSites`), and every
 //! other drop returns after one read and a few comparisons.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{DropSites, EventKind, TcpEvent, DROP_SITE_FLAG, FIELD_ABSENT};
+use tracer_common::{DropSites, EventKind, PacketEvent, DROP_SITE_FLAG, FIELD_ABSENT};
 
 use crate::{
     maps::{config, emit_with, ATTEMPTS},
@@ -44,7 +44,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Option<()> {
     // A locally generated SYN still carries its socket on the output path: attribute directly.
     let sk: u64 = kernel(skb, cfg.offsets.skb_sk).unwrap_or(0);
     let attempt = if sk != 0 { ATTEMPTS.get_ptr(&sk) } else { None };
-    emit_with(EventKind::SkbDropped as u32, |ev: &mut TcpEvent| {
+    emit_with(EventKind::SkbDropped as u32, |ev: &mut PacketEvent| {
         ev.header.kind = EventKind::SkbDropped as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
         match attempt {

@@ -2,7 +2,7 @@
 //! listens on its destination. This, not the client's ECONNREFUSED, proves a dead listener
 //! (a netfilter `reject with tcp reset` forges its RST without passing here).
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, Flow, TcpEvent, AF_INET, AF_INET6, FIELD_ABSENT};
+use tracer_common::{EventKind, Flow, PacketEvent, AF_INET, AF_INET6, FIELD_ABSENT};
 
 use crate::{
     maps::{config, emit_with},
@@ -44,7 +44,7 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
         flow.daddr = raw.saddr;
     }
     let reason: u32 = field(ctx, f.reason).unwrap_or(u32::MAX);
-    emit_with(EventKind::TcpRstSentNoSocket as u32, |ev: &mut TcpEvent| {
+    emit_with(EventKind::TcpRstSentNoSocket as u32, |ev: &mut PacketEvent| {
         ev.header.kind = EventKind::TcpRstSentNoSocket as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
         // No task: this runs in whatever context received the segment, and the evidence is

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AttemptState, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, FN_ACCEPT, FN_TCP_CONNECT,
+    AttemptEvent, AttemptState, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, FN_ACCEPT, FN_TCP_CONNECT,
 };
 
 use crate::{
@@ -139,7 +139,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         if cfg.debug != 0 {
             debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
         }
-        emit_with(kind as u32, |ev: &mut TcpEvent| {
+        emit_with(kind as u32, |ev: &mut AttemptEvent| {
             ev.header.kind = kind as u32;
             ev.header.netns = netns_of(cfg, sk);
             ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{
-    ConnEndEvent, EventHeader, EventKind, Flow, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6, CONN_LOCAL_FIN, CONN_PEER_FIN,
+    ConnEndEvent, EventHeader, EventKind, Flow, PacketEvent, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6, CONN_LOCAL_FIN, CONN_PEER_FIN,
     DROP_SITE_FLAG, DROP_SITE_FUNCTIONS,
 };
 
@@ -66,6 +66,18 @@ fn read<T: Copy>(data: &[u8]) -> Option<T> {
     }
     // The ring buffer gives no alignment guarantee beyond 8 bytes; read unaligned anyway.
     Some(unsafe { std::ptr::read_unaligned(data.as_ptr().cast::<T>()) })
+}
+
+/// A `TcpEvent` from a record that may be only its prefix (`PacketEvent`, `AttemptEvent`): the
+/// fields the record does not carry are zero. `None` below the shortest prefix.
+fn read_tcp_event(data: &[u8]) -> Option<TcpEvent> {
+    if data.len() < std::mem::size_of::<PacketEvent>() {
+        return None;
+    }
+    let mut full = [0u8; std::mem::size_of::<TcpEvent>()];
+    let n = data.len().min(full.len());
+    full[..n].copy_from_slice(&data[..n]);
+    read(&full)
 }
 
 /// The kernel's HZ, from a jiffies reading and the monotonic time of the same moment. At boot
@@ -153,7 +165,7 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
     if kind == EventKind::TcpConnEnded {
         return Some(base(conn_ended(&read(data)?)));
     }
-    let ev: TcpEvent = read(data)?;
+    let ev = read_tcp_event(data)?;
     let flow = flow_addr(&ev.flow);
     let body = match kind {
         EventKind::TcpAttemptFailed => EventBody::TcpAttemptFailed {
@@ -248,6 +260,41 @@ mod tests {
             }
             other => panic!("wrong body {other:?}"),
         }
+    }
+
+    /// The frequent kinds come as prefixes of `TcpEvent`; what they do not carry reads as zero,
+    /// and a record shorter than the shortest prefix is refused.
+    #[test]
+    fn decodes_the_short_records_of_packet_and_attempt_events() {
+        let flow = Flow { family: 2, sport: 40000, dport: 9000, _pad: 0, saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        let mut reset = PacketEvent::default();
+        reset.header.kind = EventKind::TcpRstSentNoSocket as u32;
+        reset.flow = flow;
+        reset.reason = u32::MAX;
+        match decode(&bytes(&reset), &NoNames).expect("decodes").body {
+            EventBody::TcpRstSentNoSocket { flow: f, reason } => {
+                assert_eq!(f.dst, "127.0.0.2:9000".parse().unwrap());
+                assert_eq!(reason, None);
+            }
+            other => panic!("wrong body {other:?}"),
+        }
+        let mut attempt = tracer_common::AttemptEvent::default();
+        attempt.header.kind = EventKind::TcpAttemptFailed as u32;
+        attempt.header.task.pid = 812;
+        attempt.flow = flow;
+        attempt.sk_err = 111;
+        attempt.rst_received = 1;
+        attempt.start_ns = 77;
+        let decoded = decode(&bytes(&attempt), &NoNames).expect("decodes");
+        assert_eq!(decoded.task.pid, 812);
+        match decoded.body {
+            EventBody::TcpAttemptFailed { sk_err, rst_received, start_ns, syn_retransmits, .. } => {
+                assert_eq!((sk_err, rst_received, start_ns, syn_retransmits), (111, true, 77, 0));
+            }
+            other => panic!("wrong body {other:?}"),
+        }
+        let short = bytes(&reset);
+        assert!(decode(&short[..short.len() - 8], &NoNames).is_none());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
+use std::os::fd::AsFd;
+
 use tokio::io::unix::AsyncFd;
 use tracer_common::{Config, EventKind, KIND_SLOTS, LOST_BASE};
 
@@ -312,8 +314,27 @@ impl Capture {
     /// What capture publishes about itself (metrics and `top` read it): the hooks and the
     /// kernel's counters (empty when they cannot be read).
     pub fn health(&self) -> CaptureHealth {
-        let (emitted, lost) = self.counters().unwrap_or_default();
+        let (emitted, mut lost) = self.counters().unwrap_or_default();
+        for (kind, n) in self.skipped_runs() {
+            *lost.entry(kind).or_insert(0) += n;
+        }
         CaptureHealth { hooks: self.hooks.clone(), emitted, lost }
+    }
+
+    /// Runs of tracer's programs the kernel skipped because another BPF program was already
+    /// running on that CPU (`recursion_misses`: raw tracepoints since 5.12, classic ones since
+    /// 6.7), totalled by the kind of event each program reports. A skipped run is an event never
+    /// sent, or evidence (a reset, a drop) its attempt never got: the summary counts them as
+    /// lost, so a count that may be short says so.
+    pub fn skipped_runs(&self) -> KindCounts {
+        let mut skipped = KindCounts::new();
+        for (name, prog) in self._ebpf.programs() {
+            let (Some(kind), Ok(fd)) = (reported_kind(name), prog.fd()) else { continue };
+            if let Some(n) = recursion_misses(fd.as_fd()).filter(|n| *n > 0) {
+                *skipped.entry(RecordKind(kind)).or_insert(0) += n;
+            }
+        }
+        skipped
     }
 
     /// Events emitted and lost (ring buffer full) per kind, summed over CPUs.
@@ -335,6 +356,49 @@ impl Capture {
         }
         Ok((emitted, lost))
     }
+}
+
+/// The kind of event a program of ours reports (what a skipped run of it may lose).
+fn reported_kind(program: &str) -> Option<EventKind> {
+    let name = program.strip_prefix("tracer_")?;
+    Some(match name {
+        "set_state" | "set_state_raw" | "fe_tcp_connect" | "kp_tcp_connect" => EventKind::TcpAttemptFailed,
+        "conn_end" | "conn_end_raw" => EventKind::TcpConnEnded,
+        "rst_send" => EventKind::TcpRstSentNoSocket,
+        "rst_recv" => EventKind::TcpRstReceived,
+        "kfree_skb" => EventKind::SkbDropped,
+        "icmp_send" => EventKind::IcmpSent,
+        "retrans" => EventKind::TcpSynRetransmit,
+        "fe_conn_request" | "kp_conn_request" => EventKind::TcpListenOverflow,
+        "bind" => EventKind::UnixBind,
+        "unlinkat" | "unlink" => EventKind::UnixUnlink,
+        "proc_exit" => EventKind::ProcessExit,
+        "sig_gen" => EventKind::SignalGenerated,
+        "oom" => EventKind::OomVictim,
+        n if n.contains("accept") => EventKind::TcpAccepted,
+        n if n.contains("unix_peer") => EventKind::UnixPeerQueue,
+        n if n.starts_with("conn_") || n.contains("unix_connect") => EventKind::UnixConnectFailed,
+        _ => return None,
+    })
+}
+
+/// `bpf_prog_info.recursion_misses` of a loaded program (0 on kernels without the field: the
+/// kernel leaves the fields it does not know zero). `None` when the kernel refuses the query.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+    use std::os::fd::AsRawFd;
+    // SAFETY: both are plain C structs for which all-zero is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // `info` is the union member BPF_OBJ_GET_INFO_BY_FD reads.
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
+    // SAFETY: the kernel writes at most info_len bytes into `info`, which outlives the call.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long, std::ptr::addr_of_mut!(attr), std::mem::size_of::<bpf_attr>())
+    };
+    (r == 0).then_some(info.recursion_misses)
 }
 
 /// For `doctor`: loads the kernel object and tries to load (never attach) each function
@@ -469,6 +533,32 @@ mod describe_tests {
             "backend=function-hooks+tracepoints, 17 hooks: 14 tracepoint, 2 fentry, 1 kprobe+kretprobe; 1 inactive (the list: --verbose; what each needs: tracer doctor)"
         );
         assert!(line.len() < 200, "{}", line.len());
+    }
+
+    /// Every kernel program names the kind of event a skipped run of it may lose: read from
+    /// the probes' sources, so a new program without a kind fails here, not silently in the
+    /// summary's lost count.
+    #[test]
+    fn every_kernel_program_has_the_kind_its_skipped_runs_lose() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tracer-ebpf/src/probes");
+        let mut programs = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("probes directory") {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("probe source");
+            for line in text.lines() {
+                if let Some(rest) = line.trim_start().strip_prefix("pub fn tracer_") {
+                    programs.push(format!("tracer_{}", rest.split('(').next().unwrap_or_default()));
+                }
+            }
+        }
+        assert!(programs.len() >= 30, "{programs:?}");
+        let unmapped: Vec<&String> = programs.iter().filter(|p| reported_kind(p).is_none()).collect();
+        assert!(unmapped.is_empty(), "{unmapped:?}");
+        assert_eq!(reported_kind("tracer_rst_send"), Some(EventKind::TcpRstSentNoSocket));
+        assert_eq!(reported_kind("tracer_set_state_raw"), Some(EventKind::TcpAttemptFailed));
+        assert_eq!(reported_kind("tracer_kr_unix_connect"), Some(EventKind::UnixConnectFailed));
+        assert_eq!(reported_kind("tracer_fx_unix_peer4"), Some(EventKind::UnixPeerQueue));
+        assert_eq!(reported_kind("tracer_conn_enter"), Some(EventKind::UnixConnectFailed));
+        assert_eq!(reported_kind("something_else"), None);
     }
 }
 

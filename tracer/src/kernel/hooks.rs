@@ -562,7 +562,8 @@ pub struct CaptureHealth {
     pub hooks: Vec<HookState>,
     /// Events emitted per kind (kinds with none left out), summed over CPUs.
     pub emitted: KindCounts,
-    /// Events lost per kind (the ring buffer was full), summed over CPUs.
+    /// Events lost per kind (the ring buffer was full, or the kernel skipped a program run
+    /// because another BPF program was running on that CPU), summed over CPUs.
     pub lost: KindCounts,
 }
 

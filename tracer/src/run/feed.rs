@@ -68,12 +68,13 @@ pub struct Feed {
     nat_budget: NatBudget,
     /// Lost-event counts already turned into `Lost` events, by kind.
     reported_lost: KindCounts,
+    reported_skipped: KindCounts,
     rule_lookups: RuleLookups,
 }
 
 impl Feed {
     pub fn new(enricher: Enricher) -> Feed {
-        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), nat_budget: NatBudget::new(), reported_lost: KindCounts::new(), rule_lookups: RuleLookups::default() }
+        Feed { enricher, last_probe: HashMap::new(), budget: MeasurementBudget::new(), nat_budget: NatBudget::new(), reported_lost: KindCounts::new(), reported_skipped: KindCounts::new(), rule_lookups: RuleLookups::default() }
     }
 
     /// Who listens where right now (pushed to the engine with the owners' process facts), so
@@ -142,6 +143,7 @@ impl Feed {
 
     pub fn lost_events(&mut self, capture: &Capture, now: u64, engine: &mut Engine) {
         lost_events(capture, &mut self.reported_lost, now, engine);
+        skipped_runs(capture, &mut self.reported_skipped, now, engine);
     }
 }
 
@@ -288,6 +290,22 @@ fn lost_events(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &
         let before = reported.get(&kind).copied().unwrap_or(0);
         if count > before {
             note!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
+            engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
+            reported.insert(kind, count);
+        }
+    }
+}
+
+/// Turns the kernel's count of skipped program runs into `Lost` events (the increase since
+/// last time): a run skipped because another BPF program was running on that CPU sent nothing.
+fn skipped_runs(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &mut Engine) {
+    for (kind, count) in capture.skipped_runs() {
+        let before = reported.get(&kind).copied().unwrap_or(0);
+        if count > before {
+            note!(
+                "tracer: warning: the kernel skipped {} runs of the program that reports {kind} events (another BPF program was running on that CPU)",
+                count - before
+            );
             engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
             reported.insert(kind, count);
         }
