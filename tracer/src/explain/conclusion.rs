@@ -5,7 +5,7 @@
 use crate::event::{Event, Queue, Target};
 
 use super::aggregation::{FindingKey, FindingState, SAMPLE_SLACK_NS};
-use super::attempt::{self, fuller, Attempt, AttemptKey, Close, FlowKey};
+use super::attempt::{self, fuller, Attempt, AttemptKey, Close, FlowEvidenceKind, FlowKey};
 use super::correlation::{IcmpSeen, START_SLACK_NS};
 use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
@@ -104,11 +104,16 @@ impl Engine {
                 until = until.min(next.start_ns.saturating_sub(START_SLACK_NS));
             }
         }
+        // A closed SYN_SENT socket sends nothing more: a refused or dropped segment going to
+        // the target after the close is a later attempt's on the same ports, even one whose
+        // own events are not read yet (tests: a_reused_ports_reset_...). A named rule is
+        // measured after the drop it names, and answers to the client may come late.
         let late: Vec<u64> = self
             .flow_buffer
             .get(&fk)
             .into_iter()
             .filter(|(_, e)| e.ts_ns > close.ts_ns() && e.ts_ns <= until)
+            .filter(|(_, e)| matches!(e.kind, FlowEvidenceKind::RuleNamed(_)) || !a.goes_to_target(&e.flow))
             .map(|(seq, _)| seq)
             .collect();
         for seq in late {
