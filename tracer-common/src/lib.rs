@@ -390,7 +390,9 @@ pub struct KernelOffsets {
     /// the calling task's network namespace, for syscall events that have no socket at hand.
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
-    pub _pad: u32,
+    /// `struct sk_buff`: `protocol` (__be16), for kfree_skb's raw tracepoint (the classic
+    /// record carries it); `FIELD_ABSENT` when not found (the classic tracepoint serves then).
+    pub skb_protocol: u32,
 }
 
 /// Enum values read from BTF (never constants: they are renumbered between kernels).

@@ -33,7 +33,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The program on sock:inet_sock_set_state (classic; `tracer_set_state_raw` is its raw twin).
 const SET_STATE: &str = "tracer_set_state";
-const SET_STATE_HOOK: &str = "sock:inet_sock_set_state";
+/// The program on skb:kfree_skb (classic; `tracer_kfree_skb_raw` is its raw twin).
+const KFREE_SKB: &str = "tracer_kfree_skb";
 
 /// How tracer reaches the kernel: tracepoints only, or function hooks (fentry/fexit, else
 /// kprobe/kretprobe) where they load, per function, and the tracepoints for everything else.
@@ -79,7 +80,9 @@ pub struct Capture {
     deferred: Vec<(&'static str, &'static str, &'static str)>,
     /// sock:inet_sock_set_state is served by its raw tracepoint (the hook keeps its name in
     /// the summary and the metrics; `--verbose` shows `raw_tp:`).
-    set_state_raw: bool,
+    /// The tracepoints attached raw (`sock:inet_sock_set_state`, `skb:kfree_skb`): `--verbose`
+    /// names them `raw_tp:...`; the summary and the metrics keep the tracepoint's name.
+    raw_hooks: Vec<String>,
     _ebpf: Ebpf,
 }
 
@@ -143,6 +146,12 @@ impl Capture {
                 write_config(&mut ebpf, &config)?;
             }
         }
+        // skb:kfree_skb fires for every packet the host frees as dropped (once per healthy
+        // proxied request on loopback): raw, a drop that is not ours leaves without a helper
+        // call. Its reason argument exists since 5.17 (the classic record's `reason`), and the
+        // raw program reads the skb's protocol itself.
+        let kfree_skb_raw = config.kfree_skb.reason != tracer_common::FIELD_ABSENT && config.offsets.skb_protocol != tracer_common::FIELD_ABSENT;
+        let mut raw_hooks = Vec::new();
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
         let mut deferred = Vec::new();
         for (spec, tp) in hooks::tracepoints() {
@@ -154,8 +163,23 @@ impl Capture {
                     deferred.push((tp.program, tp.category, tp.name));
                     Some(a.why_not.clone().unwrap_or_else(|| "not needed yet".into()))
                 }
-                (_, None) if tp.program == SET_STATE && set_state_raw => match attach_set_state_raw(&mut ebpf) {
-                    Ok(()) => None,
+                (Some(a), None) if a.available && tp.program == KFREE_SKB && kfree_skb_raw => {
+                    match attach_raw(&mut ebpf, "tracer_kfree_skb_raw", tp.name) {
+                        Ok(()) => {
+                            raw_hooks.push(tp.full_name());
+                            None
+                        }
+                        Err(e) => {
+                            log::warn!("raw tracepoint kfree_skb: {e:#}; using the classic tracepoint");
+                            attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}"))
+                        }
+                    }
+                }
+                (_, None) if tp.program == SET_STATE && set_state_raw => match attach_raw(&mut ebpf, "tracer_set_state_raw", tp.name) {
+                    Ok(()) => {
+                        raw_hooks.push(tp.full_name());
+                        None
+                    }
                     Err(e) => {
                         // The classic tracepoint then, with its own after-connect program.
                         log::warn!("raw tracepoint inet_sock_set_state: {e:#}; using the classic tracepoint");
@@ -193,7 +217,7 @@ impl Capture {
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, set_state_raw, _ebpf: ebpf })
+        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, raw_hooks, _ebpf: ebpf })
     }
 
     /// Attaches the tracepoints left out at start until something needs them (the Unix
@@ -256,7 +280,7 @@ impl Capture {
             .hooks
             .iter()
             .filter(|h| h.active)
-            .map(|h| match self.set_state_raw && h.hook == SET_STATE_HOOK {
+            .map(|h| match self.raw_hooks.contains(&h.hook) {
                 true => format!("raw_tp:{}", h.hook),
                 false => h.hook.clone(),
             })
@@ -366,7 +390,7 @@ fn reported_kind(program: &str) -> Option<EventKind> {
         "conn_end" | "conn_end_raw" => EventKind::TcpConnEnded,
         "rst_send" => EventKind::TcpRstSentNoSocket,
         "rst_recv" => EventKind::TcpRstReceived,
-        "kfree_skb" => EventKind::SkbDropped,
+        "kfree_skb" | "kfree_skb_raw" => EventKind::SkbDropped,
         "icmp_send" => EventKind::IcmpSent,
         "retrans" => EventKind::TcpSynRetransmit,
         "fe_conn_request" | "kp_conn_request" => EventKind::TcpListenOverflow,
@@ -466,14 +490,14 @@ fn load_conn_end(ebpf: &mut Ebpf, raw: bool) -> Result<()> {
     Ok(())
 }
 
-/// sock:inet_sock_set_state as a raw tracepoint (`tracer_set_state_raw`).
-fn attach_set_state_raw(ebpf: &mut Ebpf) -> Result<()> {
+/// Tracepoint `name` as a raw tracepoint, with program `program`.
+fn attach_raw(ebpf: &mut Ebpf, program: &str, name: &str) -> Result<()> {
     let prog: &mut RawTracePoint = ebpf
-        .program_mut("tracer_set_state_raw")
-        .ok_or_else(|| anyhow!("program tracer_set_state_raw missing from the eBPF object"))?
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?
         .try_into()?;
     prog.load().map_err(|e| anyhow!("load refused: {e}"))?;
-    prog.attach("inet_sock_set_state").map_err(|e| anyhow!("attach refused: {e}"))?;
+    prog.attach(name).map_err(|e| anyhow!("attach refused: {e}"))?;
     Ok(())
 }
 

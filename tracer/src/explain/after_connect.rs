@@ -5,7 +5,7 @@
 //! after a grace period for the other CPU's record, and concluded through
 //! `rules::classify_after_connect`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use crate::event::{ConnEnd, Event, EventBody, FlowAddr, TaskInfo, Target};
@@ -18,6 +18,7 @@ use super::evidence::{Evidence, EvidenceCounts};
 use super::output::{AttemptRecord, ConnectionFacts, Death, DeathHow, Outcome, PortsFacts, ProcessRef};
 use super::rules::{classify_after_connect, Cause, ConnFacts};
 use super::timeline::signal_name;
+use super::Map;
 
 /// How long Nginx's side waits for the upstream's side and for tracer's measurements (the
 /// holder of a connection Nginx gave up on, the ports in use) before it is concluded.
@@ -57,24 +58,24 @@ struct UpstreamSide {
 
 pub(super) struct AfterState {
     /// Nginx's sides by (socket, connect time), in arrival order.
-    nginx: HashMap<(u64, u64), NginxSide>,
+    nginx: Map<(u64, u64), NginxSide>,
     order: VecDeque<(u64, u64)>,
     /// Upstream sides by the flow as Nginx sees it, oldest evicted first.
     upstream: KeyedBuffer<FlowAddr, UpstreamSide>,
     /// Holders of connections Nginx gave up on, by Nginx's flow: (holder, state, in queue).
-    holders: HashMap<FlowAddr, (TaskInfo, Option<String>, bool)>,
+    holders: Map<FlowAddr, (TaskInfo, Option<String>, bool)>,
     /// Ports in use per (netns, target), latest measurement.
-    ports: HashMap<(u32, SocketAddr), PortsFacts>,
+    ports: Map<(u32, SocketAddr), PortsFacts>,
 }
 
 impl AfterState {
     pub(super) fn new(max: usize) -> AfterState {
         AfterState {
-            nginx: HashMap::new(),
+            nginx: Map::default(),
             order: VecDeque::new(),
             upstream: KeyedBuffer::new(max),
-            holders: HashMap::new(),
-            ports: HashMap::new(),
+            holders: Map::default(),
+            ports: Map::default(),
         }
     }
 }

@@ -225,7 +225,7 @@ impl Attempt {
             self.no_socket_to_target += 1;
             self.resets_sent_to_target += 1;
         }
-        let reason = reason.map(|r| r.trim_start_matches("SK_RST_REASON_")).unwrap_or("NO_SOCKET");
+        let reason = reason.map(|r| r.strip_prefix("SK_RST_REASON_").unwrap_or(r)).unwrap_or("NO_SOCKET");
         Evidence::ResetSent { reason: reason.to_string(), to_client: !to_target }
     }
 
@@ -306,5 +306,7 @@ pub fn fuller(a: Option<Queue>, b: Queue) -> Queue {
 
 /// Strips the kernel enum prefix from a drop reason name.
 pub fn drop_reason_name(reason: &str) -> String {
-    reason.trim_start_matches("SKB_DROP_REASON_").to_string()
+    // A prefix compare: `trim_start_matches` builds a substring searcher per call (a twentieth of the
+    // engine's instructions in a flood).
+    reason.strip_prefix("SKB_DROP_REASON_").unwrap_or(reason).to_string()
 }

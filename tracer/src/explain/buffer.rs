@@ -3,21 +3,22 @@
 //! Socket-less evidence (resets, drops, ICMP errors) often arrives before the attempt it
 //! explains is known; it waits here, findable by its key, until claimed, expired or evicted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::Hash;
+use super::Map;
 
 #[derive(Debug)]
 pub struct KeyedBuffer<K, V> {
     /// Arrival order (seq) -> item.
     items: BTreeMap<u64, (K, V)>,
-    index: HashMap<K, Vec<u64>>,
+    index: Map<K, Vec<u64>>,
     next_seq: u64,
     capacity: usize,
 }
 
 impl<K: Hash + Eq + Clone, V> KeyedBuffer<K, V> {
     pub fn new(capacity: usize) -> Self {
-        KeyedBuffer { items: BTreeMap::new(), index: HashMap::new(), next_seq: 0, capacity: capacity.max(1) }
+        KeyedBuffer { items: BTreeMap::new(), index: Map::default(), next_seq: 0, capacity: capacity.max(1) }
     }
 
     pub fn len(&self) -> usize {

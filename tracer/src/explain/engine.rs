@@ -2,7 +2,7 @@
 //! `findings`). Each event kind goes to a named step in `correlation`; concluding is in
 //! `conclusion`, findings in `aggregation`, the words in `story`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::event::{Event, EventBody, RecordKind, Queue, Target};
@@ -17,12 +17,13 @@ use super::listeners::Listeners;
 use super::output::{AttemptRecord, EngineOptions, Update};
 use super::rules::classify_unix;
 use super::timeline;
+use super::Map;
 
 pub struct Engine {
     pub(super) opts: EngineOptions,
-    pub(super) attempts: HashMap<AttemptKey, Attempt>,
+    pub(super) attempts: Map<AttemptKey, Attempt>,
     /// Open attempts by flow, for socket-less evidence.
-    pub(super) attempt_by_flow: HashMap<FlowKey, AttemptKey>,
+    pub(super) attempt_by_flow: Map<FlowKey, AttemptKey>,
     /// Socket-less evidence no tracked attempt has claimed yet.
     pub(super) flow_buffer: KeyedBuffer<FlowKey, FlowEvidence>,
     /// ICMP errors sent by this host, by address pair, until an attempt claims them.
@@ -32,7 +33,7 @@ pub struct Engine {
     /// Attempts concluded recently: late events for them must not open a new attempt.
     /// (end, key, start_ns); the set maps each key to the start of the attempt concluded last.
     pub(super) recently_concluded: VecDeque<(u64, AttemptKey, u64)>,
-    pub(super) recently_concluded_set: HashMap<AttemptKey, u64>,
+    pub(super) recently_concluded_set: Map<AttemptKey, u64>,
     /// Addresses seen as the source of our clients' attempts: addresses of this host.
     pub(super) local_ips: BTreeSet<IpAddr>,
     pub(super) findings: BTreeMap<FindingKey, FindingState>,
@@ -61,14 +62,14 @@ impl Engine {
         let max = opts.max_tracked.max(1);
         Engine {
             opts: EngineOptions { max_tracked: max, ..opts },
-            attempts: HashMap::new(),
-            attempt_by_flow: HashMap::new(),
+            attempts: Map::default(),
+            attempt_by_flow: Map::default(),
             flow_buffer: KeyedBuffer::new(max),
             icmp_buffer: KeyedBuffer::new(max),
             overflows: VecDeque::new(),
             listeners: Listeners::new(max),
             recently_concluded: VecDeque::new(),
-            recently_concluded_set: HashMap::new(),
+            recently_concluded_set: Map::default(),
             local_ips: BTreeSet::new(),
             findings: BTreeMap::new(),
             changed: BTreeSet::new(),

@@ -3,19 +3,20 @@
 //! are measured by enrich (`NetnsAddresses`, `NatMapping`); here they only steer where the
 //! engine looks for a target's listener and which socket-less evidence belongs to an attempt.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::event::{serving_namespace, Event, EventBody, FlowAddr, Target};
 
 use super::attempt::FlowKey;
 use super::engine::Engine;
+use super::Map;
 
 /// The addresses of each network namespace, and the namespaces of each address.
 #[derive(Default)]
 pub(super) struct AddressBook {
-    by_netns: HashMap<u32, Vec<IpAddr>>,
-    owners: HashMap<IpAddr, BTreeSet<u32>>,
+    by_netns: Map<u32, Vec<IpAddr>>,
+    owners: Map<IpAddr, BTreeSet<u32>>,
 }
 
 impl AddressBook {

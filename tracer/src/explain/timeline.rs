@@ -2,13 +2,14 @@
 //! told as a short timeline: who listened (parent, unit, backlog), the death and its cause
 //! (exit code, signal and sender, OOM kill, unlink of the socket file), the window of refusals,
 //! and the recovery with the outage's length, or "still down". Pure: built from events.
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventBody, TaskInfo, Target};
 
 use super::listeners::Episode;
+use super::Map;
 
 /// One line of a finding's timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,12 +39,12 @@ struct ProcFacts {
 /// What the kernel and /proc said about listener owners and socket files.
 #[derive(Clone, Debug, Default)]
 pub struct Lifecycle {
-    procs: HashMap<u32, ProcFacts>,
+    procs: Map<u32, ProcFacts>,
     /// Insertion order of `procs`, to bound it.
     order: VecDeque<u32>,
-    unlinks: HashMap<String, Vec<(u64, TaskInfo)>>,
+    unlinks: Map<String, Vec<(u64, TaskInfo)>>,
     /// listen() backlog by listening socket.
-    backlogs: HashMap<u64, u32>,
+    backlogs: Map<u64, u32>,
     max: usize,
 }
 

@@ -63,7 +63,7 @@ impl KernelBtf {
             skb_transport_header: self.offset_of_sized("sk_buff", &["transport_header"], 2)?,
             task_nsproxy: self.offset_of_sized("task_struct", &["nsproxy"], ptr)?,
             nsproxy_net_ns: self.offset_of_sized("nsproxy", &["net_ns"], ptr)?,
-            _pad: 0,
+            skb_protocol: self.offset_of_sized("sk_buff", &["protocol"], 2).unwrap_or(FIELD_ABSENT),
         })
     }
 
@@ -526,6 +526,7 @@ pub(crate) mod tests {
         assert!(o.skb_sk > 0 && o.skb_sk < 64, "{o:?}");
         assert!(o.skb_head > o.skb_sk && o.skb_head < 512, "{o:?}");
         assert!(o.skb_network_header > o.skb_sk && o.skb_network_header < 512);
+        assert!(o.skb_protocol != FIELD_ABSENT && o.skb_protocol > o.skb_sk && o.skb_protocol < 512, "{o:?}");
         assert!(o.skb_transport_header > o.skb_sk && o.skb_transport_header < 512);
         assert_eq!(o.skb_sk % 8, 0);
         assert_eq!(o.skb_head % 8, 0);

@@ -130,6 +130,15 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
             };
             writeln!(w, "  {:<30} note: {how}", "")?;
         }
+        if tp.full_name() == "skb:kfree_skb" && tp.available {
+            // The same choice capture::start makes.
+            let raw = tp_config.as_ref().is_some_and(|c| c.kfree_skb.reason != tracer_common::FIELD_ABSENT && c.offsets.skb_protocol != tracer_common::FIELD_ABSENT);
+            let how = match raw {
+                true => "attached as a raw tracepoint (raw_tp): the drop reason read without a helper call, the skb's protocol at its offset from BTF",
+                false => "attached as the classic tracepoint (no drop reason in this kernel, or BTF lacks sk_buff.protocol)",
+            };
+            writeln!(w, "  {:<30} note: {how}", "")?;
+        }
     }
     if tracefs.is_some() && !tracepoints.iter().any(|t| t.available) {
         blockers.push("none of the tracepoints tracer uses is available".to_string());
