@@ -596,8 +596,8 @@ impl Bench {
     /// Kernel time per unit of work, by `kernel.bpf_stats_enabled`, of tracer and of the
     /// bpftrace baseline on the same traffic (`work` returns the units done): separate runs,
     /// since the accounting itself costs a little, one pair per round in alternating order.
-    /// The same build measures up to 1.8x apart in runs minutes apart on this kind of VM, so
-    /// one run proves little: each side's median run is reported (its per-program breakdown),
+    /// One run can land 10-20 % off the next, so one run proves little: each side's median
+    /// run is reported (its per-program breakdown),
     /// with every run's total. JSON: {tracer, bpftrace, ratio (of the medians), tracer_runs,
     /// bpftrace_runs}.
     fn kernel_costs(&mut self, tracer_args: &[&str], baseline: &Path, role: &str, work: &mut dyn FnMut(&mut Bench) -> Result<u64>) -> Result<Value> {
@@ -1196,6 +1196,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     // TRACER_BENCH_BIN, to compare builds (before/after a change): any tracer binary.
     let tracer = release_or_env("TRACER_BENCH_BIN")?;
     bench_packages()?;
+    // Another tracer on the same tracepoints runs its programs first and warms the cache
+    // lines tracer's then read: a stray `tracer watch` once made every figure of an hour
+    // 20-40 % low (README, Benchmark). Measure alone.
+    let loaded = tracer_progs_loaded();
+    if loaded > 0 {
+        bail!("{loaded} tracer programs are already loaded (another tracer is running; `bpftool prog show | grep tracer_` lists them): stop it first, its programs would skew every figure");
+    }
     let generator = compile_generator()?;
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
 
