@@ -597,9 +597,8 @@ impl Bench {
     /// bpftrace baseline on the same traffic (`work` returns the units done): separate runs,
     /// since the accounting itself costs a little, one pair per round in alternating order.
     /// One run can land 10-20 % off the next, so one run proves little: each side's median
-    /// run is reported (its per-program breakdown),
-    /// with every run's total. JSON: {tracer, bpftrace, ratio (of the medians), tracer_runs,
-    /// bpftrace_runs}.
+    /// run is reported (its per-program breakdown) with every run's total. JSON: {tracer,
+    /// bpftrace, ratio (of the medians), tracer_runs, bpftrace_runs}.
     fn kernel_costs(&mut self, tracer_args: &[&str], baseline: &Path, role: &str, work: &mut dyn FnMut(&mut Bench) -> Result<u64>) -> Result<Value> {
         let mut runs: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
         for r in 0..self.args.rounds.max(1) {

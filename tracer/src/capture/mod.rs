@@ -13,7 +13,6 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use std::os::fd::AsFd;
-
 use tokio::io::unix::AsyncFd;
 use tracer_common::{Config, EventKind, KIND_SLOTS, LOST_BASE};
 
@@ -78,8 +77,6 @@ pub struct Capture {
     pub accept_waits: Option<fhooks::AcceptWaits>,
     /// Tracepoints left out at start until needed: (program, category, name).
     deferred: Vec<(&'static str, &'static str, &'static str)>,
-    /// sock:inet_sock_set_state is served by its raw tracepoint (the hook keeps its name in
-    /// the summary and the metrics; `--verbose` shows `raw_tp:`).
     /// The tracepoints attached raw (`sock:inet_sock_set_state`, `skb:kfree_skb`): `--verbose`
     /// names them `raw_tp:...`; the summary and the metrics keep the tracepoint's name.
     raw_hooks: Vec<String>,
@@ -147,10 +144,8 @@ impl Capture {
             }
         }
         // skb:kfree_skb fires for every packet the host frees as dropped (once per healthy
-        // proxied request on loopback): raw, a drop that is not ours leaves without a helper
-        // call. Its reason argument exists since 5.17 (the classic record's `reason`), and the
-        // raw program reads the skb's protocol itself.
-        let kfree_skb_raw = config.kfree_skb.reason != tracer_common::FIELD_ABSENT && config.offsets.skb_protocol != tracer_common::FIELD_ABSENT;
+        // proxied request on loopback): raw, a drop that is not ours leaves without a helper call.
+        let kfree_skb_raw = hooks::kfree_skb_raw(&config);
         let mut raw_hooks = Vec::new();
         let mut hooks: Vec<HookState> = fn_hooks.iter().map(|o| o.hook_state()).collect();
         let mut deferred = Vec::new();

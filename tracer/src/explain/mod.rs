@@ -58,6 +58,8 @@ pub use rule_words::rule_line;
 pub(crate) use rule_words::test_rule;
 pub use rules::{is_proxy_comm, Cause, PROXY_COMMS};
 pub use cause_words::unsafe_for_terminal;
+pub use words::duration;
+pub use timeline::{signal_name, TimelineEntry};
 
 /// The engine's hash maps. Their keys are flows, sockets and paths, some from packets other
 /// hosts sent (a dropped SYN's addresses), so the hasher is keyed at random per process and
@@ -65,5 +67,3 @@ pub use cause_words::unsafe_for_terminal;
 /// fifth of the engine's instructions in a refused-connect flood (callgrind on
 /// `flood_with_reused_sockets_and_ports_counts_every_attempt`).
 pub(crate) type Map<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
-pub use words::duration;
-pub use timeline::{signal_name, TimelineEntry};

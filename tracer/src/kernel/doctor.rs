@@ -131,8 +131,7 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
             writeln!(w, "  {:<30} note: {how}", "")?;
         }
         if tp.full_name() == "skb:kfree_skb" && tp.available {
-            // The same choice capture::start makes.
-            let raw = tp_config.as_ref().is_some_and(|c| c.kfree_skb.reason != tracer_common::FIELD_ABSENT && c.offsets.skb_protocol != tracer_common::FIELD_ABSENT);
+            let raw = tp_config.as_ref().is_some_and(super::hooks::kfree_skb_raw);
             let how = match raw {
                 true => "attached as a raw tracepoint (raw_tp): the drop reason read without a helper call, the skb's protocol at its offset from BTF",
                 false => "attached as the classic tracepoint (no drop reason in this kernel, or BTF lacks sk_buff.protocol)",

@@ -140,6 +140,13 @@ pub fn function_names() -> Vec<&'static str> {
     functions().map(|(_, f)| f.function).collect()
 }
 
+/// Whether skb:kfree_skb is attached as a raw tracepoint (`tracer_kfree_skb_raw`): its reason
+/// argument exists since 5.17 (the classic record's `reason`), and the raw program reads the
+/// skb's protocol itself, at its offset from BTF. capture::start attaches by it; doctor reports it.
+pub fn kfree_skb_raw(config: &Config) -> bool {
+    config.kfree_skb.reason != tracer_common::FIELD_ABSENT && config.offsets.skb_protocol != tracer_common::FIELD_ABSENT
+}
+
 /// The `FN_*` bit of the hooked kernel function `function` (0 when it is not in the table).
 pub fn function_bit(function: &str) -> u32 {
     functions().find(|(_, f)| f.function == function).map_or(0, |(_, f)| f.bit)

@@ -8,7 +8,7 @@ use crate::enrich::after_connect::{measurement_for, MeasurementBudget};
 use crate::enrich::nat::{nat_candidate, NatBudget};
 use crate::enrich::nftrace::RuleTracing;
 use crate::enrich::{self, Enricher};
-use crate::event::{Event, EventBody, FlowAddr, KindCounts, Target};
+use crate::event::{Event, EventBody, FlowAddr, KindCounts, RecordKind, Target};
 use crate::explain::rules::{drop_meaning, DropMeaning};
 use crate::explain::Engine;
 
@@ -286,26 +286,24 @@ fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, 
 /// Turns kernel lost-event counters into `Lost` events (only the increase since last time).
 fn lost_events(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &mut Engine) {
     let Ok((_, lost)) = capture.counters() else { return };
-    for (kind, count) in lost {
-        let before = reported.get(&kind).copied().unwrap_or(0);
-        if count > before {
-            note!("tracer: warning: the kernel lost {} {kind} events (ring buffer full)", count - before);
-            engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
-            reported.insert(kind, count);
-        }
-    }
+    report_increase(lost, reported, now, engine, |kind, n| format!("tracer: warning: the kernel lost {n} {kind} events (ring buffer full)"));
 }
 
 /// Turns the kernel's count of skipped program runs into `Lost` events (the increase since
 /// last time): a run skipped because another BPF program was running on that CPU sent nothing.
 fn skipped_runs(capture: &Capture, reported: &mut KindCounts, now: u64, engine: &mut Engine) {
-    for (kind, count) in capture.skipped_runs() {
+    report_increase(capture.skipped_runs(), reported, now, engine, |kind, n| {
+        format!("tracer: warning: the kernel skipped {n} runs of the program that reports {kind} events (another BPF program was running on that CPU)")
+    });
+}
+
+/// For each kind whose running total in `counts` rose past what `reported` holds: one warning
+/// line and one `Lost` event with the increase.
+fn report_increase(counts: KindCounts, reported: &mut KindCounts, now: u64, engine: &mut Engine, warning: impl Fn(RecordKind, u64) -> String) {
+    for (kind, count) in counts {
         let before = reported.get(&kind).copied().unwrap_or(0);
         if count > before {
-            note!(
-                "tracer: warning: the kernel skipped {} runs of the program that reports {kind} events (another BPF program was running on that CPU)",
-                count - before
-            );
+            note!("{}", warning(kind, count - before));
             engine.push(&Event { ts_ns: now, netns: 0, sock: 0, task: Default::default(), body: EventBody::Lost { kind, count: count - before } });
             reported.insert(kind, count);
         }
