@@ -447,6 +447,8 @@ pub struct Config {
     pub sock: SockFields,
     /// Where `skb:kfree_skb` drops come from on kernels without drop reasons. Appended.
     pub drop_sites: DropSites,
+    /// Random, per run: keys the hash that places sockets in the attempt table. Appended.
+    pub attempt_seed: u64,
 }
 
 /// `struct sock` members (from BTF) that the raw tracepoint on inet_sock_set_state reads
@@ -715,7 +717,7 @@ pub struct QueuedChild {
     pub flow: Flow,
 }
 
-/// Attempt state kept in the kernel (`ATTEMPTS`, a hash keyed by `struct sock *`) from
+/// Attempt state kept in the kernel (`ATTEMPTS`, a table keyed by `struct sock *`) from
 /// connect until the attempt fails or its connection ends, so failures are attributed to the
 /// owner recorded in process context. The socket's namespace and ports are read from the
 /// socket when something is reported, not stored here (less work on every healthy connect).
@@ -729,6 +731,27 @@ pub struct AttemptState {
     /// Non-zero once the attempt reached ESTABLISHED (a marker, not a time): the entry then
     /// stays until the connection ends, so that an abnormal end is charged to its owner.
     pub established_ns: u64,
+    /// The socket's address mixed with `start_ns` and the owner's ids: a record written by
+    /// two connects at once does not match it (attempts.rs).
+    pub check: u64,
+}
+
+impl AttemptState {
+    /// The check word this record carries for socket `sk`: the socket's address mixed with the
+    /// fields a connect writes once (its start and the owner's ids). The attempt table takes
+    /// no lock, so two connects on two CPUs may write one way at once; a record mixed from the
+    /// two does not match either's check, and is never taken for either.
+    #[inline(always)]
+    pub fn check_for(&self, sk: u64) -> u64 {
+        sk ^ self.start_ns ^ (((self.owner.pid as u64) << 32) | self.owner.tid as u64)
+    }
+}
+
+/// The set of the attempt table that holds socket `sk`: a multiplicative hash of its address,
+/// keyed with a random per-run `seed` so that no one outside can aim sockets at one set.
+#[inline(always)]
+pub fn attempt_set(seed: u64, sk: u64) -> u32 {
+    ((sk ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - ATTEMPT_SETS.trailing_zeros())) as u32
 }
 
 /// Key of the kernel's listener table.
@@ -752,7 +775,18 @@ pub struct ListenerState {
 /// Per-CPU counter slots (index into the `COUNTERS` per-CPU array): 0..KIND_SLOTS are events
 /// emitted per kind, `LOST_BASE + kind` events lost because the ring buffer was full.
 pub const LOST_BASE: u32 = KIND_SLOTS;
-pub const COUNTER_SLOTS: u32 = KIND_SLOTS * 2;
+/// The attempt records held (each CPU adds its inserts and subtracts its removes, as
+/// wrapping u64s: the sum over CPUs is the count).
+pub const ATTEMPT_RECORDS_HELD: u32 = KIND_SLOTS * 2;
+pub const COUNTER_SLOTS: u32 = KIND_SLOTS * 2 + 1;
+
+/// The attempt records' table (tracer-ebpf/src/attempts.rs): 65,536 sets of 8 sockets, whose
+/// tags fill one cache line. 524,288 records (32 MiB) where the hash map it replaced held
+/// 262,144 (about 30 MiB): sockets land in sets at random, so the table is kept at twice
+/// the most connections it should follow. 50,000 connections leave every set room
+/// (`sockets_allocated_in_a_row_spread_over_the_sets`).
+pub const ATTEMPT_SETS: u32 = 65_536;
+pub const ATTEMPT_WAYS: usize = 8;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -796,7 +830,7 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 616);
+const _: () = assert!(core::mem::size_of::<Config>() == 624);
 const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
 const _: () = assert!(core::mem::size_of::<DropSites>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);
@@ -807,10 +841,57 @@ const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 96);
 const _: () = assert!(core::mem::size_of::<FnHookConfig>() == 24);
 const _: () = assert!(core::mem::size_of::<AcceptWaitKey>() == 24);
 const _: () = assert!(core::mem::size_of::<QueuedChild>() == 56);
-const _: () = assert!(core::mem::size_of::<AttemptState>() == 56);
+const _: () = assert!(core::mem::size_of::<AttemptState>() == 64);
 const _: () = assert!(core::mem::size_of::<ListenerKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ListenerState>() == 48);
 const _: () = assert!(core::mem::size_of::<EventKind>() == 4);
+
+#[cfg(test)]
+mod attempt_table_tests {
+    use super::*;
+
+    fn record(pid: u32, tid: u32, start_ns: u64) -> AttemptState {
+        AttemptState { owner: Task { pid, tid, ..Task::default() }, start_ns, ..AttemptState::default() }
+    }
+
+    #[test]
+    fn a_record_mixed_from_two_connects_checks_for_neither() {
+        let (sk_a, sk_b) = (0xffff_8881_0a3c_4800u64, 0xffff_8881_0a3c_5100u64);
+        let mut a = record(812, 812, 5_000_000_123);
+        a.check = a.check_for(sk_a);
+        let mut b = record(813, 813, 5_000_000_456);
+        b.check = b.check_for(sk_b);
+        assert_eq!(a.check, a.check_for(sk_a));
+        // B's tag over A's record, and each of A's fields under B's check.
+        assert_ne!(a.check, a.check_for(sk_b));
+        let mut mixed = a;
+        mixed.check = b.check;
+        assert_ne!(mixed.check, mixed.check_for(sk_a));
+        assert_ne!(mixed.check, mixed.check_for(sk_b));
+        let mut mixed = b;
+        mixed.start_ns = a.start_ns;
+        assert_ne!(mixed.check, mixed.check_for(sk_b));
+        let mut mixed = b;
+        mixed.owner = a.owner;
+        assert_ne!(mixed.check, mixed.check_for(sk_b));
+    }
+
+    /// TCP sockets come from one slab, a fixed size apart: 50,000 of them in a row (more
+    /// upstream connections than a busy proxy holds) must leave every set a free way.
+    #[test]
+    fn sockets_allocated_in_a_row_spread_over_the_sets() {
+        for seed in [0u64, 0x5eed, 0xdead_beef_0123_4567] {
+            let mut per_set = [0u8; ATTEMPT_SETS as usize];
+            for i in 0..50_000u64 {
+                let set = attempt_set(seed, 0xffff_8881_0000_0000 + i * 2304);
+                assert!(set < ATTEMPT_SETS);
+                per_set[set as usize] += 1;
+            }
+            let fullest = per_set.iter().max().copied().unwrap_or(0);
+            assert!((fullest as usize) < ATTEMPT_WAYS, "seed {seed:#x}: a set holds {fullest}");
+        }
+    }
+}
 
 #[cfg(test)]
 mod family_tests {

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod attempts;
 mod maps;
 mod packet;
 mod probes;

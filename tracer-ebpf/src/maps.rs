@@ -1,12 +1,13 @@
-//! The maps shared by the probes. Per-socket state lives in LRU maps so that sockets that never
-//! finish connecting (or listeners that vanish unseen) can never exhaust them.
+//! The maps shared by the probes. Per-socket state other than the attempt records
+//! (attempts.rs) lives in LRU maps, so that sockets that never finish connecting (or listeners
+//! that vanish unseen) can never exhaust them.
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tracer_common::{
-    AcceptWaitKey, AttemptState, Config, EventKind, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
+    AcceptWaitKey, Config, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
     LOST_BASE, UNIX_PATH_MAX,
 };
 
@@ -17,15 +18,6 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Events for userspace. Userspace may resize it before load.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 * 1024 * 1024, 0);
-
-/// TCP connection attempts keyed by `struct sock *`, with the owner recorded in process
-/// context at connect time, kept through the connection's life (its abnormal end is charged
-/// to the owner). A plain hash, not an LRU: an LRU insert costs more than twice as much, on
-/// the path every upstream connection takes. Every record is removed when its attempt fails
-/// or its connection ends (set_state.rs, conn_end.rs); a full table is counted
-/// (`track_attempt`), never silent.
-#[map]
-pub static ATTEMPTS: HashMap<u64, AttemptState> = HashMap::with_max_entries(262_144, 0);
 
 /// TCP listeners seen entering LISTEN while tracing, keyed by (netns, port, family).
 #[map]
@@ -81,9 +73,17 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
+/// Adds `delta` (wrapping: u64::MAX subtracts one) to this CPU's counter `slot`.
+#[inline(always)]
+pub fn count(slot: u32, delta: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        unsafe { *c = (*c).wrapping_add(delta) };
+    }
+}
+
 /// Counts one in a per-CPU counter slot; returns the CPU's new count (0 without the map).
 #[inline(always)]
-fn bump(slot: u32) -> u64 {
+pub fn bump(slot: u32) -> u64 {
     match COUNTERS.get_ptr_mut(slot) {
         // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU here.
         Some(c) => unsafe {
@@ -149,14 +149,5 @@ pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) {
         None => {
             bump(LOST_BASE + kind);
         }
-    }
-}
-
-/// Records a connection attempt's owner. When the table is full the attempt cannot be
-/// followed: counted as a lost attempt-failure event, so the summary says events were lost.
-#[inline(always)]
-pub fn track_attempt(sk: &u64, state: &AttemptState) {
-    if ATTEMPTS.insert(sk, state, 0).is_err() {
-        bump(LOST_BASE + EventKind::TcpAttemptFailed as u32);
     }
 }

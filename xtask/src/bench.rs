@@ -251,7 +251,9 @@ fn tracer_progs_loaded() -> usize {
     out.lines().filter(|l| l.contains(" name tracer_")).count()
 }
 
-/// Element counts of tracer's per-socket maps (by name), read with bpftool.
+/// Element counts of tracer's per-socket maps (by name), read with bpftool. The attempt
+/// records live in an array (every slot always "exists"): their count is the kernel's own,
+/// the COUNTERS slot `ATTEMPT_RECORDS_HELD` summed over CPUs.
 fn map_occupancy(pid: u32) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for id in bpf_ids(pid, "map_id") {
@@ -261,7 +263,13 @@ fn map_occupancy(pid: u32) -> BTreeMap<String, Value> {
         }
         let Ok(info): Result<Value, _> = serde_json::from_str(&info) else { continue };
         let name = info["name"].as_str().unwrap_or("").to_string();
-        if !["ATTEMPTS", "LISTENERS", "UNIX_CONNECTS"].contains(&name.as_str()) {
+        if name == "COUNTERS" {
+            let records = attempt_records_held(id);
+            let max = u64::from(tracer_common::ATTEMPT_SETS) * tracer_common::ATTEMPT_WAYS as u64;
+            out.insert("ATTEMPTS".to_string(), json!({"entries": records, "max_entries": max}));
+            continue;
+        }
+        if !["LISTENERS", "UNIX_CONNECTS"].contains(&name.as_str()) {
             continue;
         }
         let (ok, dump) = probe(Command::new("bpftool").args(["-j", "map", "dump", "id", &id.to_string()]));
@@ -269,6 +277,23 @@ fn map_occupancy(pid: u32) -> BTreeMap<String, Value> {
         out.insert(name, json!({"entries": n, "max_entries": info["max_entries"]}));
     }
     out
+}
+
+/// The attempt records held, from the per-CPU COUNTERS map `id`: each CPU's slot adds its
+/// inserts and subtracts its removes as a wrapping u64.
+fn attempt_records_held(id: u32) -> Option<u64> {
+    let key = tracer_common::ATTEMPT_RECORDS_HELD.to_le_bytes().map(|b| b.to_string());
+    let mut args = vec!["-j".to_string(), "map".into(), "lookup".into(), "id".into(), id.to_string(), "key".into()];
+    args.extend(key);
+    let (ok, out) = probe(Command::new("bpftool").args(&args));
+    let v: Value = serde_json::from_str(&out).ok().filter(|_| ok)?;
+    let per_cpu = v["values"].as_array()?;
+    let mut held = 0u64;
+    for cpu in per_cpu {
+        let bytes: Vec<u8> = cpu["value"].as_array()?.iter().filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()).collect();
+        held = held.wrapping_add(u64::from_le_bytes(bytes.try_into().ok()?));
+    }
+    Some(held)
 }
 
 /// Kernel-side cost of tracer's programs: `kernel.bpf_stats_enabled` on for the duration of

@@ -21,7 +21,8 @@ use aya_ebpf::{
 use tracer_common::{AttemptState, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_PEER_FIN, CONN_RESET};
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS, SIGNALS},
+    attempts,
+    maps::{config, emit_with, SIGNALS},
     read::{current_task, kernel, netns_of, StateChange},
 };
 
@@ -64,7 +65,7 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
         let sent: u64 = kernel(sk, c.tcp_bytes_sent).unwrap_or(0);
         let received: u64 = kernel(sk, c.tcp_bytes_received).unwrap_or(0);
         if sent != 0 && received != 0 {
-            let _ = ATTEMPTS.remove(&sk);
+            attempts::forget(cfg, sk);
             return None;
         }
         (CONN_LOCAL_FIN, sent, received)
@@ -82,15 +83,15 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     // that reuses the same address.
     // Every connection's record is removed when it ends (here and in set_state), so a record
     // marked established belongs to this connection, not to an earlier user of the address.
-    let attempt: Option<AttemptState> = unsafe { ATTEMPTS.get(&sk) }.copied().filter(|a| a.established_ns != 0);
+    let attempt: Option<AttemptState> = attempts::find(cfg, sk).map(|a| unsafe { *a }).filter(|a| a.established_ns != 0);
     if how == CONN_PEER_FIN && attempt.is_none() {
         // A client that connected to a server here and left without a word: not ours.
         return None;
     }
     if how != CONN_PEER_FIN {
-        // Nothing more will be asked of this connection: its record goes (ATTEMPTS is a plain
-        // hash, emptied only by these removes).
-        let _ = ATTEMPTS.remove(&sk);
+        // Nothing more will be asked of this connection: its record goes (the table is
+        // emptied only by these removes).
+        attempts::forget(cfg, sk);
     }
     let sk_err: i32 = kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0);
     // A local close or abort runs in the closer's process context; a reset received does not.

@@ -22,7 +22,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, emit_with, track_attempt, ACCEPT_WAITS, FN_ARGS, LISTENERS, QUEUED},
+    attempts,
+    maps::{config, emit_with, ACCEPT_WAITS, FN_ARGS, LISTENERS, QUEUED},
     read::{current_netns, current_task, kernel, netns_of},
 };
 
@@ -49,11 +50,12 @@ pub fn tracer_kp_tcp_connect(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_tcp_connect(sk: u64) {
-    if config().is_none() || sk == 0 {
+    let Some(cfg) = config() else { return };
+    if sk == 0 {
         return;
     }
     let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
-    track_attempt(&sk, &state);
+    attempts::track(cfg, sk, &state);
 }
 
 // ---- tcp_conn_request ----------------------------------------------------------------------

@@ -20,7 +20,8 @@ use aya_ebpf::{
 use tracer_common::{Config, DropSites, EventKind, PacketEvent, DROP_SITE_FLAG, FIELD_ABSENT};
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS},
+    attempts,
+    maps::{config, emit_with},
     packet::tcp_flow,
     read::{current_task, field, kernel, netns_of},
 };
@@ -110,7 +111,7 @@ fn try_kfree_skb<C: FreedSkb>(ctx: &C) -> Option<()> {
 
     // A locally generated SYN still carries its socket on the output path: attribute directly.
     let sk: u64 = kernel(skb, cfg.offsets.skb_sk).unwrap_or(0);
-    let attempt = if sk != 0 { ATTEMPTS.get_ptr(&sk) } else { None };
+    let attempt = attempts::find(cfg, sk);
     emit_with(EventKind::SkbDropped as u32, |ev: &mut PacketEvent| {
         ev.header.kind = EventKind::SkbDropped as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };

@@ -3,7 +3,8 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use crate::{
-    maps::{config, ATTEMPTS},
+    attempts,
+    maps::config,
     read::field,
 };
 
@@ -17,7 +18,7 @@ pub fn tracer_rst_recv(ctx: TracePointContext) -> u32 {
 fn try_receive_reset(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let sk: u64 = field(ctx, cfg.receive_reset.skaddr)?;
-    let attempt = ATTEMPTS.get_ptr_mut(&sk)?;
+    let attempt = attempts::find(cfg, sk)?;
     unsafe { (*attempt).rst_received = 1 };
     Some(())
 }

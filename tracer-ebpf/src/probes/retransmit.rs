@@ -5,7 +5,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use tracer_common::{EventKind, ListenerKey, TcpEvent, AF_INET6};
 
 use crate::{
-    maps::{config, emit_with, ATTEMPTS, LISTENERS},
+    attempts,
+    maps::{config, emit_with, LISTENERS},
     read::{current_task, field, kernel, netns_of, sock_flow},
 };
 
@@ -24,7 +25,7 @@ fn try_retransmit(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let sk: u64 = field(ctx, f.skaddr)?;
-    let attempt = ATTEMPTS.get_ptr_mut(&sk)?;
+    let attempt = attempts::find(cfg, sk)?;
     let attempt = unsafe { &mut *attempt };
     attempt.syn_retransmits += 1;
 

@@ -14,7 +14,8 @@ use tracer_common::{
 };
 
 use crate::{
-    maps::{config, emit_with, track_attempt, ATTEMPTS, CONN_END, LISTENERS, QUEUED},
+    attempts,
+    maps::{config, emit_with, CONN_END, LISTENERS, QUEUED},
     read::{current_task, kernel, netns_of, StateChange},
 };
 
@@ -60,13 +61,12 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // after-connect program (probes/conn_end.rs, a program of its own that checks again
         // and reads the rest).
         //
-        // ATTEMPTS is a plain hash (an LRU costs more than twice as much per insert): every
-        // record made at connect is let go here or in conn_end, at the connection's first
+        // Every record made at connect is let go here or in conn_end, at the connection's first
         // close (FIN_WAIT1, or a reset), or at LAST_ACK after the upstream closed first (the
         // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
         let c = &cfg.conn;
         if old == c.tcp_close_wait && new == c.tcp_last_ack {
-            forget(ctx.sock(cfg)?);
+            attempts::forget(cfg, ctx.sock(cfg)?);
             return None;
         }
         if old == e.tcp_established && new != e.tcp_close {
@@ -79,7 +79,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
                 }
             } else if new == c.tcp_fin_wait1 {
                 if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
-                    forget(sk);
+                    attempts::forget(cfg, sk);
                     return None;
                 }
             } else {
@@ -90,7 +90,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // Only a failed tail call returns here: the record must still go when the
         // connection is over (it stays through CLOSE_WAIT).
         if new != c.tcp_close_wait {
-            let _ = ATTEMPTS.remove(&ctx.sock(cfg)?);
+            attempts::forget(cfg, ctx.sock(cfg)?);
         }
         return None;
     }
@@ -108,13 +108,13 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // The namespace is read when something is reported (the socket is at hand then):
         // two reads fewer on every healthy connect.
         let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
-        track_attempt(&sk, &state);
+        attempts::track(cfg, sk, &state);
         return Some(());
     }
 
     if old == e.tcp_syn_sent {
         // Only attempts that started while tracing are known; the rest are not ours to judge.
-        let entry = ATTEMPTS.get_ptr_mut(&sk)?;
+        let entry = attempts::find(cfg, sk)?;
         let attempt = unsafe { *entry };
         if new == e.tcp_established && cfg.conn.enabled != 0 {
             // Kept until the connection ends (every end removes it), so that an abnormal end
@@ -122,7 +122,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             // this only marks the entry as a connection (a clock read per connection saved).
             unsafe { (*entry).established_ns = attempt.start_ns | 1 };
         } else {
-            let _ = ATTEMPTS.remove(&sk);
+            attempts::forget(cfg, sk);
         }
         let kind = if new == e.tcp_close {
             EventKind::TcpAttemptFailed
@@ -210,14 +210,4 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         });
     }
     Some(())
-}
-
-/// Lets a connection's record go. Half of the connections that end are the upstream's
-/// accepted sockets, which have none: a lookup (no lock) finds that out more cheaply than a
-/// remove.
-#[inline(always)]
-fn forget(sk: u64) {
-    if unsafe { ATTEMPTS.get(&sk) }.is_some() {
-        let _ = ATTEMPTS.remove(&sk);
-    }
 }

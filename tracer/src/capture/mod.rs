@@ -96,6 +96,9 @@ impl Capture {
 
         let mut config = *config;
         config.debug = debug as u32;
+        // Keys where the kernel places each socket's attempt record: no one outside can
+        // aim sockets at one set of the table (tracer-ebpf/src/attempts.rs).
+        config.attempt_seed = ahash::RandomState::new().hash_one(std::process::id());
         // Every segment the stack refuses for want of a socket is reported by tcp_send_reset
         // (no socket) and then freed by kfree_skb as NO_SOCKET; only RSTs are never answered,
         // and they say nothing about a listener. With tcp_send_reset attached the NO_SOCKET

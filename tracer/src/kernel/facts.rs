@@ -138,6 +138,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         conn: tracer_common::ConnConfig::ABSENT,
         sock: tracer_common::SockFields::ABSENT,
         drop_sites: DropSites::default(),
+        attempt_seed: 0,
     }
 }
 
