@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use crate::event::{Event, EventBody, FlowAddr, Target};
 
-use super::attempt::{drop_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
+use super::attempt::{drop_reason_name, rst_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
 use super::conclusion::ConcludeWhy;
 use super::engine::Engine;
 use super::output::RuleFacts;
@@ -127,10 +127,11 @@ impl Engine {
     pub(super) fn socketless_event(&mut self, ev: &Event) {
         let (flow, kind) = match &ev.body {
             EventBody::TcpRstSentNoSocket { flow, reason } => {
-                (*flow, FlowEvidenceKind::ResetFromNoSocket { reason: reason.clone() })
+                let reason = self.reason_names.get(rst_reason_name(reason.as_deref()));
+                (*flow, FlowEvidenceKind::ResetFromNoSocket { reason })
             }
             EventBody::SkbDropped { flow: Some(flow), reason } => {
-                (*flow, FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) })
+                (*flow, FlowEvidenceKind::Dropped { reason: self.reason_names.get(drop_reason_name(reason)) })
             }
             EventBody::FirewallRule { flow, rules, certain, enter_pid, netns_name } => {
                 let facts = RuleFacts {
@@ -238,7 +239,6 @@ impl Engine {
         let best = self
             .icmp_buffer
             .get(&address_pair(a.flow.src.ip(), a.flow.dst.ip()))
-            .into_iter()
             .filter(|(_, i)| i.ts_ns >= from && i.ts_ns <= to_ns && i.ports_match(&a.flow))
             // Prefer one sent before the close (it caused it), closest to it.
             .min_by_key(|(_, i)| (i.ts_ns > end, i.ts_ns.abs_diff(end)))
