@@ -157,11 +157,11 @@ impl Engine {
 
 
     pub(super) fn drain_updates(&mut self) -> Vec<Update> {
-        let mut records: Vec<AttemptRecord> = self.ready.drain(..).collect();
         // Unix attempts conclude as they come, TCP ones after their grace: report in time order.
-        records.sort_by_key(|r| r.ts_ns);
-        let mut out: Vec<Update> = records.into_iter().map(Update::Attempt).collect();
+        self.ready.make_contiguous().sort_by_key(|r| r.ts_ns);
         let changed = std::mem::take(&mut self.changed);
+        let mut out = Vec::with_capacity(self.ready.len() + changed.len());
+        out.extend(self.ready.drain(..).map(Update::Attempt));
         for key in changed {
             if let Some(st) = self.findings.get(&key) {
                 out.push(Update::Finding(self.snapshot(&key, st)));

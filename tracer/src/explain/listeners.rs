@@ -219,9 +219,13 @@ impl Listeners {
             self.map.iter().filter(move |((_, t), _)| candidates().any(|c| c == *t)).map(|(_, st)| st)
         });
         // Direct lookups otherwise. Namespace 0 = measured without knowing its namespace.
-        let direct = (tcp.is_some() && netns != 0).then(|| {
-            candidates().flat_map(move |t| [(netns, t.clone()), (0, t)]).filter_map(|k| self.map.get(&k))
-        });
+        let mut direct: [Option<&ListenerState>; 6] = [None; 6];
+        if tcp.is_some() && netns != 0 {
+            for (i, t) in candidates().enumerate() {
+                direct[2 * i] = self.map.get(&(netns, t.clone()));
+                direct[2 * i + 1] = self.map.get(&(0, t));
+            }
+        }
         unix.into_iter().chain(anywhere.into_iter().flatten()).chain(direct.into_iter().flatten())
     }
 
