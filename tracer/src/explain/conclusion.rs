@@ -117,7 +117,7 @@ impl Engine {
             .map(|(seq, _)| seq)
             .collect();
         for seq in late {
-            if let Some(e) = self.flow_buffer.remove(seq) {
+            if let Some(e) = self.flow_buffer.remove(&fk, seq) {
                 a.apply_flow_evidence(&e);
             }
         }
