@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tracer_common::EventKind;
@@ -202,10 +203,10 @@ pub enum EventBody {
     TcpRstReceived { flow: FlowAddr },
     /// This host's TCP stack answered with an RST because no socket matched: nothing listens
     /// on `flow.dst` (flow oriented client -> target). `reason`: kernel sk_rst_reason name.
-    TcpRstSentNoSocket { flow: FlowAddr, reason: Option<String> },
+    TcpRstSentNoSocket { flow: FlowAddr, reason: Option<Arc<str>> },
     /// A packet freed with a drop reason tracer watches (`NO_SOCKET`, `NETFILTER_DROP`,
     /// `TCP_LISTEN_OVERFLOW`). `flow` in the packet's own direction.
-    SkbDropped { flow: Option<FlowAddr>, reason: String },
+    SkbDropped { flow: Option<FlowAddr>, reason: Arc<str> },
     /// This host sent an ICMP error (e.g. nft `reject with icmp`). Ports are unknown (0); the
     /// addresses are those of the offending packet (`src` = who sent it).
     IcmpSent { flow: FlowAddr, icmp_type: u8, code: u8 },

@@ -1,6 +1,7 @@
 //! Raw ring-buffer records -> decoded `Event`s. Kernel enum numbers become names here (through
 //! BTF), so nothing after this point knows a kernel number.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 
 use tracer_common::{
     ConnEndEvent, EventHeader, EventKind, Flow, PacketEvent, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6, CONN_LOCAL_FIN, CONN_PEER_FIN,
@@ -9,21 +10,25 @@ use tracer_common::{
 
 use crate::event::{ConnEnd, Event, EventBody, FatalSignal, FlowAddr, Queue, TaskInfo};
 
-/// Names for raw kernel enum values (implemented from BTF; a table in tests).
+/// Names for raw kernel enum values (implemented from BTF; a table in tests). Shared copies:
+/// every event of a flood carries one of the same few.
 pub trait ReasonNames {
-    fn drop_reason(&self, value: u32) -> Option<String>;
-    fn rst_reason(&self, value: u32) -> Option<String>;
+    fn drop_reason(&self, value: u32) -> Option<Arc<str>>;
+    fn rst_reason(&self, value: u32) -> Option<Arc<str>>;
 }
 
 /// A drop's reason by name, or on kernels without drop reasons, where it happened
 /// (`in nf_hook_slow`: `rules::drop_meaning` reads both).
-fn drop_reason(names: &dyn ReasonNames, raw: u32) -> String {
+fn drop_reason(names: &dyn ReasonNames, raw: u32) -> Arc<str> {
+    // Named once: there, every drop event names its site.
+    static DROP_SITES: OnceLock<Vec<Arc<str>>> = OnceLock::new();
     if raw & DROP_SITE_FLAG != 0 {
-        if let Some(function) = DROP_SITE_FUNCTIONS.get((raw & !DROP_SITE_FLAG) as usize) {
-            return format!("in {function}");
+        let sites = DROP_SITES.get_or_init(|| DROP_SITE_FUNCTIONS.iter().map(|f| format!("in {f}").into()).collect());
+        if let Some(site) = sites.get((raw & !DROP_SITE_FLAG) as usize) {
+            return site.clone();
         }
     }
-    names.drop_reason(raw).unwrap_or_else(|| raw.to_string())
+    names.drop_reason(raw).unwrap_or_else(|| raw.to_string().into())
 }
 
 pub fn task_info(t: &Task) -> TaskInfo {
@@ -187,7 +192,7 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
         EventKind::TcpRstReceived => EventBody::TcpRstReceived { flow },
         EventKind::TcpRstSentNoSocket => EventBody::TcpRstSentNoSocket {
             flow,
-            reason: (ev.reason != u32::MAX).then(|| names.rst_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string())),
+            reason: (ev.reason != u32::MAX).then(|| names.rst_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string().into())),
         },
         EventKind::SkbDropped => EventBody::SkbDropped { flow: Some(flow), reason: drop_reason(names, ev.reason) },
         EventKind::IcmpSent => {
@@ -226,10 +231,10 @@ mod tests {
 
     struct NoNames;
     impl ReasonNames for NoNames {
-        fn drop_reason(&self, v: u32) -> Option<String> {
-            (v == 3).then(|| "NO_SOCKET".to_string())
+        fn drop_reason(&self, v: u32) -> Option<Arc<str>> {
+            (v == 3).then(|| "NO_SOCKET".into())
         }
-        fn rst_reason(&self, _: u32) -> Option<String> {
+        fn rst_reason(&self, _: u32) -> Option<Arc<str>> {
             None
         }
     }
@@ -326,18 +331,18 @@ mod tests {
         drop.reason = 3;
         drop.flow.family = 2;
         match decode(&bytes(&drop), &NoNames).unwrap().body {
-            EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "NO_SOCKET"),
+            EventBody::SkbDropped { reason, .. } => assert_eq!(&*reason, "NO_SOCKET"),
             other => panic!("{other:?}"),
         }
         // Before 5.17: the drop site instead of a reason.
         drop.reason = DROP_SITE_FLAG;
         match decode(&bytes(&drop), &NoNames).unwrap().body {
-            EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "in nf_hook_slow"),
+            EventBody::SkbDropped { reason, .. } => assert_eq!(&*reason, "in nf_hook_slow"),
             other => panic!("{other:?}"),
         }
         drop.reason = DROP_SITE_FLAG | 2;
         match decode(&bytes(&drop), &NoNames).unwrap().body {
-            EventBody::SkbDropped { reason, .. } => assert_eq!(reason, "in tcp_v6_rcv"),
+            EventBody::SkbDropped { reason, .. } => assert_eq!(&*reason, "in tcp_v6_rcv"),
             other => panic!("{other:?}"),
         }
     }

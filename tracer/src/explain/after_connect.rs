@@ -214,7 +214,6 @@ impl Engine {
             .after
             .upstream
             .get(&n.flow)
-            .into_iter()
             .rev()
             .map(|(_, u)| u)
             .find(|u| u.ts_ns + AFTER_GRACE_NS >= n.start_ns)
@@ -222,9 +221,9 @@ impl Engine {
         let mut facts = n.facts;
         let death = upstream.as_ref().and_then(death_of);
         facts.upstream_died = death.is_some();
-        facts.handshake_overflow = self.flow_buffer.get(&FlowKey::of(&n.flow)).iter().any(|(_, e)| {
+        facts.handshake_overflow = self.flow_buffer.get(&FlowKey::of(&n.flow)).any(|(_, e)| {
             e.ts_ns + AFTER_GRACE_NS >= n.start_ns
-                && matches!(&e.kind, FlowEvidenceKind::Dropped { reason } if reason == "TCP_LISTEN_OVERFLOW")
+                && matches!(&e.kind, FlowEvidenceKind::Dropped { reason } if &**reason == "TCP_LISTEN_OVERFLOW")
         });
         let holder = self.after.holders.get(&n.flow).cloned();
         facts.never_accepted = matches!(holder, Some((_, _, true)));

@@ -132,11 +132,13 @@ impl Engine {
             Outcome::Pending => st.pending += 1,
             Outcome::Failed => {}
         }
-        st.clients.insert(ProcessRef::of(&r.client));
+        if !has_client(&st.clients, &r.client) {
+            st.clients.insert(ProcessRef::of(&r.client));
+        }
         for (e, n) in r.evidence.iter() {
             // Counted once per finding in conclude_tcp, not per attempt.
             if *e != Evidence::ListenOverflows {
-                st.evidence.add(e.clone(), n);
+                st.evidence.add_to(e, n);
             }
         }
         st.first_seen_ns = st.first_seen_ns.min(r.start_ns);
@@ -155,11 +157,11 @@ impl Engine {
 
 
     pub(super) fn drain_updates(&mut self) -> Vec<Update> {
-        let mut records: Vec<AttemptRecord> = self.ready.drain(..).collect();
         // Unix attempts conclude as they come, TCP ones after their grace: report in time order.
-        records.sort_by_key(|r| r.ts_ns);
-        let mut out: Vec<Update> = records.into_iter().map(Update::Attempt).collect();
+        self.ready.make_contiguous().sort_by_key(|r| r.ts_ns);
         let changed = std::mem::take(&mut self.changed);
+        let mut out = Vec::with_capacity(self.ready.len() + changed.len());
+        out.extend(self.ready.drain(..).map(Update::Attempt));
         for key in changed {
             if let Some(st) = self.findings.get(&key) {
                 out.push(Update::Finding(self.snapshot(&key, st)));
@@ -269,6 +271,14 @@ impl Engine {
     }
 
 
+}
+
+/// Whether `task` is among `clients` already (without building its `ProcessRef`, which copies
+/// its name: most attempts of a finding come from clients it knows).
+fn has_client(clients: &BTreeSet<ProcessRef>, task: &TaskInfo) -> bool {
+    // The smallest ProcessRef of this pid (an empty String does not allocate).
+    let first_of_pid = ProcessRef { pid: task.pid, comm: String::new() };
+    clients.range(first_of_pid..).take_while(|c| c.pid == task.pid).any(|c| c.comm == task.comm)
 }
 
 /// The histogram bucket of an accept-queue wait, in milliseconds.

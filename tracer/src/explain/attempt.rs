@@ -1,6 +1,8 @@
 //! One TCP connection attempt (a socket in SYN_SENT) and the evidence matched to it.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::event::{FlowAddr, Queue, TaskInfo};
 
@@ -50,10 +52,11 @@ pub struct FlowEvidence {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum FlowEvidenceKind {
-    /// tcp_send_reset with no socket: nothing listened on `flow.dst`.
-    ResetFromNoSocket { reason: Option<String> },
+    /// tcp_send_reset with no socket: nothing listened on `flow.dst`. The reason's name
+    /// without the SK_RST_REASON_ prefix (`NO_SOCKET` when the kernel gave none).
+    ResetFromNoSocket { reason: Arc<str> },
     /// kfree_skb with a drop reason (name without the SKB_DROP_REASON_ prefix).
-    Dropped { reason: String },
+    Dropped { reason: Arc<str> },
     /// tcp_conn_request found the listener's accept queue full when this SYN arrived (the
     /// kernel drops it there, with no drop reason): the queue as read then, and its owner.
     SynOverflow { queue: Queue, listener: Option<TaskInfo> },
@@ -203,7 +206,7 @@ impl Attempt {
         // the client gave up) says nothing about the target's listener.
         let to_target = self.goes_to_target(&ev.flow);
         let evidence = match &ev.kind {
-            FlowEvidenceKind::ResetFromNoSocket { reason } => self.note_reset_sent(reason.as_deref(), to_target),
+            FlowEvidenceKind::ResetFromNoSocket { reason } => self.note_reset_sent(reason, to_target),
             FlowEvidenceKind::Dropped { reason } => self.note_drop(reason, to_target),
             FlowEvidenceKind::SynOverflow { queue, listener } => {
                 if !to_target {
@@ -220,16 +223,15 @@ impl Attempt {
         self.flow_evidence.add(evidence, 1);
     }
 
-    fn note_reset_sent(&mut self, reason: Option<&str>, to_target: bool) -> Evidence {
+    fn note_reset_sent(&mut self, reason: &Arc<str>, to_target: bool) -> Evidence {
         if to_target {
             self.no_socket_to_target += 1;
             self.resets_sent_to_target += 1;
         }
-        let reason = reason.map(|r| r.strip_prefix("SK_RST_REASON_").unwrap_or(r)).unwrap_or("NO_SOCKET");
-        Evidence::ResetSent { reason: reason.to_string(), to_client: !to_target }
+        Evidence::ResetSent { reason: reason.clone(), to_client: !to_target }
     }
 
-    fn note_drop(&mut self, reason: &str, to_target: bool) -> Evidence {
+    fn note_drop(&mut self, reason: &Arc<str>, to_target: bool) -> Evidence {
         let meaning = drop_meaning(reason);
         match meaning {
             // Netfilter drops count in either direction: a dropped SYN or a dropped answer.
@@ -239,7 +241,7 @@ impl Attempt {
             _ => {}
         }
         let to_client = !to_target && meaning != Some(DropMeaning::Netfilter);
-        Evidence::Dropped { reason: reason.to_string(), to_client }
+        Evidence::Dropped { reason: reason.clone(), to_client }
     }
 
     fn note_syn_overflow(&mut self, ts_ns: u64, queue: Queue, listener: Option<&TaskInfo>) -> Evidence {
@@ -268,9 +270,10 @@ impl Attempt {
         }
     }
 
-    /// What fired, for this attempt alone.
-    pub fn evidence(&self) -> EvidenceCounts {
-        let mut e = self.flow_evidence.clone();
+    /// What fired, for this attempt alone; taken at its conclusion (its socket-less evidence
+    /// moves into the result).
+    pub fn take_evidence(&mut self) -> EvidenceCounts {
+        let mut e = std::mem::take(&mut self.flow_evidence);
         if self.rst_received {
             e.set(Evidence::ResetReceived, 1);
         }
@@ -305,8 +308,35 @@ pub fn fuller(a: Option<Queue>, b: Queue) -> Queue {
 }
 
 /// Strips the kernel enum prefix from a drop reason name.
-pub fn drop_reason_name(reason: &str) -> String {
+pub fn drop_reason_name(reason: &str) -> &str {
     // A prefix compare: `trim_start_matches` builds a substring searcher per call (a twentieth of the
     // engine's instructions in a flood).
-    reason.strip_prefix("SKB_DROP_REASON_").unwrap_or(reason).to_string()
+    reason.strip_prefix("SKB_DROP_REASON_").unwrap_or(reason)
+}
+
+/// Strips the kernel enum prefix from a reset reason name; `NO_SOCKET` when there is none.
+pub fn rst_reason_name(reason: Option<&str>) -> &str {
+    reason.map(|r| r.strip_prefix("SK_RST_REASON_").unwrap_or(r)).unwrap_or("NO_SOCKET")
+}
+
+/// Bound on the reason names kept: the kernel's enums have a few hundred, but a replayed
+/// stream may carry any text.
+const MAX_REASON_NAMES: usize = 1024;
+
+/// The drop and reset reason names seen, one shared copy of each: every event of a flood
+/// carries the same few names, and each attempt's evidence and its finding's hold them.
+#[derive(Debug, Default)]
+pub struct ReasonNames(HashSet<Arc<str>, ahash::RandomState>);
+
+impl ReasonNames {
+    pub fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
+        }
+        let name: Arc<str> = name.into();
+        if self.0.len() < MAX_REASON_NAMES {
+            self.0.insert(name.clone());
+        }
+        name
+    }
 }

@@ -71,6 +71,7 @@ impl Engine {
         if outcome == Outcome::Delayed && cause != Cause::BacklogFull {
             return;
         }
+        // The attempt ends here: its client and evidence move to its record.
         let record = AttemptRecord {
             ts_ns: a.end_ns(),
             start_ns: a.start_ns,
@@ -78,8 +79,8 @@ impl Engine {
             target: Target::Tcp(a.flow.dst),
             netns: a.netns,
             sock: a.key.sock,
-            client: a.client.clone(),
-            evidence: tcp_evidence(&a, &around, &facts, cause, outcome, why),
+            client: std::mem::take(&mut a.client),
+            evidence: tcp_evidence(&mut a, &around, &facts, cause, outcome, why),
             outcome,
             errno: a.sk_err(),
         };
@@ -111,13 +112,12 @@ impl Engine {
         let late: Vec<u64> = self
             .flow_buffer
             .get(&fk)
-            .into_iter()
             .filter(|(_, e)| e.ts_ns > close.ts_ns() && e.ts_ns <= until)
             .filter(|(_, e)| matches!(e.kind, FlowEvidenceKind::RuleNamed(_)) || !a.goes_to_target(&e.flow))
             .map(|(seq, _)| seq)
             .collect();
         for seq in late {
-            if let Some(e) = self.flow_buffer.remove(seq) {
+            if let Some(e) = self.flow_buffer.remove(&fk, seq) {
                 a.apply_flow_evidence(&e);
             }
         }
@@ -238,14 +238,14 @@ fn tcp_facts(a: &Attempt, around: &Surroundings, local_refusals_unseen: bool) ->
 /// What proves an attempt's verdict: its own events, what was measured around it, and how
 /// it ended.
 fn tcp_evidence(
-    a: &Attempt,
+    a: &mut Attempt,
     around: &Surroundings,
     facts: &TcpFacts,
     cause: Cause,
     outcome: Outcome,
     why: ConcludeWhy,
 ) -> EvidenceCounts {
-    let mut evidence = a.evidence();
+    let mut evidence = a.take_evidence();
     if let Some(i) = &around.icmp {
         evidence.add(Evidence::IcmpSent { icmp_type: i.icmp_type, code: i.code }, 1);
     }

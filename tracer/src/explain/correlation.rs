@@ -3,11 +3,12 @@
 //! waiting in bounded buffers when it comes first; and the bookkeeping that keeps late
 //! events of concluded attempts from opening new ones.
 
+use std::collections::hash_map::Entry;
 use std::net::IpAddr;
 
 use crate::event::{Event, EventBody, FlowAddr, Target};
 
-use super::attempt::{drop_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
+use super::attempt::{drop_reason_name, rst_reason_name, Attempt, AttemptKey, Close, FlowEvidence, FlowEvidenceKind, FlowKey};
 use super::conclusion::ConcludeWhy;
 use super::engine::Engine;
 use super::output::RuleFacts;
@@ -127,10 +128,11 @@ impl Engine {
     pub(super) fn socketless_event(&mut self, ev: &Event) {
         let (flow, kind) = match &ev.body {
             EventBody::TcpRstSentNoSocket { flow, reason } => {
-                (*flow, FlowEvidenceKind::ResetFromNoSocket { reason: reason.clone() })
+                let reason = self.reason_names.get(rst_reason_name(reason.as_deref()));
+                (*flow, FlowEvidenceKind::ResetFromNoSocket { reason })
             }
             EventBody::SkbDropped { flow: Some(flow), reason } => {
-                (*flow, FlowEvidenceKind::Dropped { reason: drop_reason_name(reason) })
+                (*flow, FlowEvidenceKind::Dropped { reason: self.reason_names.get(drop_reason_name(reason)) })
             }
             EventBody::FirewallRule { flow, rules, certain, enter_pid, netns_name } => {
                 let facts = RuleFacts {
@@ -171,18 +173,23 @@ impl Engine {
         // comes back within a fraction of a second. An event of an attempt that started after
         // the one known under this key is a new attempt, not a late event of the old one.
         let newer = |known_start: u64| start_ns != 0 && known_start != 0 && start_ns > known_start;
-        if let Some(a) = self.attempts.get(&key) {
-            if a.close.is_some() && a.start_known && newer(a.start_ns) {
+        let followed = match self.attempts.get(&key) {
+            None => false,
+            Some(a) if a.close.is_some() && a.start_known && newer(a.start_ns) => {
                 // Evidence from the new attempt's start on is the new attempt's.
                 self.conclude_tcp_before(&key, ConcludeWhy::Closed, start_ns.saturating_sub(START_SLACK_NS));
+                false
             }
-        }
-        if !self.attempts.contains_key(&key) {
-            if let Some(&known_start) = self.recently_concluded_set.get(&key) {
-                if !newer(known_start) {
+            Some(_) => true,
+        };
+        let a = if followed {
+            self.attempts.get_mut(&key)?
+        } else {
+            if let Entry::Occupied(concluded) = self.recently_concluded_set.entry(key) {
+                if !newer(*concluded.get()) {
                     return None;
                 }
-                self.recently_concluded_set.remove(&key);
+                concluded.remove();
             }
             if self.attempts.len() >= self.opts.max_tracked {
                 self.evict_oldest();
@@ -203,9 +210,8 @@ impl Engine {
                 }
             }
             self.attempt_by_flow.insert(fk, key);
-            self.attempts.insert(key, a);
-        }
-        let a = self.attempts.get_mut(&key)?;
+            self.attempts.entry(key).or_insert(a)
+        };
         a.set_client(&ev.task);
         a.set_start(start_ns);
         a.touch(ev.ts_ns);
@@ -235,15 +241,15 @@ impl Engine {
     /// orientation) and it was sent during the attempt; the one closest to its end wins.
     pub(super) fn claim_icmp(&mut self, a: &Attempt, to_ns: u64) -> Option<IcmpSeen> {
         let (from, end) = (a.start_ns.saturating_sub(ICMP_SLACK_NS), a.end_ns());
+        let pair = address_pair(a.flow.src.ip(), a.flow.dst.ip());
         let best = self
             .icmp_buffer
-            .get(&address_pair(a.flow.src.ip(), a.flow.dst.ip()))
-            .into_iter()
+            .get(&pair)
             .filter(|(_, i)| i.ts_ns >= from && i.ts_ns <= to_ns && i.ports_match(&a.flow))
             // Prefer one sent before the close (it caused it), closest to it.
             .min_by_key(|(_, i)| (i.ts_ns > end, i.ts_ns.abs_diff(end)))
             .map(|(seq, _)| seq)?;
-        self.icmp_buffer.remove(best)
+        self.icmp_buffer.remove(&pair, best)
     }
 
     /// Whether `ip` is an address of this host, as far as the engine can tell: loopback, or

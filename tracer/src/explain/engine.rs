@@ -9,7 +9,7 @@ use crate::event::{Event, EventBody, RecordKind, Queue, Target};
 
 use super::aggregation::{FindingKey, FindingState};
 use super::aggregation::accept_wait_bucket;
-use super::attempt::{Attempt, AttemptKey, FlowEvidence, FlowKey};
+use super::attempt::{Attempt, AttemptKey, FlowEvidence, FlowKey, ReasonNames};
 use super::buffer::KeyedBuffer;
 use super::conclusion::ConcludeWhy;
 use super::correlation::{IcmpSeen, OverflowRise, TCP_RTO_MAX_NS};
@@ -55,6 +55,7 @@ pub struct Engine {
     pub(super) after: super::after_connect::AfterState,
     /// The addresses of this host's network namespaces (which one serves a target).
     pub(super) book: super::namespaces::AddressBook,
+    pub(super) reason_names: ReasonNames,
 }
 
 impl Engine {
@@ -81,6 +82,7 @@ impl Engine {
             accept_wait_totals: BTreeMap::new(),
             after: super::after_connect::AfterState::new(max),
             book: Default::default(),
+            reason_names: ReasonNames::default(),
         }
     }
 

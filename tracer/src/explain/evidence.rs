@@ -2,7 +2,7 @@
 //! fact that supports a verdict. The words for each kind (the labels of the JSON `evidence`
 //! object and of the text report's `proof:` line) belong to the report, not here.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -11,10 +11,10 @@ use serde::Serialize;
 pub enum Evidence {
     /// This host sent an RST because no socket matched (tcp:tcp_send_reset); `reason` is the
     /// kernel's sk_rst_reason without its prefix (`NO_SOCKET` when not given).
-    ResetSent { reason: String, to_client: bool },
+    ResetSent { reason: Arc<str>, to_client: bool },
     /// A packet freed with a watched drop reason (skb:kfree_skb), without its prefix. A
     /// `NETFILTER_DROP` counts in either direction and is never `to_client`.
-    Dropped { reason: String, to_client: bool },
+    Dropped { reason: Arc<str>, to_client: bool },
     /// A SYN dropped by tcp_conn_request on a full accept queue.
     SynOverflow,
     /// The attempt's socket received an RST (tcp:tcp_receive_reset).
@@ -69,32 +69,52 @@ pub enum Evidence {
     NoLocalPort,
 }
 
-/// Evidence kinds with their counts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EvidenceCounts(BTreeMap<Evidence, u64>);
+/// Evidence kinds with their counts, in kind order. A sorted list rather than a tree: an
+/// attempt has a handful of kinds, and every concluded attempt builds one and adds it to its
+/// finding's.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EvidenceCounts(Vec<(Evidence, u64)>);
 
 impl EvidenceCounts {
     pub fn new() -> EvidenceCounts {
         EvidenceCounts::default()
     }
 
+    fn position(&self, e: &Evidence) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(e))
+    }
+
     /// Adds `n` to the count of `e`.
     pub fn add(&mut self, e: Evidence, n: u64) {
-        *self.0.entry(e).or_insert(0) += n;
+        match self.position(&e) {
+            Ok(i) => self.0[i].1 += n,
+            Err(i) => self.0.insert(i, (e, n)),
+        }
+    }
+
+    /// Adds `n` to the count of `e`, copying `e` only when it is new here.
+    pub fn add_to(&mut self, e: &Evidence, n: u64) {
+        match self.position(e) {
+            Ok(i) => self.0[i].1 += n,
+            Err(i) => self.0.insert(i, (e.clone(), n)),
+        }
     }
 
     /// Sets the count of `e` (a per-attempt fact, counted once).
     pub fn set(&mut self, e: Evidence, n: u64) {
-        self.0.insert(e, n);
+        match self.position(&e) {
+            Ok(i) => self.0[i].1 = n,
+            Err(i) => self.0.insert(i, (e, n)),
+        }
     }
 
     /// The count of `e` (0 when never seen).
     pub fn get(&self, e: &Evidence) -> u64 {
-        self.0.get(e).copied().unwrap_or(0)
+        self.position(e).map(|i| self.0[i].1).unwrap_or(0)
     }
 
     pub fn contains(&self, e: &Evidence) -> bool {
-        self.0.contains_key(e)
+        self.position(e).is_ok()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -103,6 +123,13 @@ impl EvidenceCounts {
 
     pub fn iter(&self) -> impl Iterator<Item = (&Evidence, u64)> {
         self.0.iter().map(|(e, n)| (e, *n))
+    }
+}
+
+/// As a map, kind -> count.
+impl std::fmt::Debug for EvidenceCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter().map(|(e, n)| (e, n))).finish()
     }
 }
 
@@ -121,7 +148,7 @@ impl std::ops::Index<Evidence> for EvidenceCounts {
 
     /// The count of `e`; 0 when never seen (tests read counts this way).
     fn index(&self, e: Evidence) -> &u64 {
-        self.0.get(&e).unwrap_or(&0)
+        self.position(&e).map(|i| &self.0[i].1).unwrap_or(&0)
     }
 }
 
@@ -129,6 +156,6 @@ impl std::ops::Index<Evidence> for EvidenceCounts {
 /// the report's (`report::evidence`).
 impl Serialize for EvidenceCounts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter())
+        s.collect_seq(self.0.iter().map(|(e, n)| (e, n)))
     }
 }

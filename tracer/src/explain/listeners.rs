@@ -198,36 +198,35 @@ impl Listeners {
 
     /// States whose address covers `target` in `netns`: the exact address, and for TCP, when
     /// `wildcards` (the target is an address of this host), the wildcard listeners on the same
-    /// port (0.0.0.0:P for IPv4, [::]:P for both families).
-    pub fn covering(&self, netns: u32, target: &Target, wildcards: bool) -> Vec<(&ListenerKey, &ListenerState)> {
-        let candidates: Vec<Target> = match target {
-            Target::Tcp(a) if wildcards => {
-                let mut v = vec![target.clone()];
-                if a.is_ipv4() && !a.ip().is_unspecified() {
-                    v.push(Target::Tcp(SocketAddr::new(IpAddr::from([0u8; 4]), a.port())));
-                }
-                if !a.ip().is_unspecified() || a.is_ipv4() {
-                    v.push(Target::Tcp(SocketAddr::new(IpAddr::from([0u16; 8]), a.port())));
-                }
-                v
-            }
-            _ => vec![target.clone()],
+    /// port (0.0.0.0:P for IPv4, [::]:P for both families). An iterator, not a list: this runs
+    /// several times for every concluded attempt.
+    pub fn covering(&self, netns: u32, target: &Target, wildcards: bool) -> impl Iterator<Item = &ListenerState> {
+        let (tcp, unix) = match target {
+            Target::Tcp(a) => (Some(*a), None),
+            Target::Unix(_) => (None, self.map.get(&listener_key(netns, target))),
         };
-        if let Target::Unix(_) = target {
-            return self.map.get_key_value(&listener_key(netns, target)).into_iter().collect();
+        let candidates: [Option<SocketAddr>; 3] = match tcp {
+            Some(a) if wildcards => [
+                Some(a),
+                (a.is_ipv4() && !a.ip().is_unspecified()).then(|| SocketAddr::new(IpAddr::from([0u8; 4]), a.port())),
+                (!a.ip().is_unspecified() || a.is_ipv4()).then(|| SocketAddr::new(IpAddr::from([0u16; 8]), a.port())),
+            ],
+            _ => [tcp, None, None],
+        };
+        let candidates = move || candidates.into_iter().flatten().map(Target::Tcp);
+        // Namespace unknown: any namespace may hold it.
+        let anywhere = (tcp.is_some() && netns == 0).then(|| {
+            self.map.iter().filter(move |((_, t), _)| candidates().any(|c| c == *t)).map(|(_, st)| st)
+        });
+        // Direct lookups otherwise. Namespace 0 = measured without knowing its namespace.
+        let mut direct: [Option<&ListenerState>; 6] = [None; 6];
+        if tcp.is_some() && netns != 0 {
+            for (i, t) in candidates().enumerate() {
+                direct[2 * i] = self.map.get(&(netns, t.clone()));
+                direct[2 * i + 1] = self.map.get(&(0, t));
+            }
         }
-        let ns = netns;
-        if ns == 0 {
-            // Namespace unknown: any namespace may hold it.
-            return self.map.iter().filter(|((_, t), _)| candidates.contains(t)).collect();
-        }
-        // Direct lookups: this runs for every concluded attempt. Namespace 0 = measured
-        // without knowing its namespace.
-        candidates
-            .into_iter()
-            .flat_map(|t| [(ns, t.clone()), (0, t)])
-            .filter_map(|k| self.map.get_key_value(&k))
-            .collect()
+        unix.into_iter().chain(anywhere.into_iter().flatten()).chain(direct.into_iter().flatten())
     }
 
     /// A listener that existed on `target` at some moment of [from, to] (latest started first).
@@ -240,8 +239,7 @@ impl Listeners {
         to: u64,
     ) -> Option<&Episode> {
         self.covering(netns, target, wildcards)
-            .into_iter()
-            .flat_map(|(_, st)| st.episodes.iter())
+            .flat_map(|st| st.episodes.iter())
             .filter(|e| e.overlaps(from, to))
             .max_by_key(|e| (e.owner.pid != 0, e.start_ns))
     }
@@ -249,8 +247,7 @@ impl Listeners {
     /// The current listener on `target`, if any (one with a known owner preferred).
     pub fn current(&self, netns: u32, target: &Target, wildcards: bool) -> Option<&Episode> {
         self.covering(netns, target, wildcards)
-            .into_iter()
-            .flat_map(|(_, st)| st.episodes.iter())
+            .flat_map(|st| st.episodes.iter())
             .filter(|e| e.is_current())
             .max_by_key(|e| (e.owner.pid != 0, e.start_ns))
     }
@@ -258,8 +255,7 @@ impl Listeners {
     /// The most recently closed listen period on `target` that ended at or before `before`.
     pub fn last_closed_before(&self, netns: u32, target: &Target, wildcards: bool, before: u64) -> Option<&Episode> {
         self.covering(netns, target, wildcards)
-            .into_iter()
-            .flat_map(|(_, st)| st.episodes.iter())
+            .flat_map(|st| st.episodes.iter())
             .filter(|e| e.stop_ns.is_some_and(|s| s <= before))
             .max_by_key(|e| e.stop_ns)
     }
@@ -267,15 +263,14 @@ impl Listeners {
     /// The most recent period on `target` of any kind (for Unix paths: the last bind).
     pub fn latest(&self, netns: u32, target: &Target) -> Option<&Episode> {
         self.covering(netns, target, false)
-            .into_iter()
-            .flat_map(|(_, st)| st.episodes.iter())
+            .flat_map(|st| st.episodes.iter())
             .max_by_key(|e| e.start_ns)
     }
 
     /// Every known listening period on `target` (exact key), oldest first.
     pub fn episodes(&self, netns: u32, target: &Target) -> Vec<&Episode> {
         let mut v: Vec<&Episode> =
-            self.covering(netns, target, false).into_iter().flat_map(|(_, st)| st.episodes.iter()).collect();
+            self.covering(netns, target, false).flat_map(|st| st.episodes.iter()).collect();
         v.sort_by_key(|e| e.start_ns);
         v
     }
@@ -283,8 +278,7 @@ impl Listeners {
     /// Queue samples on `target` measured within [from, to].
     pub fn samples_during(&self, netns: u32, target: &Target, wildcards: bool, from: u64, to: u64) -> Vec<Queue> {
         self.covering(netns, target, wildcards)
-            .into_iter()
-            .flat_map(|(_, st)| st.samples.iter())
+            .flat_map(|st| st.samples.iter())
             .filter(|(t, _)| *t >= from && *t <= to)
             .map(|(_, q)| *q)
             .collect()

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::event::{serving_namespace, Event, EventBody, FlowAddr, Target};
 
-use super::attempt::FlowKey;
+use super::attempt::{FlowEvidence, FlowKey};
 use super::engine::Engine;
 use super::Map;
 
@@ -76,7 +76,7 @@ impl Engine {
             return;
         }
         let Some(key) = self.attempt_by_flow.get(&FlowKey::of(flow)).copied() else { return };
-        let waiting = self.flow_buffer.take_all(&FlowKey::of(&translated));
+        let waiting: Vec<FlowEvidence> = self.flow_buffer.take_all(&FlowKey::of(&translated)).collect();
         let Some(a) = self.attempts.get_mut(&key) else { return };
         a.nat_flow = Some(translated);
         for e in &waiting {

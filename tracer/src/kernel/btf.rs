@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use btf_rs::{Btf, Member, Struct, Type};
@@ -142,10 +143,10 @@ impl KernelBtf {
 
     /// Names of drop and RST reasons, for decoding the raw numbers events carry.
     pub fn names(&self) -> BtfNames {
-        let strip = |members: Vec<(String, u32)>, prefix: &str| -> HashMap<u32, String> {
-            let mut map = HashMap::new();
+        let strip = |members: Vec<(String, u32)>, prefix: &str| -> ReasonTable {
+            let mut map = ReasonTable::default();
             for (name, value) in members {
-                let short = name.strip_prefix(prefix).unwrap_or(&name).to_string();
+                let short: Arc<str> = name.strip_prefix(prefix).unwrap_or(&name).into();
                 // Keep the first name of a value: aliases such as ..._MAX come last.
                 map.entry(value).or_insert(short);
             }
@@ -438,12 +439,16 @@ fn lookup(members: &[(String, u32)], name: &str) -> Option<u32> {
     members.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
+/// Reason names by value. Every refused connect looks two of them up: shared copies, and a
+/// hasher that needs no protection from crafted keys (the kernel's own enum values).
+type ReasonTable = HashMap<u32, Arc<str>, ahash::RandomState>;
+
 /// Names of the kernel's drop and RST reasons, by value, without their prefixes
 /// (`SKB_DROP_REASON_NO_SOCKET` -> `NO_SOCKET`). Empty maps when BTF lacks the enums.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BtfNames {
-    drop_reasons: HashMap<u32, String>,
-    rst_reasons: HashMap<u32, String>,
+    drop_reasons: ReasonTable,
+    rst_reasons: ReasonTable,
 }
 
 impl BtfNames {
@@ -453,18 +458,18 @@ impl BtfNames {
         rst_reasons: impl IntoIterator<Item = (u32, String)>,
     ) -> BtfNames {
         BtfNames {
-            drop_reasons: drop_reasons.into_iter().collect(),
-            rst_reasons: rst_reasons.into_iter().collect(),
+            drop_reasons: drop_reasons.into_iter().map(|(v, name)| (v, name.into())).collect(),
+            rst_reasons: rst_reasons.into_iter().map(|(v, name)| (v, name.into())).collect(),
         }
     }
 
     /// `enum skb_drop_reason` value -> name without `SKB_DROP_REASON_`.
-    pub fn drop_reason_name(&self, value: u32) -> Option<String> {
+    pub fn drop_reason_name(&self, value: u32) -> Option<Arc<str>> {
         self.drop_reasons.get(&value).cloned()
     }
 
     /// `enum sk_rst_reason` value -> name without `SK_RST_REASON_`.
-    pub fn rst_reason_name(&self, value: u32) -> Option<String> {
+    pub fn rst_reason_name(&self, value: u32) -> Option<Arc<str>> {
         self.rst_reasons.get(&value).cloned()
     }
 

@@ -246,7 +246,7 @@ fn name_firewall_rule(ev: &Event, engine: &mut Engine, enricher: &mut Enricher, 
     };
     match &ev.body {
         EventBody::SkbDropped { flow: Some(packet), reason }
-            if drop_meaning(reason.strip_prefix("SKB_DROP_REASON_").unwrap_or(reason)) == Some(DropMeaning::Netfilter) =>
+            if drop_meaning(reason.strip_prefix("SKB_DROP_REASON_").unwrap_or(reason.as_ref())) == Some(DropMeaning::Netfilter) =>
         {
             // Traced by the kernel (`--trace-rules`): the rule itself, in the namespace it
             // says, whatever the ruleset alone could tell.

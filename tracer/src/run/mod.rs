@@ -48,10 +48,10 @@ fn require_root() -> Result<()> {
 }
 
 impl ReasonNames for kernel::btf::BtfNames {
-    fn drop_reason(&self, value: u32) -> Option<String> {
+    fn drop_reason(&self, value: u32) -> Option<std::sync::Arc<str>> {
         self.drop_reason_name(value)
     }
-    fn rst_reason(&self, value: u32) -> Option<String> {
+    fn rst_reason(&self, value: u32) -> Option<std::sync::Arc<str>> {
         self.rst_reason_name(value)
     }
 }
