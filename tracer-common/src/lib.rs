@@ -781,7 +781,7 @@ pub const ATTEMPT_RECORDS_HELD: u32 = KIND_SLOTS * 2;
 pub const COUNTER_SLOTS: u32 = KIND_SLOTS * 2 + 1;
 
 /// The attempt records' table (tracer-ebpf/src/attempts.rs): 65,536 sets of 8 sockets, whose
-/// tags fill one cache line. 524,288 records (32 MiB) where the hash map it replaced held
+/// tags are 64 contiguous bytes. 524,288 records (32 MiB) where the hash map it replaced held
 /// 262,144 (about 30 MiB): sockets land in sets at random, so the table is kept at twice
 /// the most connections it should follow. 50,000 connections leave every set room
 /// (`sockets_allocated_in_a_row_spread_over_the_sets`).

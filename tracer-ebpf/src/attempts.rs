@@ -8,8 +8,8 @@
 //! inlined by the verifier and take no lock.
 //!
 //! A socket's set is a keyed hash of its address (`attempt_set`); a set holds `ATTEMPT_WAYS`
-//! sockets. The tags (the
-//! sockets' addresses) of a set share one cache line, so finding a socket reads one line.
+//! sockets. The tags (the sockets' addresses) of a set are 64 contiguous bytes, so finding a
+//! socket reads one or two cache lines, not one per way.
 //! With no lock, two connects on two CPUs may pick the same free way in the same instant:
 //! each record carries a check word over its fixed fields and the socket's address
 //! (`AttemptState::check_for`), so a record mixed from two writers is never taken for either
