@@ -12,6 +12,7 @@
 //! tracer_listener_queue_length{target}, tracer_listener_queue_max{target}
 //!                                                 the latest accept queue a finding measured
 //! tracer_events_total, tracer_lost_events_total{kind}, tracer_hooks_active, tracer_hook_active{hook}
+//! tracer_kernel_attempt_records                   attempts and connections the kernel follows now
 //! tracer_series_folded_total{label}               label values folded into "other" (the caps)
 //! ```
 //!
@@ -219,6 +220,7 @@ pub struct Metrics {
     lost: Family<KindLabels, Counter>,
     hooks_active: Gauge,
     hook_active: Family<HookLabels, Gauge>,
+    attempt_records: Gauge,
     /// Upstream names of findings, by (cause, target, netns): attempts carry none themselves.
     upstreams: Mutex<HashMap<(Cause, Target, u32), String>>,
     targets: Mutex<LabelCap>,
@@ -246,6 +248,7 @@ impl Metrics {
         let lost = Family::<KindLabels, Counter>::default();
         let hooks_active = Gauge::default();
         let hook_active = Family::<HookLabels, Gauge>::default();
+        let attempt_records = Gauge::default();
         let folded = Family::<FoldedLabels, Counter>::default();
         // Both caps have a series from the start: 0 says "nothing folded", not "unknown".
         let folded_targets = folded.get_or_create(&FoldedLabels { label: "target".into() }).clone();
@@ -283,6 +286,15 @@ impl Metrics {
         r.register("tracer_hooks_active", "Kernel hooks attached", hooks_active.clone());
         r.register("tracer_hook_active", "1 when the kernel hook is attached, 0 when not", hook_active.clone());
         r.register(
+            "tracer_kernel_attempt_records",
+            format!(
+                "Connection attempts and connections whose owner the kernel table holds now, of {}: a socket whose set of {} is full is not followed, and counted in tracer_lost_events_total",
+                u64::from(tracer_common::ATTEMPT_SETS) * tracer_common::ATTEMPT_WAYS as u64,
+                tracer_common::ATTEMPT_WAYS
+            ),
+            attempt_records.clone(),
+        );
+        r.register(
             "tracer_series_folded",
             format!(
                 "Distinct label values counted under the value other because the label reached its cap ({max_targets} targets, {max_client_comms} client commands)"
@@ -299,6 +311,7 @@ impl Metrics {
             lost,
             hooks_active,
             hook_active,
+            attempt_records,
             upstreams: Mutex::new(HashMap::new()),
             targets: Mutex::new(LabelCap::new(max_targets, folded_targets)),
             client_comms: Mutex::new(LabelCap::new(max_client_comms, folded_comms)),
@@ -390,6 +403,9 @@ impl Metrics {
         let health = health.into();
         let hooks: Vec<(String, bool)> = health.hooks.iter().map(|h| (h.hook.clone(), h.active)).collect();
         self.observe_health(&health.emitted, &health.lost, &hooks);
+        if let Some(n) = health.attempt_records {
+            self.attempt_records.set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     /// The whole exposition in `format`.
@@ -675,6 +691,23 @@ mod tests {
         assert!(text.contains("# TYPE tracer_listener_queue_length gauge"), "{text}");
         assert!(text.contains(r#"tracer_listener_queue_length{target="[::1]:8000"} 5"#), "{text}");
         assert!(text.contains(r#"tracer_listener_queue_max{target="[::1]:8000"} 128"#), "{text}");
+    }
+
+    /// The kernel's attempt-record count is a gauge: it follows each reading down as well as
+    /// up, and an unreadable counter leaves the last reading.
+    #[test]
+    fn attempt_records_gauge_follows_the_kernel_count() {
+        use crate::kernel::hooks::CaptureHealth;
+        let m = Metrics::new();
+        let health = |n: Option<u64>| CaptureHealth { hooks: vec![], emitted: KindCounts::new(), lost: KindCounts::new(), attempt_records: n };
+        m.observe_capture(health(Some(50)));
+        assert!(m.render(Format::PrometheusText).contains("\ntracer_kernel_attempt_records 50\n"));
+        m.observe_capture(health(Some(3)));
+        m.observe_capture(health(None));
+        let text = m.render(Format::PrometheusText);
+        assert!(text.contains("\ntracer_kernel_attempt_records 3\n"), "{text}");
+        assert!(text.contains("# TYPE tracer_kernel_attempt_records gauge"), "{text}");
+        assert!(text.contains("of 524288: a socket whose set of 8 is full"), "{text}");
     }
 
     #[test]

@@ -198,6 +198,55 @@ fn m3_metrics_obey_the_netns_filter() {
     assert!(run.findings_for(target).iter().all(|f| f.netns.to_string() == inode), "{}", run.stdout);
 }
 
+/// m4. The kernel's attempt records as the gauge shows them: 60 connections held open to a
+/// listener in the test's own namespace raise `tracer_kernel_attempt_records` by at least 60,
+/// and their close lets the 60 go. A record left behind would fill the kernel's table, and
+/// the attempts after it would be counted lost instead of followed.
+#[test]
+fn m4_metrics_gauge_the_kernels_attempt_records() {
+    require_integration!();
+    let port = "18207";
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let ns = Netns::new("metricsrec");
+    let tracer = Tracer::start(&["watch", "--json", "--duration", "60s", "--port", port, "--metrics", &metrics.to_string()]);
+    // Other sockets on the host (another suite, a package manager) move the gauge too, both
+    // ways: the rise is measured from the lowest reading before it, the fall from the highest.
+    let readings = std::cell::RefCell::new(Vec::<f64>::new());
+    let wait_for = |what: &str, want: &dyn Fn(f64, &[f64]) -> bool| -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(v) = sample(&http_get(metrics, "/metrics").2, "tracer_kernel_attempt_records") {
+                let met = want(v, &readings.borrow());
+                readings.borrow_mut().push(v);
+                if met {
+                    return v;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tracer_kernel_attempt_records never {what}; readings {:?}\ntracer stderr:\n{}",
+                readings.borrow(),
+                tracer.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let lowest = |seen: &[f64]| seen.iter().copied().fold(f64::INFINITY, f64::min);
+    wait_for("appeared", &|_, _| true);
+
+    let mut listener = ns.helper(&["tcp-listen", "--host", "127.0.0.1", "--port", port, "--backlog", "128"]);
+    listener.expect("listening");
+    let mut client = ns.helper(&["tcp-connect", "--host", "127.0.0.1", "--port", port, "--count", "60", "--nonblock", "--hold", "4"]);
+    let held = wait_for("rose by the 60 held connections", &|v, seen| v >= lowest(seen) + 60.0);
+    let done = client.finish();
+    assert_eq!(done["final"]["connected"], 60, "all 60 connected and were held: {done}");
+    readings.borrow_mut().clear();
+    let after = wait_for("fell by the 60 closed connections", &|v, _| v <= held - 60.0);
+    println!("tracer_kernel_attempt_records: {held} held, {after} after");
+    listener.stop();
+    tracer.finish();
+}
+
 /// m2. A listener with listen(1) that never accepts, 6 non-blocking connects held 4 s: the
 /// backlog_full counter, and the queue gauges show the queue the finding measured.
 #[test]

@@ -14,7 +14,7 @@ use aya::{
 };
 use std::os::fd::AsFd;
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Config, EventKind, KIND_SLOTS, LOST_BASE};
+use tracer_common::{Config, EventKind, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
 
 use crate::event::Event;
 use crate::event::{KindCounts, RecordKind};
@@ -340,7 +340,7 @@ impl Capture {
         for (kind, n) in self.skipped_runs() {
             *lost.entry(kind).or_insert(0) += n;
         }
-        CaptureHealth { hooks: self.hooks.clone(), emitted, lost }
+        CaptureHealth { hooks: self.hooks.clone(), emitted, lost, attempt_records: self.attempt_records() }
     }
 
     /// Runs of tracer's programs the kernel skipped because another BPF program was already
@@ -357,6 +357,14 @@ impl Capture {
             }
         }
         skipped
+    }
+
+    /// The attempt records the kernel holds (tracer-ebpf/src/attempts.rs): each CPU's counter
+    /// adds its inserts and subtracts its removes as a wrapping u64, so only the sum means
+    /// anything.
+    pub fn attempt_records(&self) -> Option<u64> {
+        let per_cpu = self.counters.get(&ATTEMPT_RECORDS_HELD, 0).ok()?;
+        Some(per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)))
     }
 
     /// Events emitted and lost (ring buffer full) per kind, summed over CPUs.

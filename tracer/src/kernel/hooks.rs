@@ -572,6 +572,9 @@ pub struct CaptureHealth {
     /// Events lost per kind (the ring buffer was full, or the kernel skipped a program run
     /// because another BPF program was running on that CPU), summed over CPUs.
     pub lost: KindCounts,
+    /// Connection attempts and connections whose owner the kernel's table holds now (None
+    /// when the counter cannot be read).
+    pub attempt_records: Option<u64>,
 }
 
 impl CaptureHealth {
