@@ -1,6 +1,6 @@
 //! stdout that notes when its reader has gone (`| head -1`), so that tracer can end quietly.
 
-use std::io::Write;
+use std::io::{BufWriter, StdoutLock, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set once writing to stdout failed because nobody reads it any more (EPIPE: `| head -1`
@@ -12,11 +12,14 @@ pub fn stdout_gone() -> bool {
 }
 
 /// stdout, noting when its reader has gone so that the exit can be quiet instead of an error.
-pub struct Stdout<'a>(std::io::StdoutLock<'a>);
+/// Buffered until each flush (the trace loop flushes once per tick, and at the end): Rust's
+/// stdout writes every line with a syscall of its own, one per failed attempt in a refused
+/// flood, where a tick's lines fit in a few.
+pub struct Stdout<'a>(BufWriter<StdoutLock<'a>>);
 
 impl Stdout<'_> {
     pub fn lock() -> Stdout<'static> {
-        Stdout(std::io::stdout().lock())
+        Stdout(BufWriter::with_capacity(64 * 1024, std::io::stdout().lock()))
     }
 
     fn note(result: std::io::Result<usize>) -> std::io::Result<usize> {
