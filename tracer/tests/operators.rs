@@ -196,6 +196,15 @@ fn m3_metrics_obey_the_netns_filter() {
     let f = final_finding(&run, target, Cause::DeadListener);
     assert_eq!((f.count, f.netns.to_string()), (4, inode.clone()), "{f:?}");
     assert!(run.findings_for(target).iter().all(|f| f.netns.to_string() == inode), "{}", run.stdout);
+    // And so do the per-attempt lines: 4, all in the watched namespace.
+    let attempts: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "attempt" && v["target"] == target)
+        .collect();
+    assert_eq!(attempts.len(), 4, "{}", run.stdout);
+    assert!(attempts.iter().all(|a| a["netns"].to_string() == inode), "{}", run.stdout);
 }
 
 /// m4. The kernel's attempt records as the gauge shows them: 60 connections held open to a

@@ -28,46 +28,33 @@ pub fn print_updates(
     let mut all_findings = Some(all_findings);
     // (the findings kept, the log lines each explains), read once per tick.
     let mut live: Option<(Vec<Finding>, operator::Context)> = None;
-    for u in updates {
-        if let (Update::Finding(f), true) = (u, json) {
-            if !filter.finding(f) || !ops.keep(f) {
-                continue;
-            }
-            if live.is_none() {
-                let all = all_findings.take().map(|all| all()).unwrap_or_default();
-                live = Some(super::kept_with_context(all, filter, ops));
-            }
-            let log_lines: &[String] = live
-                .as_ref()
-                .and_then(|(kept, context)| {
-                    let i = kept.iter().position(|k| (k.cause, &k.target, k.netns) == (f.cause, &f.target, f.netns))?;
-                    context.explained.get(i).map(Vec::as_slice)
-                })
-                .unwrap_or(&[]);
-            let mut v = report::json::finding_json(f, clock);
-            ops.annotate_json(&mut v, f, log_lines);
-            writeln!(out, "{v}")?;
-            continue;
-        }
+    // --netns and --cgroup as for the metrics: a finding as `keep` decides, an attempt with its
+    // finding (or by its own namespace and client when its finding did not change this tick).
+    let kept = ops.keep_updates(updates.iter().filter(|u| filter.update(u)));
+    for u in kept {
         match u {
-            Update::Attempt(a) => {
-                if !filter.target(&a.target) || !filter.comm(&a.client.comm) {
-                    continue;
+            Update::Finding(f) if json => {
+                if live.is_none() {
+                    let all = all_findings.take().map(|all| all()).unwrap_or_default();
+                    live = Some(super::kept_with_context(all, filter, ops));
                 }
-                if json {
-                    writeln!(out, "{}", report::json::attempt_json(a, clock))?;
-                } else {
-                    report::text::write_attempt(out, a, clock)?;
-                }
+                let log_lines: &[String] = live
+                    .as_ref()
+                    .and_then(|(kept, context)| {
+                        let i = kept.iter().position(|k| (k.cause, &k.target, k.netns) == (f.cause, &f.target, f.netns))?;
+                        context.explained.get(i).map(Vec::as_slice)
+                    })
+                    .unwrap_or(&[]);
+                let mut v = report::json::finding_json(f, clock);
+                ops.annotate_json(&mut v, f, log_lines);
+                writeln!(out, "{v}")?;
             }
             Update::Finding(f) => {
-                // --netns and --cgroup too, as in the report.
-                if !filter.finding(f) || !ops.keep(f) {
-                    continue;
-                }
                 let places = ops.places(std::slice::from_ref(f));
                 report::text::write_watch_finding(out, f, clock, &places)?;
             }
+            Update::Attempt(a) if json => writeln!(out, "{}", report::json::attempt_json(a, clock))?,
+            Update::Attempt(a) => report::text::write_attempt(out, a, clock)?,
         }
     }
     out.flush()?;
