@@ -787,6 +787,8 @@ pub const COUNTER_SLOTS: u32 = KIND_SLOTS * 2 + 1;
 /// (`sockets_allocated_in_a_row_spread_over_the_sets`).
 pub const ATTEMPT_SETS: u32 = 65_536;
 pub const ATTEMPT_WAYS: usize = 8;
+/// Records in all: the `ATTEMPTS` array's size.
+pub const ATTEMPT_RECORDS: u32 = ATTEMPT_SETS * ATTEMPT_WAYS as u32;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -15,7 +15,9 @@
 //! (`AttemptState::check_for`), so a record mixed from two writers is never taken for either
 //! (it is counted as lost, like a full set).
 use aya_ebpf::{macros::map, maps::Array};
-use tracer_common::{attempt_set, AttemptState, Config, EventKind, ATTEMPT_RECORDS_HELD, ATTEMPT_SETS, ATTEMPT_WAYS, LOST_BASE};
+use tracer_common::{
+    attempt_set, AttemptState, Config, EventKind, ATTEMPT_RECORDS, ATTEMPT_RECORDS_HELD, ATTEMPT_SETS, ATTEMPT_WAYS, LOST_BASE,
+};
 
 use crate::maps::{bump, count};
 
@@ -25,7 +27,7 @@ pub static ATTEMPT_TAGS: Array<[u64; ATTEMPT_WAYS]> = Array::with_max_entries(AT
 
 /// Per set and way (index set * WAYS + way), the attempt's record.
 #[map]
-pub static ATTEMPTS: Array<AttemptState> = Array::with_max_entries(ATTEMPT_SETS * ATTEMPT_WAYS as u32, 0);
+pub static ATTEMPTS: Array<AttemptState> = Array::with_max_entries(ATTEMPT_RECORDS, 0);
 
 /// Records an attempt's owner. A socket that already has a way (its address reused after a
 /// record was missed) keeps it; otherwise the first free way. When the set is full the

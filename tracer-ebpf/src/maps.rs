@@ -73,25 +73,24 @@ pub fn config() -> Option<&'static Config> {
     CONFIG.get(0)
 }
 
-/// Adds `delta` (wrapping: u64::MAX subtracts one) to this CPU's counter `slot`.
+/// Adds `delta` (wrapping: u64::MAX subtracts one) to this CPU's counter `slot`; returns the
+/// CPU's new count (0 without the map).
 #[inline(always)]
-pub fn count(slot: u32, delta: u64) {
-    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
-        unsafe { *c = (*c).wrapping_add(delta) };
-    }
-}
-
-/// Counts one in a per-CPU counter slot; returns the CPU's new count (0 without the map).
-#[inline(always)]
-pub fn bump(slot: u32) -> u64 {
+pub fn count(slot: u32, delta: u64) -> u64 {
     match COUNTERS.get_ptr_mut(slot) {
         // Per-CPU slot: no other CPU writes it, and programs do not nest on one CPU here.
         Some(c) => unsafe {
-            *c += 1;
+            *c = (*c).wrapping_add(delta);
             *c
         },
         None => 0,
     }
+}
+
+/// Counts one in a per-CPU counter slot; returns the CPU's new count.
+#[inline(always)]
+pub fn bump(slot: u32) -> u64 {
+    count(slot, 1)
 }
 
 /// Unread bytes in the ring past which a submit wakes the reader at once. Below it no submit

@@ -289,7 +289,7 @@ impl Metrics {
             "tracer_kernel_attempt_records",
             format!(
                 "Connection attempts and connections whose owner the kernel table holds now, of {}: a socket whose set of {} is full is not followed, and counted in tracer_lost_events_total",
-                u64::from(tracer_common::ATTEMPT_SETS) * tracer_common::ATTEMPT_WAYS as u64,
+                tracer_common::ATTEMPT_RECORDS,
                 tracer_common::ATTEMPT_WAYS
             ),
             attempt_records.clone(),

@@ -265,8 +265,7 @@ fn map_occupancy(pid: u32) -> BTreeMap<String, Value> {
         let name = info["name"].as_str().unwrap_or("").to_string();
         if name == "COUNTERS" {
             let records = attempt_records_held(id);
-            let max = u64::from(tracer_common::ATTEMPT_SETS) * tracer_common::ATTEMPT_WAYS as u64;
-            out.insert("ATTEMPTS".to_string(), json!({"entries": records, "max_entries": max}));
+            out.insert("ATTEMPTS".to_string(), json!({"entries": records, "max_entries": tracer_common::ATTEMPT_RECORDS}));
             continue;
         }
         if !["LISTENERS", "UNIX_CONNECTS"].contains(&name.as_str()) {
