@@ -31,7 +31,7 @@ use filter::Filter;
 use signals::{install_stop_handlers, stop_requested};
 use stdout::Stdout;
 use validate::validate_args;
-use watch::print_updates;
+use watch::{kept_updates, print_updates};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -248,13 +248,14 @@ impl Trace {
         }
         self.feed.lost_events(&self.capture, now, &mut self.engine);
         let updates = self.engine.tick(now);
+        // A finding the report leaves out is neither printed nor counted.
+        let shown = self.mode == Mode::Watch || self.metrics.is_some();
+        let kept = if shown { kept_updates(&updates, &self.filter, &mut self.ops) } else { Vec::new() };
         if self.mode == Mode::Watch {
             let engine = &self.engine;
-            print_updates(&mut self.out, &updates, &self.filter, &self.clock, self.args.json, &mut self.ops, || engine.findings())?;
+            print_updates(&mut self.out, &kept, &self.filter, &self.clock, self.args.json, &mut self.ops, || engine.findings())?;
         }
         if let Some(m) = &self.metrics {
-            // --netns and --cgroup too: a finding the report leaves out is not counted.
-            let kept = self.ops.keep_updates(updates.iter().filter(|u| self.filter.update(u)));
             m.observe(kept, |f| upstream_of(&self.ops, f));
             m.observe_capture(&self.capture);
         }
@@ -292,7 +293,8 @@ impl Trace {
         if self.mode == Mode::Watch {
             // The last attempts as lines; the findings they changed come once, in the report below.
             let attempts: Vec<Update> = updates.into_iter().filter(|u| matches!(u, Update::Attempt(_))).collect();
-            print_updates(report.out, &attempts, report.filter, report.clock, report.args.json, report.ops, Vec::new)?;
+            let kept = kept_updates(&attempts, report.filter, report.ops);
+            print_updates(report.out, &kept, report.filter, report.clock, report.args.json, report.ops, Vec::new)?;
         }
         match self.args.json {
             true => report.json(&findings, &context, &summary)?,

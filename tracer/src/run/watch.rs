@@ -10,15 +10,15 @@ use crate::report::{self, Clock};
 
 use super::filter::Filter;
 
-/// `watch` lines for one tick's updates: each attempt, and each finding that opened or
-/// changed. A JSON finding line carries the same Nginx context as the final report
+/// `watch` lines for one tick's updates, those the filters keep (`kept_updates`): each
+/// attempt, and each finding that opened or changed. A JSON finding line carries the same Nginx context as the final report
 /// (`Operator::annotate_json`: upstream, config line, cgroups), with `log_lines` counting the
 /// error-log lines matched so far: the logs are read now and matched, as the report does at
 /// the end, against every finding kept so far (`all_findings`, asked only when a JSON finding
 /// line is printed), so a live count never holds a line the report gives another finding.
 pub fn print_updates(
     out: &mut impl Write,
-    updates: &[Update],
+    updates: &[&Update],
     filter: &Filter,
     clock: &Clock,
     json: bool,
@@ -28,10 +28,7 @@ pub fn print_updates(
     let mut all_findings = Some(all_findings);
     // (the findings kept, the log lines each explains), read once per tick.
     let mut live: Option<(Vec<Finding>, operator::Context)> = None;
-    // --netns and --cgroup as for the metrics: a finding as `keep` decides, an attempt with its
-    // finding (or by its own namespace and client when its finding did not change this tick).
-    let kept = ops.keep_updates(updates.iter().filter(|u| filter.update(u)));
-    for u in kept {
+    for u in updates {
         match u {
             Update::Finding(f) if json => {
                 if live.is_none() {
@@ -59,6 +56,14 @@ pub fn print_updates(
     }
     out.flush()?;
     Ok(())
+}
+
+/// Of one tick's updates, those the filters keep, for the `watch` lines and the metrics alike:
+/// `--port`, `--unix` and `--client-comm` (`Filter`), then `--netns` and `--cgroup` (a finding as
+/// `Operator::keep` decides, an attempt with its finding, or by its own namespace and client
+/// when its finding did not change this tick).
+pub fn kept_updates<'a>(updates: &'a [Update], filter: &Filter, ops: &mut operator::Operator) -> Vec<&'a Update> {
+    ops.keep_updates(updates.iter().filter(|u| filter.update(u)))
 }
 
 #[cfg(test)]
@@ -106,7 +111,8 @@ mod tests {
         let line = |engine: &mut Engine, ops: &mut operator::Operator| {
             let updates = engine.finish();
             let mut out = Vec::new();
-            print_updates(&mut out, &updates, &filter, &clock, true, ops, || engine.findings()).unwrap();
+            let kept = kept_updates(&updates, &filter, ops);
+            print_updates(&mut out, &kept, &filter, &clock, true, ops, || engine.findings()).unwrap();
             let text = String::from_utf8(out).unwrap();
             let findings: Vec<serde_json::Value> =
                 text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).filter(|v| v["type"] == "finding").collect();
