@@ -449,6 +449,109 @@ pub struct Config {
     pub drop_sites: DropSites,
     /// Random, per run: keys the hash that places sockets in the attempt table. Appended.
     pub attempt_seed: u64,
+    /// What set_state does for each (oldstate, newstate): `transitions[old * TCP_STATE_SLOTS +
+    /// new]`, one of `transition::*`. Built by `Config::transition_table` whenever userspace
+    /// writes the config. Appended.
+    pub transitions: [u8; TCP_STATE_SLOTS * TCP_STATE_SLOTS],
+}
+
+/// TCP states are enum values below this (13 kinds up to 6.x); the transition table has a row
+/// and a column per value.
+pub const TCP_STATE_SLOTS: usize = 16;
+
+/// What `sock:inet_sock_set_state` does for one state change (`Config.transitions`). The
+/// program fires ten times per healthy proxied request, and a test of each transition it cares
+/// about against the config costs dozens of instructions on each: one table load decides.
+pub mod transition {
+    /// None of tracer's business (most of a healthy connection's changes).
+    pub const NONE: u8 = 0;
+    /// CLOSE -> SYN_SENT, inside connect(): the owner is recorded.
+    pub const CONNECT: u8 = 1;
+    /// SYN_SENT -> anything: the attempt succeeded, failed, or was given up.
+    pub const SYN_SENT_LEFT: u8 = 2;
+    /// ESTABLISHED -> CLOSE_WAIT: the peer's FIN; a failure only if no byte came first.
+    pub const PEER_FIN: u8 = 3;
+    /// ESTABLISHED -> FIN_WAIT1: this side closed; a failure only if a byte count is 0.
+    pub const LOCAL_FIN: u8 = 4;
+    /// ESTABLISHED or CLOSE_WAIT -> CLOSE: a reset; straight to the after-connect program.
+    pub const RESET: u8 = 5;
+    /// CLOSE_WAIT -> LAST_ACK: the normal end of a connection the peer closed first.
+    pub const LAST_ACK: u8 = 6;
+    /// SYN_RECV -> ESTABLISHED while inet_csk_accept is hooked: a child joins the accept queue.
+    pub const QUEUED: u8 = 7;
+    /// CLOSE -> LISTEN (listen()) and LISTEN -> CLOSE (the listener's close).
+    pub const LISTEN_START: u8 = 8;
+    pub const LISTEN_STOP: u8 = 9;
+}
+
+impl Config {
+    /// The action for one state change under this config: the rules set_state applied as a
+    /// chain of tests before there was a table (kept here, where a unit test reads them).
+    pub fn transition_action(&self, old: u32, new: u32) -> u8 {
+        use transition::*;
+        let e = &self.enums;
+        let c = &self.conn;
+        if self.conn.enabled != 0 {
+            // The end of an established connection: each side leaves ESTABLISHED once.
+            if old == e.tcp_established {
+                return if new == c.tcp_close_wait {
+                    PEER_FIN
+                } else if new == c.tcp_fin_wait1 {
+                    LOCAL_FIN
+                } else if new == e.tcp_close {
+                    RESET
+                } else {
+                    NONE
+                };
+            }
+            if old == c.tcp_close_wait && new == e.tcp_close {
+                return RESET;
+            }
+            if old == c.tcp_close_wait && new == c.tcp_last_ack {
+                return LAST_ACK;
+            }
+        }
+        if old == e.tcp_syn_sent {
+            SYN_SENT_LEFT
+        } else if old == e.tcp_close && new == e.tcp_syn_sent {
+            // With tcp_connect hooked, its program records the owner instead.
+            if self.fn_hooks.active & FN_TCP_CONNECT != 0 { NONE } else { CONNECT }
+        } else if old == e.tcp_close && new == e.tcp_listen {
+            LISTEN_START
+        } else if old == e.tcp_listen && new == e.tcp_close {
+            LISTEN_STOP
+        } else if old == self.fn_hooks.tcp_syn_recv && new == e.tcp_established && self.fn_hooks.active & FN_ACCEPT != 0 {
+            QUEUED
+        } else {
+            NONE
+        }
+    }
+
+    /// The transition table for this config; `Err(state)` names a TCP state this kernel
+    /// numbers too high for the table.
+    pub fn transition_table(&self) -> Result<[u8; TCP_STATE_SLOTS * TCP_STATE_SLOTS], u32> {
+        let e = &self.enums;
+        let states = [
+            e.tcp_established,
+            e.tcp_syn_sent,
+            e.tcp_close,
+            e.tcp_listen,
+            self.conn.tcp_close_wait,
+            self.conn.tcp_fin_wait1,
+            self.conn.tcp_last_ack,
+            self.fn_hooks.tcp_syn_recv,
+        ];
+        if let Some(&s) = states.iter().find(|&&s| s != FIELD_ABSENT && s as usize >= TCP_STATE_SLOTS) {
+            return Err(s);
+        }
+        let mut table = [transition::NONE; TCP_STATE_SLOTS * TCP_STATE_SLOTS];
+        for old in 0..TCP_STATE_SLOTS {
+            for new in 0..TCP_STATE_SLOTS {
+                table[old * TCP_STATE_SLOTS + new] = self.transition_action(old as u32, new as u32);
+            }
+        }
+        Ok(table)
+    }
 }
 
 /// `struct sock` members (from BTF) that the raw tracepoint on inet_sock_set_state reads
@@ -832,7 +935,7 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 624);
+const _: () = assert!(core::mem::size_of::<Config>() == 880);
 const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
 const _: () = assert!(core::mem::size_of::<DropSites>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);

@@ -16,7 +16,7 @@
 //! (it is counted as lost, like a full set).
 use aya_ebpf::{macros::map, maps::Array};
 use tracer_common::{
-    attempt_set, AttemptState, Config, EventKind, ATTEMPT_RECORDS, ATTEMPT_RECORDS_HELD, ATTEMPT_SETS, ATTEMPT_WAYS, LOST_BASE,
+    attempt_set, AttemptState, Config, EventKind, Task, ATTEMPT_RECORDS, ATTEMPT_RECORDS_HELD, ATTEMPT_SETS, ATTEMPT_WAYS, LOST_BASE,
 };
 
 use crate::maps::{bump, count};
@@ -29,12 +29,12 @@ pub static ATTEMPT_TAGS: Array<[u64; ATTEMPT_WAYS]> = Array::with_max_entries(AT
 #[map]
 pub static ATTEMPTS: Array<AttemptState> = Array::with_max_entries(ATTEMPT_RECORDS, 0);
 
-/// Records an attempt's owner. A socket that already has a way (its address reused after a
-/// record was missed) keeps it; otherwise the first free way. When the set is full the
+/// Records an attempt's owner and start. A socket that already has a way (its address reused
+/// after a record was missed) keeps it; otherwise the first free way. When the set is full the
 /// attempt cannot be followed: counted as a lost attempt-failure event, so the summary says
 /// events were lost.
 #[inline(always)]
-pub fn track(cfg: &Config, sk: u64, state: &AttemptState) {
+pub fn track(cfg: &Config, sk: u64, owner: Task, start_ns: u64) {
     let set = attempt_set(cfg.attempt_seed, sk);
     let Some(tags) = ATTEMPT_TAGS.get_ptr_mut(set) else { return };
     let tags = unsafe { &mut *tags };
@@ -55,9 +55,15 @@ pub fn track(cfg: &Config, sk: u64, state: &AttemptState) {
         return;
     }
     let Some(record) = ATTEMPTS.get_ptr_mut(set * ATTEMPT_WAYS as u32 + way as u32) else { return };
+    // Field by field, the zeroes volatile: the compiler turns neighbouring zero stores into a
+    // call of a byte-loop memset subprogram, on every connect.
     unsafe {
-        *record = *state;
-        (*record).check = state.check_for(sk);
+        (*record).owner = owner;
+        (*record).start_ns = start_ns;
+        core::ptr::write_volatile(&mut (*record).syn_retransmits, 0);
+        core::ptr::write_volatile(&mut (*record).rst_received, 0);
+        core::ptr::write_volatile(&mut (*record).established_ns, 0);
+        (*record).check = (*record).check_for(sk);
     }
     if tags[way] != sk {
         tags[way] = sk;

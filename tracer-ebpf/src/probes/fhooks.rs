@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use tracer_common::{
-    AcceptWaitKey, AttemptState, Config, EventKind, Flow, ListenerKey, TcpEvent, UnixEvent, AF_INET,
+    AcceptWaitKey, Config, EventKind, Flow, ListenerKey, TcpEvent, UnixEvent, AF_INET,
     AF_INET6, ACCEPT_WAIT_BOUNDS_NS, ACCEPT_WAIT_SLOTS, UNIX_PATH_MAX,
 };
 
@@ -54,8 +54,7 @@ fn on_tcp_connect(sk: u64) {
     if sk == 0 {
         return;
     }
-    let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
-    attempts::track(cfg, sk, &state);
+    attempts::track(cfg, sk, current_task(), unsafe { bpf_ktime_get_ns() });
 }
 
 // ---- tcp_conn_request ----------------------------------------------------------------------

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    AttemptEvent, AttemptState, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, FN_ACCEPT, FN_TCP_CONNECT,
+    transition, AttemptEvent, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, TCP_STATE_SLOTS,
 };
 
 use crate::{
@@ -38,24 +38,18 @@ pub fn tracer_set_state_raw(ctx: RawTracePointContext) -> i32 {
 fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     let cfg = config()?;
     let (old, new) = ctx.states(cfg)?;
-    let e = &cfg.enums;
-    // Most transitions (the handshakes and closes of healthy connections) are none of ours:
-    // leave after two reads. Keep in step with the cases below.
-    // The end of an established connection: each side leaves ESTABLISHED once.
-    // CLOSE_WAIT -> LAST_ACK is the normal end of a connection the upstream closed first:
-    // there the attempt's record is let go.
-    let conn_end = cfg.conn.enabled != 0
-        && (old == e.tcp_established
-            || (old == cfg.conn.tcp_close_wait && (new == e.tcp_close || new == cfg.conn.tcp_last_ack)));
-    let ours = conn_end
-        || old == e.tcp_syn_sent
-        || (old == e.tcp_close && (new == e.tcp_syn_sent || new == e.tcp_listen))
-        || (old == e.tcp_listen && new == e.tcp_close)
-        || (old == cfg.fn_hooks.tcp_syn_recv && new == e.tcp_established && cfg.fn_hooks.active & FN_ACCEPT != 0);
-    if !ours {
+    // One load decides (Config::transition_action has the rules): most state changes, the
+    // handshakes and closes of healthy connections, are none of ours and leave here.
+    // Masked, so that the verifier sees the slot inside the table; a state past the table
+    // (none exists: userspace checked the states it uses) is turned away after the load,
+    // where the compiler cannot use the test to drop the masks.
+    let slot = (old as usize & (TCP_STATE_SLOTS - 1)) * TCP_STATE_SLOTS + (new as usize & (TCP_STATE_SLOTS - 1));
+    let action = *cfg.transitions.get(slot)?;
+    if action == transition::NONE || (old | new) as usize >= TCP_STATE_SLOTS {
         return None;
     }
-    if conn_end {
+    let e = &cfg.enums;
+    if action == transition::PEER_FIN || action == transition::LOCAL_FIN {
         // A healthy end (bytes came back; or bytes went both ways before this side closed)
         // stops here, after a read or two: only the ends that may be failures pay for the
         // after-connect program (probes/conn_end.rs, a program of its own that checks again
@@ -65,31 +59,27 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // close (FIN_WAIT1, or a reset), or at LAST_ACK after the upstream closed first (the
         // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
         let c = &cfg.conn;
-        if old == c.tcp_close_wait && new == c.tcp_last_ack {
-            attempts::forget(cfg, ctx.sock(cfg)?);
-            return None;
-        }
-        if old == e.tcp_established && new != e.tcp_close {
-            let sk = ctx.sock(cfg)?;
-            let received: u64 = kernel(sk, c.tcp_bytes_received)?;
-            if new == c.tcp_close_wait {
-                // The FIN's own sequence number is counted: more than 1 is data.
-                if received > 1 {
-                    return None;
-                }
-            } else if new == c.tcp_fin_wait1 {
-                if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
-                    attempts::forget(cfg, sk);
-                    return None;
-                }
-            } else {
+        let sk = ctx.sock(cfg)?;
+        let received: u64 = kernel(sk, c.tcp_bytes_received)?;
+        if action == transition::PEER_FIN {
+            // The FIN's own sequence number is counted: more than 1 is data.
+            if received > 1 {
                 return None;
             }
+        } else if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
+            attempts::forget(cfg, sk);
+            return None;
         }
+    }
+    if action == transition::LAST_ACK {
+        attempts::forget(cfg, ctx.sock(cfg)?);
+        return None;
+    }
+    if matches!(action, transition::PEER_FIN | transition::LOCAL_FIN | transition::RESET) {
         unsafe { CONN_END.tail_call(ctx, 0) };
         // Only a failed tail call returns here: the record must still go when the
         // connection is over (it stays through CLOSE_WAIT).
-        if new != c.tcp_close_wait {
+        if action != transition::PEER_FIN {
             attempts::forget(cfg, ctx.sock(cfg)?);
         }
         return None;
@@ -100,19 +90,15 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     // record until it ends, and is never reported.
     let tcp = || ctx.protocol(cfg, sk).is_some_and(|p| p as u32 == e.ipproto_tcp);
 
-    if old == e.tcp_close && new == e.tcp_syn_sent {
-        if cfg.fn_hooks.active & FN_TCP_CONNECT != 0 {
-            // fentry/kprobe on tcp_connect records the owner, a moment later, same task.
-            return None;
-        }
+    if action == transition::CONNECT {
+        // (With tcp_connect hooked, its program records the owner instead: no CONNECT then.)
         // The namespace is read when something is reported (the socket is at hand then):
         // two reads fewer on every healthy connect.
-        let state = AttemptState { owner: current_task(), start_ns: unsafe { bpf_ktime_get_ns() }, ..AttemptState::default() };
-        attempts::track(cfg, sk, &state);
+        attempts::track(cfg, sk, current_task(), unsafe { bpf_ktime_get_ns() });
         return Some(());
     }
 
-    if old == e.tcp_syn_sent {
+    if action == transition::SYN_SENT_LEFT {
         // Only attempts that started while tracing are known; the rest are not ours to judge.
         let entry = attempts::find(cfg, sk)?;
         let attempt = unsafe { *entry };
@@ -155,11 +141,8 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         return Some(());
     }
 
-    if old == cfg.fn_hooks.tcp_syn_recv && new == e.tcp_established {
+    if action == transition::QUEUED {
         // A child joined a listener's accept queue; inet_csk_accept's hook measures its wait.
-        if cfg.fn_hooks.active & FN_ACCEPT == 0 {
-            return None;
-        }
         let local = ctx.flow(cfg, sk);
         let flow = Flow { family: local.family, sport: local.dport, dport: local.sport, _pad: 0, saddr: local.daddr, daddr: local.saddr };
         let child = QueuedChild { start_ns: unsafe { bpf_ktime_get_ns() }, netns: netns_of(cfg, sk), _pad: 0, flow };
@@ -170,12 +153,12 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     // A child socket is cloned from its listener and leaves the inherited LISTEN state for
     // SYN_RECV: that is a connection being accepted, not the listener closing. Only
     // CLOSE->LISTEN (listen()) and LISTEN->CLOSE (close/exit) are the listener's life.
-    if ((old == e.tcp_close && new == e.tcp_listen) || (old == e.tcp_listen && new == e.tcp_close)) && tcp() {
+    if (action == transition::LISTEN_START || action == transition::LISTEN_STOP) && tcp() {
         let flow = ctx.flow(cfg, sk);
         let netns = netns_of(cfg, sk);
         let key = ListenerKey { netns, port: flow.sport, family: flow.family };
         let now = unsafe { bpf_ktime_get_ns() };
-        let (kind, owner, start_ns) = if new == e.tcp_listen {
+        let (kind, owner, start_ns) = if action == transition::LISTEN_START {
             // listen() runs in process context: current is the owner.
             let owner = current_task();
             let _ = LISTENERS.insert(&key, &ListenerState { sock: sk, owner, start_ns: now }, 0);

@@ -593,8 +593,14 @@ mod describe_tests {
 }
 
 /// Writes the kernel facts into the CONFIG map's one slot.
+/// Writes the kernel facts, with set_state's transition table built from them (so the table
+/// always follows the hooks active and the after-connect checks' state).
 fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
+    let mut config = *config;
+    config.transitions = config.transition_table().map_err(|state| {
+        anyhow!("this kernel numbers a TCP state {state}, beyond the {} tracer's transition table holds: report it with `tracer doctor`'s output", tracer_common::TCP_STATE_SLOTS)
+    })?;
     let map = ebpf.map_mut("CONFIG").ok_or_else(|| anyhow!("eBPF object has no CONFIG map"))?;
     let mut cfg_map: Array<&mut MapData, Config> = Array::try_from(map)?;
-    cfg_map.set(0, *config, 0).context("writing the kernel facts into the CONFIG map")
+    cfg_map.set(0, config, 0).context("writing the kernel facts into the CONFIG map")
 }

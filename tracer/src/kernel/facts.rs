@@ -139,6 +139,8 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         sock: tracer_common::SockFields::ABSENT,
         drop_sites: DropSites::default(),
         attempt_seed: 0,
+        // Built from the rest when the config is written (capture::write_config).
+        transitions: [tracer_common::transition::NONE; tracer_common::TCP_STATE_SLOTS * tracer_common::TCP_STATE_SLOTS],
     }
 }
 
@@ -504,6 +506,64 @@ format:
             drop_tcp_listen_overflow: FIELD_ABSENT,
             ipproto_tcp: 6,
         }
+    }
+
+    /// set_state's transition table, for Linux's TCP state numbers: the changes of a healthy
+    /// connection are none of its business except the few it acts on, and the table follows
+    /// the after-connect checks and the function hooks.
+    #[test]
+    fn the_transition_table_acts_on_the_changes_set_state_follows() {
+        use tracer_common::{transition as act, FN_ACCEPT, FN_TCP_CONNECT, TCP_STATE_SLOTS};
+        const EST: u32 = 1;
+        const SYN_SENT: u32 = 2;
+        const SYN_RECV: u32 = 3;
+        const FIN_WAIT1: u32 = 4;
+        const FIN_WAIT2: u32 = 5;
+        const TIME_WAIT: u32 = 6;
+        const CLOSE: u32 = 7;
+        const CLOSE_WAIT: u32 = 8;
+        const LAST_ACK: u32 = 9;
+        const LISTEN: u32 = 10;
+        let mut cfg = empty_config(KernelOffsets::default(), zero_enums());
+        cfg.conn.enabled = 1;
+        cfg.conn.tcp_close_wait = CLOSE_WAIT;
+        cfg.conn.tcp_fin_wait1 = FIN_WAIT1;
+        cfg.conn.tcp_last_ack = LAST_ACK;
+        cfg.fn_hooks.tcp_syn_recv = SYN_RECV;
+        let at = |table: &[u8; 256], old: u32, new: u32| table[old as usize * TCP_STATE_SLOTS + new as usize];
+
+        let t = cfg.transition_table().unwrap();
+        assert_eq!(at(&t, CLOSE, SYN_SENT), act::CONNECT);
+        assert_eq!(at(&t, SYN_SENT, EST), act::SYN_SENT_LEFT);
+        assert_eq!(at(&t, SYN_SENT, CLOSE), act::SYN_SENT_LEFT);
+        assert_eq!(at(&t, EST, CLOSE_WAIT), act::PEER_FIN);
+        assert_eq!(at(&t, EST, FIN_WAIT1), act::LOCAL_FIN);
+        assert_eq!(at(&t, EST, CLOSE), act::RESET);
+        assert_eq!(at(&t, CLOSE_WAIT, CLOSE), act::RESET);
+        assert_eq!(at(&t, CLOSE_WAIT, LAST_ACK), act::LAST_ACK);
+        assert_eq!(at(&t, CLOSE, LISTEN), act::LISTEN_START);
+        assert_eq!(at(&t, LISTEN, CLOSE), act::LISTEN_STOP);
+        // A healthy connection's other changes, and a child leaving its listener's state.
+        for (old, new) in [(SYN_RECV, EST), (FIN_WAIT1, FIN_WAIT2), (FIN_WAIT2, CLOSE), (LAST_ACK, CLOSE), (LISTEN, SYN_RECV), (TIME_WAIT, CLOSE)] {
+            assert_eq!(at(&t, old, new), act::NONE, "{old} -> {new}");
+        }
+        assert_eq!(t.iter().filter(|&&a| a != act::NONE).count(), 10 + 14, "SYN_SENT's row is all act::SYN_SENT_LEFT");
+
+        // Without the after-connect checks, an established connection's end is not looked at.
+        cfg.conn.enabled = 0;
+        let t = cfg.transition_table().unwrap();
+        for (old, new) in [(EST, CLOSE_WAIT), (EST, FIN_WAIT1), (EST, CLOSE), (CLOSE_WAIT, CLOSE), (CLOSE_WAIT, LAST_ACK)] {
+            assert_eq!(at(&t, old, new), act::NONE, "{old} -> {new}");
+        }
+        // tcp_connect's hook records the owner; inet_csk_accept's wants the queued children.
+        cfg.fn_hooks.active = FN_TCP_CONNECT | FN_ACCEPT;
+        let t = cfg.transition_table().unwrap();
+        assert_eq!(at(&t, CLOSE, SYN_SENT), act::NONE);
+        assert_eq!(at(&t, SYN_RECV, EST), act::QUEUED);
+
+        // A state numbered past the table is refused, not folded onto another.
+        cfg.conn.tcp_last_ack = 16;
+        assert_eq!(cfg.transition_table(), Err(16));
     }
 
     fn info<'a>(infos: &'a [TracepointInfo], name: &str) -> &'a TracepointInfo {
