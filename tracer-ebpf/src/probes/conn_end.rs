@@ -23,7 +23,7 @@ use tracer_common::{AttemptState, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_
 use crate::{
     attempts,
     maps::{config, emit_with, SIGNALS},
-    read::{current_task, kernel, netns_of, StateChange},
+    read::{current_task, kernel, StateChange},
 };
 
 /// Tail-called by `tracer_set_state` (the classic tracepoint).
@@ -78,7 +78,6 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
         return None;
     };
 
-    let flow = ctx.flow(cfg, sk);
     // Nginx's side: a connection tracer saw connect. The ports tell it from a later socket
     // that reuses the same address.
     // Every connection's record is removed when it ends (here and in set_state), so a record
@@ -97,7 +96,7 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     // A local close or abort runs in the closer's process context; a reset received does not.
     let local = how == CONN_LOCAL_FIN || (how == CONN_RESET && sk_err == 0);
     let now = unsafe { bpf_ktime_get_ns() };
-    let netns = netns_of(cfg, sk);
+    let (flow, netns) = ctx.flow_and_netns(cfg, sk);
     emit_with(EventKind::TcpConnEnded as u32, |ev: &mut ConnEndEvent| {
         ev.header.kind = EventKind::TcpConnEnded as u32;
         ev.header.netns = netns;

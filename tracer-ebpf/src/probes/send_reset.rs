@@ -1,12 +1,12 @@
 //! tcp:tcp_send_reset with no socket: this host's TCP stack refused a segment because nothing
 //! listens on its destination. This, not the client's ECONNREFUSED, proves a dead listener
 //! (a netfilter `reject with tcp reset` forges its RST without passing here).
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext, EbpfContext};
 use tracer_common::{EventKind, Flow, PacketEvent, AF_INET, AF_INET6, FIELD_ABSENT};
 
 use crate::{
     maps::{config, emit_with},
-    read::{field, sock_flow},
+    read::{field, sock_flow, words_to_bytes, Block, BLOCK_SEND_RESET},
 };
 
 #[tracepoint]
@@ -19,31 +19,38 @@ pub fn tracer_rst_send(ctx: TracePointContext) -> u32 {
 fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
     let cfg = config()?;
     let f = &cfg.send_reset;
-    let sk: u64 = field(ctx, f.skaddr).unwrap_or(0);
-    if sk != 0 {
-        return None;
-    }
     // With no socket the tracepoint reverses the offending segment's 4-tuple, so its
     // source is the refused target and its destination the client; flip it to client->target.
     let mut flow = Flow::default();
+    let reason: u32;
     if f.sport == FIELD_ABSENT {
-        // Since 6.10 addresses are stored as sockaddr images (family, port, address).
-        let (family, tport, taddr) = sockaddr_image(ctx, f.saddr)?;
-        let (_, cport, caddr) = sockaddr_image(ctx, f.daddr)?;
+        // Since 6.10 addresses are stored as sockaddr images (family, port, address), and the
+        // record's fields lie in its first bytes: one read for all (once per refused connect).
+        let record = Block::read(BLOCK_SEND_RESET, ctx.as_ptr() as u64)?;
+        if record.get::<u64>(f.skaddr)? != 0 {
+            return None;
+        }
+        let (family, tport, taddr) = sockaddr_image(&record, f.saddr)?;
+        let (_, cport, caddr) = sockaddr_image(&record, f.daddr)?;
         flow.family = family;
         flow.sport = cport;
         flow.saddr = caddr;
         flow.dport = tport;
         flow.daddr = taddr;
+        reason = record.get(f.reason).unwrap_or(u32::MAX);
     } else {
+        let sk: u64 = field(ctx, f.skaddr).unwrap_or(0);
+        if sk != 0 {
+            return None;
+        }
         let raw = sock_flow(ctx, f);
         flow.family = raw.family;
         flow.sport = raw.dport;
         flow.saddr = raw.daddr;
         flow.dport = raw.sport;
         flow.daddr = raw.saddr;
+        reason = field(ctx, f.reason).unwrap_or(u32::MAX);
     }
-    let reason: u32 = field(ctx, f.reason).unwrap_or(u32::MAX);
     emit_with(EventKind::TcpRstSentNoSocket as u32, |ev: &mut PacketEvent| {
         ev.header.kind = EventKind::TcpRstSentNoSocket as u32;
         ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
@@ -55,19 +62,18 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// One side of the flow from a `struct sockaddr_in`/`sockaddr_in6` image (family, big-endian
-/// port, IPv4 address at +4 or IPv6 address at +8: UAPI layouts), read with ONE helper call
-/// instead of three: this program runs once per refused connection, floods included.
+/// One side of the flow from a `struct sockaddr_in`/`sockaddr_in6` image in the record
+/// (family, big-endian port, IPv4 address at +4 or IPv6 address at +8: UAPI layouts).
 #[inline(always)]
-fn sockaddr_image(ctx: &TracePointContext, offset: u32) -> Option<(u16, u16, [u8; 16])> {
-    let b: [u8; 24] = field(ctx, offset)?;
-    let family = u16::from_ne_bytes([b[0], b[1]]);
-    let port = u16::from_be_bytes([b[2], b[3]]);
+fn sockaddr_image(record: &Block, offset: u32) -> Option<(u16, u16, [u8; 16])> {
+    let family: u16 = record.get(offset)?;
+    let port = u16::from_be(record.get::<u16>(offset.checked_add(2)?)?);
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        addr[..4].copy_from_slice(&b[4..8]);
+        addr[..4].copy_from_slice(&record.get::<u32>(offset.checked_add(4)?)?.to_ne_bytes());
     } else if family == AF_INET6 {
-        addr.copy_from_slice(&b[8..24]);
+        // Read as words: the image is 4-byte aligned in the record, not 8.
+        addr = words_to_bytes(record.get(offset.checked_add(8)?)?);
     } else {
         return None;
     }

@@ -125,13 +125,14 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         if cfg.debug != 0 {
             debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
         }
+        let (flow, netns) = ctx.flow_and_netns(cfg, sk);
         emit_with(kind as u32, |ev: &mut AttemptEvent| {
             ev.header.kind = kind as u32;
-            ev.header.netns = netns_of(cfg, sk);
+            ev.header.netns = netns;
             ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
             ev.header.sock = sk;
             ev.header.task = attempt.owner;
-            ev.flow = ctx.flow(cfg, sk);
+            ev.flow = flow;
             ev.sk_err = sk_err;
             ev.syn_retransmits = attempt.syn_retransmits;
             ev.rst_received = attempt.rst_received;
@@ -154,8 +155,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     // SYN_RECV: that is a connection being accepted, not the listener closing. Only
     // CLOSE->LISTEN (listen()) and LISTEN->CLOSE (close/exit) are the listener's life.
     if (action == transition::LISTEN_START || action == transition::LISTEN_STOP) && tcp() {
-        let flow = ctx.flow(cfg, sk);
-        let netns = netns_of(cfg, sk);
+        let (flow, netns) = ctx.flow_and_netns(cfg, sk);
         let key = ListenerKey { netns, port: flow.sport, family: flow.family };
         let now = unsafe { bpf_ktime_get_ns() };
         let (kind, owner, start_ns) = if action == transition::LISTEN_START {
