@@ -156,7 +156,9 @@ pub fn family_of_saddr_v6(saddr_v6: &[u8; 16]) -> u16 {
 
 /// A TCP flow, oriented client -> target whenever the kernel side knows the orientation.
 /// IPv4 addresses are stored in the first 4 bytes of `saddr`/`daddr`, network byte order.
-#[repr(C)]
+/// Aligned to 8 (it sits at 8-byte offsets everywhere anyway), so the kernel compares two
+/// flows as five words (`Flow::words`).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flow {
     /// AF_INET or AF_INET6 (UAPI constants).
@@ -192,7 +194,8 @@ pub struct TcpEvent {
     pub sk_err: i32,
     /// SYN retransmits seen for this attempt so far.
     pub syn_retransmits: u32,
-    /// 1 when this attempt received an RST while in SYN_SENT.
+    /// 1 when this attempt received an RST while in SYN_SENT; `RST_FROM_NO_SOCKET_HERE` when
+    /// this host's stack sent it from no socket (then `reason` is that reset's).
     pub rst_received: u32,
     /// 1 when `queue_len`/`queue_max` are valid.
     pub queue_known: u32,
@@ -207,6 +210,42 @@ pub struct TcpEvent {
     pub actor: Task,
     /// Listener owner at the time of the event (for SYN retransmits to a known local listener).
     pub listener: Task,
+}
+
+impl Flow {
+    /// Whether two flows are the same, compared as five words (the kernel side). Written as
+    /// one OR of differences: a chain of `==` is merged by the compiler into a call of a
+    /// byte-by-byte memcmp.
+    #[inline(always)]
+    pub fn same_as(&self, other: &Flow) -> bool {
+        // SAFETY: 40 bytes, aligned to 8, every bit pattern a valid u64.
+        let (a, b) = unsafe { (&*(self as *const Flow as *const [u64; 5]), &*(other as *const Flow as *const [u64; 5])) };
+        (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+    }
+}
+
+/// `rst_received` of a failed attempt's record (`AttemptEvent`, `TcpEvent`): an RST reached
+/// it in SYN_SENT, and this host's stack sent that RST because no socket took the attempt's
+/// SYN (tcp_send_reset from no socket). The kernel joined the two: the reset was stashed
+/// (`StashedReset`) and the attempt's close claimed it, so it is not sent as an event of its
+/// own; `reason` then holds its sk_rst_reason. (1: an RST came, from wherever.)
+pub const RST_FROM_NO_SOCKET_HERE: u32 = 2;
+
+/// A reset this host's stack sent from no socket, kept per CPU (probes/send_reset.rs) until
+/// the refused attempt's close on that CPU claims it (its proof then travels in the attempt's
+/// record: one event per refused connect instead of two), or the next such reset on the CPU
+/// takes its place (it is sent as an event first). Userspace sends on the ones left held too
+/// long (capture::Capture::drain).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StashedReset {
+    /// Oriented client -> target (the refused segment's own direction).
+    pub flow: Flow,
+    pub ts_ns: u64,
+    /// sk_rst_reason, or u32::MAX when the tracepoint has none.
+    pub reason: u32,
+    /// 1 while the reset waits to be claimed or sent.
+    pub held: u32,
 }
 
 /// The prefix of `TcpEvent` a packet event sends (`TcpRstSentNoSocket`, `SkbDropped`,
@@ -904,6 +943,7 @@ mod pod {
     unsafe impl aya::Pod for QueuedChild {}
     unsafe impl aya::Pod for AcceptWaitKey {}
     unsafe impl aya::Pod for SignalMemo {}
+    unsafe impl aya::Pod for StashedReset {}
 }
 
 impl Task {
@@ -928,6 +968,7 @@ impl UnixEvent {
 const _: () = assert!(core::mem::size_of::<Task>() == 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
+const _: () = assert!(core::mem::size_of::<StashedReset>() == 56);
 const _: () = assert!(core::mem::size_of::<TcpEvent>() == 200);
 const _: () = assert!(core::mem::size_of::<UnixEvent>() == 184);
 const _: () = assert!(core::mem::size_of::<TpSockFields>() == 56);

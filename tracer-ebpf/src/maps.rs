@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use tracer_common::{
-    AcceptWaitKey, Config, ListenerKey, ListenerState, QueuedChild, SignalMemo, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
+    AcceptWaitKey, Config, ListenerKey, ListenerState, QueuedChild, SignalMemo, StashedReset, ACCEPT_WAIT_SLOTS, COUNTER_SLOTS,
     LOST_BASE, UNIX_PATH_MAX,
 };
 
@@ -27,6 +27,10 @@ pub static LISTENERS: LruHashMap<ListenerKey, ListenerState> = LruHashMap::with_
 /// (user address of the sockaddr, its length).
 #[map]
 pub static UNIX_CONNECTS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The reset from no socket each CPU last sent, until its attempt claims it (probes/send_reset.rs).
+#[map]
+pub static STASHED_RESETS: PerCpuArray<StashedReset> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU counters: events emitted per kind, then events lost per kind (ring buffer full).
 #[map]

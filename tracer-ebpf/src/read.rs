@@ -263,8 +263,8 @@ impl StateChange for RawTracePointContext {
             flow.daddr = words_to_bytes(v6(s.skc_v6_daddr));
         } else if family == AF_INET {
             let v4 = |offset: u32| head.get::<u32>(offset).or_else(|| kernel(sk, offset)).unwrap_or(0);
-            flow.saddr[..4].copy_from_slice(&v4(s.skc_rcv_saddr).to_ne_bytes());
-            flow.daddr[..4].copy_from_slice(&v4(s.skc_daddr).to_ne_bytes());
+            flow.saddr = words_to_bytes([v4(s.skc_rcv_saddr), 0, 0, 0]);
+            flow.daddr = words_to_bytes([v4(s.skc_daddr), 0, 0, 0]);
         }
         let net: u64 = head.get(cfg.offsets.sock_skc_net).or_else(|| kernel(sk, cfg.offsets.sock_skc_net)).unwrap_or(0);
         (flow, kernel(net, cfg.offsets.net_ns_inum).unwrap_or(0))
@@ -289,14 +289,11 @@ impl StateChange for RawTracePointContext {
     }
 }
 
-/// An address read as 32-bit words (4-byte aligned in a block), in memory order.
+/// An address read as 32-bit words (4-byte aligned in a block), in memory order. A
+/// reinterpretation, not a byte copy: the compiler keeps words as words, where copying bytes
+/// into a `[u8; 16]` costs a load and a store per byte wherever the flow goes next.
 #[inline(always)]
 pub fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        bytes[i * 4..i * 4 + 4].copy_from_slice(&words[i].to_ne_bytes());
-        i += 1;
-    }
-    bytes
+    // SAFETY: same size, and every bit pattern is a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }

@@ -5,7 +5,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePoi
 use tracer_common::{EventKind, Flow, PacketEvent, AF_INET, AF_INET6, FIELD_ABSENT};
 
 use crate::{
-    maps::{config, emit_with},
+    maps::{config, emit_with, STASHED_RESETS},
     read::{field, sock_flow, words_to_bytes, Block, BLOCK_SEND_RESET},
 };
 
@@ -51,15 +51,48 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
         flow.daddr = raw.saddr;
         reason = field(ctx, f.reason).unwrap_or(u32::MAX);
     }
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Stashed: on loopback and veth the client's stack takes the reset next, on this CPU, and
+    // the refused attempt's close claims it (set_state.rs): its proof then rides in the
+    // attempt's own record. The reset held before this one was not claimed: it goes first.
+    let Some(stash) = STASHED_RESETS.get_ptr_mut(0) else {
+        send(&flow, reason, now);
+        return Some(());
+    };
+    let stash = unsafe { &mut *stash };
+    if stash.held != 0 {
+        send(&stash.flow, stash.reason, stash.ts_ns);
+    }
+    stash.flow = flow;
+    stash.reason = reason;
+    stash.ts_ns = now;
+    stash.held = 1;
+    Some(())
+}
+
+/// Sends a reset from no socket as an event of its own.
+#[inline(always)]
+fn send(flow: &Flow, reason: u32, ts_ns: u64) {
     emit_with(EventKind::TcpRstSentNoSocket as u32, |ev: &mut PacketEvent| {
         ev.header.kind = EventKind::TcpRstSentNoSocket as u32;
-        ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+        ev.header.ts_ns = ts_ns;
         // No task: this runs in whatever context received the segment, and the evidence is
         // matched to its attempt by flow (the attempt carries its owner).
-        ev.flow = flow;
+        ev.flow = *flow;
         ev.reason = reason;
     });
-    Some(())
+}
+
+/// The reset stashed on this CPU, if it is `flow`'s: taken (no longer held) and its reason
+/// returned. Called by the close of a refused attempt, on the CPU that took the reset.
+#[inline(always)]
+pub fn claim(flow: &Flow) -> Option<u32> {
+    let stash = unsafe { &mut *STASHED_RESETS.get_ptr_mut(0)? };
+    if stash.held == 0 || !stash.flow.same_as(flow) {
+        return None;
+    }
+    stash.held = 0;
+    Some(stash.reason)
 }
 
 /// One side of the flow from a `struct sockaddr_in`/`sockaddr_in6` image in the record
@@ -70,7 +103,7 @@ fn sockaddr_image(record: &Block, offset: u32) -> Option<(u16, u16, [u8; 16])> {
     let port = u16::from_be(record.get::<u16>(offset.checked_add(2)?)?);
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        addr[..4].copy_from_slice(&record.get::<u32>(offset.checked_add(4)?)?.to_ne_bytes());
+        addr = words_to_bytes([record.get::<u32>(offset.checked_add(4)?)?, 0, 0, 0]);
     } else if family == AF_INET6 {
         // Read as words: the image is 4-byte aligned in the record, not 8.
         addr = words_to_bytes(record.get(offset.checked_add(8)?)?);

@@ -10,12 +10,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    transition, AttemptEvent, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, TCP_STATE_SLOTS,
+    transition, AttemptEvent, EventKind, Flow, ListenerKey, ListenerState, QueuedChild, TcpEvent, RST_FROM_NO_SOCKET_HERE,
+    TCP_STATE_SLOTS,
 };
 
 use crate::{
     attempts,
-    maps::{config, emit_with, CONN_END, LISTENERS, QUEUED},
+    maps::{bump, config, emit_with, CONN_END, LISTENERS, QUEUED},
     read::{current_task, kernel, netns_of, StateChange},
 };
 
@@ -126,6 +127,17 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
         }
         let (flow, netns) = ctx.flow_and_netns(cfg, sk);
+        // Refused by this host's stack (nothing listens): the reset it sent waits on this CPU.
+        let mut rst_received = attempt.rst_received;
+        let mut reset_reason = 0;
+        if rst_received != 0 && kind == EventKind::TcpAttemptFailed {
+            if let Some(reason) = super::send_reset::claim(&flow) {
+                rst_received = RST_FROM_NO_SOCKET_HERE;
+                reset_reason = reason;
+                // Reported, inside this record: counted with the resets sent.
+                bump(EventKind::TcpRstSentNoSocket as u32);
+            }
+        }
         emit_with(kind as u32, |ev: &mut AttemptEvent| {
             ev.header.kind = kind as u32;
             ev.header.netns = netns;
@@ -135,7 +147,8 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             ev.flow = flow;
             ev.sk_err = sk_err;
             ev.syn_retransmits = attempt.syn_retransmits;
-            ev.rst_received = attempt.rst_received;
+            ev.rst_received = rst_received;
+            ev.reason = reset_reason;
             ev.start_ns = attempt.start_ns;
             // No `actor`: nothing reads it for attempts, and it costs three helper calls.
         });

@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use tracer_common::{
     ConnEndEvent, EventHeader, EventKind, Flow, PacketEvent, ProcessEvent, Task, TcpEvent, UnixEvent, AF_INET6, CONN_LOCAL_FIN, CONN_PEER_FIN,
-    DROP_SITE_FLAG, DROP_SITE_FUNCTIONS,
+    DROP_SITE_FLAG, DROP_SITE_FUNCTIONS, RST_FROM_NO_SOCKET_HERE,
 };
 
 use crate::event::{ConnEnd, Event, EventBody, FatalSignal, FlowAddr, Queue, TaskInfo};
@@ -136,6 +136,36 @@ fn conn_ended(ev: &ConnEndEvent) -> EventBody {
     }
 }
 
+/// A reset's sk_rst_reason by name (`None` where the tracepoint has no reason).
+fn rst_reason(names: &dyn ReasonNames, raw: u32) -> Option<Arc<str>> {
+    (raw != u32::MAX).then(|| names.rst_reason(raw).unwrap_or_else(|| raw.to_string().into()))
+}
+
+/// A reset this host's stack sent from no socket, as the event it is reported as.
+pub fn reset_from_no_socket(flow: &Flow, reason: u32, ts_ns: u64, names: &dyn ReasonNames) -> Event {
+    Event {
+        ts_ns,
+        netns: 0,
+        sock: 0,
+        task: task_info(&Task::default()),
+        body: EventBody::TcpRstSentNoSocket { flow: flow_addr(flow), reason: rst_reason(names, reason) },
+    }
+}
+
+/// Decodes one record into `out`: its event, preceded, for a refused attempt whose reset the
+/// kernel joined to it (`RST_FROM_NO_SOCKET_HERE`), by that reset as the event it would
+/// have been on its own. Nothing for a record `decode` refuses.
+pub fn decode_into(data: &[u8], names: &dyn ReasonNames, out: &mut Vec<Event>) {
+    let Some(ev) = decode(data, names) else { return };
+    if matches!(ev.body, EventBody::TcpAttemptFailed { .. }) {
+        if let Some(tcp) = read_tcp_event(data).filter(|t| t.rst_received == RST_FROM_NO_SOCKET_HERE) {
+            // Sent just before the attempt's close took it.
+            out.push(reset_from_no_socket(&tcp.flow, tcp.reason, ev.ts_ns.saturating_sub(1), names));
+        }
+    }
+    out.push(ev);
+}
+
 /// Decodes one record; `None` for a record too short or of an unknown kind (never panics).
 pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
     let header: EventHeader = read(data)?;
@@ -190,10 +220,7 @@ pub fn decode(data: &[u8], names: &dyn ReasonNames) -> Option<Event> {
             EventBody::TcpAttemptDelayed { flow, syn_retransmits: ev.syn_retransmits, start_ns: ev.start_ns }
         }
         EventKind::TcpRstReceived => EventBody::TcpRstReceived { flow },
-        EventKind::TcpRstSentNoSocket => EventBody::TcpRstSentNoSocket {
-            flow,
-            reason: (ev.reason != u32::MAX).then(|| names.rst_reason(ev.reason).unwrap_or_else(|| ev.reason.to_string().into())),
-        },
+        EventKind::TcpRstSentNoSocket => EventBody::TcpRstSentNoSocket { flow, reason: rst_reason(names, ev.reason) },
         EventKind::SkbDropped => EventBody::SkbDropped { flow: Some(flow), reason: drop_reason(names, ev.reason) },
         EventKind::IcmpSent => {
             EventBody::IcmpSent { flow, icmp_type: (ev.reason >> 8) as u8, code: (ev.reason & 0xff) as u8 }
@@ -300,6 +327,41 @@ mod tests {
         }
         let short = bytes(&reset);
         assert!(decode(&short[..short.len() - 8], &NoNames).is_none());
+    }
+
+    /// A refused attempt whose reset from no socket the kernel joined to it comes as one record
+    /// and leaves as the two events it stands for: the reset (just before), then the attempt.
+    #[test]
+    fn a_refused_attempt_with_its_joined_reset_decodes_into_both_events() {
+        let flow = Flow { family: 2, sport: 40000, dport: 9000, _pad: 0, saddr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], daddr: [127, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+        let mut attempt = tracer_common::AttemptEvent::default();
+        attempt.header.kind = EventKind::TcpAttemptFailed as u32;
+        attempt.header.ts_ns = 5_000;
+        attempt.header.task.pid = 812;
+        attempt.flow = flow;
+        attempt.sk_err = 111;
+        attempt.rst_received = tracer_common::RST_FROM_NO_SOCKET_HERE;
+        attempt.reason = u32::MAX;
+        let mut out = Vec::new();
+        decode_into(&bytes(&attempt), &NoNames, &mut out);
+        assert_eq!(out.len(), 2);
+        match &out[0].body {
+            EventBody::TcpRstSentNoSocket { flow: f, reason } => {
+                assert_eq!((f.src, f.dst), ("127.0.0.1:40000".parse().unwrap(), "127.0.0.2:9000".parse().unwrap()));
+                assert_eq!(*reason, None);
+            }
+            other => panic!("wrong body {other:?}"),
+        }
+        assert_eq!((out[0].ts_ns, out[0].task.pid), (4_999, 0), "the reset carries no task");
+        match &out[1].body {
+            EventBody::TcpAttemptFailed { rst_received, sk_err, .. } => assert_eq!((*rst_received, *sk_err), (true, 111)),
+            other => panic!("wrong body {other:?}"),
+        }
+        // An RST from elsewhere: the attempt alone.
+        attempt.rst_received = 1;
+        out.clear();
+        decode_into(&bytes(&attempt), &NoNames, &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

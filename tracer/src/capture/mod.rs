@@ -12,11 +12,12 @@ use aya::{
     programs::{RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
+use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Config, EventKind, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
+use tracer_common::{Config, EventKind, StashedReset, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
 
-use crate::event::Event;
+use crate::event::{Event, EventBody};
 use crate::event::{KindCounts, RecordKind};
 use crate::kernel::hooks;
 pub use crate::kernel::hooks::{CaptureHealth, HookState};
@@ -26,6 +27,12 @@ use decode::ReasonNames;
 /// without a wake-up until a batch has piled up (tracer-ebpf maps.rs), so an event waits at
 /// most this long, and a flood costs one wake-up per batch instead of one per event.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How long a reset from no socket may wait in the kernel for its attempt before userspace
+/// sends it on (`Capture::drain`): well inside the engine's grace for late evidence (300 ms).
+const RESET_HOLD_NS: u64 = 50_000_000;
+/// Stamps of the resets sent on from userspace, kept to drop the kernel's own copy later.
+const RESETS_SENT_ON_KEPT: usize = 256;
 
 /// The kernel object built by tracer/build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -68,6 +75,10 @@ pub struct Capture {
     // object (which owns programs and links) last so readers go first.
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
+    /// The resets from no socket the kernel holds per CPU for their attempts to claim
+    /// (tracer-ebpf/src/probes/send_reset.rs), and the stamps of those sent on from here.
+    stashed_resets: Option<PerCpuArray<MapData, StashedReset>>,
+    resets_sent_on: VecDeque<u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub hooks: Vec<HookState>,
     pub backend: Backend,
@@ -215,7 +226,21 @@ impl Capture {
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or_else(|| anyhow!("eBPF object has no COUNTERS map"))?)?;
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
-        Ok(Capture { ring, counters, logger, hooks, backend, fn_hooks, accept_waits, deferred, raw_hooks, _ebpf: ebpf })
+        let stashed_resets = ebpf.take_map("STASHED_RESETS").and_then(|m| PerCpuArray::try_from(m).ok());
+        Ok(Capture {
+            ring,
+            counters,
+            stashed_resets,
+            resets_sent_on: VecDeque::new(),
+            logger,
+            hooks,
+            backend,
+            fn_hooks,
+            accept_waits,
+            deferred,
+            raw_hooks,
+            _ebpf: ebpf,
+        })
     }
 
     /// Attaches the tracepoints left out at start until something needs them (the Unix
@@ -323,13 +348,43 @@ impl Capture {
         Ok(())
     }
 
-    /// Decodes every record now in the ring buffer (no waiting).
+    /// Decodes every record now in the ring buffer (no waiting), then sends on the resets the
+    /// kernel has held too long.
     pub fn drain(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            if let Some(ev) = decode::decode(&item, names) {
-                out.push(ev);
+            let from = out.len();
+            decode::decode_into(&item, names, out);
+            // A held reset sent on from here, sent by the kernel after all when the next one
+            // took its place: the event is out already.
+            if !self.resets_sent_on.is_empty() && out.len() == from + 1 {
+                if let EventBody::TcpRstSentNoSocket { .. } = out[from].body {
+                    if let Some(i) = self.resets_sent_on.iter().position(|ts| *ts == out[from].ts_ns) {
+                        self.resets_sent_on.remove(i);
+                        out.truncate(from);
+                    }
+                }
             }
+        }
+        self.send_on_held_resets(out, names);
+    }
+
+    /// A reset from no socket waits on its CPU for the refused attempt's close there (which
+    /// is at once, on loopback and veth). One still held after `RESET_HOLD` had its attempt
+    /// close elsewhere, or none here: it is sent on as the event it is, once.
+    fn send_on_held_resets(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) {
+        let Some(map) = &self.stashed_resets else { return };
+        let Ok(per_cpu) = map.get(&0, 0) else { return };
+        let now = crate::enrich::monotonic_ns();
+        for held in per_cpu.iter().filter(|r| r.held != 0 && r.ts_ns.saturating_add(RESET_HOLD_NS) < now) {
+            if self.resets_sent_on.contains(&held.ts_ns) {
+                continue;
+            }
+            out.push(decode::reset_from_no_socket(&held.flow, held.reason, held.ts_ns, names));
+            if self.resets_sent_on.len() >= RESETS_SENT_ON_KEPT {
+                self.resets_sent_on.pop_front();
+            }
+            self.resets_sent_on.push_back(held.ts_ns);
         }
     }
 
