@@ -123,7 +123,12 @@ fn run_scenario(s: &Scenario) {
     let dir = TempDir::new(s.name);
     let (target, filter, endpoint): (String, Vec<String>, Vec<String>) = match s.address {
         Address::Tcp { host, port } => (
-            if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") },
+            // tracer shows an IPv4-mapped peer as the IPv4 address it is.
+            match host.strip_prefix("::ffff:") {
+                Some(v4) => format!("{v4}:{port}"),
+                None if host.contains(':') => format!("[{host}]:{port}"),
+                None => format!("{host}:{port}"),
+            },
             vec!["--port".into(), port.to_string()],
             vec!["--host".into(), host.into(), "--port".into(), port.to_string()],
         ),
@@ -271,6 +276,21 @@ scenarios! {
         cause: Some(Cause::DeadListener),
         count: Count::Exactly(2),
         listener_named: ListenerNamed::Nobody,
+        ..ROW
+    };
+    /// b2. An IPv6 socket refused at an IPv4-mapped address, 3 times, 0.1 s apart: its flow is
+    /// IPv6 and the refused SYN's is IPv4, so the kernel cannot join the reset to the attempt
+    /// (probes/send_reset.rs): each reset is sent on alone, by the kernel when the next comes
+    /// and the last by userspace, once each. dead_listener, count 3, three resets.
+    b2_dead_listener_ipv4_mapped_resets_sent_on: Scenario {
+        name: "dead4in6",
+        address: Address::Tcp { host: "::ffff:127.0.0.1", port: 18114 },
+        client: &["--count", "3", "--interval", "0.1"],
+        client_sees: ClientSees::Results("ECONNREFUSED", 3),
+        cause: Some(Cause::DeadListener),
+        count: Count::Exactly(3),
+        listener_named: ListenerNamed::Nobody,
+        detail_says: Some("3 sent"),
         ..ROW
     };
     /// c. listen(1), never accept(): 2 connections fill the queue, the SYNs of the other 4 are
