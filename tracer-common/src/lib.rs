@@ -236,6 +236,11 @@ pub const RST_FROM_NO_SOCKET_HERE: u32 = 2;
 /// record: one event per refused connect instead of two), or the next such reset on the CPU
 /// takes its place (it is sent as an event first). Userspace sends on the ones left held too
 /// long (capture::Capture::drain).
+///
+/// Held while `seq != claimed`. The claim writes only `claimed`, and only after checking that
+/// `seq` did not move: a reset stashed meanwhile (a softirq interrupting a close that runs in
+/// process context) is never taken for the claimed one nor cleared by its claim; at worst the
+/// claimed reset is also sent on its own, once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StashedReset {
@@ -244,8 +249,19 @@ pub struct StashedReset {
     pub ts_ns: u64,
     /// sk_rst_reason, or u32::MAX when the tracepoint has none.
     pub reason: u32,
-    /// 1 while the reset waits to be claimed or sent.
-    pub held: u32,
+    /// Counts the resets stashed on this CPU; written last.
+    pub seq: u32,
+    /// The `seq` of the last one claimed.
+    pub claimed: u32,
+    pub _pad: u32,
+}
+
+impl StashedReset {
+    /// Whether the reset waits to be claimed or sent.
+    #[inline(always)]
+    pub fn held(&self) -> bool {
+        self.seq != self.claimed
+    }
 }
 
 /// The prefix of `TcpEvent` a packet event sends (`TcpRstSentNoSocket`, `SkbDropped`,
@@ -968,7 +984,7 @@ impl UnixEvent {
 const _: () = assert!(core::mem::size_of::<Task>() == 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
-const _: () = assert!(core::mem::size_of::<StashedReset>() == 56);
+const _: () = assert!(core::mem::size_of::<StashedReset>() == 64);
 const _: () = assert!(core::mem::size_of::<TcpEvent>() == 200);
 const _: () = assert!(core::mem::size_of::<UnixEvent>() == 184);
 const _: () = assert!(core::mem::size_of::<TpSockFields>() == 56);

@@ -60,13 +60,14 @@ fn try_send_reset(ctx: &TracePointContext) -> Option<()> {
         return Some(());
     };
     let stash = unsafe { &mut *stash };
-    if stash.held != 0 {
+    if stash.held() {
         send(&stash.flow, stash.reason, stash.ts_ns);
     }
     stash.flow = flow;
     stash.reason = reason;
     stash.ts_ns = now;
-    stash.held = 1;
+    // Last: a claim that read the fields before sees the sequence move.
+    unsafe { core::ptr::write_volatile(&mut stash.seq, stash.seq.wrapping_add(1)) };
     Some(())
 }
 
@@ -87,12 +88,15 @@ fn send(flow: &Flow, reason: u32, ts_ns: u64) {
 /// returned. Called by the close of a refused attempt, on the CPU that took the reset.
 #[inline(always)]
 pub fn claim(flow: &Flow) -> Option<u32> {
-    let stash = unsafe { &mut *STASHED_RESETS.get_ptr_mut(0)? };
-    if stash.held == 0 || !stash.flow.same_as(flow) {
+    let stash = STASHED_RESETS.get_ptr_mut(0)?;
+    let seq = unsafe { core::ptr::read_volatile(&(*stash).seq) };
+    let (held, same, reason) = unsafe { (seq != (*stash).claimed, (*stash).flow.same_as(flow), (*stash).reason) };
+    // A reset stashed since the read (this close interrupted by a softirq's) is not this one.
+    if !held || !same || unsafe { core::ptr::read_volatile(&(*stash).seq) } != seq {
         return None;
     }
-    stash.held = 0;
-    Some(stash.reason)
+    unsafe { core::ptr::write_volatile(&mut (*stash).claimed, seq) };
+    Some(reason)
 }
 
 /// One side of the flow from a `struct sockaddr_in`/`sockaddr_in6` image in the record

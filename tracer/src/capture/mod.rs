@@ -376,7 +376,7 @@ impl Capture {
         let Some(map) = &self.stashed_resets else { return };
         let Ok(per_cpu) = map.get(&0, 0) else { return };
         let now = crate::enrich::monotonic_ns();
-        for held in per_cpu.iter().filter(|r| r.held != 0 && r.ts_ns.saturating_add(RESET_HOLD_NS) < now) {
+        for held in per_cpu.iter().filter(|r| r.held() && r.ts_ns.saturating_add(RESET_HOLD_NS) < now) {
             if self.resets_sent_on.contains(&held.ts_ns) {
                 continue;
             }
