@@ -157,7 +157,7 @@ pub fn family_of_saddr_v6(saddr_v6: &[u8; 16]) -> u16 {
 /// A TCP flow, oriented client -> target whenever the kernel side knows the orientation.
 /// IPv4 addresses are stored in the first 4 bytes of `saddr`/`daddr`, network byte order.
 /// Aligned to 8 (it sits at 8-byte offsets everywhere anyway), so the kernel compares two
-/// flows as five words (`Flow::words`).
+/// flows as five words (`Flow::same_as`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Flow {
@@ -510,8 +510,8 @@ pub struct Config {
     pub transitions: [u8; TCP_STATE_SLOTS * TCP_STATE_SLOTS],
 }
 
-/// TCP states are enum values below this (13 kinds up to 6.x); the transition table has a row
-/// and a column per value.
+/// TCP states are enum values below this (the last in 6.x, TCP_BOUND_INACTIVE, is 13); the
+/// transition table has a row and a column per value.
 pub const TCP_STATE_SLOTS: usize = 16;
 
 /// What `sock:inet_sock_set_state` does for one state change (`Config.transitions`). The
