@@ -449,6 +449,17 @@ fn nginx_started_while_tracing_is_found_and_its_log_followed_across_rotation() {
     assert!(run.log_unexplained().is_empty(), "every line is explained: {}", run.stdout);
 }
 
+/// Waits (bounded: 15 s) until `cond` holds; panics naming `what` if it never does.
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..150 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("never: {what}");
+}
+
 /// Issue 12: failures after the connect (a worker crash or kill, a reset, a keep-alive race,
 /// no free local port, a read timeout).
 #[path = "nginx/after_connect.rs"]

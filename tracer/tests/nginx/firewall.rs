@@ -185,17 +185,6 @@ fn has_trace_table(ns: &Netns) -> bool {
     ns.exec("nft", &["list", "tables"]).contains("table inet tracer_trace")
 }
 
-/// Waits (bounded: 15 s) until `cond` holds; panics naming `what` if it never does.
-fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    for _ in 0..150 {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("never: {what}");
-}
-
 /// The namespace's inode (for `--netns`).
 fn inode_of(ns: &Netns) -> String {
     let m = std::fs::metadata(format!("/run/netns/{}", ns.name)).expect("the namespace's file");
