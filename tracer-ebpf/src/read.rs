@@ -60,6 +60,13 @@ impl Block {
         }
         Some(unsafe { core::ptr::read(self.0.add(offset) as *const T) })
     }
+
+    /// The `T` at `offset` of the struct at `base` this block was read from: from the block,
+    /// or, past it, read alone.
+    #[inline(always)]
+    pub fn get_or_read<T: Copy>(&self, base: u64, offset: u32) -> Option<T> {
+        self.get(offset).or_else(|| kernel(base, offset))
+    }
 }
 
 /// Reads a `T` from kernel memory at `base + offset`.
@@ -252,21 +259,18 @@ impl StateChange for RawTracePointContext {
         };
         let s = &cfg.sock;
         // Each member past the head (none on the kernels seen) is read alone.
-        let at = |offset: u32| head.get::<u16>(offset).or_else(|| kernel(sk, offset)).unwrap_or(0);
-        let family = at(s.skc_family);
-        let dport = u16::from_be(at(s.skc_dport));
+        let family: u16 = head.get_or_read(sk, s.skc_family).unwrap_or(0);
+        let dport = u16::from_be(head.get_or_read(sk, s.skc_dport).unwrap_or(0));
         let sport = u16::from_be(kernel::<u16>(sk, s.inet_sport).unwrap_or(0));
         let mut flow = Flow { family, sport, dport, ..Flow::default() };
         if family == AF_INET6 {
-            let v6 = |offset: u32| head.get::<[u32; 4]>(offset).or_else(|| kernel(sk, offset)).unwrap_or([0; 4]);
-            flow.saddr = words_to_bytes(v6(s.skc_v6_rcv_saddr));
-            flow.daddr = words_to_bytes(v6(s.skc_v6_daddr));
+            flow.saddr = words_to_bytes(head.get_or_read(sk, s.skc_v6_rcv_saddr).unwrap_or([0; 4]));
+            flow.daddr = words_to_bytes(head.get_or_read(sk, s.skc_v6_daddr).unwrap_or([0; 4]));
         } else if family == AF_INET {
-            let v4 = |offset: u32| head.get::<u32>(offset).or_else(|| kernel(sk, offset)).unwrap_or(0);
-            flow.saddr = words_to_bytes([v4(s.skc_rcv_saddr), 0, 0, 0]);
-            flow.daddr = words_to_bytes([v4(s.skc_daddr), 0, 0, 0]);
+            flow.saddr = words_to_bytes([head.get_or_read(sk, s.skc_rcv_saddr).unwrap_or(0), 0, 0, 0]);
+            flow.daddr = words_to_bytes([head.get_or_read(sk, s.skc_daddr).unwrap_or(0), 0, 0, 0]);
         }
-        let net: u64 = head.get(cfg.offsets.sock_skc_net).or_else(|| kernel(sk, cfg.offsets.sock_skc_net)).unwrap_or(0);
+        let net: u64 = head.get_or_read(sk, cfg.offsets.sock_skc_net).unwrap_or(0);
         (flow, kernel(net, cfg.offsets.net_ns_inum).unwrap_or(0))
     }
 

@@ -105,14 +105,13 @@ pub fn claim(flow: &Flow) -> Option<u32> {
 fn sockaddr_image(record: &Block, offset: u32) -> Option<(u16, u16, [u8; 16])> {
     let family: u16 = record.get(offset)?;
     let port = u16::from_be(record.get::<u16>(offset.checked_add(2)?)?);
-    let mut addr = [0u8; 16];
-    if family == AF_INET {
-        addr = words_to_bytes([record.get::<u32>(offset.checked_add(4)?)?, 0, 0, 0]);
+    let addr = if family == AF_INET {
+        words_to_bytes([record.get::<u32>(offset.checked_add(4)?)?, 0, 0, 0])
     } else if family == AF_INET6 {
         // Read as words: the image is 4-byte aligned in the record, not 8.
-        addr = words_to_bytes(record.get(offset.checked_add(8)?)?);
+        words_to_bytes(record.get(offset.checked_add(8)?)?)
     } else {
         return None;
-    }
+    };
     Some((family, port, addr))
 }

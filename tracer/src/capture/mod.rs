@@ -370,7 +370,7 @@ impl Capture {
     }
 
     /// A reset from no socket waits on its CPU for the refused attempt's close there (which
-    /// is at once, on loopback and veth). One still held after `RESET_HOLD` had its attempt
+    /// is at once, on loopback and veth). One still held after `RESET_HOLD_NS` had its attempt
     /// close elsewhere, or none here: it is sent on as the event it is, once.
     fn send_on_held_resets(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) {
         let Some(map) = &self.stashed_resets else { return };
@@ -647,8 +647,7 @@ mod describe_tests {
     }
 }
 
-/// Writes the kernel facts into the CONFIG map's one slot.
-/// Writes the kernel facts, with set_state's transition table built from them (so the table
+/// Writes the kernel facts into the CONFIG map's one slot, with set_state's transition table built from them (so the table
 /// always follows the hooks active and the after-connect checks' state).
 fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<()> {
     let mut config = *config;
