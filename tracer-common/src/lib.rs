@@ -201,6 +201,13 @@ pub struct TcpEvent {
     pub queue_known: u32,
     /// When the attempt (or listener) started, `bpf_ktime_get_ns()`; 0 when unknown.
     pub start_ns: u64,
+    /// A refused attempt whose repeats the kernel counts instead of sending (`RepeatSlot`):
+    /// `repeat_class(cpu, slot, generation)`; 0 for an attempt sent alone.
+    pub repeat_class: u64,
+    /// The final count of the repeats of the class this one displaced from its slot (the
+    /// same CPU and slot, the generation before).
+    pub repeats_before: u32,
+    pub _pad_repeats: u32,
     // ---- end of `AttemptEvent` ----
     /// Accept queue of the local listener on the target port, read in the kernel at the time
     /// of the event (`sk_ack_backlog`, `sk_max_ack_backlog`); valid when `queue_known` = 1.
@@ -264,6 +271,47 @@ impl StashedReset {
     }
 }
 
+/// Slots per CPU for counting repeated refusals (`RepeatSlot`); a power of two.
+pub const REPEAT_SLOTS: u32 = 64;
+/// Words of a `RepeatSlot`'s key.
+pub const REPEAT_KEY_WORDS: usize = 8;
+
+/// Refused attempts counted in the kernel instead of sent (probes/set_state.rs), per CPU and
+/// slot. A flood of refused connects is one owner hitting one dead target over and over: the
+/// first attempt of a kind is sent in full (the exemplar, with the class of its slot), and the
+/// ones identical to it in everything that decides a verdict (the key: namespace, target,
+/// owner, socket error, SYN retransmits, and this host's reset from no socket with its
+/// reason) are counted here for `Config.repeat_window_ns`, then the next one is sent in full
+/// again. Userspace reads `tally` (capture/repeats.rs) and hands the engine the growth.
+///
+/// Only the programs of the slot's own CPU write it, and `busy` keeps a run that interrupts
+/// another (a softirq's close over a process-context one) out: it sends its attempt alone.
+/// `tally` is one word, so userspace never reads a count with another generation's number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RepeatSlot {
+    pub key: [u64; REPEAT_KEY_WORDS],
+    /// `generation << 32 | repeats counted since the exemplar`. Generation 0: never used.
+    pub tally: u64,
+    /// When the exemplar was sent.
+    pub exemplar_ns: u64,
+    /// When the last repeat closed.
+    pub last_ns: u64,
+    pub busy: u32,
+    pub _pad: u32,
+}
+
+/// The class an exemplar names in `TcpEvent.repeat_class` (never 0: generations start at 1).
+#[inline(always)]
+pub const fn repeat_class(cpu: u32, slot: u32, generation: u32) -> u64 {
+    (cpu as u64) << 40 | (slot as u64) << 32 | generation as u64
+}
+
+/// (cpu, slot, generation) of a `repeat_class`.
+pub const fn repeat_class_parts(class: u64) -> (u32, u32, u32) {
+    ((class >> 40) as u32, (class >> 32) as u32 & 0xff, class as u32)
+}
+
 /// The prefix of `TcpEvent` a packet event sends (`TcpRstSentNoSocket`, `SkbDropped`,
 /// `IcmpSent`): one per refused or dropped connection in a flood.
 #[repr(C)]
@@ -288,6 +336,9 @@ pub struct AttemptEvent {
     pub rst_received: u32,
     pub queue_known: u32,
     pub start_ns: u64,
+    pub repeat_class: u64,
+    pub repeats_before: u32,
+    pub _pad_repeats: u32,
 }
 
 // The prefixes are `TcpEvent`'s own first fields, byte for byte.
@@ -302,6 +353,8 @@ const _: () = {
     assert!(offset_of!(AttemptEvent, rst_received) == offset_of!(TcpEvent, rst_received));
     assert!(offset_of!(AttemptEvent, queue_known) == offset_of!(TcpEvent, queue_known));
     assert!(offset_of!(AttemptEvent, start_ns) == offset_of!(TcpEvent, start_ns));
+    assert!(offset_of!(AttemptEvent, repeat_class) == offset_of!(TcpEvent, repeat_class));
+    assert!(offset_of!(AttemptEvent, repeats_before) == offset_of!(TcpEvent, repeats_before));
     assert!(size_of::<PacketEvent>() % 8 == 0 && size_of::<AttemptEvent>() % 8 == 0 && size_of::<TcpEvent>() % 8 == 0);
 };
 
@@ -508,6 +561,10 @@ pub struct Config {
     /// new]`, one of `transition::*`. Built by `Config::transition_table` whenever userspace
     /// writes the config. Appended.
     pub transitions: [u8; TCP_STATE_SLOTS * TCP_STATE_SLOTS],
+    /// How long one refused attempt sent in full stands for the identical ones after it on
+    /// its CPU, which the kernel only counts (`RepeatSlot`); 0: every attempt is sent.
+    /// Appended.
+    pub repeat_window_ns: u64,
 }
 
 /// TCP states are enum values below this (the last in 6.x, TCP_BOUND_INACTIVE, is 13); the
@@ -960,6 +1017,7 @@ mod pod {
     unsafe impl aya::Pod for AcceptWaitKey {}
     unsafe impl aya::Pod for SignalMemo {}
     unsafe impl aya::Pod for StashedReset {}
+    unsafe impl aya::Pod for RepeatSlot {}
 }
 
 impl Task {
@@ -985,14 +1043,15 @@ const _: () = assert!(core::mem::size_of::<Task>() == 32);
 const _: () = assert!(core::mem::size_of::<EventHeader>() == 56);
 const _: () = assert!(core::mem::size_of::<Flow>() == 40);
 const _: () = assert!(core::mem::size_of::<StashedReset>() == 64);
-const _: () = assert!(core::mem::size_of::<TcpEvent>() == 200);
+const _: () = assert!(core::mem::size_of::<TcpEvent>() == 216);
+const _: () = assert!(core::mem::size_of::<RepeatSlot>() == 96);
 const _: () = assert!(core::mem::size_of::<UnixEvent>() == 184);
 const _: () = assert!(core::mem::size_of::<TpSockFields>() == 56);
 const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 880);
+const _: () = assert!(core::mem::size_of::<Config>() == 888);
 const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
 const _: () = assert!(core::mem::size_of::<DropSites>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);

@@ -13,6 +13,7 @@ mod maps;
 mod packet;
 mod probes;
 mod read;
+mod repeats;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -136,9 +136,9 @@ unsafe fn zero<T>(p: *mut T) {
 
 /// Reserves a zeroed event of kind `kind` directly in the ring buffer (events are too large
 /// to build on the 512-byte BPF stack next to everything else), lets `fill` write it, and
-/// submits it. A full ring buffer is counted as a lost event of that kind.
+/// submits it. A full ring buffer is counted as a lost event of that kind. Whether it was sent.
 #[inline(always)]
-pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) {
+pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) -> bool {
     match EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             let event = unsafe {
@@ -148,9 +148,11 @@ pub fn emit_with<T: 'static + Default>(kind: u32, fill: impl FnOnce(&mut T)) {
             };
             fill(event);
             entry.submit(wakeup_flags(bump(kind)));
+            true
         }
         None => {
             bump(LOST_BASE + kind);
+            false
         }
     }
 }

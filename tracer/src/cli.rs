@@ -111,6 +111,12 @@ pub struct TraceArgs {
     /// Name every hook on the `tracing:` line (default: counts per kind).
     #[arg(long)]
     pub verbose: bool,
+    /// Send every refused connect from the kernel as an event of its own (`watch --json`: one
+    /// attempt line each). By default the identical ones after the first in each second (same
+    /// client process, target, namespace and proof) are counted in the kernel and reported as
+    /// one attempt line with their `count`; the findings' counts are the same either way.
+    #[arg(long)]
+    pub each_attempt: bool,
     /// Name the exact rule of each firewall drop with nftables tracing. CHANGES THE RULESET:
     /// adds table `inet tracer_trace` (`meta nftrace set 1` for the SYNs to the traced ports)
     /// to every network namespace (only `--netns`'s when given) and removes it when tracer

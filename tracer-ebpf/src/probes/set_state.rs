@@ -15,7 +15,7 @@ use tracer_common::{
 };
 
 use crate::{
-    attempts,
+    attempts, repeats,
     maps::{bump, config, emit_with, CONN_END, LISTENERS, QUEUED},
     read::{current_task, kernel, netns_of, StateChange},
 };
@@ -138,10 +138,27 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
                 bump(EventKind::TcpRstSentNoSocket as u32);
             }
         }
-        emit_with(kind as u32, |ev: &mut AttemptEvent| {
+        let now = unsafe { bpf_ktime_get_ns() };
+        let refusal = repeats::Refusal {
+            netns,
+            flow: &flow,
+            owner: &attempt.owner,
+            sk_err,
+            syn_retransmits: attempt.syn_retransmits,
+            reset_reason,
+        };
+        // Proved refused here: identical ones are counted, not sent (repeats.rs).
+        let (slot, repeat_class, repeats_before) = match rst_received == RST_FROM_NO_SOCKET_HERE && cfg.repeat_window_ns != 0 {
+            true => match repeats::count(cfg, &refusal, now) {
+                repeats::Next::Counted => return Some(()),
+                repeats::Next::Send { slot, class, repeats_before } => (slot, class, repeats_before),
+            },
+            false => (core::ptr::null_mut(), 0, 0),
+        };
+        let sent = emit_with(kind as u32, |ev: &mut AttemptEvent| {
             ev.header.kind = kind as u32;
             ev.header.netns = netns;
-            ev.header.ts_ns = unsafe { bpf_ktime_get_ns() };
+            ev.header.ts_ns = now;
             ev.header.sock = sk;
             ev.header.task = attempt.owner;
             ev.flow = flow;
@@ -150,8 +167,11 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             ev.rst_received = rst_received;
             ev.reason = reset_reason;
             ev.start_ns = attempt.start_ns;
+            ev.repeat_class = repeat_class;
+            ev.repeats_before = repeats_before;
             // No `actor`: nothing reads it for attempts, and it costs three helper calls.
         });
+        repeats::sent(slot, repeat_class, &refusal, now, sent);
         return Some(());
     }
 

@@ -10,6 +10,8 @@ use tracer_common::{
 
 use crate::event::{ConnEnd, Event, EventBody, FatalSignal, FlowAddr, Queue, TaskInfo};
 
+use super::repeats::RepeatClasses;
+
 /// Names for raw kernel enum values (implemented from BTF; a table in tests). Shared copies:
 /// every event of a flood carries one of the same few.
 pub trait ReasonNames {
@@ -154,14 +156,21 @@ pub fn reset_from_no_socket(flow: &Flow, reason: u32, ts_ns: u64, names: &dyn Re
 
 /// Decodes one record into `out`: its event, preceded, for a refused attempt whose reset the
 /// kernel joined to it (`RST_FROM_NO_SOCKET_HERE`), by that reset as the event it would
-/// have been on its own. Nothing for a record `decode` refuses.
-pub fn decode_into(data: &[u8], names: &dyn ReasonNames, out: &mut Vec<Event>) {
+/// have been on its own. A refused attempt the kernel counts the repeats of (`repeat_class`)
+/// opens its class in `repeats`, and the class it displaced gets its final count. Nothing for
+/// a record `decode` refuses.
+pub fn decode_into(data: &[u8], names: &dyn ReasonNames, out: &mut Vec<Event>, repeats: &mut RepeatClasses) {
     let Some(ev) = decode(data, names) else { return };
+    let mut exemplar = None;
     if matches!(ev.body, EventBody::TcpAttemptFailed { .. }) {
         if let Some(tcp) = read_tcp_event(data).filter(|t| t.rst_received == RST_FROM_NO_SOCKET_HERE) {
             // Sent just before the attempt's close took it.
             out.push(reset_from_no_socket(&tcp.flow, tcp.reason, ev.ts_ns.saturating_sub(1), names));
+            exemplar = (tcp.repeat_class != 0).then_some((tcp.repeat_class, tcp.repeats_before));
         }
+    }
+    if let Some((class, before)) = exemplar {
+        repeats.exemplar(&ev, class, before, out);
     }
     out.push(ev);
 }
@@ -343,7 +352,7 @@ mod tests {
         attempt.rst_received = tracer_common::RST_FROM_NO_SOCKET_HERE;
         attempt.reason = u32::MAX;
         let mut out = Vec::new();
-        decode_into(&bytes(&attempt), &NoNames, &mut out);
+        decode_into(&bytes(&attempt), &NoNames, &mut out, &mut RepeatClasses::default());
         assert_eq!(out.len(), 2);
         match &out[0].body {
             EventBody::TcpRstSentNoSocket { flow: f, reason } => {
@@ -360,7 +369,7 @@ mod tests {
         // An RST from elsewhere: the attempt alone.
         attempt.rst_received = 1;
         out.clear();
-        decode_into(&bytes(&attempt), &NoNames, &mut out);
+        decode_into(&bytes(&attempt), &NoNames, &mut out, &mut RepeatClasses::default());
         assert_eq!(out.len(), 1);
     }
 

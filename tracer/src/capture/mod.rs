@@ -4,6 +4,7 @@
 //! an error on the way up) closes the program and link fds, which detaches every program.
 pub mod decode;
 pub mod fhooks;
+pub mod repeats;
 
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -15,7 +16,7 @@ use aya::{
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Config, EventKind, StashedReset, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
+use tracer_common::{Config, EventKind, RepeatSlot, StashedReset, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
 
 use crate::event::{Event, EventBody};
 use crate::event::{KindCounts, RecordKind};
@@ -33,6 +34,12 @@ pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20
 const RESET_HOLD_NS: u64 = 50_000_000;
 /// Stamps of the resets sent on from userspace, kept to drop the kernel's own copy later.
 const RESETS_SENT_ON_KEPT: usize = 256;
+
+/// How long one refused attempt sent in full stands for the identical ones after it on its
+/// CPU, which the kernel only counts (tracer-ebpf/src/repeats.rs): a flood sends about one
+/// attempt per second per CPU and owner, each with its own proof, and the findings' counts
+/// stay exact. `--each-attempt` sends every one.
+pub const REPEAT_WINDOW_NS: u64 = 1_000_000_000;
 
 /// The kernel object built by tracer/build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -79,6 +86,10 @@ pub struct Capture {
     /// (tracer-ebpf/src/probes/send_reset.rs), and the stamps of those sent on from here.
     stashed_resets: Option<PerCpuArray<MapData, StashedReset>>,
     resets_sent_on: VecDeque<u64>,
+    /// The refused attempts the kernel counts per CPU instead of sending (tracer-ebpf
+    /// repeats.rs), and the classes they are counted for.
+    repeats: Option<PerCpuArray<MapData, RepeatSlot>>,
+    repeat_classes: repeats::RepeatClasses,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub hooks: Vec<HookState>,
     pub backend: Backend,
@@ -227,11 +238,14 @@ impl Capture {
         let backend = if fn_bits != 0 { Backend::FunctionHooks } else { Backend::Tracepoints };
         let accept_waits = fhooks::AcceptWaits::take(&mut ebpf, fn_bits);
         let stashed_resets = ebpf.take_map("STASHED_RESETS").and_then(|m| PerCpuArray::try_from(m).ok());
+        let repeats = ebpf.take_map("REPEATS").and_then(|m| PerCpuArray::try_from(m).ok());
         Ok(Capture {
             ring,
             counters,
             stashed_resets,
             resets_sent_on: VecDeque::new(),
+            repeats,
+            repeat_classes: repeats::RepeatClasses::default(),
             logger,
             hooks,
             backend,
@@ -351,10 +365,13 @@ impl Capture {
     /// Decodes every record now in the ring buffer (no waiting), then sends on the resets the
     /// kernel has held too long.
     pub fn drain(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) {
+        // The counts first, then the ring: an exemplar is sent before its class counts a
+        // repeat (capture/repeats.rs).
+        let readings = self.read_repeat_slots();
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             let from = out.len();
-            decode::decode_into(&item, names, out);
+            decode::decode_into(&item, names, out, &mut self.repeat_classes);
             // A held reset sent on from here, sent by the kernel after all when the next one
             // took its place: the event is out already.
             if !self.resets_sent_on.is_empty() && out.len() == from + 1 {
@@ -366,7 +383,25 @@ impl Capture {
                 }
             }
         }
+        for (cpu, slot, tally, last_ns) in readings {
+            self.repeat_classes.reading(cpu, slot, tally, last_ns, out);
+        }
         self.send_on_held_resets(out, names);
+    }
+
+    /// (cpu, slot, tally, last_ns) of every slot a known class is counted in.
+    fn read_repeat_slots(&self) -> Vec<(u32, u32, u64, u64)> {
+        let Some(map) = &self.repeats else { return Vec::new() };
+        let mut readings = Vec::new();
+        for slot in self.repeat_classes.slots() {
+            let Ok(per_cpu) = map.get(&slot, 0) else { continue };
+            for (cpu, s) in per_cpu.iter().enumerate() {
+                if s.tally != 0 {
+                    readings.push((cpu as u32, slot, s.tally, s.last_ns));
+                }
+            }
+        }
+        readings
     }
 
     /// A reset from no socket waits on its CPU for the refused attempt's close there (which

@@ -141,6 +141,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         attempt_seed: 0,
         // Built from the rest when the config is written (capture::write_config).
         transitions: [tracer_common::transition::NONE; tracer_common::TCP_STATE_SLOTS * tracer_common::TCP_STATE_SLOTS],
+        repeat_window_ns: 0,
     }
 }
 

@@ -147,7 +147,9 @@ impl Trace {
         let syscalls = SyscallHooks::choose(&args, nginx.is_empty() || crate::nginx::may_connect_unix(&nginx));
         let available = available_tracepoints(&facts, syscalls);
         let plan = capture::fhooks::FnHookPlan { choice: backend_choice(&args)?, functions: &facts.functions, kprobes: &facts.kprobes };
-        let mut capture = Capture::start(&facts.config, &available, args.debug_kernel, &plan)?;
+        let repeat_window_ns = if args.each_attempt { 0 } else { capture::REPEAT_WINDOW_NS };
+        let config = tracer_common::Config { repeat_window_ns, ..facts.config };
+        let mut capture = Capture::start(&config, &available, args.debug_kernel, &plan)?;
         let clock = wall_clock();
         let mut engine =
             Engine::new(EngineOptions { local_refusals_unseen: !facts.local_refusals_visible(), ..EngineOptions::default() });

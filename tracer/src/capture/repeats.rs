@@ -1,0 +1,141 @@
+//! The refused attempts the kernel counts instead of sending (tracer-ebpf/src/repeats.rs,
+//! `tracer_common::RepeatSlot`), handed to the engine as `TcpAttemptRepeats` events.
+//!
+//! Each slot of each CPU counts the repeats of one exemplar at a time; a new exemplar in the
+//! slot starts a new generation and carries the final count of the one it displaced. Counts
+//! are never reset, only read: what the engine gets is each count's growth since the last
+//! reading, so nothing is counted twice or lost between a reading and a displacement. A
+//! drain reads the slots first and the ring second (`Capture::drain`): a generation a
+//! reading shows was announced by an exemplar the kernel sent before it counted anything for
+//! it, so that exemplar is in the ring by then.
+use std::collections::{BTreeSet, HashMap};
+
+use tracer_common::repeat_class_parts;
+
+use crate::event::{Event, EventBody, FlowAddr, TaskInfo};
+
+/// The exemplar a slot counts for, and how much of its count the engine has.
+#[derive(Clone, Debug)]
+struct Class {
+    generation: u32,
+    sock: u64,
+    netns: u32,
+    flow: FlowAddr,
+    sent: u32,
+}
+
+/// The classes being counted, by (cpu, slot): at most one each, so bounded by the kernel's
+/// slots.
+#[derive(Default)]
+pub struct RepeatClasses {
+    by_slot: HashMap<(u32, u32), Class>,
+}
+
+impl RepeatClasses {
+    /// A refused attempt the kernel sent as the exemplar of `class` (`ev`, decoded): the
+    /// class it displaced from its slot gets its last growth (`repeats_before`, its final
+    /// count), stamped with this exemplar's time.
+    pub fn exemplar(&mut self, ev: &Event, class: u64, repeats_before: u32, out: &mut Vec<Event>) {
+        let EventBody::TcpAttemptFailed { flow, .. } = &ev.body else { return };
+        let (cpu, slot, generation) = repeat_class_parts(class);
+        if let Some(old) = self.by_slot.get(&(cpu, slot)) {
+            // Generations of a slot reach the ring in order; a gap would be a class never seen.
+            if old.generation.wrapping_add(1) == generation || (old.generation == u32::MAX && generation == 1) {
+                push_growth(old, repeats_before, ev.ts_ns, out);
+            }
+        }
+        self.by_slot.insert((cpu, slot), Class { generation, sock: ev.sock, netns: ev.netns, flow: *flow, sent: 0 });
+    }
+
+    /// The slot indices some class is counted in (to read from the kernel).
+    pub fn slots(&self) -> BTreeSet<u32> {
+        self.by_slot.keys().map(|(_, slot)| *slot).collect()
+    }
+
+    /// One reading of a slot on a CPU (`tally`, `last_ns` of its `RepeatSlot`): the growth of
+    /// the class it counts, if the engine knows that class. A reading of a generation before
+    /// the known one is stale (the exemplar that displaced it gave the final count already).
+    pub fn reading(&mut self, cpu: u32, slot: u32, tally: u64, last_ns: u64, out: &mut Vec<Event>) {
+        let Some(class) = self.by_slot.get_mut(&(cpu, slot)) else { return };
+        if (tally >> 32) as u32 != class.generation {
+            return;
+        }
+        push_growth(class, tally as u32, last_ns, out);
+        class.sent = class.sent.max(tally as u32);
+    }
+}
+
+/// The repeats counted for `class` beyond those already sent, as one event.
+fn push_growth(class: &Class, count: u32, ts_ns: u64, out: &mut Vec<Event>) {
+    let Some(growth) = count.checked_sub(class.sent).filter(|n| *n > 0) else { return };
+    out.push(Event {
+        ts_ns,
+        netns: class.netns,
+        sock: class.sock,
+        task: TaskInfo::default(),
+        body: EventBody::TcpAttemptRepeats { flow: class.flow, count: growth as u64 },
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::repeat_class;
+
+    fn exemplar(sock: u64, ts_ns: u64) -> Event {
+        let flow = FlowAddr { src: "127.0.0.1:40000".parse().unwrap(), dst: "127.0.0.1:9000".parse().unwrap() };
+        Event {
+            ts_ns,
+            netns: 7,
+            sock,
+            task: TaskInfo { pid: 42, tid: 42, uid: 0, comm: "nginx".into() },
+            body: EventBody::TcpAttemptFailed { flow, sk_err: 111, syn_retransmits: 0, rst_received: true, start_ns: ts_ns - 10 },
+        }
+    }
+
+    fn counts(out: &[Event]) -> Vec<(u64, u64, u64)> {
+        out.iter()
+            .map(|e| match e.body {
+                EventBody::TcpAttemptRepeats { count, .. } => (e.sock, count, e.ts_ns),
+                _ => panic!("not a repeats event: {e:?}"),
+            })
+            .collect()
+    }
+
+    /// Readings send the growth of a count, once; a stale generation's reading is ignored, and
+    /// the exemplar that displaces a class sends what its readings had not.
+    #[test]
+    fn growth_is_sent_once_and_the_displaced_class_gets_its_final_count() {
+        let mut classes = RepeatClasses::default();
+        let mut out = Vec::new();
+        classes.exemplar(&exemplar(0xa, 100), repeat_class(1, 5, 1), 0, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(classes.slots(), [5].into_iter().collect());
+        classes.reading(1, 5, 1 << 32 | 3, 150, &mut out);
+        classes.reading(1, 5, 1 << 32 | 3, 160, &mut out);
+        classes.reading(0, 5, 1 << 32 | 9, 160, &mut out); // another CPU's slot: no class there
+        classes.reading(1, 5, 1 << 32 | 10, 170, &mut out);
+        // The slot moved on to generation 2; its exemplar is not read yet: nothing.
+        classes.reading(1, 5, 2 << 32 | 4, 180, &mut out);
+        assert_eq!(counts(&out), [(0xa, 3, 150), (0xa, 7, 170)]);
+        out.clear();
+        classes.exemplar(&exemplar(0xb, 175), repeat_class(1, 5, 2), 12, &mut out);
+        assert_eq!(counts(&out), [(0xa, 2, 175)], "12 in all for the first exemplar");
+        out.clear();
+        classes.reading(1, 5, 1 << 32 | 12, 190, &mut out); // stale
+        classes.reading(1, 5, 2 << 32 | 4, 190, &mut out);
+        assert_eq!(counts(&out), [(0xb, 4, 190)]);
+    }
+
+    /// A class displaced before any reading: its whole count comes with the next exemplar; a
+    /// displaced class with nothing counted sends nothing.
+    #[test]
+    fn a_class_never_read_gets_its_whole_count_from_the_next_exemplar() {
+        let mut classes = RepeatClasses::default();
+        let mut out = Vec::new();
+        classes.exemplar(&exemplar(0xa, 100), repeat_class(0, 1, u32::MAX), 0, &mut out);
+        classes.exemplar(&exemplar(0xb, 200), repeat_class(0, 1, 1), 5, &mut out);
+        classes.exemplar(&exemplar(0xc, 300), repeat_class(0, 1, 2), 0, &mut out);
+        assert_eq!(counts(&out), [(0xa, 5, 200)]);
+    }
+}
