@@ -194,6 +194,11 @@ pub enum EventBody {
     /// SYN_SENT -> CLOSE. `sk_err` is the positive errno on the socket (111 refused, 110 timed
     /// out, 113 host unreachable ...), 0 when its owner closed it before the kernel gave up.
     TcpAttemptFailed { flow: FlowAddr, sk_err: i32, syn_retransmits: u32, rst_received: bool, start_ns: u64 },
+    /// Refused attempts the kernel counted instead of sending: `count` more attempts identical to
+    /// the exemplar (its owner, target, namespace, socket error and proof: this host's reset from
+    /// no socket), the exemplar being the attempt of socket `Event::sock` with flow `flow` sent in
+    /// full before them. `Event::ts_ns` is the last one's close.
+    TcpAttemptRepeats { flow: FlowAddr, count: u64 },
     /// A SYN retransmit by a SYN_SENT socket. `queue`/`listener`: the local listener on the
     /// destination port as read in the kernel at that moment, when tracer knows it.
     TcpSynRetransmit { flow: FlowAddr, syn_retransmits: u32, queue: Option<Queue>, listener: Option<TaskInfo> },
@@ -373,6 +378,7 @@ impl Event {
             | EventBody::TcpSynRetransmit { flow, .. }
             | EventBody::TcpAttemptDelayed { flow, .. }
             | EventBody::TcpRstReceived { flow }
+            | EventBody::TcpAttemptRepeats { flow, .. }
             | EventBody::TcpRstSentNoSocket { flow, .. }
             | EventBody::IcmpSent { flow, .. } => Some(*flow),
             EventBody::SkbDropped { flow, .. } | EventBody::TcpListenOverflow { flow, .. } => *flow,

@@ -373,8 +373,8 @@ impl Metrics {
         };
         match a.outcome {
             // Still waiting when tracer stopped following it: it did not connect.
-            Outcome::Failed | Outcome::Pending => self.failed.get_or_create(&labels).inc(),
-            Outcome::Delayed => self.delayed.get_or_create(&labels).inc(),
+            Outcome::Failed | Outcome::Pending => self.failed.get_or_create(&labels).inc_by(a.count),
+            Outcome::Delayed => self.delayed.get_or_create(&labels).inc_by(a.count),
         };
     }
 
@@ -733,6 +733,17 @@ mod tests {
         assert!(text.contains("\ntracer_hooks_active 1\n"), "{text}");
         assert!(text.contains(r#"tracer_hook_active{hook="tracepoint/sock/inet_sock_set_state"} 1"#), "{text}");
         assert!(text.contains(r#"tracer_hook_active{hook="tracepoint/icmp/icmp_send"} 0"#), "{text}");
+    }
+
+    #[test]
+    fn an_attempt_record_standing_for_counted_repeats_adds_its_count() {
+        let m = Metrics::new();
+        let (_, a) = engine_sample("nginx");
+        m.observe_attempt(&a);
+        m.observe_attempt(&AttemptRecord { count: 5, ..a });
+        let series = r#"tracer_failed_connections_total{cause="unix_missing",target="unix:/run/app.sock",upstream="",client_comm="nginx"}"#;
+        let text = m.render(Format::OpenMetrics);
+        assert_eq!(line(&text, series), Some(format!("{series} 6").as_str()), "{text}");
     }
 
     #[test]

@@ -265,6 +265,7 @@ impl Engine {
             evidence: evidence_of(&facts, upstream.as_ref(), death.as_ref()),
             outcome: Outcome::Failed,
             errno: if cause == Cause::PortsExhausted { 99 } else { n.sk_err },
+            count: 1,
         };
         let after = AfterConnect { upstream_process, death, connection, ports };
         // A backlog finding keeps its own facts (its queue, its listener).

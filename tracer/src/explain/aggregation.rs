@@ -123,13 +123,13 @@ impl Engine {
         h
     }
 
-    /// Adds one concluded attempt to its finding.
+    /// Adds one concluded attempt (or `r.count` identical ones) to its finding.
     pub(super) fn aggregate(&mut self, key: &FindingKey, r: &AttemptRecord, extra: impl FnOnce(&mut FindingState)) {
         let st = self.findings.entry(key.clone()).or_insert_with(|| FindingState::new(r.start_ns));
-        st.count += 1;
+        st.count += r.count;
         match r.outcome {
-            Outcome::Delayed => st.delayed += 1,
-            Outcome::Pending => st.pending += 1,
+            Outcome::Delayed => st.delayed += r.count,
+            Outcome::Pending => st.pending += r.count,
             Outcome::Failed => {}
         }
         if !has_client(&st.clients, &r.client) {

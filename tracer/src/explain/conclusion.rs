@@ -11,6 +11,7 @@ use super::engine::Engine;
 use super::evidence::{Evidence, EvidenceCounts};
 use super::listeners::Episode;
 use super::output::{AttemptRecord, Outcome};
+use super::repeats::Exemplar;
 use super::rules::{classify_tcp, Cause, RejectKind, TcpFacts};
 
 /// Why an attempt is being concluded.
@@ -58,10 +59,16 @@ impl Engine {
         }
         self.claim_late_evidence(&mut a, cutoff_ns);
         self.remember_concluded(a.end_ns(), *key, if a.start_known { a.start_ns } else { 0 });
+        let exemplar = self.classify_and_aggregate(a, why);
+        self.exemplar_concluded(key, exemplar);
+    }
 
+    /// Turns a concluded attempt into its record and adds it to its finding. What the kernel's
+    /// counted repeats of it will need when it failed with a finding (None otherwise).
+    fn classify_and_aggregate(&mut self, mut a: Attempt, why: ConcludeWhy) -> Option<Exemplar> {
         let around = self.surroundings(&a);
         let facts = tcp_facts(&a, &around, self.opts.local_refusals_unseen);
-        let Some((cause, reject)) = classify_tcp(&facts) else { return };
+        let (cause, reject) = classify_tcp(&facts)?;
         let outcome = match a.close {
             Some(Close::Delayed { .. }) => Outcome::Delayed,
             Some(Close::Failed { .. }) => Outcome::Failed,
@@ -69,7 +76,7 @@ impl Engine {
         };
         // A late connection is a symptom only of a full backlog; elsewhere it is just a slow start.
         if outcome == Outcome::Delayed && cause != Cause::BacklogFull {
-            return;
+            return None;
         }
         // The attempt ends here: its client and evidence move to its record.
         let record = AttemptRecord {
@@ -83,6 +90,7 @@ impl Engine {
             evidence: tcp_evidence(&mut a, &around, &facts, cause, outcome, why),
             outcome,
             errno: a.sk_err(),
+            count: 1,
         };
         let fkey: FindingKey = (cause, record.target.clone(), a.netns);
         self.aggregate(&fkey, &record, |st| add_tcp_attempt(st, &a, around.sampled_full, around.listener, cause, reject));
@@ -90,7 +98,9 @@ impl Engine {
             let (serving, _) = self.listener_place(a.netns, a.flow.dst, a.nat_flow.map(|f| f.dst));
             self.count_overflow_rises_once(&fkey, serving, around.from, around.to);
         }
+        let exemplar = (outcome == Outcome::Failed).then(|| Exemplar::of(fkey, &record, &a, reject));
         self.push_ready(record);
+        exemplar
     }
 
     /// Takes the buffered packets going to `a`'s target seen after its close, within the
@@ -182,6 +192,7 @@ impl Engine {
             evidence,
             outcome: Outcome::Failed,
             errno,
+            count: 1,
         };
         let queue = if cause == Cause::UnixBacklogFull {
             self.listeners

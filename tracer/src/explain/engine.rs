@@ -1,6 +1,6 @@
 //! The `Engine`: its state, and the public entry points (`push`, `tick`, `finish`,
-//! `findings`). Each event kind goes to a named step in `correlation`; concluding is in
-//! `conclusion`, findings in `aggregation`, the words in `story`.
+//! `findings`). Each event kind goes to a named step in `correlation` (counted repeats to
+//! `repeats`); concluding is in `conclusion`, findings in `aggregation`, the words in `story`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -56,6 +56,8 @@ pub struct Engine {
     /// The addresses of this host's network namespaces (which one serves a target).
     pub(super) book: super::namespaces::AddressBook,
     pub(super) reason_names: ReasonNames,
+    /// Refused attempts the kernel counted instead of sending, and the exemplars they copy.
+    pub(super) repeats: super::repeats::Repeats,
 }
 
 impl Engine {
@@ -83,6 +85,7 @@ impl Engine {
             after: super::after_connect::AfterState::new(max),
             book: Default::default(),
             reason_names: ReasonNames::default(),
+            repeats: super::repeats::Repeats::new(max),
         }
     }
 
@@ -97,6 +100,7 @@ impl Engine {
             | EventBody::TcpSynRetransmit { .. }
             | EventBody::TcpAttemptDelayed { .. }
             | EventBody::TcpRstReceived { .. } => self.attempt_event(ev),
+            EventBody::TcpAttemptRepeats { flow, count } => self.attempt_repeats_event(ev, flow, *count),
             EventBody::TcpRstSentNoSocket { .. }
             | EventBody::SkbDropped { .. }
             | EventBody::IcmpSent { .. }
@@ -191,6 +195,7 @@ impl Engine {
         for (_, key, why) in due {
             self.conclude_tcp(&key, why);
         }
+        self.expire_repeats(now_ns);
         self.conclude_after_connect(now_ns);
         self.drain_updates()
     }
@@ -210,6 +215,7 @@ impl Engine {
         for (_, key, why) in all {
             self.conclude_tcp(&key, why);
         }
+        self.lose_all_held_repeats();
         self.conclude_after_connect(u64::MAX);
         self.drain_updates()
     }
@@ -224,9 +230,13 @@ impl Engine {
         self.attempts.len()
     }
 
-    /// Socket-less evidence, ICMP errors and counter rises waiting for an attempt, plus known
-    /// listener addresses: everything else that grows with traffic.
+    /// Socket-less evidence, ICMP errors, counter rises and counted repeats waiting for an
+    /// attempt, plus known listener addresses: everything else that grows with traffic.
     pub fn buffered_evidence(&self) -> usize {
-        self.flow_buffer.len() + self.icmp_buffer.len() + self.overflows.len() + self.listeners.len()
+        self.flow_buffer.len()
+            + self.icmp_buffer.len()
+            + self.overflows.len()
+            + self.listeners.len()
+            + self.repeats.held_len()
     }
 }

@@ -12,6 +12,8 @@
 //! - `cause_words`: each cause's title, detail and fix text, from a finding's facts;
 //! - `evidence`: the typed evidence kinds a finding counts (labels are the report's job);
 //! - `aggregation`: concluded attempts summed into findings per (cause, target, netns);
+//! - `repeats`: refused attempts the kernel counted instead of sending, added to the finding
+//!   of the exemplar they copy;
 //! - `story`: the facts of a finding's story (who listened, what the clients may have meant);
 //! - `words`: those facts told in English (listener notes, hints, durations);
 //! - `timeline`: a dead listener's story, from listen to death to recovery;
@@ -30,6 +32,7 @@ mod evidence;
 mod listeners;
 mod namespaces;
 mod output;
+mod repeats;
 pub mod rules;
 mod rule_words;
 mod story;
@@ -43,6 +46,8 @@ mod after_tests;
 mod namespace_tests;
 #[cfg(test)]
 mod old_kernel_tests;
+#[cfg(test)]
+mod repeats_tests;
 #[cfg(test)]
 pub(crate) mod test_kit;
 #[cfg(test)]

@@ -89,6 +89,9 @@ pub struct AttemptRecord {
     pub outcome: Outcome,
     /// Unix: connect()'s errno; TCP: the socket error at close (0 when none).
     pub errno: i32,
+    /// How many attempts this record stands for: 1, or the identical refused attempts the
+    /// kernel counted instead of sending (then `evidence` is theirs, summed).
+    pub count: u64,
 }
 
 /// Everything known about one cause of failure on one target.

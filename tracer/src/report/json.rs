@@ -206,6 +206,10 @@ pub struct ClientLine {
 pub struct AttemptLine {
     pub cause: Cause,
     pub client: ClientLine,
+    /// How many attempts the line stands for: 1, or identical refused attempts the kernel
+    /// counted instead of sending one by one (their evidence summed).
+    #[serde(default = "one_attempt")]
+    pub count: u64,
     pub errno: i32,
     pub evidence: BTreeMap<String, u64>,
     pub netns: u32,
@@ -337,10 +341,16 @@ pub fn finding_json(f: &Finding, clock: &Clock) -> FindingLine {
     }
 }
 
+/// Lines written before attempts were counted stood for one each.
+fn one_attempt() -> u64 {
+    1
+}
+
 pub fn attempt_json(a: &AttemptRecord, clock: &Clock) -> AttemptLine {
     AttemptLine {
         cause: a.cause,
         client: ClientLine { comm: a.client.comm.clone(), pid: a.client.pid, uid: a.client.uid },
+        count: a.count,
         errno: a.errno,
         evidence: super::evidence::labelled(&a.evidence),
         netns: a.netns,
@@ -448,12 +458,23 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_line_standing_for_counted_repeats_says_how_many() {
+        let a = AttemptRecord { count: 5, ..crate::report::fixtures::unix_missing_attempt() };
+        let line = attempt_json(&a, &CLOCK).to_string();
+        assert!(line.contains(r#""count":5,"#), "{line}");
+        let back: AttemptLine = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.count, 5);
+        let older = line.replace(r#""count":5,"#, "");
+        assert_eq!(serde_json::from_str::<AttemptLine>(&older).unwrap().count, 1);
+    }
+
+    #[test]
     fn attempt_and_summary_lines_are_the_documented_objects() {
         let a = crate::report::fixtures::unix_missing_attempt();
         assert_eq!(
             attempt_json(&a, &CLOCK).to_string(),
             concat!(
-                r#"{"cause":"unix_missing","client":{"comm":"nginx","pid":812,"uid":33},"errno":2,"#,
+                r#"{"cause":"unix_missing","client":{"comm":"nginx","pid":812,"uid":33},"count":1,"errno":2,"#,
                 r#""evidence":{"connect() ENOENT":1},"netns":1,"outcome":"failed","sock":"0xffff888000001000","#,
                 r#""start":"2024-05-01T10:01:02.400Z","target":"unix:/run/gunicorn.sock","ts":"2024-05-01T10:01:02.500Z","type":"attempt"}"#
             )

@@ -25,6 +25,7 @@ pub(crate) mod fixtures {
             evidence: [(Evidence::ConnectErrno(2), 1)].into_iter().collect(),
             outcome: Outcome::Failed,
             errno: 2,
+            count: 1,
         }
     }
 }

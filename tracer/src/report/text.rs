@@ -614,9 +614,18 @@ pub fn write_attempt(w: &mut impl Write, a: &AttemptRecord, clock: &Clock) -> io
         clock.to_hms_millis(a.ts_ns),
         a.cause.title(),
         escape(&a.target.to_string()),
-        a.outcome.as_str(),
+        outcome_phrase(a),
         escape(&counters_phrase(&a.evidence))
     )
+}
+
+/// `failed`, or `4000 attempts failed` for a line standing for identical attempts the kernel
+/// counted (its evidence is theirs, summed).
+fn outcome_phrase(a: &AttemptRecord) -> String {
+    match a.count {
+        0 | 1 => a.outcome.as_str().to_string(),
+        n => format!("{n} attempts {}", a.outcome.as_str()),
+    }
 }
 
 /// The loud line for lost events; nothing when none were lost.
@@ -915,6 +924,7 @@ mod tests {
             evidence: EvidenceCounts::new(),
             outcome: Outcome::Failed,
             errno: 2,
+            count: 1,
         };
         write_attempt(&mut out, &a, &Clock::fixed(OFFSET)).unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -1260,6 +1270,22 @@ mod tests {
         assert_eq!(
             line,
             "10:01:02.500  UNIX MISSING  unix:/run/gunicorn.sock  nginx (pid 812)  failed  [connect() ENOENT]\n"
+        );
+    }
+
+    #[test]
+    fn attempt_line_standing_for_counted_repeats_says_how_many() {
+        let a = AttemptRecord {
+            count: 4000,
+            evidence: [(crate::explain::Evidence::ConnectErrno(2), 4000)].into_iter().collect(),
+            ..crate::report::fixtures::unix_missing_attempt()
+        };
+        let mut out = Vec::new();
+        write_attempt(&mut out, &a, &Clock::fixed(OFFSET)).unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(
+            line,
+            "10:01:02.500  UNIX MISSING  unix:/run/gunicorn.sock  nginx (pid 812)  4000 attempts failed  [connect() ENOENT x4000]\n"
         );
     }
 }
