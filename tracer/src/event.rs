@@ -202,11 +202,6 @@ pub enum EventBody {
     /// A SYN retransmit by a SYN_SENT socket. `queue`/`listener`: the local listener on the
     /// destination port as read in the kernel at that moment, when tracer knows it.
     TcpSynRetransmit { flow: FlowAddr, syn_retransmits: u32, queue: Option<Queue>, listener: Option<TaskInfo> },
-    /// Refused attempts the kernel counted instead of sending: `count` more attempts identical to
-    /// the exemplar (its owner, target, namespace, socket error and proof: this host's reset from
-    /// no socket), the exemplar being the attempt of socket `Event::sock` with flow `flow` sent in
-    /// full before them. `Event::ts_ns` is the last one's close.
-    TcpAttemptRepeats { flow: FlowAddr, count: u64 },
     /// SYN_SENT -> ESTABLISHED after at least one SYN retransmit.
     TcpAttemptDelayed { flow: FlowAddr, syn_retransmits: u32, start_ns: u64 },
     /// The attempt's socket received an RST while in SYN_SENT.
