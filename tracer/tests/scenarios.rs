@@ -100,6 +100,17 @@ struct Scenario {
     queue_max: Option<u32>,
     /// A uid among the finding's `uids`.
     uid: Option<u32>,
+    /// The events the kernel sent in all (the summary's `events`, host-wide).
+    kernel_events: Option<KernelEvents>,
+}
+
+/// How many events the kernel sent, against the attempts made.
+#[derive(Clone, Copy)]
+enum KernelEvents {
+    /// Fewer than this: the repeats were counted in the kernel, not sent.
+    Below(u64),
+    /// At least this many: every attempt was sent (`--each-attempt`).
+    AtLeast(u64),
 }
 
 /// A row with every optional part left out (rows spell out what they use).
@@ -117,6 +128,7 @@ const ROW: Scenario = Scenario {
     detail_says: None,
     queue_max: None,
     uid: None,
+    kernel_events: None,
 };
 
 fn run_scenario(s: &Scenario) {
@@ -224,6 +236,12 @@ fn run_scenario(s: &Scenario) {
     if let Some(uid) = s.uid {
         assert!(f.uids.contains(&uid), "uids contains {uid}: {f:?}");
     }
+    let events = run.summary().events;
+    match s.kernel_events {
+        Some(KernelEvents::Below(n)) => assert!(events < n, "the kernel should count the repeats, not send them: {events} events"),
+        Some(KernelEvents::AtLeast(n)) => assert!(events >= n, "every attempt should be sent: {events} events"),
+        None => {}
+    }
 }
 
 fn check_client(done: &Value, sees: ClientSees) {
@@ -265,6 +283,36 @@ scenarios! {
         cause: Some(Cause::DeadListener),
         count: Count::Exactly(3),
         listener_named: ListenerNamed::Helper,
+        ..ROW
+    };
+    /// a2. 400 refused connects in a row to a port nothing listens on: the kernel sends the
+    /// first in full and counts the rest (tracer-ebpf/src/repeats.rs); the count is exact, and
+    /// fewer than 100 events came (a margin for the host's own).
+    a2_dead_listener_flood_counted_in_the_kernel: Scenario {
+        name: "deadflood",
+        address: Address::Tcp { host: "127.0.0.1", port: 18117 },
+        filters: &["--client-comm", "python3"],
+        client: &["--count", "400"],
+        client_sees: ClientSees::Results("ECONNREFUSED", 400),
+        cause: Some(Cause::DeadListener),
+        count: Count::Exactly(400),
+        listener_named: ListenerNamed::Nobody,
+        detail_says: Some("400 sent"),
+        kernel_events: Some(KernelEvents::Below(100)),
+        ..ROW
+    };
+    /// a3. The same with `--each-attempt`: every attempt sent, the same count.
+    a3_dead_listener_flood_each_attempt_sent: Scenario {
+        name: "deadeach",
+        address: Address::Tcp { host: "127.0.0.1", port: 18118 },
+        filters: &["--client-comm", "python3", "--each-attempt"],
+        client: &["--count", "400"],
+        client_sees: ClientSees::Results("ECONNREFUSED", 400),
+        cause: Some(Cause::DeadListener),
+        count: Count::Exactly(400),
+        listener_named: ListenerNamed::Nobody,
+        detail_says: Some("400 sent"),
+        kernel_events: Some(KernelEvents::AtLeast(400)),
         ..ROW
     };
     /// b. Nothing ever listened on [::1]:P: dead_listener, count 2, no listener known.

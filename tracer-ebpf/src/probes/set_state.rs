@@ -134,8 +134,6 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             if let Some(reason) = super::send_reset::claim(&flow) {
                 rst_received = RST_FROM_NO_SOCKET_HERE;
                 reset_reason = reason;
-                // Reported, inside this record: counted with the resets sent.
-                bump(EventKind::TcpRstSentNoSocket as u32);
             }
         }
         let now = unsafe { bpf_ktime_get_ns() };
@@ -155,6 +153,10 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             },
             false => (core::ptr::null_mut(), 0, 0),
         };
+        if rst_received == RST_FROM_NO_SOCKET_HERE {
+            // Reported, inside this record: counted with the resets sent.
+            bump(EventKind::TcpRstSentNoSocket as u32);
+        }
         let sent = emit_with(kind as u32, |ev: &mut AttemptEvent| {
             ev.header.kind = kind as u32;
             ev.header.netns = netns;

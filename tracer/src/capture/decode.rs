@@ -169,10 +169,11 @@ pub fn decode_into(data: &[u8], names: &dyn ReasonNames, out: &mut Vec<Event>, r
             exemplar = (tcp.repeat_class != 0).then_some((tcp.repeat_class, tcp.repeats_before));
         }
     }
-    if let Some((class, before)) = exemplar {
-        repeats.exemplar(&ev, class, before, out);
-    }
+    let Some((class, before)) = exemplar else { return out.push(ev) };
+    let (displaced, mark) = repeats.exemplar(&ev, class, before);
+    out.extend(displaced);
     out.push(ev);
+    out.extend(mark);
 }
 
 /// Decodes one record; `None` for a record too short or of an unknown kind (never panics).

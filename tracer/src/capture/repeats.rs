@@ -34,17 +34,22 @@ pub struct RepeatClasses {
 impl RepeatClasses {
     /// A refused attempt the kernel sent as the exemplar of `class` (`ev`, decoded): the
     /// class it displaced from its slot gets its last growth (`repeats_before`, its final
-    /// count), stamped with this exemplar's time.
-    pub fn exemplar(&mut self, ev: &Event, class: u64, repeats_before: u32, out: &mut Vec<Event>) {
-        let EventBody::TcpAttemptFailed { flow, .. } = &ev.body else { return };
+    /// count), stamped with this exemplar's time (returned first), and the engine is told that
+    /// `ev` is an exemplar by a count of 0 (returned second, to follow `ev`).
+    pub fn exemplar(&mut self, ev: &Event, class: u64, repeats_before: u32) -> (Option<Event>, Option<Event>) {
+        let EventBody::TcpAttemptFailed { flow, .. } = &ev.body else { return (None, None) };
         let (cpu, slot, generation) = repeat_class_parts(class);
+        let mut displaced = None;
         if let Some(old) = self.by_slot.get(&(cpu, slot)) {
             // Generations of a slot reach the ring in order; a gap would be a class never seen.
             if old.generation.wrapping_add(1) == generation || (old.generation == u32::MAX && generation == 1) {
-                push_growth(old, repeats_before, ev.ts_ns, out);
+                displaced = growth(old, repeats_before, ev.ts_ns);
             }
         }
-        self.by_slot.insert((cpu, slot), Class { generation, sock: ev.sock, netns: ev.netns, flow: *flow, sent: 0 });
+        let class = Class { generation, sock: ev.sock, netns: ev.netns, flow: *flow, sent: 0 };
+        let mark = repeats_event(&class, 0, ev.ts_ns);
+        self.by_slot.insert((cpu, slot), class);
+        (displaced, Some(mark))
     }
 
     /// The slot indices some class is counted in (to read from the kernel).
@@ -60,21 +65,25 @@ impl RepeatClasses {
         if (tally >> 32) as u32 != class.generation {
             return;
         }
-        push_growth(class, tally as u32, last_ns, out);
+        out.extend(growth(class, tally as u32, last_ns));
         class.sent = class.sent.max(tally as u32);
     }
 }
 
 /// The repeats counted for `class` beyond those already sent, as one event.
-fn push_growth(class: &Class, count: u32, ts_ns: u64, out: &mut Vec<Event>) {
-    let Some(growth) = count.checked_sub(class.sent).filter(|n| *n > 0) else { return };
-    out.push(Event {
+fn growth(class: &Class, count: u32, ts_ns: u64) -> Option<Event> {
+    let n = count.checked_sub(class.sent).filter(|n| *n > 0)?;
+    Some(repeats_event(class, n as u64, ts_ns))
+}
+
+fn repeats_event(class: &Class, count: u64, ts_ns: u64) -> Event {
+    Event {
         ts_ns,
         netns: class.netns,
         sock: class.sock,
         task: TaskInfo::default(),
-        body: EventBody::TcpAttemptRepeats { flow: class.flow, count: growth as u64 },
-    });
+        body: EventBody::TcpAttemptRepeats { flow: class.flow, count },
+    }
 }
 
 #[cfg(test)]
@@ -108,8 +117,9 @@ mod tests {
     fn growth_is_sent_once_and_the_displaced_class_gets_its_final_count() {
         let mut classes = RepeatClasses::default();
         let mut out = Vec::new();
-        classes.exemplar(&exemplar(0xa, 100), repeat_class(1, 5, 1), 0, &mut out);
-        assert!(out.is_empty());
+        let (displaced, mark) = classes.exemplar(&exemplar(0xa, 100), repeat_class(1, 5, 1), 0);
+        assert!(displaced.is_none());
+        assert_eq!(counts(&[mark.expect("a mark")]), [(0xa, 0, 100)], "the exemplar is marked");
         assert_eq!(classes.slots(), [5].into_iter().collect());
         classes.reading(1, 5, 1 << 32 | 3, 150, &mut out);
         classes.reading(1, 5, 1 << 32 | 3, 160, &mut out);
@@ -119,7 +129,7 @@ mod tests {
         classes.reading(1, 5, 2 << 32 | 4, 180, &mut out);
         assert_eq!(counts(&out), [(0xa, 3, 150), (0xa, 7, 170)]);
         out.clear();
-        classes.exemplar(&exemplar(0xb, 175), repeat_class(1, 5, 2), 12, &mut out);
+        out.extend(classes.exemplar(&exemplar(0xb, 175), repeat_class(1, 5, 2), 12).0);
         assert_eq!(counts(&out), [(0xa, 2, 175)], "12 in all for the first exemplar");
         out.clear();
         classes.reading(1, 5, 1 << 32 | 12, 190, &mut out); // stale
@@ -133,9 +143,9 @@ mod tests {
     fn a_class_never_read_gets_its_whole_count_from_the_next_exemplar() {
         let mut classes = RepeatClasses::default();
         let mut out = Vec::new();
-        classes.exemplar(&exemplar(0xa, 100), repeat_class(0, 1, u32::MAX), 0, &mut out);
-        classes.exemplar(&exemplar(0xb, 200), repeat_class(0, 1, 1), 5, &mut out);
-        classes.exemplar(&exemplar(0xc, 300), repeat_class(0, 1, 2), 0, &mut out);
+        out.extend(classes.exemplar(&exemplar(0xa, 100), repeat_class(0, 1, u32::MAX), 0).0);
+        out.extend(classes.exemplar(&exemplar(0xb, 200), repeat_class(0, 1, 1), 5).0);
+        out.extend(classes.exemplar(&exemplar(0xc, 300), repeat_class(0, 1, 2), 0).0);
         assert_eq!(counts(&out), [(0xa, 5, 200)]);
     }
 }

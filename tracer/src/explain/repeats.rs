@@ -217,11 +217,16 @@ impl Repeats {
 impl Engine {
     /// `TcpAttemptRepeats`: joins its exemplar's finding at once when the exemplar concluded
     /// with one, waits for it while it may still conclude, else is lost.
+    /// A count of 0 is capture's mark that the attempt of this key is an exemplar (it follows
+    /// the attempt's own event): held, empty, so that its conclusion remembers it. Only marked
+    /// attempts are remembered: where the kernel counts nothing (`--each-attempt`, an older
+    /// kernel, refusals proved otherwise) no failed attempt pays for a copy of its record.
     pub(super) fn attempt_repeats_event(&mut self, ev: &Event, flow: &FlowAddr, count: u64) {
-        if count == 0 {
-            return;
-        }
         let key = AttemptKey::new(ev.sock, flow);
+        if count == 0 {
+            let lost = self.repeats.hold(key, 0, ev.ts_ns);
+            return self.lose_repeats(lost);
+        }
         // A tracked attempt of this key is the newest exemplar (socket and ports are reused):
         // its repeats wait for it, whatever an older one of the same key concluded.
         if !self.attempts.contains_key(&key) {
@@ -240,12 +245,12 @@ impl Engine {
     /// repeats held for it join that finding, or are lost when there is none.
     pub(super) fn exemplar_concluded(&mut self, key: &AttemptKey, exemplar: Option<Exemplar>) {
         let held = self.repeats.take_held(key);
-        let Some(ex) = exemplar else {
+        let Some(ex) = exemplar.filter(|_| held.is_some()) else {
             self.repeats.forget(key);
             return self.lose_repeats(held.map_or(0, |h| h.count));
         };
         let concluded_ns = ex.record.ts_ns;
-        if let Some(h) = held {
+        if let Some(h) = held.filter(|h| h.count > 0) {
             self.apply_repeats(&ex, h.count, h.last_ns);
         }
         self.repeats.remember(*key, ex, concluded_ns);

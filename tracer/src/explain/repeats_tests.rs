@@ -13,10 +13,10 @@ fn exemplar_flow() -> FlowAddr {
 }
 
 /// What the kernel sends in full for the first refused connect: its reset from no socket,
-/// then the attempt.
+/// then the attempt, then capture's mark that it is an exemplar (a count of 0).
 fn exemplar(ts: u64) -> Vec<Event> {
     let f = exemplar_flow();
-    vec![rst_sent_no_socket(ts + 10_000, f), failed(ts + 40_000, SOCK, &nginx(812), f, 111, 0, true, ts)]
+    vec![rst_sent_no_socket(ts + 10_000, f), failed(ts + 40_000, SOCK, &nginx(812), f, 111, 0, true, ts), repeats(ts + 40_000, SOCK, f, 0)]
 }
 
 /// `count` more attempts like the exemplar of (`sock`, `f`), the last one closed at `ts`.
@@ -168,4 +168,19 @@ fn an_exemplar_in_use_is_remembered_and_an_idle_one_forgotten() {
     e.tick(45 * S);
     assert_eq!(only(&e).count, 8);
     assert_eq!(lost_attempts(&e), 5, "idle past the TTL: forgotten, its late repeats lost");
+}
+
+/// Only an attempt capture marked as an exemplar (a count of 0 after it) is remembered when it
+/// concludes: a refused attempt the kernel sent alone costs no copy of its record, and a count
+/// that names it later (none should) is lost, not added to a finding.
+#[test]
+fn an_attempt_not_marked_as_an_exemplar_is_not_remembered() {
+    let f = exemplar_flow();
+    let mut e = engine();
+    push_all(&mut e, &exemplar(S)[..2]);
+    assert_eq!(counts(&attempts(&e.tick(2 * S))), [1]);
+    e.push(&repeats(2 * S + 20 * MS, SOCK, f, 3));
+    assert!(attempts(&e.tick(3 * S)).is_empty());
+    assert_finding(&only(&e), Cause::DeadListener, 1, &[812], None);
+    assert_eq!(lost_attempts(&e), 3);
 }

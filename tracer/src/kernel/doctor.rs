@@ -130,6 +130,16 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
             };
             writeln!(w, "  {:<30} note: {how}", "")?;
         }
+        if tp.full_name() == "tcp:tcp_send_reset" && tp.available {
+            // Since 6.10 (the rework that gave it `reason`) it fires for resets sent with no
+            // socket: only then can a refused connect's close claim its reset (send_reset.rs).
+            let from_no_socket = tp_config.as_ref().is_some_and(|c| c.send_reset.reason != FIELD_ABSENT);
+            let how = match from_no_socket {
+                true => "fires for resets sent from no socket: a refused connect's reset joins its attempt in the kernel, and the identical refusals after the first each second are counted there, not sent one by one (`--each-attempt` sends each)",
+                false => "fires only for resets sent from a socket on this kernel (before 6.10): a dead listener is proved by the NO_SOCKET drop, and each refused connect is sent on its own",
+            };
+            writeln!(w, "  {:<30} note: {how}", "")?;
+        }
         if tp.full_name() == "skb:kfree_skb" && tp.available {
             let raw = tp_config.as_ref().is_some_and(super::hooks::kfree_skb_raw);
             let how = match raw {
