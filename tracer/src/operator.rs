@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::enrich::{cgroup, Enricher};
 use crate::event::Target;
-use crate::explain::{Cause, Finding, Update};
+use crate::explain::{Cause, Finding, NginxReadTimeout, Update};
 use crate::nginx::{self, config::ConfiguredTarget, errlog, rootfs::RootDir, LogTail, NginxInstance};
 use crate::report::json::{ConfigCheckLine, ConfigCheckType, FindingLine, LogUnexplainedLine, LogUnexplainedType, ProcessLine};
 use crate::report::text::escape;
@@ -198,9 +198,11 @@ impl Operator {
 
     /// Called about once a second while tracing: takes in the masters that started, reloaded
     /// or exited, and reads the error-log lines written meanwhile (so a log rotated twice
-    /// between two reports loses nothing).
-    pub fn tick(&mut self) {
+    /// between two reports loses nothing). True when a master started, reloaded or exited:
+    /// what the configurations say (`read_timeouts`) may have changed.
+    pub fn tick(&mut self) -> bool {
         let changes = self.watcher.as_ref().map(|w| w.changes()).unwrap_or_default();
+        let configs_changed = changes.iter().any(|c| !c.gone.is_empty() || !c.found.is_empty());
         for c in changes {
             for pid in c.gone {
                 if let Some(at) = self.instances.iter().position(|i| i.master == pid) {
@@ -219,6 +221,21 @@ impl Operator {
             }
         }
         self.read_logs();
+        configs_changed
+    }
+
+    /// The read timeout each Nginx configures per target, for the engine. Masters that exited
+    /// count too: their workers' last connections (closed at a shutdown) conclude after them.
+    pub fn read_timeouts(&self) -> Vec<NginxReadTimeout> {
+        let mut out = Vec::new();
+        for inst in self.instances.iter().chain(&self.retired) {
+            for t in &inst.config.targets {
+                if let Some(timeout_ms) = t.read_timeout_ms {
+                    out.push(NginxReadTimeout { netns: inst.netns, target: t.target.clone(), timeout_ms });
+                }
+            }
+        }
+        out
     }
 
     /// Reads the lines written to the followed logs since the last read.

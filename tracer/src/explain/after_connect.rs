@@ -25,6 +25,13 @@ use super::Map;
 const AFTER_GRACE_NS: u64 = 1_000_000_000;
 /// A fatal signal this long before a process closes a socket is why it closes it.
 const SIGNAL_BEFORE_CLOSE_NS: u64 = 30_000_000_000;
+/// Process names of Nginx workers (the read timeouts are Nginx's: another client's close
+/// keeps today's verdict).
+const NGINX_COMMS: &[&str] = &["nginx", "openresty"];
+/// Slack for Nginx's timers: re-arming a timer that would move by less than 300 ms keeps
+/// the old one (NGX_TIMER_LAZY_DELAY), so a read timeout can fire up to 300 ms early. A close
+/// before 90% of the timeout minus this cannot be the timeout.
+const READ_TIMEOUT_SLACK_MS: u64 = 300;
 
 /// Nginx's side of one connection (or one connect without a port), waiting to conclude.
 #[derive(Clone, Debug)]
@@ -227,6 +234,7 @@ impl Engine {
         });
         let holder = self.after.holders.get(&n.flow).cloned();
         facts.never_accepted = matches!(holder, Some((_, _, true)));
+        facts.closed_before_read_timeout = self.closed_before_read_timeout(&n);
         let Some(cause) = classify_after_connect(&facts) else { return };
         let upstream_process = match (&upstream, &holder) {
             (Some(UpstreamSide { closer: Some(c), .. }), _) => Some(ProcessRef::of(c)),
@@ -273,8 +281,21 @@ impl Engine {
         self.aggregate(&(cause, target, n.netns), &record, |st| st.after = after.or(st.after.take()));
         self.push_ready(record);
     }
-}
 
+    /// Whether Nginx closed this connection clearly before the read timeout it applies to the
+    /// target (false when the timeout is unknown: no configuration names the target, or the
+    /// client is not Nginx). Measured from the connect to Nginx's close.
+    fn closed_before_read_timeout(&self, n: &NginxSide) -> bool {
+        if !n.facts.nginx_closed || !NGINX_COMMS.contains(&n.client.comm.as_str()) {
+            return false;
+        }
+        let target = Target::Tcp(n.flow.dst);
+        let timeout_ms = self.read_timeouts.get(&(n.netns, target.clone())).or_else(|| self.read_timeouts.get(&(0, target)));
+        let Some(&timeout_ms) = timeout_ms else { return false };
+        let lasted_ms = n.first_ns.saturating_sub(n.start_ns) / 1_000_000;
+        lasted_ms.saturating_add(READ_TIMEOUT_SLACK_MS) < timeout_ms.saturating_mul(9) / 10
+    }
+}
 
 /// How the upstream's closer died, if it was dying when it closed: a non-zero exit code, or a
 /// fatal signal shortly before.

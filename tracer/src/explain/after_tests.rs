@@ -90,6 +90,8 @@ fn the_after_connect_table_reads_like_its_comments() {
     // A server closing a connection on which no request went out failed nothing.
     assert_eq!(f(|x| x.fin_before_response = true), None);
     assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143 }), Some(Cause::UpstreamTimeout));
+    // Closed well before its read timeout: Nginx's client went away (a 499), nothing failed.
+    assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143; x.closed_before_read_timeout = true }), None);
     // Given up on while still in the listener's accept queue: nobody accepted it in time.
     assert_eq!(f(|x| { x.nginx_closed = true; x.nginx_sent = 143; x.never_accepted = true }), Some(Cause::BacklogFull));
     // A client closing a connection it never sent a request on gave up on nothing.
@@ -328,4 +330,88 @@ fn upstream_sides_alone_and_healthy_ends_make_no_finding() {
         nginx_end(12 * S, ConnEnd::LocalFin, 0, false, 300, None),
     ]);
     assert!(e.findings().is_empty());
+}
+
+/// Nginx's read timeout for the test's upstream, as the run loop hands it from the config.
+fn read_timeout(ms: u64) -> Vec<crate::explain::NginxReadTimeout> {
+    vec![crate::explain::NginxReadTimeout { netns: NS, target: crate::event::Target::Tcp(nginx_flow().dst), timeout_ms: ms }]
+}
+
+/// Nginx closing with no response byte, `after` the connect (at 10 s), under `timeouts`.
+fn nginx_gives_up_after(after: u64, timeouts: Vec<crate::explain::NginxReadTimeout>) -> super::Engine {
+    let mut e = engine();
+    e.set_read_timeouts(timeouts);
+    e.push(&nginx_end(10 * S + after, ConnEnd::LocalFin, 0, false, 0, None));
+    e.finish();
+    e
+}
+
+#[test]
+fn nginx_closing_well_before_its_read_timeout_is_a_client_abort_not_a_finding() {
+    // proxy_read_timeout 30s, closed after 7 s: Nginx's client went away (a 499).
+    let e = nginx_gives_up_after(7 * S, read_timeout(30_000));
+    assert_eq!(e.findings(), Vec::new());
+}
+
+#[test]
+fn nginx_closing_at_its_read_timeout_is_upstream_timeout() {
+    let e = nginx_gives_up_after(30 * S + 200 * MS, read_timeout(30_000));
+    let f = only(&e);
+    assert_finding(&f, Cause::UpstreamTimeout, 1, &[812], None);
+    assert_eq!(f.connection.as_ref().map(|c| c.after_ms), Some(30_200));
+    // Just inside the slack (90% of 30 s minus 300 ms = 26.7 s) it still counts.
+    let e = nginx_gives_up_after(26_700 * MS, read_timeout(30_000));
+    assert_eq!((only(&e).cause, only(&e).count), (Cause::UpstreamTimeout, 1));
+    let e = nginx_gives_up_after(26_699 * MS, read_timeout(30_000));
+    assert_eq!(e.findings(), Vec::new());
+}
+
+#[test]
+fn without_a_known_read_timeout_nginx_closing_stays_upstream_timeout() {
+    // No configuration for the target.
+    let e = nginx_gives_up_after(7 * S, Vec::new());
+    let f = only(&e);
+    assert_finding(&f, Cause::UpstreamTimeout, 1, &[812], None);
+    assert_eq!(f.connection.as_ref().map(|c| c.after_ms), Some(7_000));
+    // Another namespace's Nginx configures it: not this one's timeout.
+    let mut other_netns = read_timeout(30_000);
+    other_netns[0].netns = NS + 1;
+    let e = nginx_gives_up_after(7 * S, other_netns);
+    assert_eq!((only(&e).cause, only(&e).count), (Cause::UpstreamTimeout, 1));
+    // Another target's timeout.
+    let other_target = vec![crate::explain::NginxReadTimeout {
+        netns: NS,
+        target: crate::event::Target::Tcp(addr("127.0.0.1:9000")),
+        timeout_ms: 30_000,
+    }];
+    let e = nginx_gives_up_after(7 * S, other_target);
+    assert_eq!((only(&e).cause, only(&e).count), (Cause::UpstreamTimeout, 1));
+    // Timeouts set, then replaced by none (the Nginx exited and none is left).
+    let mut e = engine();
+    e.set_read_timeouts(read_timeout(30_000));
+    e.set_read_timeouts(Vec::new());
+    e.push(&nginx_end(17 * S, ConnEnd::LocalFin, 0, false, 0, None));
+    e.finish();
+    assert_eq!((only(&e).cause, only(&e).count), (Cause::UpstreamTimeout, 1));
+}
+
+#[test]
+fn a_client_that_is_not_nginx_keeps_the_upstream_timeout_verdict() {
+    let mut e = engine();
+    e.set_read_timeouts(read_timeout(30_000));
+    let mut close = nginx_end(17 * S, ConnEnd::LocalFin, 0, false, 0, None);
+    close.task = task(900, "python3");
+    e.push(&close);
+    e.finish();
+    assert_finding(&only(&e), Cause::UpstreamTimeout, 1, &[900], None);
+}
+
+#[test]
+fn the_smallest_of_several_read_timeouts_for_a_target_counts() {
+    // Two Nginx blocks (or two masters) for the same target: 5 s and 60 s. A close at 7 s is
+    // past the 5 s one: it may be that timeout.
+    let mut timeouts = read_timeout(60_000);
+    timeouts.extend(read_timeout(5_000));
+    let e = nginx_gives_up_after(7 * S, timeouts);
+    assert_eq!((only(&e).cause, only(&e).count), (Cause::UpstreamTimeout, 1));
 }

@@ -14,7 +14,7 @@ use super::buffer::KeyedBuffer;
 use super::conclusion::ConcludeWhy;
 use super::correlation::{IcmpSeen, OverflowRise, TCP_RTO_MAX_NS};
 use super::listeners::Listeners;
-use super::output::{AttemptRecord, EngineOptions, Update};
+use super::output::{AttemptRecord, EngineOptions, NginxReadTimeout, Update};
 use super::rules::classify_unix;
 use super::timeline;
 use super::Map;
@@ -58,6 +58,9 @@ pub struct Engine {
     pub(super) reason_names: ReasonNames,
     /// Refused attempts the kernel counted instead of sending, and the exemplars they copy.
     pub(super) repeats: super::repeats::Repeats,
+    /// Nginx's read timeout per (netns, target), in ms (the smallest when several Nginx
+    /// configure one): facts from the configurations, set by `set_read_timeouts`.
+    pub(super) read_timeouts: Map<(u32, Target), u64>,
 }
 
 impl Engine {
@@ -86,6 +89,20 @@ impl Engine {
             book: Default::default(),
             reason_names: ReasonNames::default(),
             repeats: super::repeats::Repeats::new(max),
+            read_timeouts: Map::default(),
+        }
+    }
+
+    /// Replaces the read timeouts the running Nginx configure (given again whenever their
+    /// configurations are read: at start, and when a master starts, reloads or exits). A
+    /// connection Nginx closed clearly before its target's timeout was not a timeout.
+    pub fn set_read_timeouts(&mut self, timeouts: Vec<NginxReadTimeout>) {
+        self.read_timeouts.clear();
+        for t in timeouts {
+            // Several Nginx (or blocks) for one target: the smallest, so that a close after it
+            // is never taken for a client abort.
+            let ms = self.read_timeouts.entry((t.netns, t.target)).or_insert(t.timeout_ms);
+            *ms = (*ms).min(t.timeout_ms);
         }
     }
 

@@ -57,7 +57,7 @@ pub use aggregation::{accept_wait_bucket, ACCEPT_WAIT_BUCKETS};
 pub use attempt::SynOverflow;
 pub use engine::Engine;
 pub use evidence::{Evidence, EvidenceCounts};
-pub use output::{AttemptRecord, ConnectionFacts, Death, DeathHow, EngineOptions, Finding, Outcome, PortsFacts, ProcessRef, RuleFacts, Update};
+pub use output::{AttemptRecord, ConnectionFacts, Death, DeathHow, EngineOptions, Finding, NginxReadTimeout, Outcome, PortsFacts, ProcessRef, RuleFacts, Update};
 pub use rule_words::rule_line;
 #[cfg(test)]
 pub(crate) use rule_words::test_rule;

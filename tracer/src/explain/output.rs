@@ -30,6 +30,17 @@ impl Default for EngineOptions {
     }
 }
 
+/// How long an Nginx waits for a target's response (its `proxy_read_timeout`, or the
+/// `fastcgi_`/`uwsgi_`/`scgi_`/`grpc_` one), from its configuration: facts the run loop hands
+/// the engine (`Engine::set_read_timeouts`) whenever it reads the configurations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NginxReadTimeout {
+    /// The network namespace of the Nginx (its workers' sockets); 0: any.
+    pub netns: u32,
+    pub target: Target,
+    pub timeout_ms: u64,
+}
+
 /// A process named in a finding.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProcessRef {

@@ -178,6 +178,9 @@ pub struct ConnFacts {
     /// The upstream's end was still in its listener's accept queue when Nginx closed (found
     /// by sock_diag then): no process ever accepted the connection.
     pub never_accepted: bool,
+    /// Nginx closed the connection clearly before the read timeout its configuration gives
+    /// the target (false when that timeout is unknown): see rule 7.
+    pub closed_before_read_timeout: bool,
 }
 
 /// The verdict table after the connect. `None`: not a failure tracer can name (Nginx
@@ -218,8 +221,15 @@ pub fn classify_after_connect(f: &ConnFacts) -> Option<Cause> {
         return Some(UpstreamClosed);
     }
     // 7. Nginx gave up without a response byte to a request it had sent: its read timeout.
-    //    (A client closing a connection it never used has sent nothing.)
+    //    (A client closing a connection it never used has sent nothing.) But Nginx also
+    //    closes the upstream connection, with nothing received, when its own client goes away
+    //    (it logs 499, and answers no 502/504: `proxy_ignore_client_abort off`, the default).
+    //    A close clearly before the read timeout Nginx was configured with cannot be that
+    //    timeout: it is such a client abort, not a failure.
     if f.nginx_closed && f.nginx_received == 0 && f.nginx_sent > 0 {
+        if f.closed_before_read_timeout {
+            return None;
+        }
         return Some(UpstreamTimeout);
     }
     None

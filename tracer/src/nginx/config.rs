@@ -1,7 +1,9 @@
 //! Nginx configuration: the pure part. Tokenizes nginx's syntax, follows `include`s through a
 //! caller-supplied file reader, and extracts every upstream target (`proxy_pass`,
 //! `uwsgi_pass`, `fastcgi_pass`, `scgi_pass`, `grpc_pass`, `upstream { server ... }`) with the
-//! upstream name and the line that configures it, plus the `error_log` files.
+//! upstream name, the line that configures it and the read timeout Nginx applies to it, plus
+//! the `error_log` files.
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::event::Target;
@@ -16,6 +18,11 @@ pub struct ConfiguredTarget {
     pub line: String,
     /// `file:line` of that directive.
     pub place: String,
+    /// How long Nginx waits for the target's response (`proxy_read_timeout`, or the
+    /// `uwsgi_`/`fastcgi_`/`scgi_`/`grpc_` one, as the location passing to it inherits it), in
+    /// ms. For an `upstream` block's server, the smallest among the locations passing to that
+    /// block. None: unknown (an upstream no location names, a `stream` proxy).
+    pub read_timeout_ms: Option<u64>,
 }
 
 /// What one Nginx configuration says about upstreams and logs.
@@ -147,8 +154,23 @@ pub struct Parsed {
 pub fn parse(files: &dyn ConfigFiles, main_conf: &str, prefix: &str) -> Parsed {
     let mut cfg = NginxConfig::default();
     let conf_dir = main_conf.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_else(|| ".".into());
-    let mut p = Parser { files, conf_dir, prefix: prefix.to_string(), cfg: &mut cfg, depth: 0, stack: Vec::new(), errors: Vec::new(), files_read: 0, bytes_read: 0, including: Vec::new() };
+    let mut p = Parser {
+        files,
+        conf_dir,
+        prefix: prefix.to_string(),
+        cfg: &mut cfg,
+        depth: 0,
+        stack: Vec::new(),
+        errors: Vec::new(),
+        files_read: 0,
+        bytes_read: 0,
+        including: Vec::new(),
+        scopes: vec![Scope { parent: 0, read_timeouts: [None; PASS_KINDS.len()] }],
+        passes: Vec::new(),
+        timeout_sources: Vec::new(),
+    };
     p.file(main_conf, true);
+    p.fill_read_timeouts();
     let errors = p.errors;
     Parsed { config: cfg, errors }
 }
@@ -165,6 +187,46 @@ const MAX_TOTAL_BYTES: usize = 32 << 20;
 /// Errors kept per configuration (each distinct): an include loop repeats the same ones.
 const MAX_ERRORS: usize = 64;
 
+/// The `*_pass` directives and the directive that sets how long each waits for a response.
+const PASS_KINDS: [(&str, &str); 5] = [
+    ("proxy_pass", "proxy_read_timeout"),
+    ("uwsgi_pass", "uwsgi_read_timeout"),
+    ("fastcgi_pass", "fastcgi_read_timeout"),
+    ("scgi_pass", "scgi_read_timeout"),
+    ("grpc_pass", "grpc_read_timeout"),
+];
+/// Nginx's default for every `*_read_timeout`.
+const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
+/// The blocks whose `*_read_timeout` their inner blocks inherit (the innermost setting wins).
+const TIMEOUT_SCOPES: &[&str] = &["http", "server", "location", "if", "limit_except"];
+
+/// One block `*_read_timeout` directives can be set in: what it sets itself, by `PASS_KINDS`
+/// index, and the block it inherits from (scopes are numbered in the order they open, so a
+/// parent always comes before its children; the root is its own parent).
+struct Scope {
+    parent: usize,
+    read_timeouts: [Option<u64>; PASS_KINDS.len()],
+}
+
+/// A `*_pass` directive as far as timeouts go.
+struct Pass {
+    /// The name it passes to (`backend` for `proxy_pass http://backend/x`); None when it is
+    /// resolved at request time (a variable), so it may name any upstream block.
+    name: Option<String>,
+    kind: usize,
+    scope: usize,
+    /// Inside `stream { }`: no read timeout in the http sense.
+    stream: bool,
+}
+
+/// Where a configured target's read timeout comes from (one per `cfg.targets` entry).
+enum TimeoutSource {
+    /// The pass that names the target itself (an index into `passes`).
+    Pass(usize),
+    /// A server of the `upstream` block of this name: the locations that pass to it.
+    Upstream { name: String, stream: bool },
+}
+
 struct Parser<'a> {
     files: &'a dyn ConfigFiles,
     conf_dir: String,
@@ -172,13 +234,19 @@ struct Parser<'a> {
     cfg: &'a mut NginxConfig,
     /// Include nesting.
     depth: usize,
-    /// Enclosing blocks: (directive name, first argument).
-    stack: Vec<(String, String)>,
+    /// Enclosing blocks: (directive name, first argument, index of their timeout scope).
+    stack: Vec<(String, String, usize)>,
     errors: Vec<String>,
     files_read: usize,
     bytes_read: usize,
     /// The files being parsed, outermost first (an include of one of them is a loop).
     including: Vec<String>,
+    /// Timeout scopes; 0 is the configuration's top level.
+    scopes: Vec<Scope>,
+    passes: Vec<Pass>,
+    /// Per `cfg.targets` entry, where its read timeout comes from (resolved once the whole
+    /// configuration is read: a timeout set after a location still applies to it).
+    timeout_sources: Vec<TimeoutSource>,
 }
 
 impl Parser<'_> {
@@ -261,7 +329,13 @@ impl Parser<'_> {
             if d.block {
                 let name = d.words[0].clone();
                 let arg = d.words.get(1).cloned().unwrap_or_default();
-                self.stack.push((name, arg));
+                let scope = if TIMEOUT_SCOPES.contains(&name.as_str()) {
+                    self.scopes.push(Scope { parent: self.scope(), read_timeouts: [None; PASS_KINDS.len()] });
+                    self.scopes.len() - 1
+                } else {
+                    self.scope()
+                };
+                self.stack.push((name, arg, scope));
                 self.block(path, tokens, i, depth + 1)?;
                 self.stack.pop();
             }
@@ -304,23 +378,33 @@ impl Parser<'_> {
             }
             "server" if d.words.len() >= 2 && self.inside("upstream").is_some() => {
                 let upstream = self.inside("upstream").unwrap_or_default();
+                let stream = self.inside("stream").is_some();
                 for target in targets_of_address(&d.words[1], 80) {
                     self.cfg.targets.push(ConfiguredTarget {
                         target,
                         upstream: upstream.clone(),
                         line: written.clone(),
                         place: place.clone(),
+                        read_timeout_ms: None,
                     });
+                    self.timeout_sources.push(TimeoutSource::Upstream { name: upstream.clone(), stream });
                 }
             }
             "proxy_pass" | "uwsgi_pass" | "fastcgi_pass" | "scgi_pass" | "grpc_pass" if d.words.len() >= 2 => {
                 let arg = &d.words[1];
                 let (addr, default_port) = strip_scheme(arg);
-                // `proxy_pass http://backend` names an upstream block: its servers carry the
-                // targets. Variables are resolved only at request time: skip them.
-                if addr.contains('$') {
+                let kind = PASS_KINDS.iter().position(|(pass, _)| *pass == name).unwrap_or(0);
+                let stream = self.inside("stream").is_some();
+                // Variables are resolved only at request time: the pass may reach any upstream
+                // block (its timeout counts for all of them), and adds no target of its own.
+                let variable = addr.contains('$');
+                self.passes.push(Pass { name: (!variable).then(|| addr.to_string()), kind, scope: self.scope(), stream });
+                if variable {
                     return Ok(());
                 }
+                // `proxy_pass http://backend` names an upstream block: its servers carry the
+                // targets.
+                let pass = self.passes.len() - 1;
                 let targets = targets_of_address(addr, default_port);
                 for target in targets {
                     self.cfg.targets.push(ConfiguredTarget {
@@ -328,7 +412,17 @@ impl Parser<'_> {
                         upstream: arg.clone(),
                         line: written.clone(),
                         place: place.clone(),
+                        read_timeout_ms: None,
                     });
+                    self.timeout_sources.push(TimeoutSource::Pass(pass));
+                }
+            }
+            _ if d.words.len() == 2 && PASS_KINDS.iter().any(|(_, timeout)| *timeout == name) => {
+                // A value nginx would refuse is ignored: the inherited one stays.
+                let kind = PASS_KINDS.iter().position(|(_, timeout)| *timeout == name).unwrap_or(0);
+                if let Some(ms) = parse_time_ms(&d.words[1]) {
+                    let scope = self.scope();
+                    self.scopes[scope].read_timeouts[kind] = Some(ms);
                 }
             }
             _ => {}
@@ -338,8 +432,97 @@ impl Parser<'_> {
 
     /// The argument of the innermost enclosing block named `name`.
     fn inside(&self, name: &str) -> Option<String> {
-        self.stack.iter().rev().find(|(n, _)| n == name).map(|(_, a)| a.clone())
+        self.stack.iter().rev().find(|(n, _, _)| n == name).map(|(_, a, _)| a.clone())
     }
+
+    /// The timeout scope directives here belong to.
+    fn scope(&self) -> usize {
+        self.stack.last().map(|(_, _, s)| *s).unwrap_or(0)
+    }
+
+    /// Gives every configured target its read timeout, once the whole configuration is read
+    /// (nginx merges a block's settings into its inner blocks after parsing, so the order of
+    /// directives does not matter). Linear in the configuration's size.
+    fn fill_read_timeouts(&mut self) {
+        // The effective timeouts of each scope: its own, else its parent's (parents first).
+        let mut effective: Vec<[u64; PASS_KINDS.len()]> = Vec::with_capacity(self.scopes.len());
+        for s in &self.scopes {
+            let inherited = effective.get(s.parent).copied().unwrap_or([DEFAULT_READ_TIMEOUT_MS; PASS_KINDS.len()]);
+            let mut own = inherited;
+            for (k, t) in s.read_timeouts.iter().enumerate() {
+                if let Some(t) = t {
+                    own[k] = *t;
+                }
+            }
+            effective.push(own);
+        }
+        let timeout_of = |p: &Pass| (!p.stream).then(|| effective[p.scope][p.kind]);
+        // An upstream block serves every location that passes to it: the smallest of their
+        // timeouts is the one a close after which may be a timeout. A pass through a variable
+        // may name any block.
+        let mut by_name: HashMap<&str, u64> = HashMap::new();
+        let mut any_name: Option<u64> = None;
+        for p in &self.passes {
+            let Some(t) = timeout_of(p) else { continue };
+            match &p.name {
+                Some(name) => {
+                    let e = by_name.entry(name.as_str()).or_insert(t);
+                    *e = (*e).min(t);
+                }
+                None => any_name = Some(any_name.map_or(t, |a| a.min(t))),
+            }
+        }
+        for (target, source) in self.cfg.targets.iter_mut().zip(&self.timeout_sources) {
+            target.read_timeout_ms = match source {
+                TimeoutSource::Pass(i) => self.passes.get(*i).and_then(timeout_of),
+                TimeoutSource::Upstream { stream: true, .. } => None,
+                TimeoutSource::Upstream { name, stream: false } => match (by_name.get(name.as_str()), any_name) {
+                    (Some(t), Some(a)) => Some((*t).min(a)),
+                    (Some(t), None) => Some(*t),
+                    // Only variables may name it: their timeouts, the smallest.
+                    (None, a) => a,
+                },
+            };
+        }
+    }
+}
+
+/// An nginx time (`30s`, `500ms`, `1m30s`, `1h`, a plain number = seconds) in ms; None for
+/// anything nginx would refuse, or too large to count.
+pub fn parse_time_ms(value: &str) -> Option<u64> {
+    const UNITS: [(&str, u64); 8] = [
+        ("ms", 1),
+        ("s", 1_000),
+        ("m", 60_000),
+        ("h", 3_600_000),
+        ("d", 86_400_000),
+        ("w", 604_800_000),
+        ("M", 2_592_000_000),
+        ("y", 31_536_000_000),
+    ];
+    let mut rest = value.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        // "ms" before "m": the longest unit that matches.
+        let (unit_len, scale) = match UNITS.iter().find(|(u, _)| rest.starts_with(u)) {
+            Some((u, scale)) => (u.len(), *scale),
+            // A bare number is seconds, and only as the last part.
+            None if rest.is_empty() => (0, 1_000),
+            None => return None,
+        };
+        rest = rest[unit_len..].trim_start();
+        total = total.checked_add(n.checked_mul(scale)?)?;
+    }
+    Some(total)
 }
 
 fn next_directive(tokens: &[Token], i: &mut usize, path: &str) -> Result<Option<Directive>, String> {
@@ -556,6 +739,116 @@ server {
         let files = Files(HashMap::from([("/c/nginx.conf", deep)]));
         let errors = parse(&files, "/c/nginx.conf", "/").errors;
         assert!(errors.iter().any(|e| e.contains("blocks nested deeper")), "{errors:?}");
+    }
+
+    fn timeout_of(c: &NginxConfig, target: &str) -> Option<u64> {
+        c.lookup(&t(target)).unwrap_or_else(|| panic!("{target} not configured: {c:#?}")).read_timeout_ms
+    }
+
+    #[test]
+    fn nginx_times_parse_to_ms_and_garbage_to_none() {
+        let cases: [(&str, Option<u64>); 14] = [
+            ("30s", Some(30_000)),
+            ("500ms", Some(500)),
+            ("1m", Some(60_000)),
+            ("1h", Some(3_600_000)),
+            ("45", Some(45_000)),
+            ("1m30s", Some(90_000)),
+            ("1m 30s", Some(90_000)),
+            ("1d", Some(86_400_000)),
+            ("0", Some(0)),
+            ("", None),
+            ("s", None),
+            ("30x", None),
+            ("-5s", None),
+            ("99999999999999999999s", None),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(parse_time_ms(text), ms, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn read_timeouts_are_inherited_innermost_first_with_nginx_defaults() {
+        let main = r#"
+http {
+    proxy_read_timeout 30s;
+    server {
+        location /a { proxy_pass http://127.0.0.1:9001; }
+        location /b { proxy_read_timeout 500ms; proxy_pass http://127.0.0.1:9002; }
+        location /c { fastcgi_pass 127.0.0.1:9003; }
+        location /d { uwsgi_read_timeout 2m; uwsgi_pass unix:/run/d.sock; }
+        location /e { grpc_pass grpc://127.0.0.1:9005; }
+        location /f { scgi_pass 127.0.0.1:9006; scgi_read_timeout garbage; }
+        location /g { if ($arg_x) { proxy_pass http://127.0.0.1:9007; } proxy_read_timeout 7s; }
+    }
+    server {
+        # Set after the location: nginx merges at the end, the order does not matter.
+        location / { proxy_pass http://127.0.0.1:9008; }
+        proxy_read_timeout 1m30s;
+    }
+}
+stream { server { proxy_pass 127.0.0.1:9009; } }
+"#;
+        let files = Files(HashMap::from([("/c/nginx.conf", main)]));
+        let parsed = parse(&files, "/c/nginx.conf", "/");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let c = parsed.config;
+        assert_eq!(timeout_of(&c, "127.0.0.1:9001"), Some(30_000), "from http");
+        assert_eq!(timeout_of(&c, "127.0.0.1:9002"), Some(500), "the location's own");
+        assert_eq!(timeout_of(&c, "127.0.0.1:9003"), Some(60_000), "fastcgi_pass reads fastcgi_read_timeout: default");
+        assert_eq!(timeout_of(&c, "unix:/run/d.sock"), Some(120_000));
+        assert_eq!(timeout_of(&c, "127.0.0.1:9005"), Some(60_000), "grpc: default");
+        assert_eq!(timeout_of(&c, "127.0.0.1:9006"), Some(60_000), "a garbage value is ignored");
+        assert_eq!(timeout_of(&c, "127.0.0.1:9007"), Some(7_000), "an `if` inherits its location's");
+        assert_eq!(timeout_of(&c, "127.0.0.1:9008"), Some(90_000), "from its server, set after it");
+        assert_eq!(timeout_of(&c, "127.0.0.1:9009"), None, "a stream proxy has no read timeout");
+    }
+
+    #[test]
+    fn an_upstream_servers_read_timeout_is_the_smallest_of_the_locations_passing_to_it() {
+        let main = r#"
+http {
+    upstream app { server 127.0.0.1:8000; server unix:/run/app.sock; }
+    upstream unused { server 127.0.0.1:8100; }
+    upstream dynamic { server 127.0.0.1:8200; }
+    upstream php { server 127.0.0.1:8300; }
+    server {
+        proxy_read_timeout 30s;
+        location / { proxy_pass http://app; }
+        location /slow { proxy_read_timeout 5m; proxy_pass http://app/slow; }
+        location /quick { proxy_read_timeout 10s; proxy_pass http://app; }
+        location /php { fastcgi_read_timeout 20s; fastcgi_pass php; }
+    }
+    server {
+        listen 81;
+        location / { proxy_read_timeout 45s; proxy_pass http://$arg_upstream; }
+    }
+}
+"#;
+        let files = Files(HashMap::from([("/c/nginx.conf", main)]));
+        let parsed = parse(&files, "/c/nginx.conf", "/");
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let c = parsed.config;
+        assert_eq!(timeout_of(&c, "127.0.0.1:8000"), Some(10_000));
+        assert_eq!(timeout_of(&c, "unix:/run/app.sock"), Some(10_000));
+        // A variable pass may reach any upstream block: its 45 s counts for those no literal
+        // pass names smaller.
+        assert_eq!(timeout_of(&c, "127.0.0.1:8100"), Some(45_000));
+        assert_eq!(timeout_of(&c, "127.0.0.1:8200"), Some(45_000));
+        assert_eq!(timeout_of(&c, "127.0.0.1:8300"), Some(20_000));
+        // Without the variable pass, a block no location names has no known timeout.
+        let main = "http { upstream unused { server 127.0.0.1:8100; } }";
+        let files = Files(HashMap::from([("/c/nginx.conf", main)]));
+        assert_eq!(timeout_of(&parse(&files, "/c/nginx.conf", "/").config, "127.0.0.1:8100"), None);
+    }
+
+    #[test]
+    fn the_main_test_configuration_gets_default_timeouts() {
+        let c = cfg();
+        assert_eq!(timeout_of(&c, "127.0.0.1:8000"), Some(60_000));
+        assert_eq!(timeout_of(&c, "unix:/run/uwsgi.sock"), Some(60_000));
+        assert!(c.targets.iter().all(|t| t.read_timeout_ms == Some(60_000)), "{:#?}", c.targets);
     }
 
     #[test]

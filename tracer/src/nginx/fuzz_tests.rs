@@ -114,6 +114,10 @@ fn parse_bounded(files: BTreeMap<String, String>) -> Result<config::Parsed, Test
     let distinct: std::collections::BTreeSet<&String> = parsed.errors.iter().collect();
     prop_assert_eq!(distinct.len(), parsed.errors.len(), "an error repeated: {:?}", parsed.errors);
     for t in &parsed.config.targets {
+        // A timeout is the default, or one a directive that was read wrote out in full.
+        if let Some(ms) = t.read_timeout_ms {
+            prop_assert!(ms == 60_000 || bytes > 0, "{ms} ms from nothing read");
+        }
         prop_assert!(t.place.contains(':'), "place is file:line: {:?}", t.place);
         prop_assert!(t.line.ends_with(';'), "the directive as written: {:?}", t.line);
     }
@@ -140,6 +144,8 @@ fn word() -> impl Strategy<Value = String> {
         "unix:/run/g.sock", "unix:", "http://unix:/x:/", "http://unix:/x", "http://unix:", "https://[::1]:443/a",
         "grpcs://10.0.0.1", "http://backend", "http://", "http:///", "$host", "${x}", "http://$h:1", "${", "$",
         "syslog:server=1", "stderr", "memory:1m", "/dev/null", "logs/error.log", "max_fails=3", "\u{202e}", "ü", "",
+        "proxy_read_timeout", "fastcgi_read_timeout", "grpc_read_timeout", "if", "limit_except", "30s", "1m30s", "500ms",
+        "0", "99999999999999999999h", "18446744073709551615ms", "1y1M1w1d", "m", "5x",
     ]);
     prop_oneof![
         4 => fixed.prop_map(str::to_string),
@@ -307,6 +313,17 @@ fn fuzz_config_deep_nesting() {
         let text = format!("{}{}", opener.repeat(open), "}".repeat(close));
         let text: String = text.chars().take(64 << 10).collect();
         parse_bounded(one_file(text))?;
+        Ok(())
+    });
+}
+
+#[test]
+fn fuzz_time_values_never_panic() {
+    let text = prop_oneof!["[0-9msdhwMy ]{0,24}", any::<String>().prop_map(|s| s.chars().take(24).collect())];
+    fuzz("fuzz_time_values_never_panic", text, |text: String| {
+        if let Some(ms) = config::parse_time_ms(&text) {
+            prop_assert!(text.trim().starts_with(|c: char| c.is_ascii_digit()), "{text:?} -> {ms}");
+        }
         Ok(())
     });
 }

@@ -165,6 +165,7 @@ impl Trace {
         let operator_args =
             operator::OperatorArgs { error_logs: args.nginx_error_logs.clone(), netns: args.netns, cgroup: args.cgroup.clone() };
         let ops = operator::Operator::start(&operator_args, nginx, &mut feed.enricher)?;
+        engine.set_read_timeouts(ops.read_timeouts());
         note!("tracing: {}", if args.verbose { capture.describe_hooks() } else { capture.describe() });
         if let Some(signal) = signals::stopped_by() {
             // The report that follows covers no time: say so, lest it read as an all-clear.
@@ -242,7 +243,9 @@ impl Trace {
         if ticks % POLL_EVERY_TICKS == 0 {
             self.feed.poll(&self.capture, now, &mut self.engine);
             // Nginx masters that started, reloaded or exited; error-log lines written since.
-            self.ops.tick();
+            if self.ops.tick() {
+                self.engine.set_read_timeouts(self.ops.read_timeouts());
+            }
             if self.capture.has_deferred() && self.ops.may_connect_unix() {
                 let attached = self.capture.attach_deferred();
                 note!("tracing: an Nginx now configures a Unix socket upstream: attached {}", attached.join(", "));

@@ -408,3 +408,34 @@ fn handler_slower_than_proxy_read_timeout_is_upstream_timeout() {
     assert!(c.nginx_sent > 0 && c.nginx_received == 0, "the request went out, no response byte came back: {f:?}");
     assert!(c.upstream_state.is_some(), "what the worker was doing when Nginx gave up: {f:?}");
 }
+
+/// A client that gives up (curl --max-time 1) while a handler takes 3 s, behind
+/// `proxy_read_timeout 30s`: Nginx closes the upstream connection with no response byte (it
+/// logs 499, answers no 502/504). Closed long before its 30 s timeout, that is no
+/// upstream_timeout: no finding for the upstream. (Before the engine knew Nginx's read
+/// timeouts, this close was an upstream_timeout after 1 s.)
+#[test]
+fn a_client_giving_up_before_proxy_read_timeout_is_no_finding() {
+    require_stack!();
+    let dir = stack_dir("ngx-abort");
+    let ns = Netns::new("ngxabort");
+    let _gunicorn = ns.gunicorn(&dir, &GunicornOpts { workers: 1, slow_s: 3.0, ..GunicornOpts::default() });
+    let _nginx = ns.nginx_read_timeout(&dir, &format!("http://{UPSTREAM}"), "3s", "30s", "");
+    let tracer = Tracer::diagnose(&["--port", "8000"]);
+
+    let started = Instant::now();
+    assert_eq!(ns.curl(1), 0, "curl gives up after 1 s, before the 3 s handler answers");
+    // Nginx saw its client go and closed its side of the upstream connection, while the
+    // handler still had 2 s to go: the close tracer must not call a timeout happened.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !ns.exec("ss", &["-Htn", "state", "established", "dport", "= :8000"]).trim().is_empty() {
+        assert!(Instant::now() < deadline, "nginx did not close the upstream connection after its client left");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(started.elapsed() < Duration::from_millis(2900), "closed before the handler answered: {:?}", started.elapsed());
+    // The handler finishes (and writes to the closed connection) before tracing ends.
+    thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()) + Duration::from_millis(500));
+
+    let run = tracer.finish();
+    run.assert_no_finding_for(UPSTREAM);
+}
