@@ -280,9 +280,9 @@ pub const REPEAT_KEY_WORDS: usize = 8;
 /// slot. A flood of refused connects is one owner hitting one dead target over and over: the
 /// first attempt of a kind is sent in full (the exemplar, with the class of its slot), and the
 /// ones identical to it in everything that decides a verdict (the key: namespace, target,
-/// owner, socket error, SYN retransmits, and this host's reset from no socket with its
-/// reason) are counted here for `Config.repeat_window_ns`, then the next one is sent in full
-/// again. Userspace reads `tally` (capture/repeats.rs) and hands the engine the growth.
+/// owner, SYN retransmits, and this host's reset from no socket with its reason) are
+/// counted here for `Config.repeat_window_ns`, then the next one is sent in full again.
+/// Userspace reads `tally` (capture/repeats.rs) and hands the engine the growth.
 ///
 /// Only the programs of the slot's own CPU write it, and `busy` keeps a run that interrupts
 /// another (a softirq's close over a process-context one) out: it sends its attempt alone.

@@ -15,13 +15,13 @@ use tracer_common::{repeat_class, Config, Flow, RepeatSlot, Task, REPEAT_KEY_WOR
 pub static REPEATS: PerCpuArray<RepeatSlot> = PerCpuArray::with_max_entries(REPEAT_SLOTS, 0);
 
 /// What makes two refused attempts the same finding: namespace, target, owner (ids, uid,
-/// name), socket error, SYN retransmits, and the reason of the reset that refused them. Its
+/// name), SYN retransmits, and the reason of the reset that refused them (their socket
+/// error is always ECONNREFUSED: a reset in SYN_SENT sets it). Its
 /// words are made as they are used (a key on the stack would not fit beside the rest).
 pub struct Refusal<'a> {
     pub netns: u32,
     pub flow: &'a Flow,
     pub owner: &'a Task,
-    pub sk_err: i32,
     pub syn_retransmits: u32,
     pub reset_reason: u32,
 }
@@ -40,7 +40,7 @@ impl Refusal<'_> {
             4 => t[1] ^ (self.syn_retransmits as u64) << 32,
             5 => t[2],
             6 => t[3],
-            _ => (self.sk_err as u32 as u64) | (self.reset_reason as u64) << 32,
+            _ => self.reset_reason as u64,
         }
     }
 

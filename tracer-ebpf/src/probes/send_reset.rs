@@ -84,19 +84,19 @@ fn send(flow: &Flow, reason: u32, ts_ns: u64) {
     });
 }
 
-/// The reset stashed on this CPU, if it is `flow`'s: taken (no longer held) and its reason
-/// returned. Called by the close of a refused attempt, on the CPU that took the reset.
+/// The reset stashed on this CPU, if it is `flow`'s: taken (no longer held), and its reason
+/// and time returned. Called by the close of a refused attempt, on the CPU that took the reset.
 #[inline(always)]
-pub fn claim(flow: &Flow) -> Option<u32> {
+pub fn claim(flow: &Flow) -> Option<(u32, u64)> {
     let stash = STASHED_RESETS.get_ptr_mut(0)?;
     let seq = unsafe { core::ptr::read_volatile(&(*stash).seq) };
-    let (held, same, reason) = unsafe { (seq != (*stash).claimed, (*stash).flow.same_as(flow), (*stash).reason) };
+    let (held, same, reason, ts_ns) = unsafe { (seq != (*stash).claimed, (*stash).flow.same_as(flow), (*stash).reason, (*stash).ts_ns) };
     // A reset stashed since the read (this close interrupted by a softirq's) is not this one.
     if !held || !same || unsafe { core::ptr::read_volatile(&(*stash).seq) } != seq {
         return None;
     }
     unsafe { core::ptr::write_volatile(&mut (*stash).claimed, seq) };
-    Some(reason)
+    Some((reason, ts_ns))
 }
 
 /// One side of the flow from a `struct sockaddr_in`/`sockaddr_in6` image in the record

@@ -122,29 +122,26 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         if !tcp() {
             return None;
         }
-        let sk_err: i32 = if kind == EventKind::TcpAttemptFailed { kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0) } else { 0 };
-        if cfg.debug != 0 {
-            debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
-        }
         let (flow, netns) = ctx.flow_and_netns(cfg, sk);
         // Refused by this host's stack (nothing listens): the reset it sent waits on this CPU.
+        // It was sent just before, on this CPU: its time stands for the close's (a clock read
+        // fewer per refused connect).
         let mut rst_received = attempt.rst_received;
         let mut reset_reason = 0;
+        let mut now = 0;
         if rst_received != 0 && kind == EventKind::TcpAttemptFailed {
-            if let Some(reason) = super::send_reset::claim(&flow) {
+            if let Some((reason, ts_ns)) = super::send_reset::claim(&flow) {
                 rst_received = RST_FROM_NO_SOCKET_HERE;
                 reset_reason = reason;
+                now = ts_ns;
             }
         }
-        let now = unsafe { bpf_ktime_get_ns() };
-        let refusal = repeats::Refusal {
-            netns,
-            flow: &flow,
-            owner: &attempt.owner,
-            sk_err,
-            syn_retransmits: attempt.syn_retransmits,
-            reset_reason,
-        };
+        if now == 0 {
+            now = unsafe { bpf_ktime_get_ns() };
+        }
+        // The socket error is not in the key: an attempt that takes a reset in SYN_SENT
+        // always closes with ECONNREFUSED (tcp_reset), so it is read only when sent.
+        let refusal = repeats::Refusal { netns, flow: &flow, owner: &attempt.owner, syn_retransmits: attempt.syn_retransmits, reset_reason };
         // Proved refused here: identical ones are counted, not sent (repeats.rs).
         let (slot, repeat_class, repeats_before) = match rst_received == RST_FROM_NO_SOCKET_HERE && cfg.repeat_window_ns != 0 {
             true => match repeats::count(cfg, &refusal, now) {
@@ -156,6 +153,10 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         if rst_received == RST_FROM_NO_SOCKET_HERE {
             // Reported, inside this record: counted with the resets sent.
             bump(EventKind::TcpRstSentNoSocket as u32);
+        }
+        let sk_err: i32 = if kind == EventKind::TcpAttemptFailed { kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0) } else { 0 };
+        if cfg.debug != 0 {
+            debug!(ctx, "attempt left SYN_SENT: sk={:x} new={} sk_err={} retransmits={}", sk, new, sk_err, attempt.syn_retransmits);
         }
         let sent = emit_with(kind as u32, |ev: &mut AttemptEvent| {
             ev.header.kind = kind as u32;
