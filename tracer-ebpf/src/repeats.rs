@@ -15,9 +15,9 @@ use tracer_common::{repeat_class, Config, Flow, RepeatSlot, Task, REPEAT_KEY_WOR
 pub static REPEATS: PerCpuArray<RepeatSlot> = PerCpuArray::with_max_entries(REPEAT_SLOTS, 0);
 
 /// What makes two refused attempts the same finding: namespace, target, owner (ids, uid,
-/// name), SYN retransmits, and the reason of the reset that refused them (their socket
-/// error is always ECONNREFUSED: a reset in SYN_SENT sets it). Its
-/// words are made as they are used (a key on the stack would not fit beside the rest).
+/// name), SYN retransmits, and the reason of the reset that refused them (their socket error
+/// is always ECONNREFUSED: a reset in SYN_SENT sets it). Its words are made as they are used
+/// (a key on the stack would not fit beside the rest).
 pub struct Refusal<'a> {
     pub netns: u32,
     pub flow: &'a Flow,

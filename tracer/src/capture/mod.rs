@@ -383,8 +383,9 @@ impl Capture {
                 }
             }
         }
+        let now = crate::enrich::monotonic_ns();
         for (cpu, slot, tally, last_ns) in readings {
-            self.repeat_classes.reading(cpu, slot, tally, last_ns, out);
+            self.repeat_classes.reading(cpu, slot, tally, last_ns, now, out);
         }
         self.send_on_held_resets(out, names);
     }
