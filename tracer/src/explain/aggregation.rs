@@ -157,6 +157,9 @@ impl Engine {
 
 
     pub(super) fn drain_updates(&mut self) -> Vec<Update> {
+        for r in self.repeats.take_unreported() {
+            self.push_ready(r);
+        }
         // Unix attempts conclude as they come, TCP ones after their grace: report in time order.
         self.ready.make_contiguous().sort_by_key(|r| r.ts_ns);
         let changed = std::mem::take(&mut self.changed);

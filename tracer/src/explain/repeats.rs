@@ -67,6 +67,15 @@ impl Exemplar {
         r.count = n;
         r
     }
+
+    /// Adds `n` more repeats, the last closed at `ts_ns`, to `r`, a record of its repeats.
+    fn add_to_record(&self, r: &mut AttemptRecord, n: u64, ts_ns: u64) {
+        for (e, c) in self.record.evidence.iter().filter(|(e, _)| **e != Evidence::ListenOverflows) {
+            r.evidence.add_to(e, c.saturating_mul(n));
+        }
+        r.count = r.count.saturating_add(n);
+        r.ts_ns = r.ts_ns.max(ts_ns);
+    }
 }
 
 /// An exemplar remembered: its place in `exemplar_order` and when it was last used.
@@ -98,6 +107,9 @@ pub(super) struct Repeats {
     /// again since are stale.
     exemplar_order: VecDeque<(u64, u64, AttemptKey)>,
     held: Map<AttemptKey, Held>,
+    /// Per exemplar, the record of its repeats counted since the last report: one line per
+    /// exemplar and report however often the counts come (a flood's come every drain).
+    unreported: Map<AttemptKey, AttemptRecord>,
     /// (when the first count arrived, seq, key), oldest first; entries whose key was taken
     /// since are stale.
     held_order: VecDeque<(u64, u64, AttemptKey)>,
@@ -113,6 +125,7 @@ impl Repeats {
             exemplar_order: VecDeque::new(),
             held: Map::default(),
             held_order: VecDeque::new(),
+            unreported: Map::default(),
         }
     }
 
@@ -212,6 +225,11 @@ impl Repeats {
     pub(super) fn held_len(&self) -> usize {
         self.held.len()
     }
+
+    /// The records of the repeats counted since the last report, taken.
+    pub(super) fn take_unreported(&mut self) -> Vec<AttemptRecord> {
+        self.unreported.drain().map(|(_, r)| r).collect()
+    }
 }
 
 impl Engine {
@@ -231,7 +249,7 @@ impl Engine {
         // its repeats wait for it, whatever an older one of the same key concluded.
         if !self.attempts.contains_key(&key) {
             if let Some(ex) = self.repeats.use_exemplar(&key, ev.ts_ns).cloned() {
-                return self.apply_repeats(&ex, count, ev.ts_ns);
+                return self.apply_repeats(key, &ex, count, ev.ts_ns);
             }
             if self.recently_concluded_set.contains_key(&key) {
                 return self.lose_repeats(count);
@@ -251,7 +269,7 @@ impl Engine {
         };
         let concluded_ns = ex.record.ts_ns;
         if let Some(h) = held.filter(|h| h.count > 0) {
-            self.apply_repeats(&ex, h.count, h.last_ns);
+            self.apply_repeats(*key, &ex, h.count, h.last_ns);
         }
         self.repeats.remember(*key, ex, concluded_ns);
     }
@@ -271,7 +289,7 @@ impl Engine {
     }
 
     /// `n` repeats of `ex`, the last closed at `ts_ns`, added to its finding as `ex` was.
-    fn apply_repeats(&mut self, ex: &Exemplar, n: u64, ts_ns: u64) {
+    fn apply_repeats(&mut self, key: AttemptKey, ex: &Exemplar, n: u64, ts_ns: u64) {
         let record = ex.repeats_record(n, ts_ns);
         self.aggregate(&ex.fkey, &record, |st| {
             st.resets_sent = st.resets_sent.saturating_add(ex.resets_sent.saturating_mul(n));
@@ -283,7 +301,12 @@ impl Engine {
                 None => {}
             }
         });
-        self.push_ready(record);
+        match self.repeats.unreported.get_mut(&key) {
+            Some(r) => ex.add_to_record(r, n, ts_ns),
+            None => {
+                self.repeats.unreported.insert(key, record);
+            }
+        }
     }
 
     fn lose_repeats(&mut self, n: u64) {

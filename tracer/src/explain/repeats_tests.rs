@@ -75,10 +75,15 @@ fn repeats_after_the_exemplar_concluded_join_its_finding() {
     assert_eq!(counts(&attempts(&e.tick(2 * S))), [1]);
     e.push(&repeats(2 * S + 20 * MS, SOCK, exemplar_flow(), 3));
     e.push(&repeats(2 * S + 40 * MS, SOCK, exemplar_flow(), 4));
+    // The counts of one report period make one record: one line per exemplar and report.
     let records = attempts(&e.tick(3 * S));
-    assert_eq!(counts(&records), [3, 4]);
-    assert_eq!(records[1].evidence[Evidence::ConnectErrno(111)], 4);
+    assert_eq!(counts(&records), [7]);
+    assert_eq!((records[0].evidence[Evidence::ConnectErrno(111)], records[0].ts_ns), (7, 2 * S + 40 * MS));
     assert_eight_refused(&e, 2 * S + 40 * MS);
+    // The next period's come in a record of their own.
+    e.push(&repeats(3 * S + 20 * MS, SOCK, exemplar_flow(), 2));
+    assert_eq!(counts(&attempts(&e.tick(4 * S))), [2]);
+    assert_eq!(only(&e).count, 10);
 }
 
 #[test]
