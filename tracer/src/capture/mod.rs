@@ -387,7 +387,7 @@ impl Capture {
         for (cpu, slot, tally, last_ns) in readings {
             self.repeat_classes.reading(cpu, slot, tally, last_ns, now, out);
         }
-        self.send_on_held_resets(out, names);
+        self.send_on_held_resets(out, names, now);
     }
 
     /// (cpu, slot, tally, last_ns) of every slot a known class is counted in.
@@ -408,10 +408,9 @@ impl Capture {
     /// A reset from no socket waits on its CPU for the refused attempt's close there (which
     /// is at once, on loopback and veth). One still held after `RESET_HOLD_NS` had its attempt
     /// close elsewhere, or none here: it is sent on as the event it is, once.
-    fn send_on_held_resets(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames) {
+    fn send_on_held_resets(&mut self, out: &mut Vec<Event>, names: &dyn ReasonNames, now: u64) {
         let Some(map) = &self.stashed_resets else { return };
         let Ok(per_cpu) = map.get(&0, 0) else { return };
-        let now = crate::enrich::monotonic_ns();
         for held in per_cpu.iter().filter(|r| r.held() && r.ts_ns.saturating_add(RESET_HOLD_NS) < now) {
             if self.resets_sent_on.contains(&held.ts_ns) {
                 continue;

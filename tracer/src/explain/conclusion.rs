@@ -59,13 +59,16 @@ impl Engine {
         }
         self.claim_late_evidence(&mut a, cutoff_ns);
         self.remember_concluded(a.end_ns(), *key, if a.start_known { a.start_ns } else { 0 });
-        let exemplar = self.classify_and_aggregate(a, why);
+        // Only an exemplar (capture marked it, or counts already wait for it) is copied for
+        // its repeats.
+        let exemplar = self.repeats.is_held(key);
+        let exemplar = self.classify_and_aggregate(a, why, exemplar);
         self.exemplar_concluded(key, exemplar);
     }
 
-    /// Turns a concluded attempt into its record and adds it to its finding. What the kernel's
-    /// counted repeats of it will need when it failed with a finding (None otherwise).
-    fn classify_and_aggregate(&mut self, mut a: Attempt, why: ConcludeWhy) -> Option<Exemplar> {
+    /// Turns a concluded attempt into its record and adds it to its finding. For an
+    /// `exemplar` that failed with a finding, what the kernel's counted repeats of it need.
+    fn classify_and_aggregate(&mut self, mut a: Attempt, why: ConcludeWhy, exemplar: bool) -> Option<Exemplar> {
         let around = self.surroundings(&a);
         let facts = tcp_facts(&a, &around, self.opts.local_refusals_unseen);
         let (cause, reject) = classify_tcp(&facts)?;
@@ -98,7 +101,7 @@ impl Engine {
             let (serving, _) = self.listener_place(a.netns, a.flow.dst, a.nat_flow.map(|f| f.dst));
             self.count_overflow_rises_once(&fkey, serving, around.from, around.to);
         }
-        let exemplar = (outcome == Outcome::Failed).then(|| Exemplar::of(fkey, &record, &a, reject));
+        let exemplar = (exemplar && outcome == Outcome::Failed).then(|| Exemplar::of(fkey, &record, &a, reject));
         self.push_ready(record);
         exemplar
     }

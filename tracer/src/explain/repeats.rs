@@ -67,15 +67,15 @@ impl Exemplar {
         r.count = n;
         r
     }
+}
 
-    /// Adds `n` more repeats, the last closed at `ts_ns`, to `r`, a record of its repeats.
-    fn add_to_record(&self, r: &mut AttemptRecord, n: u64, ts_ns: u64) {
-        for (e, c) in self.record.evidence.iter().filter(|(e, _)| **e != Evidence::ListenOverflows) {
-            r.evidence.add_to(e, c.saturating_mul(n));
-        }
-        r.count = r.count.saturating_add(n);
-        r.ts_ns = r.ts_ns.max(ts_ns);
+/// Adds `more`, a record of repeats, to `r`, an earlier one of the same exemplar's.
+fn absorb(r: &mut AttemptRecord, more: &AttemptRecord) {
+    for (e, c) in more.evidence.iter() {
+        r.evidence.add_to(e, c);
     }
+    r.count = r.count.saturating_add(more.count);
+    r.ts_ns = r.ts_ns.max(more.ts_ns);
 }
 
 /// An exemplar remembered: its place in `exemplar_order` and when it was last used.
@@ -193,6 +193,12 @@ impl Repeats {
         lost
     }
 
+    /// Whether repeats (or capture's mark) wait for the attempt of `key`: then it is an
+    /// exemplar.
+    pub(super) fn is_held(&self, key: &AttemptKey) -> bool {
+        self.held.contains_key(key)
+    }
+
     fn take_held(&mut self, key: &AttemptKey) -> Option<Held> {
         self.held.remove(key)
     }
@@ -302,7 +308,7 @@ impl Engine {
             }
         });
         match self.repeats.unreported.get_mut(&key) {
-            Some(r) => ex.add_to_record(r, n, ts_ns),
+            Some(r) => absorb(r, &record),
             None => {
                 self.repeats.unreported.insert(key, record);
             }
