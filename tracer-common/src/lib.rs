@@ -565,6 +565,30 @@ pub struct Config {
     /// its CPU, which the kernel only counts (`RepeatSlot`); 0: every attempt is sent.
     /// Appended.
     pub repeat_window_ns: u64,
+    /// The task members the `tp_btf` program loads to record a connect's owner. Appended.
+    pub task: TaskFields,
+}
+
+/// `struct task_struct`: `pid`, `tgid` (int), `comm` (char[16]), `cred` (pointer); `struct
+/// cred`: `uid` (kuid_t, a u32). `FIELD_ABSENT` where BTF lacks one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskFields {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: u32,
+    pub cred: u32,
+    pub cred_uid: u32,
+    pub _pad: u32,
+}
+
+impl TaskFields {
+    pub const ABSENT: TaskFields =
+        TaskFields { pid: FIELD_ABSENT, tgid: FIELD_ABSENT, comm: FIELD_ABSENT, cred: FIELD_ABSENT, cred_uid: FIELD_ABSENT, _pad: 0 };
+
+    pub fn complete(&self) -> bool {
+        [self.pid, self.tgid, self.comm, self.cred, self.cred_uid].iter().all(|o| *o != FIELD_ABSENT)
+    }
 }
 
 /// TCP states are enum values below this (the last in 6.x, TCP_BOUND_INACTIVE, is 13); the
@@ -717,6 +741,56 @@ impl SockFields {
         ]
         .iter()
         .all(|o| *o != FIELD_ABSENT)
+    }
+}
+
+/// The socket members the `tp_btf` program on inet_sock_set_state loads directly, as a
+/// read-only global (`TRACER_BTF_OFFSETS`) that userspace sets before load: the verifier then
+/// knows each offset as a constant and lets the program load the member through the typed
+/// socket pointer, a load instruction where the raw tracepoint makes a helper call per read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtfOffsets {
+    pub sock: SockFields,
+    /// `struct sock`: `__sk_common.skc_net` (`struct net *`); `struct net`: `ns.inum`.
+    pub sock_skc_net: u32,
+    pub net_ns_inum: u32,
+    /// `struct tcp_sock`: `bytes_received`, `bytes_sent` (u64).
+    pub tcp_bytes_received: u32,
+    pub tcp_bytes_sent: u32,
+    /// The connect's owner, from the current task.
+    pub task: TaskFields,
+}
+
+impl BtfOffsets {
+    /// What the object holds until userspace sets it (never loaded so: the program is
+    /// loaded only with every offset known).
+    pub const ABSENT: BtfOffsets = BtfOffsets {
+        sock: SockFields::ABSENT,
+        sock_skc_net: FIELD_ABSENT,
+        net_ns_inum: FIELD_ABSENT,
+        tcp_bytes_received: FIELD_ABSENT,
+        tcp_bytes_sent: FIELD_ABSENT,
+        task: TaskFields::ABSENT,
+    };
+
+    /// From the kernel facts userspace hands the other programs.
+    pub fn of(config: &Config) -> BtfOffsets {
+        BtfOffsets {
+            sock: config.sock,
+            sock_skc_net: config.offsets.sock_skc_net,
+            net_ns_inum: config.offsets.net_ns_inum,
+            tcp_bytes_received: config.conn.tcp_bytes_received,
+            tcp_bytes_sent: config.conn.tcp_bytes_sent,
+            task: config.task,
+        }
+    }
+
+    /// Every member found.
+    pub fn complete(&self) -> bool {
+        self.sock.complete()
+            && self.task.complete()
+            && [self.sock_skc_net, self.net_ns_inum, self.tcp_bytes_received, self.tcp_bytes_sent].iter().all(|o| *o != FIELD_ABSENT)
     }
 }
 
@@ -1018,6 +1092,8 @@ mod pod {
     unsafe impl aya::Pod for SignalMemo {}
     unsafe impl aya::Pod for StashedReset {}
     unsafe impl aya::Pod for RepeatSlot {}
+    unsafe impl aya::Pod for BtfOffsets {}
+    unsafe impl aya::Pod for TaskFields {}
 }
 
 impl Task {
@@ -1051,7 +1127,7 @@ const _: () = assert!(core::mem::size_of::<TpKfreeSkbFields>() == 16);
 const _: () = assert!(core::mem::size_of::<TpSyscallFields>() == 16);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelEnums>() == 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 888);
+const _: () = assert!(core::mem::size_of::<Config>() == 912);
 const _: () = assert!(core::mem::size_of::<SockFields>() == 32);
 const _: () = assert!(core::mem::size_of::<DropSites>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnConfig>() == 40);

@@ -6,10 +6,12 @@ use aya_ebpf::{
     },
     macros::map,
     maps::PerCpuArray,
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
     EbpfContext,
 };
-use tracer_common::{family_of_saddr_v6, Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT, TASK_COMM_LEN};
+use tracer_common::{
+    family_of_saddr_v6, BtfOffsets, Config, Flow, Task, TpSockFields, AF_INET, AF_INET6, FIELD_ABSENT, TASK_COMM_LEN,
+};
 
 /// Reads a `T` at `offset` in the tracepoint record, `None` when the field is absent.
 #[inline(always)]
@@ -185,6 +187,16 @@ pub trait StateChange: EbpfContext {
     fn flow_and_netns(&self, cfg: &Config, sk: u64) -> (Flow, u32) {
         (self.flow(cfg, sk), netns_of(cfg, sk))
     }
+    /// `struct tcp_sock`'s `bytes_received` (or, `received` false, `bytes_sent`).
+    #[inline(always)]
+    fn tcp_bytes(&self, cfg: &Config, sk: u64, received: bool) -> Option<u64> {
+        kernel(sk, if received { cfg.conn.tcp_bytes_received } else { cfg.conn.tcp_bytes_sent })
+    }
+    /// The task running now, as a connect's owner.
+    #[inline(always)]
+    fn current_task(&self) -> Task {
+        current_task()
+    }
 }
 
 impl StateChange for TracePointContext {
@@ -300,4 +312,152 @@ impl StateChange for RawTracePointContext {
 pub fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
     // SAFETY: same size, and every bit pattern is a valid [u8; 16].
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
+}
+
+/// The offsets the `tp_btf` program loads socket members at. A read-only global, frozen after
+/// userspace set it (`EbpfLoader::override_global`), so the verifier knows each value as a
+/// constant: a load through the typed socket pointer must have a constant offset, which it
+/// checks against the member there. Not all ones when loaded (capture::start loads the
+/// program only with every offset known).
+#[unsafe(no_mangle)]
+static TRACER_BTF_OFFSETS: BtfOffsets = BtfOffsets::ABSENT;
+
+/// An offset from `TRACER_BTF_OFFSETS` (volatile: the compiler must not fold the placeholder).
+#[inline(always)]
+fn btf_offset(field: &u32) -> usize {
+    unsafe { core::ptr::read_volatile(field) as usize }
+}
+
+/// The `T` at `offset` of the object `base` points to: one load instruction, which the
+/// verifier turns into a load that cannot fault (`base` is a typed kernel pointer).
+#[inline(always)]
+unsafe fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset) as *const T) }
+}
+
+/// Per CPU, where a typed pointer is stored and read back as a plain number: the verifier
+/// allows no multiplication or comparison of map contents with a typed pointer, which the
+/// attempt table's hash and tags need, and does not follow a pointer through map memory.
+#[map]
+static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The typed `struct sock *` of a BTF tracepoint on inet_sock_set_state (its first argument).
+#[inline(always)]
+fn btf_sock(ctx: &BtfTracePointContext) -> Option<*const u8> {
+    let sk: *const u8 = ctx.arg(0);
+    (!sk.is_null()).then_some(sk)
+}
+
+/// The socket as `struct tcp_sock *`, whose `inet_sock` part holds the local port (the typed
+/// `struct sock *` reaches no member past `struct sock`). None for other protocols.
+#[inline(always)]
+fn btf_tcp(ctx: &BtfTracePointContext) -> Option<*const u8> {
+    let sk = btf_sock(ctx)?;
+    let tcp = unsafe { aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock(sk as *mut _) } as *const u8;
+    (!tcp.is_null()).then_some(tcp)
+}
+
+/// (sport, dport) in host order, from a typed `struct tcp_sock *`.
+#[inline(always)]
+fn btf_ports(tcp: *const u8) -> (u16, u16) {
+    let o = &TRACER_BTF_OFFSETS.sock;
+    let sport: u16 = unsafe { load(tcp, btf_offset(&o.inet_sport)) };
+    let dport: u16 = unsafe { load(tcp, btf_offset(&o.skc_dport)) };
+    (u16::from_be(sport), u16::from_be(dport))
+}
+
+/// An IPv6 address as four word loads.
+#[inline(always)]
+fn btf_addr_words(sk: *const u8, offset: usize) -> [u32; 4] {
+    unsafe { [load(sk, offset), load(sk, offset + 4), load(sk, offset + 8), load(sk, offset + 12)] }
+}
+
+impl StateChange for BtfTracePointContext {
+    #[inline(always)]
+    fn states(&self, _cfg: &Config) -> Option<(u32, u32)> {
+        // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate).
+        Some((self.arg::<u64>(1) as u32, self.arg::<u64>(2) as u32))
+    }
+
+    #[inline(always)]
+    fn sock(&self, _cfg: &Config) -> Option<u64> {
+        let sk = btf_sock(self)?;
+        let slot = SOCK_NUMBER.get_ptr_mut(0)?;
+        unsafe {
+            core::ptr::write_volatile(slot as *mut *const u8, sk);
+            Some(core::ptr::read_volatile(slot))
+        }
+    }
+
+    #[inline(always)]
+    fn protocol(&self, _cfg: &Config, _sk: u64) -> Option<u16> {
+        let sk = btf_sock(self)?;
+        Some(unsafe { load(sk, btf_offset(&TRACER_BTF_OFFSETS.sock.sk_protocol)) })
+    }
+
+    #[inline(always)]
+    fn ports(&self, _cfg: &Config, _sk: u64) -> (u16, u16) {
+        match btf_tcp(self) {
+            Some(tcp) => btf_ports(tcp),
+            None => (0, 0),
+        }
+    }
+
+    #[inline(always)]
+    fn flow(&self, _cfg: &Config, _sk: u64) -> Flow {
+        let o = &TRACER_BTF_OFFSETS.sock;
+        let Some(tcp) = btf_tcp(self) else { return Flow::default() };
+        let family: u16 = unsafe { load(tcp, btf_offset(&o.skc_family)) };
+        let (sport, dport) = btf_ports(tcp);
+        let mut flow = Flow { family, sport, dport, ..Flow::default() };
+        if family == AF_INET6 {
+            flow.saddr = words_to_bytes(btf_addr_words(tcp, btf_offset(&o.skc_v6_rcv_saddr)));
+            flow.daddr = words_to_bytes(btf_addr_words(tcp, btf_offset(&o.skc_v6_daddr)));
+        } else if family == AF_INET {
+            flow.saddr = words_to_bytes([unsafe { load(tcp, btf_offset(&o.skc_rcv_saddr)) }, 0, 0, 0]);
+            flow.daddr = words_to_bytes([unsafe { load(tcp, btf_offset(&o.skc_daddr)) }, 0, 0, 0]);
+        }
+        flow
+    }
+
+    #[inline(always)]
+    fn tcp_bytes(&self, _cfg: &Config, _sk: u64, received: bool) -> Option<u64> {
+        let tcp = btf_tcp(self)?;
+        let o = &TRACER_BTF_OFFSETS;
+        Some(unsafe { load(tcp, btf_offset(if received { &o.tcp_bytes_received } else { &o.tcp_bytes_sent })) })
+    }
+
+    /// From the task's own members (one helper call, for the task, instead of three).
+    #[inline(always)]
+    fn current_task(&self) -> Task {
+        let t = &TRACER_BTF_OFFSETS.task;
+        let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
+        let mut owner = Task::default();
+        if task.is_null() {
+            return owner;
+        }
+        unsafe {
+            owner.pid = load(task, btf_offset(&t.tgid));
+            owner.tid = load(task, btf_offset(&t.pid));
+            let comm = btf_offset(&t.comm);
+            let words: [u64; 2] = [load(task, comm), load(task, comm + 8)];
+            owner.comm = core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(words);
+            let cred: *const u8 = load(task, btf_offset(&t.cred));
+            if !cred.is_null() {
+                owner.uid = load(cred, btf_offset(&t.cred_uid));
+            }
+        }
+        owner
+    }
+
+    #[inline(always)]
+    fn flow_and_netns(&self, cfg: &Config, sk: u64) -> (Flow, u32) {
+        let flow = self.flow(cfg, sk);
+        let Some(sock) = btf_sock(self) else { return (flow, 0) };
+        let net: *const u8 = unsafe { load(sock, btf_offset(&TRACER_BTF_OFFSETS.sock_skc_net)) };
+        if net.is_null() {
+            return (flow, 0);
+        }
+        (flow, unsafe { load(net, btf_offset(&TRACER_BTF_OFFSETS.net_ns_inum)) })
+    }
 }

@@ -573,7 +573,7 @@ impl Bench {
         let hooks = line.split_once("hooks=").map(|(_, h)| h.split(' ').next().unwrap_or("")).unwrap_or("");
         // `raw_tp:sock:x` is the tracepoint sock:x attached raw; function hooks (fentry:,
         // kprobe:) do not occur on the bench's kernel.
-        let tracepoints: Vec<&str> = hooks.split(',').map(|h| h.trim_start_matches("raw_tp:")).filter(|h| h.matches(':').count() == 1).collect();
+        let tracepoints: Vec<&str> = hooks.split(',').map(|h| h.trim_start_matches("raw_tp:").trim_start_matches("tp_btf:")).filter(|h| h.matches(':').count() == 1).collect();
         if tracepoints.is_empty() {
             bail!("cannot read tracer's hooks from its `tracing:` line: {line}");
         }

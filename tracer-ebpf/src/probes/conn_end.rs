@@ -15,8 +15,8 @@
 //! the two together in reasonable time.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, generated::bpf_jiffies64},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use tracer_common::{AttemptState, ConnEndEvent, EventKind, CONN_LOCAL_FIN, CONN_PEER_FIN, CONN_RESET};
 
@@ -36,6 +36,13 @@ pub fn tracer_conn_end(ctx: TracePointContext) -> u32 {
 /// Tail-called by `tracer_set_state_raw` (a tail call keeps the program type).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn tracer_conn_end_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_conn_end(&ctx);
+    0
+}
+
+/// Tail-called by `tracer_set_state_btf`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tracer_conn_end_btf(ctx: BtfTracePointContext) -> i32 {
     let _ = try_conn_end(&ctx);
     0
 }

@@ -5,8 +5,8 @@
 //! the softirq interrupted.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
@@ -35,6 +35,14 @@ pub fn tracer_set_state_raw(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The BTF tracepoint: as the raw one, and the socket's members loaded through its typed
+/// pointer (read::TRACER_BTF_OFFSETS), not read by a helper call each. Preferred where it loads.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tracer_set_state_btf(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_set_state(&ctx);
+    0
+}
+
 #[inline(always)]
 fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
     let cfg = config()?;
@@ -59,15 +67,14 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // Every record made at connect is let go here or in conn_end, at the connection's first
         // close (FIN_WAIT1, or a reset), or at LAST_ACK after the upstream closed first (the
         // record stays through CLOSE_WAIT: a reset there is a keep-alive race, charged to it).
-        let c = &cfg.conn;
         let sk = ctx.sock(cfg)?;
-        let received: u64 = kernel(sk, c.tcp_bytes_received)?;
+        let received = ctx.tcp_bytes(cfg, sk, true)?;
         if action == transition::PEER_FIN {
             // The FIN's own sequence number is counted: more than 1 is data.
             if received > 1 {
                 return None;
             }
-        } else if received != 0 && kernel::<u64>(sk, c.tcp_bytes_sent)? != 0 {
+        } else if received != 0 && ctx.tcp_bytes(cfg, sk, false)? != 0 {
             attempts::forget(cfg, sk);
             return None;
         }
@@ -95,7 +102,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
         // (With tcp_connect hooked, its program records the owner instead: no CONNECT then.)
         // The namespace is read when something is reported (the socket is at hand then):
         // two reads fewer on every healthy connect.
-        attempts::track(cfg, sk, current_task(), unsafe { bpf_ktime_get_ns() });
+        attempts::track(cfg, sk, ctx.current_task(), unsafe { bpf_ktime_get_ns() });
         return Some(());
     }
 

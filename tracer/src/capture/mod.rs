@@ -10,13 +10,13 @@ pub mod repeats;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, ProgramArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
-    Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use tokio::io::unix::AsyncFd;
-use tracer_common::{Config, EventKind, RepeatSlot, StashedReset, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
+use tracer_common::{BtfOffsets, Config, EventKind, RepeatSlot, StashedReset, ATTEMPT_RECORDS_HELD, KIND_SLOTS, LOST_BASE};
 
 use crate::event::{Event, EventBody};
 use crate::event::{KindCounts, RecordKind};
@@ -99,9 +99,9 @@ pub struct Capture {
     pub accept_waits: Option<fhooks::AcceptWaits>,
     /// Tracepoints left out at start until needed: (program, category, name).
     deferred: Vec<(&'static str, &'static str, &'static str)>,
-    /// The tracepoints attached raw (`sock:inet_sock_set_state`, `skb:kfree_skb`): `--verbose`
-    /// names them `raw_tp:...`; the summary and the metrics keep the tracepoint's name.
-    raw_hooks: Vec<String>,
+    /// The tracepoints attached raw or as BTF tracepoints (`sock:inet_sock_set_state`,
+    /// `skb:kfree_skb`): `--verbose` names them `raw_tp:...`, `tp_btf:...`; the summary and the metrics keep the tracepoint's name.
+    raw_hooks: Vec<RawHook>,
     _ebpf: Ebpf,
 }
 
@@ -112,7 +112,10 @@ impl Capture {
         if EBPF_OBJECT.is_empty() {
             bail!("this tracer binary was built without its kernel programs (AYA_BUILD_SKIP=1): rebuild with `cargo xtask build`");
         }
+        // The socket members tracer_set_state_btf loads, as constants its verifier knows.
+        let btf_offsets = BtfOffsets::of(config);
         let mut ebpf = EbpfLoader::new()
+            .override_global("TRACER_BTF_OFFSETS", &btf_offsets, true)
             .load(EBPF_OBJECT)
             .map_err(|e| anyhow!("loading tracer's eBPF object failed: {e} (is this kernel >= 5.8 with BPF ring buffers, and are you root?)"))?;
 
@@ -155,19 +158,30 @@ impl Capture {
             config.fn_hooks.active = fn_bits;
             write_config(&mut ebpf, &config)?;
         }
-        // The after-connect checks (probes/conn_end.rs), tail-called by set_state. Without
-        // them (a kernel that refuses the program) set_state goes on alone: they are off.
-        // sock:inet_sock_set_state fires ten times per healthy proxied request: its raw
-        // tracepoint reads (sk, oldstate, newstate) without a helper call each, where BTF
-        // gives the socket members it reads instead of the classic record's fields.
-        let mut set_state_raw = config.sock.complete();
+        // sock:inet_sock_set_state fires ten times per healthy proxied request: the best
+        // program this kernel takes for it is loaded here, and attached with the others below.
+        // The after-connect checks (probes/conn_end.rs), tail-called by set_state, are its twin
+        // of the same kind. Without them (a kernel that refuses the program) set_state goes on
+        // alone: they are off.
+        let best = match (btf_offsets.complete(), config.sock.complete()) {
+            (true, _) => SetStateVia::Btf,
+            (false, true) => SetStateVia::Raw,
+            (false, false) => SetStateVia::Classic,
+        };
+        // Parsed only for the BTF tracepoint, and dropped once its programs are loaded.
+        let btf = match best {
+            SetStateVia::Btf => Btf::from_sys_fs().map_err(|e| log::warn!("kernel BTF for tp_btf: {e}")).ok(),
+            _ => None,
+        };
+        let mut set_state_via = load_set_state(&mut ebpf, best, btf.as_ref());
         if config.conn.enabled != 0 {
-            if let Err(e) = load_conn_end(&mut ebpf, set_state_raw) {
+            if let Err(e) = load_conn_end(&mut ebpf, set_state_via, btf.as_ref()) {
                 log::warn!("after-connect checks off: {e:#}");
                 config.conn.enabled = 0;
                 write_config(&mut ebpf, &config)?;
             }
         }
+        drop(btf);
         // skb:kfree_skb fires for every packet the host frees as dropped (once per healthy
         // proxied request on loopback): raw, a drop that is not ours leaves without a helper call.
         let kfree_skb_raw = hooks::kfree_skb_raw(&config);
@@ -186,7 +200,7 @@ impl Capture {
                 (Some(a), None) if a.available && tp.program == KFREE_SKB && kfree_skb_raw => {
                     match attach_raw(&mut ebpf, "tracer_kfree_skb_raw", tp.name) {
                         Ok(()) => {
-                            raw_hooks.push(tp.full_name());
+                            raw_hooks.push(RawHook { hook: tp.full_name(), kind: "raw_tp" });
                             None
                         }
                         Err(e) => {
@@ -195,25 +209,29 @@ impl Capture {
                         }
                     }
                 }
-                (_, None) if tp.program == SET_STATE && set_state_raw => match attach_raw(&mut ebpf, "tracer_set_state_raw", tp.name) {
-                    Ok(()) => {
-                        raw_hooks.push(tp.full_name());
-                        None
-                    }
-                    Err(e) => {
-                        // The classic tracepoint then, with its own after-connect program.
-                        log::warn!("raw tracepoint inet_sock_set_state: {e:#}; using the classic tracepoint");
-                        set_state_raw = false;
-                        if config.conn.enabled != 0 && load_conn_end(&mut ebpf, false).is_err() {
-                            config.conn.enabled = 0;
-                            write_config(&mut ebpf, &config)?;
+                (_, None) if tp.program == SET_STATE && set_state_via != SetStateVia::Classic => {
+                    match attach_set_state(&mut ebpf, set_state_via) {
+                        Ok(()) => {
+                            raw_hooks.push(RawHook { hook: tp.full_name(), kind: set_state_via.hook_kind() });
+                            None
                         }
-                        match avail {
-                            Some(a) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
-                            _ => Some("not available on this kernel".into()),
+                        Err(e) => {
+                            // The classic tracepoint then, with its own after-connect program
+                            // (neither loads when the kernel tied the tail-call slot to the
+                            // first program's kind: the hook is then reported as failed).
+                            log::warn!("{} inet_sock_set_state: {e:#}; using the classic tracepoint", set_state_via.hook_kind());
+                            set_state_via = SetStateVia::Classic;
+                            if config.conn.enabled != 0 && load_conn_end(&mut ebpf, SetStateVia::Classic, None).is_err() {
+                                config.conn.enabled = 0;
+                                write_config(&mut ebpf, &config)?;
+                            }
+                            match avail {
+                                Some(a) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
+                                _ => Some("not available on this kernel".into()),
+                            }
                         }
                     }
-                },
+                }
                 (Some(a), None) if a.available => attach(&mut ebpf, tp.program, tp.category, tp.name).err().map(|e| format!("{e:#}")),
                 (Some(a), None) => Some(a.why_not.clone().unwrap_or_else(|| "not available on this kernel".into())),
                 (None, None) => Some("not probed".into()),
@@ -317,9 +335,9 @@ impl Capture {
             .hooks
             .iter()
             .filter(|h| h.active)
-            .map(|h| match self.raw_hooks.contains(&h.hook) {
-                true => format!("raw_tp:{}", h.hook),
-                false => h.hook.clone(),
+            .map(|h| match self.raw_hooks.iter().find(|r| r.hook == h.hook) {
+                Some(r) => format!("{}:{}", r.kind, h.hook),
+                None => h.hook.clone(),
             })
             .collect();
         let inactive: Vec<String> = self
@@ -482,8 +500,8 @@ impl Capture {
 fn reported_kind(program: &str) -> Option<EventKind> {
     let name = program.strip_prefix("tracer_")?;
     Some(match name {
-        "set_state" | "set_state_raw" | "fe_tcp_connect" | "kp_tcp_connect" => EventKind::TcpAttemptFailed,
-        "conn_end" | "conn_end_raw" => EventKind::TcpConnEnded,
+        "set_state" | "set_state_raw" | "set_state_btf" | "fe_tcp_connect" | "kp_tcp_connect" => EventKind::TcpAttemptFailed,
+        "conn_end" | "conn_end_raw" | "conn_end_btf" => EventKind::TcpConnEnded,
         "rst_send" => EventKind::TcpRstSentNoSocket,
         "rst_recv" => EventKind::TcpRstReceived,
         "kfree_skb" | "kfree_skb_raw" => EventKind::SkbDropped,
@@ -568,17 +586,104 @@ fn unload(prog: &mut aya::programs::Program) {
 /// Loads `tracer_conn_end` (not attached: set_state tail-calls it) into slot 0 of `CONN_END`.
 /// Loads the after-connect program of the same kind as the set_state program (a tail call
 /// keeps the program type) into the CONN_END slot.
-fn load_conn_end(ebpf: &mut Ebpf, raw: bool) -> Result<()> {
-    let name = if raw { "tracer_conn_end_raw" } else { "tracer_conn_end" };
+/// A tracepoint attached other than as the classic one: `--verbose` names it `kind:hook`.
+struct RawHook {
+    hook: String,
+    /// `raw_tp` or `tp_btf`.
+    kind: &'static str,
+}
+
+/// How sock:inet_sock_set_state is hooked, best first: a BTF tracepoint (the socket's
+/// members loaded directly at offsets the verifier knows as constants), a raw tracepoint (the
+/// arguments without a helper call, each member read by one), the classic tracepoint (every
+/// field of its record read by a helper call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetStateVia {
+    Btf,
+    Raw,
+    Classic,
+}
+
+impl SetStateVia {
+    /// The program on inet_sock_set_state, and its after-connect twin (a tail call keeps the
+    /// program's kind).
+    fn programs(self) -> (&'static str, &'static str) {
+        match self {
+            SetStateVia::Btf => ("tracer_set_state_btf", "tracer_conn_end_btf"),
+            SetStateVia::Raw => ("tracer_set_state_raw", "tracer_conn_end_raw"),
+            SetStateVia::Classic => (SET_STATE, "tracer_conn_end"),
+        }
+    }
+
+    /// How `--verbose` names the hook.
+    fn hook_kind(self) -> &'static str {
+        match self {
+            SetStateVia::Btf => "tp_btf",
+            SetStateVia::Raw => "raw_tp",
+            SetStateVia::Classic => "tracepoint",
+        }
+    }
+
+    /// The next best.
+    fn fallback(self) -> SetStateVia {
+        match self {
+            SetStateVia::Btf => SetStateVia::Raw,
+            _ => SetStateVia::Classic,
+        }
+    }
+}
+
+/// Loads `program` (without attaching) as the `via` kind of program on inet_sock_set_state.
+fn load_state_program(ebpf: &mut Ebpf, program: &str, via: SetStateVia, btf: Option<&Btf>) -> Result<()> {
+    let prog = ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?;
+    let loaded = match via {
+        SetStateVia::Btf => {
+            let btf = btf.ok_or_else(|| anyhow!("no kernel BTF"))?;
+            let p: &mut BtfTracePoint = prog.try_into()?;
+            p.load("inet_sock_set_state", btf)
+        }
+        SetStateVia::Raw => <&mut RawTracePoint>::try_from(prog)?.load(),
+        SetStateVia::Classic => <&mut TracePoint>::try_from(prog)?.load(),
+    };
+    loaded.map_err(|e| anyhow!("{program}: load refused: {e}"))
+}
+
+/// Loads the best program on inet_sock_set_state from `best` down that this kernel takes
+/// (the classic one is loaded when attached); returns its kind.
+fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>) -> SetStateVia {
+    let mut via = best;
+    while via != SetStateVia::Classic {
+        match load_state_program(ebpf, via.programs().0, via, btf) {
+            Ok(()) => return via,
+            Err(e) => {
+                log::warn!("{} inet_sock_set_state: {e:#}; trying the next kind", via.hook_kind());
+                via = via.fallback();
+            }
+        }
+    }
+    via
+}
+
+/// Attaches the program `load_set_state` loaded (a BTF or raw tracepoint).
+fn attach_set_state(ebpf: &mut Ebpf, via: SetStateVia) -> Result<()> {
+    let program = via.programs().0;
+    let prog = ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?;
+    match via {
+        SetStateVia::Btf => <&mut BtfTracePoint>::try_from(prog)?.attach().map(|_| ()),
+        SetStateVia::Raw => <&mut RawTracePoint>::try_from(prog)?.attach("inet_sock_set_state").map(|_| ()),
+        SetStateVia::Classic => bail!("the classic tracepoint is attached by name"),
+    }
+    .map_err(|e| anyhow!("attach refused: {e}"))
+}
+
+fn load_conn_end(ebpf: &mut Ebpf, via: SetStateVia, btf: Option<&Btf>) -> Result<()> {
+    let name = via.programs().1;
+    load_state_program(ebpf, name, via, btf)?;
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-    let fd = if raw {
-        let prog: &mut RawTracePoint = program.try_into()?;
-        prog.load().map_err(|e| anyhow!("{name}: load refused: {e}"))?;
-        prog.fd()?.try_clone()?
-    } else {
-        let prog: &mut TracePoint = program.try_into()?;
-        prog.load().map_err(|e| anyhow!("{name}: load refused: {e}"))?;
-        prog.fd()?.try_clone()?
+    let fd = match via {
+        SetStateVia::Btf => <&mut BtfTracePoint>::try_from(program)?.fd()?.try_clone()?,
+        SetStateVia::Raw => <&mut RawTracePoint>::try_from(program)?.fd()?.try_clone()?,
+        SetStateVia::Classic => <&mut TracePoint>::try_from(program)?.fd()?.try_clone()?,
     };
     let map = ebpf.map_mut("CONN_END").ok_or_else(|| anyhow!("eBPF object has no CONN_END map"))?;
     let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
@@ -675,6 +780,7 @@ mod describe_tests {
         assert!(unmapped.is_empty(), "{unmapped:?}");
         assert_eq!(reported_kind("tracer_rst_send"), Some(EventKind::TcpRstSentNoSocket));
         assert_eq!(reported_kind("tracer_set_state_raw"), Some(EventKind::TcpAttemptFailed));
+        assert_eq!(reported_kind("tracer_conn_end_btf"), Some(EventKind::TcpConnEnded));
         assert_eq!(reported_kind("tracer_kr_unix_connect"), Some(EventKind::UnixConnectFailed));
         assert_eq!(reported_kind("tracer_fx_unix_peer4"), Some(EventKind::UnixPeerQueue));
         assert_eq!(reported_kind("tracer_conn_enter"), Some(EventKind::UnixConnectFailed));

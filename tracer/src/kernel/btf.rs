@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use btf_rs::{Btf, Member, Struct, Type};
-use tracer_common::{ConnConfig, FnHookConfig, KernelEnums, KernelOffsets, SockFields, FIELD_ABSENT};
+use tracer_common::{ConnConfig, FnHookConfig, KernelEnums, KernelOffsets, SockFields, TaskFields, FIELD_ABSENT};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -138,6 +138,21 @@ impl KernelBtf {
             skc_rcv_saddr: member(&["__sk_common", "skc_rcv_saddr"], 4),
             skc_v6_daddr: member(&["__sk_common", "skc_v6_daddr"], 16),
             skc_v6_rcv_saddr: member(&["__sk_common", "skc_v6_rcv_saddr"], 16),
+        }
+    }
+
+    /// The task members the BTF tracepoint on inet_sock_set_state loads for a connect's owner
+    /// (each absent one `FIELD_ABSENT`: the raw tracepoint serves then).
+    pub fn task_fields(&self) -> TaskFields {
+        let ptr = std::mem::size_of::<u64>();
+        let member = |s: &str, path: &[&str], size: usize| self.offset_of_sized(s, path, size).unwrap_or(FIELD_ABSENT);
+        TaskFields {
+            pid: member("task_struct", &["pid"], 4),
+            tgid: member("task_struct", &["tgid"], 4),
+            comm: member("task_struct", &["comm"], tracer_common::TASK_COMM_LEN),
+            cred: member("task_struct", &["cred"], ptr),
+            cred_uid: member("cred", &["uid"], 4),
+            _pad: 0,
         }
     }
 
@@ -547,6 +562,19 @@ pub(crate) mod tests {
         assert_eq!((s.skc_daddr, s.skc_rcv_saddr), (0, 4), "skc_addrpair opens sock_common: {s:?}");
         assert!(s.sk_protocol > s.skc_v6_rcv_saddr, "{s:?}");
         assert!(s.inet_sport > s.sk_protocol, "inet_sock's members follow its struct sock: {s:?}");
+    }
+
+    /// The BTF tracepoint records a connect's owner from the task's own members.
+    #[test]
+    fn task_fields_for_the_btf_tracepoint_resolve() {
+        let Some(btf) = kernel_btf() else { return };
+        let t = btf.task_fields();
+        assert!(t.complete(), "{t:?}");
+        // pid and tgid are neighbours (include/linux/sched.h); comm comes well after them.
+        assert_eq!(t.tgid, t.pid + 4, "{t:?}");
+        assert!(t.comm > t.cred && t.cred > t.tgid, "{t:?}");
+        assert_eq!(t.cred % 8, 0);
+        assert!(t.cred_uid < 64, "{t:?}");
     }
 
     #[test]

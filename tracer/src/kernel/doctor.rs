@@ -31,11 +31,19 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
 
     // BTF: offsets and enum values for the kernel programs.
     let mut kernel_values: Option<(KernelOffsets, KernelEnums)> = None;
+    // How sock:inet_sock_set_state can be hooked: as a BTF tracepoint (every member it loads
+    // found), a raw tracepoint (the socket's members found), or the classic tracepoint.
+    let mut set_state_btf = false;
     let mut set_state_raw = false;
     match KernelBtf::load() {
         Ok(btf) => match (btf.offsets(), btf.enums()) {
             (Ok(offsets), Ok(enums)) => {
                 set_state_raw = btf.sock_fields().complete();
+                let mut facts = super::facts::empty_config(offsets, enums);
+                facts.sock = btf.sock_fields();
+                facts.conn = btf.conn_config();
+                facts.task = btf.task_fields();
+                set_state_btf = tracer_common::BtfOffsets::of(&facts).complete();
                 writeln!(w, "BTF:         ok ({VMLINUX_BTF})")?;
                 let names = btf.names();
                 writeln!(
@@ -124,9 +132,10 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
             writeln!(w, "  {:<30} note: {SYSCALLS_ON_DEMAND}", "")?;
         }
         if tp.full_name() == SET_STATE {
-            let how = match set_state_raw {
-                true => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF",
-                false => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
+            let how = match (set_state_btf, set_state_raw) {
+                (true, _) => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program (before 5.11: no bpf_get_current_task_btf), as a raw tracepoint (raw_tp)",
+                (false, true) => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)",
+                (false, false) => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
             };
             writeln!(w, "  {:<30} note: {how}", "")?;
         }

@@ -92,6 +92,7 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     config.lifecycle.task_exit_code = btf.offset_of_sized("task_struct", &["exit_code"], 4).unwrap_or(FIELD_ABSENT);
     config.conn = btf.conn_config();
     config.sock = btf.sock_fields();
+    config.task = btf.task_fields();
     let functions = btf.function_prototypes(&hooks::function_names());
     Ok(KernelFacts {
         functions,
@@ -142,6 +143,7 @@ pub fn empty_config(offsets: KernelOffsets, enums: KernelEnums) -> Config {
         // Built from the rest when the config is written (capture::write_config).
         transitions: [tracer_common::transition::NONE; tracer_common::TCP_STATE_SLOTS * tracer_common::TCP_STATE_SLOTS],
         repeat_window_ns: 0,
+        task: tracer_common::TaskFields::ABSENT,
     }
 }
 
