@@ -656,7 +656,9 @@ fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>) -> SetS
         match load_state_program(ebpf, via.programs().0, via, btf) {
             Ok(()) => return via,
             Err(e) => {
-                log::warn!("{} inet_sock_set_state: {e:#}; trying the next kind", via.hook_kind());
+                // Expected on older kernels (5.10 refuses the BTF tracepoint's program):
+                // `--verbose` and `doctor` name the kind attached.
+                log::info!("{} inet_sock_set_state: {e:#}; trying the next kind", via.hook_kind());
                 via = via.fallback();
             }
         }
