@@ -314,11 +314,11 @@ pub fn words_to_bytes(words: [u32; 4]) -> [u8; 16] {
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }
 }
 
-/// The offsets the `tp_btf` program loads socket members at. A read-only global, frozen after
-/// userspace set it (`EbpfLoader::override_global`), so the verifier knows each value as a
-/// constant: a load through the typed socket pointer must have a constant offset, which it
-/// checks against the member there. Not all ones when loaded (capture::start loads the
-/// program only with every offset known).
+/// The offsets the `tp_btf` program loads socket and task members at. A read-only global,
+/// frozen after userspace set it (`EbpfLoader::override_global`), so the verifier knows each
+/// value as a constant: a load through a typed pointer must have a constant offset, which it
+/// checks against the member there. The placeholder (all `FIELD_ABSENT`) is never loaded:
+/// capture::start loads the program only with every offset known.
 #[unsafe(no_mangle)]
 static TRACER_BTF_OFFSETS: BtfOffsets = BtfOffsets::ABSENT;
 
@@ -335,9 +335,9 @@ unsafe fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     unsafe { core::ptr::read_volatile(base.add(offset) as *const T) }
 }
 
-/// Per CPU, where a typed pointer is stored and read back as a plain number: the verifier
-/// allows no multiplication or comparison of map contents with a typed pointer, which the
-/// attempt table's hash and tags need, and does not follow a pointer through map memory.
+/// Per CPU, where the typed socket pointer is stored and read back as a plain number: the
+/// verifier allows no arithmetic on a typed pointer but adding an offset, and the attempt
+/// table hashes the socket's address; it does not follow a pointer through map memory.
 #[map]
 static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 

@@ -108,6 +108,10 @@ pub struct TraceArgs {
     /// Default: $TRACER_BACKEND, else auto.
     #[arg(long, value_parser = capture::fhooks::BackendChoice::parse)]
     pub backend: Option<capture::fhooks::BackendChoice>,
+    /// How sock:inet_sock_set_state is hooked: `auto` (the best this kernel takes: tp_btf, else
+    /// raw_tp, else tracepoint), or that kind or an error (`tracer doctor` says which fit).
+    #[arg(long, value_name = "KIND", value_parser = crate::kernel::hooks::SetStateVia::parse)]
+    pub set_state_hook: Option<crate::kernel::hooks::SetStateChoice>,
     /// Name every hook on the `tracing:` line (default: counts per kind).
     #[arg(long)]
     pub verbose: bool,

@@ -102,6 +102,9 @@ struct Scenario {
     uid: Option<u32>,
     /// The events the kernel sent in all (the summary's `events`, host-wide).
     kernel_events: Option<KernelEvents>,
+    /// How sock:inet_sock_set_state was hooked, as `--verbose`'s `tracing:` line names it
+    /// (the row passes `--verbose`).
+    set_state_hook: Option<&'static str>,
 }
 
 /// How many events the kernel sent, against the attempts made.
@@ -128,6 +131,7 @@ const ROW: Scenario = Scenario {
     detail_says: None,
     queue_max: None,
     uid: None,
+    set_state_hook: None,
     kernel_events: None,
 };
 
@@ -188,6 +192,16 @@ fn run_scenario(s: &Scenario) {
     let done = client.finish();
     check_client(&done, s.client_sees);
 
+    if let Some(kind) = s.set_state_hook {
+        // The classic tracepoint goes by its name alone; the others by `kind:` and the name.
+        let hook = match kind {
+            "tracepoint" => "sock:inet_sock_set_state".to_string(),
+            _ => format!("{kind}:sock:inet_sock_set_state"),
+        };
+        let stderr = tracer.stderr_text();
+        let named = |l: &str| l.split(['=', ',', ' ']).any(|h| h == hook);
+        assert!(stderr.lines().any(|l| l.starts_with("tracing:") && named(l)), "the tracing line should name {hook}:\n{stderr}");
+    }
     let run = tracer.finish();
     if let Some((l, ListenerFate::Kept)) = listener.as_mut() {
         l.stop();
@@ -291,7 +305,7 @@ scenarios! {
     a2_dead_listener_flood_counted_in_the_kernel: Scenario {
         name: "deadflood",
         address: Address::Tcp { host: "127.0.0.1", port: 18117 },
-        filters: &["--client-comm", "python3"],
+        filters: &["--client-comm", "python3", "--verbose"],
         client: &["--count", "400"],
         client_sees: ClientSees::Results("ECONNREFUSED", 400),
         cause: Some(Cause::DeadListener),
@@ -299,6 +313,39 @@ scenarios! {
         listener_named: ListenerNamed::Nobody,
         detail_says: Some("400 sent"),
         kernel_events: Some(KernelEvents::Below(100)),
+        // This machine kind's kernel (6.18) takes the BTF tracepoint.
+        set_state_hook: Some("tp_btf"),
+        ..ROW
+    };
+    /// a4. The same through the raw tracepoint (`--set-state-hook raw_tp`, the kind kernels
+    /// before 5.11 get): the same verdict and count from the other program.
+    a4_dead_listener_flood_via_the_raw_tracepoint: Scenario {
+        name: "deadraw",
+        address: Address::Tcp { host: "127.0.0.1", port: 18119 },
+        filters: &["--client-comm", "python3", "--verbose", "--set-state-hook", "raw_tp"],
+        client: &["--count", "400"],
+        client_sees: ClientSees::Results("ECONNREFUSED", 400),
+        cause: Some(Cause::DeadListener),
+        count: Count::Exactly(400),
+        listener_named: ListenerNamed::Nobody,
+        detail_says: Some("400 sent"),
+        kernel_events: Some(KernelEvents::Below(100)),
+        set_state_hook: Some("raw_tp"),
+        ..ROW
+    };
+    /// a5. And through the classic tracepoint (kernels whose BTF lacks a socket member).
+    a5_dead_listener_flood_via_the_classic_tracepoint: Scenario {
+        name: "deadclassic",
+        address: Address::Tcp { host: "127.0.0.1", port: 18120 },
+        filters: &["--client-comm", "python3", "--verbose", "--set-state-hook", "tracepoint"],
+        client: &["--count", "400"],
+        client_sees: ClientSees::Results("ECONNREFUSED", 400),
+        cause: Some(Cause::DeadListener),
+        count: Count::Exactly(400),
+        listener_named: ListenerNamed::Nobody,
+        detail_says: Some("400 sent"),
+        kernel_events: Some(KernelEvents::Below(100)),
+        set_state_hook: Some("tracepoint"),
         ..ROW
     };
     /// a3. The same with `--each-attempt`: every attempt sent, the same count.

@@ -21,6 +21,7 @@ use tracer_common::{BtfOffsets, Config, EventKind, RepeatSlot, StashedReset, ATT
 use crate::event::{Event, EventBody};
 use crate::event::{KindCounts, RecordKind};
 use crate::kernel::hooks;
+use crate::kernel::hooks::SetStateVia;
 pub use crate::kernel::hooks::{CaptureHealth, HookState};
 use decode::ReasonNames;
 
@@ -168,12 +169,22 @@ impl Capture {
             (false, true) => SetStateVia::Raw,
             (false, false) => SetStateVia::Classic,
         };
+        // `--set-state-hook`: that kind or nothing (to compare or test the kinds, or to step
+        // around one that misbehaves on some kernel).
+        let forced = plan.set_state.is_some();
+        let best = match plan.set_state {
+            Some(want) if want < best => {
+                bail!("--set-state-hook {}: this kernel's BTF lacks a member that program reads (`tracer doctor` says which kind fits); use --set-state-hook auto", want.name())
+            }
+            Some(want) => want,
+            None => best,
+        };
         // Parsed only for the BTF tracepoint, and dropped once its programs are loaded.
         let btf = match best {
             SetStateVia::Btf => Btf::from_sys_fs().map_err(|e| log::warn!("kernel BTF for tp_btf: {e}")).ok(),
             _ => None,
         };
-        let mut set_state_via = load_set_state(&mut ebpf, best, btf.as_ref());
+        let mut set_state_via = load_set_state(&mut ebpf, best, btf.as_ref(), forced)?;
         if config.conn.enabled != 0 {
             if let Err(e) = load_conn_end(&mut ebpf, set_state_via, btf.as_ref()) {
                 log::warn!("after-connect checks off: {e:#}");
@@ -212,14 +223,15 @@ impl Capture {
                 (_, None) if tp.program == SET_STATE && set_state_via != SetStateVia::Classic => {
                     match attach_set_state(&mut ebpf, set_state_via) {
                         Ok(()) => {
-                            raw_hooks.push(RawHook { hook: tp.full_name(), kind: set_state_via.hook_kind() });
+                            raw_hooks.push(RawHook { hook: tp.full_name(), kind: set_state_via.name() });
                             None
                         }
+                        Err(e) if forced => bail!("--set-state-hook {}: {e:#}; use --set-state-hook auto", set_state_via.name()),
                         Err(e) => {
                             // The classic tracepoint then, with its own after-connect program
                             // (neither loads when the kernel tied the tail-call slot to the
                             // first program's kind: the hook is then reported as failed).
-                            log::warn!("{} inet_sock_set_state: {e:#}; using the classic tracepoint", set_state_via.hook_kind());
+                            log::warn!("{} inet_sock_set_state: {e:#}; using the classic tracepoint", set_state_via.name());
                             set_state_via = SetStateVia::Classic;
                             if config.conn.enabled != 0 && load_conn_end(&mut ebpf, SetStateVia::Classic, None).is_err() {
                                 config.conn.enabled = 0;
@@ -593,46 +605,6 @@ struct RawHook {
     kind: &'static str,
 }
 
-/// How sock:inet_sock_set_state is hooked, best first: a BTF tracepoint (the socket's
-/// members loaded directly at offsets the verifier knows as constants), a raw tracepoint (the
-/// arguments without a helper call, each member read by one), the classic tracepoint (every
-/// field of its record read by a helper call).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum SetStateVia {
-    Btf,
-    Raw,
-    Classic,
-}
-
-impl SetStateVia {
-    /// The program on inet_sock_set_state, and its after-connect twin (a tail call keeps the
-    /// program's kind).
-    fn programs(self) -> (&'static str, &'static str) {
-        match self {
-            SetStateVia::Btf => ("tracer_set_state_btf", "tracer_conn_end_btf"),
-            SetStateVia::Raw => ("tracer_set_state_raw", "tracer_conn_end_raw"),
-            SetStateVia::Classic => (SET_STATE, "tracer_conn_end"),
-        }
-    }
-
-    /// How `--verbose` names the hook.
-    fn hook_kind(self) -> &'static str {
-        match self {
-            SetStateVia::Btf => "tp_btf",
-            SetStateVia::Raw => "raw_tp",
-            SetStateVia::Classic => "tracepoint",
-        }
-    }
-
-    /// The next best.
-    fn fallback(self) -> SetStateVia {
-        match self {
-            SetStateVia::Btf => SetStateVia::Raw,
-            _ => SetStateVia::Classic,
-        }
-    }
-}
-
 /// Loads `program` (without attaching) as the `via` kind of program on inet_sock_set_state.
 fn load_state_program(ebpf: &mut Ebpf, program: &str, via: SetStateVia, btf: Option<&Btf>) -> Result<()> {
     let prog = ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?;
@@ -649,26 +621,27 @@ fn load_state_program(ebpf: &mut Ebpf, program: &str, via: SetStateVia, btf: Opt
 }
 
 /// Loads the best program on inet_sock_set_state from `best` down that this kernel takes
-/// (the classic one is loaded when attached); returns its kind.
-fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>) -> SetStateVia {
+/// (the classic one is loaded when attached); returns its kind. `forced`: `best` or an error.
+fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>, forced: bool) -> Result<SetStateVia> {
     let mut via = best;
     while via != SetStateVia::Classic {
-        match load_state_program(ebpf, via.programs().0, via, btf) {
-            Ok(()) => return via,
+        match load_state_program(ebpf, via.programs(SET_STATE).0, via, btf) {
+            Ok(()) => return Ok(via),
+            Err(e) if forced => bail!("--set-state-hook {}: {e:#}; use --set-state-hook auto", via.name()),
             Err(e) => {
-                // Expected on older kernels (5.10 refuses the BTF tracepoint's program):
+                // Expected on older kernels (5.10's verifier refuses the BTF tracepoint's program):
                 // `--verbose` and `doctor` name the kind attached.
-                log::info!("{} inet_sock_set_state: {e:#}; trying the next kind", via.hook_kind());
+                log::info!("{} inet_sock_set_state: {e:#}; trying the next kind", via.name());
                 via = via.fallback();
             }
         }
     }
-    via
+    Ok(via)
 }
 
 /// Attaches the program `load_set_state` loaded (a BTF or raw tracepoint).
 fn attach_set_state(ebpf: &mut Ebpf, via: SetStateVia) -> Result<()> {
-    let program = via.programs().0;
+    let program = via.programs(SET_STATE).0;
     let prog = ebpf.program_mut(program).ok_or_else(|| anyhow!("program {program} missing from the eBPF object"))?;
     match via {
         SetStateVia::Btf => <&mut BtfTracePoint>::try_from(prog)?.attach().map(|_| ()),
@@ -679,7 +652,7 @@ fn attach_set_state(ebpf: &mut Ebpf, via: SetStateVia) -> Result<()> {
 }
 
 fn load_conn_end(ebpf: &mut Ebpf, via: SetStateVia, btf: Option<&Btf>) -> Result<()> {
-    let name = via.programs().1;
+    let name = via.programs(SET_STATE).1;
     load_state_program(ebpf, name, via, btf)?;
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
     let fd = match via {

@@ -133,7 +133,7 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
         }
         if tp.full_name() == SET_STATE {
             let how = match (set_state_btf, set_state_raw) {
-                (true, _) => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program (before 5.11: no bpf_get_current_task_btf), as a raw tracepoint (raw_tp)",
+                (true, _) => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program (5.10 does), as a raw tracepoint (raw_tp)",
                 (false, true) => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)",
                 (false, false) => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
             };
@@ -172,7 +172,7 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
     writeln!(w, "function hooks (fentry/fexit, else kprobe/kretprobe; each loaded to test, none attached):")?;
     match super::facts::probe_kernel() {
         Ok(facts) => {
-            let plan = FnHookPlan { choice: BackendChoice::Auto, functions: &facts.functions, kprobes: &facts.kprobes };
+            let plan = FnHookPlan { choice: BackendChoice::Auto, set_state: None, functions: &facts.functions, kprobes: &facts.kprobes };
             match probe_function_hooks(&facts.config, &plan) {
                 Ok(outcomes) => {
                     for o in outcomes {

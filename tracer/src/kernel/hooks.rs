@@ -605,9 +605,66 @@ impl BackendChoice {
     }
 }
 
+/// How sock:inet_sock_set_state is hooked, best first (`--set-state-hook`): a BTF tracepoint
+/// (the socket's and the task's members loaded directly at offsets the verifier knows as
+/// constants), a raw tracepoint (the arguments without a helper call, each member read by
+/// one), the classic tracepoint (every field of its record read by a helper call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SetStateVia {
+    Btf,
+    Raw,
+    Classic,
+}
+
+impl SetStateVia {
+    /// `--set-state-hook`'s value.
+    pub fn parse(s: &str) -> Result<SetStateChoice, String> {
+        Ok(SetStateChoice(match s {
+            "auto" => None,
+            "tp_btf" => Some(SetStateVia::Btf),
+            "raw_tp" => Some(SetStateVia::Raw),
+            "tracepoint" => Some(SetStateVia::Classic),
+            _ => return Err(format!("'{s}' is not a kind of hook (use auto, tp_btf, raw_tp or tracepoint)")),
+        }))
+    }
+
+    /// As `--set-state-hook` and `--verbose` name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SetStateVia::Btf => "tp_btf",
+            SetStateVia::Raw => "raw_tp",
+            SetStateVia::Classic => "tracepoint",
+        }
+    }
+
+    /// The program on inet_sock_set_state (`classic` names the classic tracepoint's), and its
+    /// after-connect twin (a tail call keeps the program's kind).
+    pub fn programs(self, classic: &'static str) -> (&'static str, &'static str) {
+        match self {
+            SetStateVia::Btf => ("tracer_set_state_btf", "tracer_conn_end_btf"),
+            SetStateVia::Raw => ("tracer_set_state_raw", "tracer_conn_end_raw"),
+            SetStateVia::Classic => (classic, "tracer_conn_end"),
+        }
+    }
+
+    /// The next best.
+    pub fn fallback(self) -> SetStateVia {
+        match self {
+            SetStateVia::Btf => SetStateVia::Raw,
+            _ => SetStateVia::Classic,
+        }
+    }
+}
+
+/// `--set-state-hook`: a kind, or None for `auto` (the best this kernel takes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetStateChoice(pub Option<SetStateVia>);
+
 /// What start-up needs to decide the function hooks: prototypes from BTF, kprobe support.
 pub struct FnHookPlan<'a> {
     pub choice: BackendChoice,
+    /// `--set-state-hook`: None for the best kind this kernel takes.
+    pub set_state: Option<SetStateVia>,
     pub functions: &'a [(&'static str, Option<super::btf::FnPrototype>)],
     pub kprobes: &'a super::facts::Availability,
 }
@@ -656,6 +713,21 @@ impl FnHookOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--set-state-hook` names each kind as `--verbose` does; the kinds fall back best first.
+    #[test]
+    fn set_state_hook_kinds_parse_and_fall_back_in_order() {
+        assert_eq!(SetStateVia::parse("auto"), Ok(SetStateChoice(None)));
+        for via in [SetStateVia::Btf, SetStateVia::Raw, SetStateVia::Classic] {
+            assert_eq!(SetStateVia::parse(via.name()), Ok(SetStateChoice(Some(via))));
+        }
+        assert!(SetStateVia::parse("kprobe").unwrap_err().contains("use auto, tp_btf, raw_tp or tracepoint"));
+        assert!(SetStateVia::Btf < SetStateVia::Raw && SetStateVia::Raw < SetStateVia::Classic);
+        assert_eq!(SetStateVia::Btf.fallback(), SetStateVia::Raw);
+        assert_eq!(SetStateVia::Raw.fallback(), SetStateVia::Classic);
+        assert_eq!(SetStateVia::Classic.fallback(), SetStateVia::Classic);
+        assert_eq!(SetStateVia::Classic.programs("tracer_set_state"), ("tracer_set_state", "tracer_conn_end"));
+    }
 
     #[test]
     fn every_function_has_a_variant_and_a_kprobe_signature() {

@@ -146,7 +146,7 @@ impl Trace {
         let nginx = crate::nginx::discover();
         let syscalls = SyscallHooks::choose(&args, nginx.is_empty() || crate::nginx::may_connect_unix(&nginx));
         let available = available_tracepoints(&facts, syscalls);
-        let plan = capture::fhooks::FnHookPlan { choice: backend_choice(&args)?, functions: &facts.functions, kprobes: &facts.kprobes };
+        let plan = capture::fhooks::FnHookPlan { choice: backend_choice(&args)?, set_state: args.set_state_hook.and_then(|c| c.0), functions: &facts.functions, kprobes: &facts.kprobes };
         let repeat_window_ns = if args.each_attempt { 0 } else { capture::REPEAT_WINDOW_NS };
         let config = tracer_common::Config { repeat_window_ns, ..facts.config };
         let mut capture = Capture::start(&config, &available, args.debug_kernel, &plan)?;
