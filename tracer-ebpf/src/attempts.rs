@@ -83,15 +83,22 @@ pub fn find(cfg: &Config, sk: u64) -> Option<*mut AttemptState> {
 #[inline(always)]
 pub fn forget(cfg: &Config, sk: u64) {
     if let Some((tag, _)) = find_way(cfg, sk) {
-        unsafe { *tag = 0 };
-        count(ATTEMPT_RECORDS_HELD, u64::MAX);
+        release(tag);
     }
+}
+
+/// Lets go the record whose tag `find_way` returned (a second search saved where the record
+/// was just read).
+#[inline(always)]
+pub fn release(tag: *mut u64) {
+    unsafe { *tag = 0 };
+    count(ATTEMPT_RECORDS_HELD, u64::MAX);
 }
 
 /// (the tag, the record) of `sk`'s way. A tag that matches over a record that does not (two
 /// writers in one way at once) is let go and counted as a lost attempt.
 #[inline(always)]
-fn find_way(cfg: &Config, sk: u64) -> Option<(*mut u64, *mut AttemptState)> {
+pub fn find_way(cfg: &Config, sk: u64) -> Option<(*mut u64, *mut AttemptState)> {
     if sk == 0 {
         return None;
     }

@@ -89,7 +89,8 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     // that reuses the same address.
     // Every connection's record is removed when it ends (here and in set_state), so a record
     // marked established belongs to this connection, not to an earlier user of the address.
-    let attempt: Option<AttemptState> = attempts::find(cfg, sk).map(|a| unsafe { *a }).filter(|a| a.established_ns != 0);
+    let found = attempts::find_way(cfg, sk);
+    let attempt: Option<AttemptState> = found.map(|(_, a)| unsafe { *a }).filter(|a| a.established_ns != 0);
     if how == CONN_PEER_FIN && attempt.is_none() {
         // A client that connected to a server here and left without a word: not ours.
         return None;
@@ -97,7 +98,9 @@ fn try_conn_end<C: StateChange>(ctx: &C) -> Option<()> {
     if how != CONN_PEER_FIN {
         // Nothing more will be asked of this connection: its record goes (the table is
         // emptied only by these removes).
-        attempts::forget(cfg, sk);
+        if let Some((tag, _)) = found {
+            attempts::release(tag);
+        }
     }
     let sk_err: i32 = kernel(sk, cfg.offsets.sock_sk_err).unwrap_or(0);
     // A local close or abort runs in the closer's process context; a reset received does not.

@@ -108,7 +108,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
 
     if action == transition::SYN_SENT_LEFT {
         // Only attempts that started while tracing are known; the rest are not ours to judge.
-        let entry = attempts::find(cfg, sk)?;
+        let (tag, entry) = attempts::find_way(cfg, sk)?;
         let attempt = unsafe { *entry };
         if new == e.tcp_established && cfg.conn.enabled != 0 {
             // Kept until the connection ends (every end removes it), so that an abnormal end
@@ -116,7 +116,7 @@ fn try_set_state<C: StateChange>(ctx: &C) -> Option<()> {
             // this only marks the entry as a connection (a clock read per connection saved).
             unsafe { (*entry).established_ns = attempt.start_ns | 1 };
         } else {
-            attempts::forget(cfg, sk);
+            attempts::release(tag);
         }
         let kind = if new == e.tcp_close {
             EventKind::TcpAttemptFailed
