@@ -101,7 +101,8 @@ pub struct Capture {
     /// Tracepoints left out at start until needed: (program, category, name).
     deferred: Vec<(&'static str, &'static str, &'static str)>,
     /// The tracepoints attached raw or as BTF tracepoints (`sock:inet_sock_set_state`,
-    /// `skb:kfree_skb`): `--verbose` names them `raw_tp:...`, `tp_btf:...`; the summary and the metrics keep the tracepoint's name.
+    /// `skb:kfree_skb`): `--verbose` names them `raw_tp:...`, `tp_btf:...`; the summary and
+    /// the metrics keep the tracepoint's name.
     raw_hooks: Vec<RawHook>,
     _ebpf: Ebpf,
 }
@@ -226,7 +227,9 @@ impl Capture {
                             raw_hooks.push(RawHook { hook: tp.full_name(), kind: set_state_via.name() });
                             None
                         }
-                        Err(e) if forced => bail!("--set-state-hook {}: {e:#}; use --set-state-hook auto", set_state_via.name()),
+                        Err(e) if forced => {
+                            bail!("--set-state-hook {}: {}; use --set-state-hook auto", set_state_via.name(), format!("{e:#}").lines().next().unwrap_or(""))
+                        }
                         Err(e) => {
                             // The classic tracepoint then, with its own after-connect program
                             // (neither loads when the kernel tied the tail-call slot to the
@@ -627,7 +630,8 @@ fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>, forced:
     while via != SetStateVia::Classic {
         match load_state_program(ebpf, via.programs(SET_STATE).0, via, btf) {
             Ok(()) => return Ok(via),
-            Err(e) if forced => bail!("--set-state-hook {}: {e:#}; use --set-state-hook auto", via.name()),
+            // One line: a verifier's refusal quotes its log.
+            Err(e) if forced => bail!("--set-state-hook {}: {}; use --set-state-hook auto", via.name(), format!("{e:#}").lines().next().unwrap_or("")),
             Err(e) => {
                 // Expected on older kernels (5.10's verifier refuses the BTF tracepoint's program):
                 // `--verbose` and `doctor` name the kind attached.
