@@ -165,11 +165,7 @@ impl Capture {
         // The after-connect checks (probes/conn_end.rs), tail-called by set_state, are its twin
         // of the same kind. Without them (a kernel that refuses the program) set_state goes on
         // alone: they are off.
-        let best = match (btf_offsets.complete(), config.sock.complete()) {
-            (true, _) => SetStateVia::Btf,
-            (false, true) => SetStateVia::Raw,
-            (false, false) => SetStateVia::Classic,
-        };
+        let best = SetStateVia::best_for(&config);
         // `--set-state-hook`: that kind or nothing (to compare or test the kinds, or to step
         // around one that misbehaves on some kernel).
         let forced = plan.set_state.is_some();
@@ -659,11 +655,7 @@ fn load_conn_end(ebpf: &mut Ebpf, via: SetStateVia, btf: Option<&Btf>) -> Result
     let name = via.programs(SET_STATE).1;
     load_state_program(ebpf, name, via, btf)?;
     let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-    let fd = match via {
-        SetStateVia::Btf => <&mut BtfTracePoint>::try_from(program)?.fd()?.try_clone()?,
-        SetStateVia::Raw => <&mut RawTracePoint>::try_from(program)?.fd()?.try_clone()?,
-        SetStateVia::Classic => <&mut TracePoint>::try_from(program)?.fd()?.try_clone()?,
-    };
+    let fd = program.fd()?.try_clone()?;
     let map = ebpf.map_mut("CONN_END").ok_or_else(|| anyhow!("eBPF object has no CONN_END map"))?;
     let mut slots: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
     slots.set(0, &fd, 0).context("filling the CONN_END slot")?;

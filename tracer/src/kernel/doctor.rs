@@ -11,7 +11,7 @@ use super::facts::{
     fentry_availability, kernel_release, kprobes_availability, local_refusals_visible, privileges, tracepoint_config, Availability,
     TracepointInfo,
 };
-use super::hooks::{BackendChoice, FnHookOutcome, FnHookPlan};
+use super::hooks::{BackendChoice, FnHookOutcome, FnHookPlan, SetStateVia};
 use super::tracefs::locate_or_mount_tracefs;
 use crate::explain::Cause;
 
@@ -31,19 +31,14 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
 
     // BTF: offsets and enum values for the kernel programs.
     let mut kernel_values: Option<(KernelOffsets, KernelEnums)> = None;
-    // How sock:inet_sock_set_state can be hooked: as a BTF tracepoint (every member it loads
-    // found), a raw tracepoint (the socket's members found), or the classic tracepoint.
-    let mut set_state_btf = false;
-    let mut set_state_raw = false;
+    // How sock:inet_sock_set_state can be hooked, from the members BTF gives.
+    let mut set_state = SetStateVia::Classic;
     match KernelBtf::load() {
         Ok(btf) => match (btf.offsets(), btf.enums()) {
             (Ok(offsets), Ok(enums)) => {
-                set_state_raw = btf.sock_fields().complete();
                 let mut facts = super::facts::empty_config(offsets, enums);
-                facts.sock = btf.sock_fields();
-                facts.conn = btf.conn_config();
-                facts.task = btf.task_fields();
-                set_state_btf = tracer_common::BtfOffsets::of(&facts).complete();
+                super::facts::btf_members(&btf, &mut facts);
+                set_state = SetStateVia::best_for(&facts);
                 writeln!(w, "BTF:         ok ({VMLINUX_BTF})")?;
                 let names = btf.names();
                 writeln!(
@@ -132,10 +127,10 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
             writeln!(w, "  {:<30} note: {SYSCALLS_ON_DEMAND}", "")?;
         }
         if tp.full_name() == SET_STATE {
-            let how = match (set_state_btf, set_state_raw) {
-                (true, _) => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program (5.10 does), as a raw tracepoint (raw_tp)",
-                (false, true) => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)",
-                (false, false) => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
+            let how = match set_state {
+                SetStateVia::Btf => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program (5.10 does), as a raw tracepoint (raw_tp)",
+                SetStateVia::Raw => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)",
+                SetStateVia::Classic => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
             };
             writeln!(w, "  {:<30} note: {how}", "")?;
         }

@@ -90,9 +90,7 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
     config.fn_hooks = btf.fn_hook_config()?;
     // The exit status of a listener's owner (listener lifecycle); absent: exits show no code.
     config.lifecycle.task_exit_code = btf.offset_of_sized("task_struct", &["exit_code"], 4).unwrap_or(FIELD_ABSENT);
-    config.conn = btf.conn_config();
-    config.sock = btf.sock_fields();
-    config.task = btf.task_fields();
+    btf_members(&btf, &mut config);
     let functions = btf.function_prototypes(&hooks::function_names());
     Ok(KernelFacts {
         functions,
@@ -104,6 +102,15 @@ pub fn probe_kernel() -> anyhow::Result<KernelFacts> {
         tracefs,
         kernel_release,
     })
+}
+
+/// The members from BTF that decide how sock:inet_sock_set_state is hooked
+/// (`SetStateVia::best_for`) and what its programs read: the connection's counters, the
+/// socket's members, the connecting task's.
+pub fn btf_members(btf: &KernelBtf, config: &mut Config) {
+    config.conn = btf.conn_config();
+    config.sock = btf.sock_fields();
+    config.task = btf.task_fields();
 }
 
 /// `uname -r`, from /proc (no libc call needed).

@@ -617,6 +617,18 @@ pub enum SetStateVia {
 }
 
 impl SetStateVia {
+    /// The best kind whose members this kernel's BTF gives (the kernel may still refuse the
+    /// program: capture then falls back).
+    pub fn best_for(config: &tracer_common::Config) -> SetStateVia {
+        if tracer_common::BtfOffsets::of(config).complete() {
+            SetStateVia::Btf
+        } else if config.sock.complete() {
+            SetStateVia::Raw
+        } else {
+            SetStateVia::Classic
+        }
+    }
+
     /// `--set-state-hook`'s value.
     pub fn parse(s: &str) -> Result<SetStateChoice, String> {
         Ok(SetStateChoice(match s {
