@@ -976,3 +976,36 @@ fn paths_in_suggested_commands_are_single_shell_words() {
     let f = only(&e);
     assert!(f.fix.contains("`ls -la $'/tmp/x\\n\\x1b[31mFIREWALL DROP 10.0.0.1:443'`"), "{}", f.fix);
 }
+
+/// The bench's nft-dropped burst as the kernel shows it: 50,000 non-blocking connects closed at
+/// once, one socket address, the ephemeral port stepping by two (each back every 14,116
+/// attempts, inside the grace a closed attempt waits for late evidence), and drains that split
+/// a drop from its close with a tick up to a second late between them. Every attempt counts
+/// once as a firewall drop, none as anything else.
+#[test]
+fn nft_dropped_burst_with_reused_ports_counts_every_attempt() {
+    let client = nginx(812);
+    for (lag_ms, every) in [(5u64, 7u64), (299, 5000), (1000, 5000)] {
+        let mut e = engine();
+        let n = 50_000u64;
+        for i in 0..n {
+            let sock = 0x10;
+            let f = flow(&format!("127.0.0.1:{}", 32768 + (i * 2) % 28232), "127.0.0.1:9001");
+            let ts = S + i * 3_600;
+            // The drop happens inside connect(), where the kernel finds the attempt's record.
+            let mut drop = dropped(ts + 1_000, f, "NETFILTER_DROP");
+            drop.sock = sock;
+            drop.task = client.clone();
+            e.push(&drop);
+            if i % every == every - 1 {
+                e.tick(ts + lag_ms * MS);
+            }
+            e.push(&failed(ts + 2_000, sock, &client, f, 0, 0, false, ts));
+        }
+        e.finish();
+        let f = only(&e);
+        assert_eq!(f.cause, Cause::FirewallDrop, "tick {lag_ms} ms late every {every}");
+        assert_eq!(f.count, n, "tick {lag_ms} ms late every {every}");
+        assert_eq!(pids(&f), [812]);
+    }
+}
