@@ -579,12 +579,14 @@ pub struct TaskFields {
     pub comm: u32,
     pub cred: u32,
     pub cred_uid: u32,
-    pub _pad: u32,
+    /// 1 where the kernel has `bpf_get_current_task_btf` (5.11+): the members above are loaded
+    /// through the task it returns. 0 (5.10): the ids, name and uid come from their own helpers.
+    pub from_task_btf: u32,
 }
 
 impl TaskFields {
     pub const ABSENT: TaskFields =
-        TaskFields { pid: FIELD_ABSENT, tgid: FIELD_ABSENT, comm: FIELD_ABSENT, cred: FIELD_ABSENT, cred_uid: FIELD_ABSENT, _pad: 0 };
+        TaskFields { pid: FIELD_ABSENT, tgid: FIELD_ABSENT, comm: FIELD_ABSENT, cred: FIELD_ABSENT, cred_uid: FIELD_ABSENT, from_task_btf: 0 };
 
     pub fn complete(&self) -> bool {
         [self.pid, self.tgid, self.comm, self.cred, self.cred_uid].iter().all(|o| *o != FIELD_ABSENT)

@@ -427,10 +427,16 @@ impl StateChange for BtfTracePointContext {
         Some(unsafe { load(tcp, btf_offset(if received { &o.tcp_bytes_received } else { &o.tcp_bytes_sent })) })
     }
 
-    /// From the task's own members (one helper call, for the task, instead of three).
+    /// From the task's own members (one helper call, for the task, instead of three). Before
+    /// 5.11 there is no helper that returns the task as a typed pointer: the three then (the
+    /// verifier drops the branch the frozen flag rules out, and with it the call it would
+    /// refuse as unknown).
     #[inline(always)]
     fn current_task(&self) -> Task {
         let t = &TRACER_BTF_OFFSETS.task;
+        if btf_offset(&t.from_task_btf) == 0 {
+            return current_task();
+        }
         let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task_btf() } as *const u8;
         let mut owner = Task::default();
         if task.is_null() {

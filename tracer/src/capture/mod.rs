@@ -629,7 +629,7 @@ fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>, forced:
             // One line: a verifier's refusal quotes its log.
             Err(e) if forced => bail!("--set-state-hook {}: {}; use --set-state-hook auto", via.name(), format!("{e:#}").lines().next().unwrap_or("")),
             Err(e) => {
-                // Expected on older kernels (5.10's verifier refuses the BTF tracepoint's program):
+                // Possible on older kernels (a verifier that refuses the BTF tracepoint's loads):
                 // `--verbose` and `doctor` name the kind attached.
                 log::info!("{} inet_sock_set_state: {e:#}; trying the next kind", via.name());
                 via = via.fallback();

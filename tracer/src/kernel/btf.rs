@@ -142,7 +142,8 @@ impl KernelBtf {
     }
 
     /// The task members the BTF tracepoint on inet_sock_set_state loads for a connect's owner
-    /// (each absent one `FIELD_ABSENT`: the raw tracepoint serves then).
+    /// (each absent one `FIELD_ABSENT`: the raw tracepoint serves then), and whether it can
+    /// reach them: `bpf_get_current_task_btf` is in `enum bpf_func_id` since 5.11.
     pub fn task_fields(&self) -> TaskFields {
         let ptr = std::mem::size_of::<u64>();
         let member = |s: &str, path: &[&str], size: usize| self.offset_of_sized(s, path, size).unwrap_or(FIELD_ABSENT);
@@ -152,7 +153,7 @@ impl KernelBtf {
             comm: member("task_struct", &["comm"], tracer_common::TASK_COMM_LEN),
             cred: member("task_struct", &["cred"], ptr),
             cred_uid: member("cred", &["uid"], 4),
-            _pad: 0,
+            from_task_btf: self.enum_value(Some("bpf_func_id"), "BPF_FUNC_get_current_task_btf").is_some() as u32,
         }
     }
 
@@ -575,6 +576,12 @@ pub(crate) mod tests {
         assert!(t.comm > t.cred && t.cred > t.tgid, "{t:?}");
         assert_eq!(t.cred % 8, 0);
         assert!(t.cred_uid < 64, "{t:?}");
+        // bpf_get_current_task_btf came with 5.11: every kernel this runs on in CI has it
+        // (the kernel matrix's 5.10 does not, and its console log shows the other branch).
+        let release = crate::kernel::facts::kernel_release();
+        let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+        let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        assert_eq!(t.from_task_btf, (version >= (5, 11)) as u32, "{release}: {t:?}");
     }
 
     #[test]

@@ -33,12 +33,15 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
     let mut kernel_values: Option<(KernelOffsets, KernelEnums)> = None;
     // How sock:inet_sock_set_state can be hooked, from the members BTF gives.
     let mut set_state = SetStateVia::Classic;
+    // Whether the BTF tracepoint reaches the connecting task as a typed pointer (5.11+).
+    let mut task_btf = false;
     match KernelBtf::load() {
         Ok(btf) => match (btf.offsets(), btf.enums()) {
             (Ok(offsets), Ok(enums)) => {
                 let mut facts = super::facts::empty_config(offsets, enums);
                 super::facts::btf_members(&btf, &mut facts);
                 set_state = SetStateVia::best_for(&facts);
+                task_btf = facts.task.from_task_btf != 0;
                 writeln!(w, "BTF:         ok ({VMLINUX_BTF})")?;
                 let names = btf.names();
                 writeln!(
@@ -128,7 +131,8 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
         }
         if tp.full_name() == SET_STATE {
             let how = match set_state {
-                SetStateVia::Btf => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program (5.10 does), as a raw tracepoint (raw_tp)",
+                SetStateVia::Btf if task_btf => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program, as a raw tracepoint (raw_tp)",
+                SetStateVia::Btf => "attached as a BTF tracepoint (tp_btf): the socket's members loaded directly at offsets from BTF, which the verifier knows as constants, the connecting task's ids, name and uid from their helpers (no bpf_get_current_task_btf before 5.11); where the kernel refuses that program, as a raw tracepoint (raw_tp)",
                 SetStateVia::Raw => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)",
                 SetStateVia::Classic => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
             };
