@@ -335,11 +335,27 @@ unsafe fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     unsafe { core::ptr::read_volatile(base.add(offset) as *const T) }
 }
 
-/// Per CPU, where the typed socket pointer is stored and read back as a plain number: the
+/// Per CPU, where a typed socket pointer is stored and read back as a plain number: the
 /// verifier allows no arithmetic on a typed pointer but adding an offset, and the attempt
 /// table hashes the socket's address; it does not follow a pointer through map memory.
+/// One slot per program that does it, so that one interrupting another (a softirq's) does
+/// not overwrite the number between the other's store and load.
 #[map]
-static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static SOCK_NUMBER: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `SOCK_NUMBER`'s slots.
+pub const SOCK_NUMBER_SET_STATE: u32 = 0;
+pub const SOCK_NUMBER_TCP_CONNECT: u32 = 1;
+
+/// The address the typed pointer `sk` holds, as a number (through `SOCK_NUMBER`'s `slot`).
+#[inline(always)]
+pub fn sock_number(slot: u32, sk: *const u8) -> Option<u64> {
+    let cell = SOCK_NUMBER.get_ptr_mut(slot)?;
+    unsafe {
+        core::ptr::write_volatile(cell as *mut *const u8, sk);
+        Some(core::ptr::read_volatile(cell))
+    }
+}
 
 /// The typed `struct sock *` of a BTF tracepoint on inet_sock_set_state (its first argument).
 #[inline(always)]
@@ -381,12 +397,7 @@ impl StateChange for BtfTracePointContext {
 
     #[inline(always)]
     fn sock(&self, _cfg: &Config) -> Option<u64> {
-        let sk = btf_sock(self)?;
-        let slot = SOCK_NUMBER.get_ptr_mut(0)?;
-        unsafe {
-            core::ptr::write_volatile(slot as *mut *const u8, sk);
-            Some(core::ptr::read_volatile(slot))
-        }
+        sock_number(SOCK_NUMBER_SET_STATE, btf_sock(self)?)
     }
 
     #[inline(always)]

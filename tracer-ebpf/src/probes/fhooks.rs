@@ -24,7 +24,7 @@ use tracer_common::{
 use crate::{
     attempts,
     maps::{config, emit_with, ACCEPT_WAITS, FN_ARGS, LISTENERS, QUEUED},
-    read::{current_netns, current_task, kernel, netns_of},
+    read::{current_netns, current_task, kernel, netns_of, sock_number, SOCK_NUMBER_TCP_CONNECT},
 };
 
 
@@ -36,7 +36,10 @@ use crate::{
 
 #[fentry(function = "tcp_connect")]
 pub fn tracer_fe_tcp_connect(ctx: FEntryContext) -> i32 {
-    on_tcp_connect(ctx.arg::<u64>(0));
+    // The argument is a typed pointer here, which the attempt table cannot hash as it is.
+    if let Some(sk) = sock_number(SOCK_NUMBER_TCP_CONNECT, ctx.arg::<*const u8>(0)) {
+        on_tcp_connect(sk);
+    }
     0
 }
 

@@ -709,22 +709,41 @@ impl FnHookOutcome {
         }
     }
 
-    /// One line for `doctor` and the logs: `tcp_connect: fentry:tcp_connect` or
+    /// One line for `doctor` and the logs: `tcp_connect: fentry:tcp_connect`,
+    /// `tcp_connect: kprobe:tcp_connect (program ...; fentry: <why not>)` or
     /// `tcp_conn_request: none (fentry: ...; kprobe: ...) -> tracepoints`.
     pub fn line(&self) -> String {
-        match &self.active {
-            Some(h) => match self.program {
-                Some(p) => format!("{}: {h} (program {p})", self.function),
-                None => format!("{}: {h}", self.function),
-            },
-            None => format!("{}: none ({}) -> tracepoints ({})", self.function, self.why_not.join("; "), self.fallback),
+        let why_not = self.why_not.iter().map(|w| brief(w)).collect::<Vec<_>>().join("; ");
+        match (&self.active, self.program) {
+            (Some(h), Some(p)) if why_not.is_empty() => format!("{}: {h} (program {p})", self.function),
+            (Some(h), Some(p)) => format!("{}: {h} (program {p}; {why_not})", self.function),
+            (Some(h), None) => format!("{}: {h}", self.function),
+            (None, _) => format!("{}: none ({why_not}) -> tracepoints ({})", self.function, self.fallback),
         }
+    }
+}
+
+/// A refusal in one line: its first line, and, for a verifier's log, its last one too (the
+/// instruction the verifier stopped at; the first line is often only where it started).
+fn brief(why: &str) -> String {
+    let mut lines = why.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    match lines.last() {
+        Some(last) => format!("{first} ... {last}"),
+        None => first.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_one_line_with_the_verifiers_last_word() {
+        assert_eq!(brief("fentry: not in BTF"), "fentry: not in BTF");
+        let log = "load refused: Invalid argument. Verifier output: arg#0 type is not a struct\n  ; fn x()\n  invalid func unknown#158\n";
+        assert_eq!(brief(log), "load refused: Invalid argument. Verifier output: arg#0 type is not a struct ... invalid func unknown#158");
+    }
 
     /// `--set-state-hook` names each kind as `--verbose` does; the kinds fall back best first.
     #[test]
