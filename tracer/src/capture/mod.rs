@@ -224,7 +224,7 @@ impl Capture {
                             None
                         }
                         Err(e) if forced => {
-                            bail!("--set-state-hook {}: {}; use --set-state-hook auto", set_state_via.name(), format!("{e:#}").lines().next().unwrap_or(""))
+                            bail!("--set-state-hook {}: {}; use --set-state-hook auto", set_state_via.name(), hooks::brief(&format!("{e:#}")))
                         }
                         Err(e) => {
                             // The classic tracepoint then, with its own after-connect program
@@ -627,7 +627,7 @@ fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>, forced:
         match load_state_program(ebpf, via.programs(SET_STATE).0, via, btf) {
             Ok(()) => return Ok(via),
             // One line: a verifier's refusal quotes its log.
-            Err(e) if forced => bail!("--set-state-hook {}: {}; use --set-state-hook auto", via.name(), format!("{e:#}").lines().next().unwrap_or("")),
+            Err(e) if forced => bail!("--set-state-hook {}: {}; use --set-state-hook auto", via.name(), hooks::brief(&format!("{e:#}"))),
             Err(e) => {
                 // Possible on older kernels (a verifier that refuses the BTF tracepoint's loads):
                 // `--verbose` and `doctor` name the kind attached.

@@ -725,7 +725,7 @@ impl FnHookOutcome {
 
 /// A refusal in one line: its first line, and, for a verifier's log, its last one too (the
 /// instruction the verifier stopped at; the first line is often only where it started).
-fn brief(why: &str) -> String {
+pub fn brief(why: &str) -> String {
     let mut lines = why.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("");
     match lines.last() {
