@@ -223,9 +223,7 @@ impl Capture {
                             raw_hooks.push(RawHook { hook: tp.full_name(), kind: set_state_via.name() });
                             None
                         }
-                        Err(e) if forced => {
-                            bail!("--set-state-hook {}: {}; use --set-state-hook auto", set_state_via.name(), hooks::brief(&format!("{e:#}")))
-                        }
+                        Err(e) if forced => return Err(forced_refusal(set_state_via, &e)),
                         Err(e) => {
                             // The classic tracepoint then, with its own after-connect program
                             // (neither loads when the kernel tied the tail-call slot to the
@@ -594,9 +592,6 @@ fn unload(prog: &mut aya::programs::Program) {
     };
 }
 
-/// Loads `tracer_conn_end` (not attached: set_state tail-calls it) into slot 0 of `CONN_END`.
-/// Loads the after-connect program of the same kind as the set_state program (a tail call
-/// keeps the program type) into the CONN_END slot.
 /// A tracepoint attached other than as the classic one: `--verbose` names it `kind:hook`.
 struct RawHook {
     hook: String,
@@ -627,7 +622,7 @@ fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>, forced:
         match load_state_program(ebpf, via.programs(SET_STATE).0, via, btf) {
             Ok(()) => return Ok(via),
             // One line: a verifier's refusal quotes its log.
-            Err(e) if forced => bail!("--set-state-hook {}: {}; use --set-state-hook auto", via.name(), hooks::brief(&format!("{e:#}"))),
+            Err(e) if forced => return Err(forced_refusal(via, &e)),
             Err(e) => {
                 // Possible on older kernels (a verifier that refuses the BTF tracepoint's loads):
                 // `--verbose` and `doctor` name the kind attached.
@@ -637,6 +632,11 @@ fn load_set_state(ebpf: &mut Ebpf, best: SetStateVia, btf: Option<&Btf>, forced:
         }
     }
     Ok(via)
+}
+
+/// The one-line error for a `--set-state-hook` kind the kernel refused to load or attach.
+fn forced_refusal(via: SetStateVia, e: &anyhow::Error) -> anyhow::Error {
+    anyhow!("--set-state-hook {}: {}; use --set-state-hook auto", via.name(), hooks::brief(&format!("{e:#}")))
 }
 
 /// Attaches the program `load_set_state` loaded (a BTF or raw tracepoint).
@@ -651,6 +651,8 @@ fn attach_set_state(ebpf: &mut Ebpf, via: SetStateVia) -> Result<()> {
     .map_err(|e| anyhow!("attach refused: {e}"))
 }
 
+/// Loads the after-connect program of the same kind as the set_state program (a tail call
+/// keeps the program type) into slot 0 of `CONN_END` (not attached: set_state tail-calls it).
 fn load_conn_end(ebpf: &mut Ebpf, via: SetStateVia, btf: Option<&Btf>) -> Result<()> {
     let name = via.programs(SET_STATE).1;
     load_state_program(ebpf, name, via, btf)?;
