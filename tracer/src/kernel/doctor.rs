@@ -131,10 +131,15 @@ pub fn doctor_report(w: &mut impl Write, probe_function_hooks: FnHookProbe<'_>) 
         }
         if tp.full_name() == SET_STATE {
             let how = match set_state {
-                SetStateVia::Btf if task_btf => "attached as a BTF tracepoint (tp_btf): the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants; where the kernel refuses that program, as a raw tracepoint (raw_tp)",
-                SetStateVia::Btf => "attached as a BTF tracepoint (tp_btf): the socket's members loaded directly at offsets from BTF, which the verifier knows as constants, the connecting task's ids, name and uid from their helpers (no bpf_get_current_task_btf before 5.11); where the kernel refuses that program, as a raw tracepoint (raw_tp)",
-                SetStateVia::Raw => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)",
-                SetStateVia::Classic => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)",
+                SetStateVia::Btf => {
+                    let loaded = match task_btf {
+                        true => "the socket's and the connecting task's members loaded directly at offsets from BTF, which the verifier knows as constants",
+                        false => "the socket's members loaded directly at offsets from BTF, which the verifier knows as constants, the connecting task's ids, name and uid from their helpers (no bpf_get_current_task_btf before 5.11)",
+                    };
+                    format!("attached as a BTF tracepoint (tp_btf): {loaded}; where the kernel refuses that program, as a raw tracepoint (raw_tp)")
+                }
+                SetStateVia::Raw => "attached as a raw tracepoint (raw_tp): its arguments read without a helper call, the socket's members at offsets from BTF (BTF lacks a member the BTF tracepoint loads)".into(),
+                SetStateVia::Classic => "attached as the classic tracepoint (BTF lacks a socket member the raw tracepoint reads)".into(),
             };
             writeln!(w, "  {:<30} note: {how}", "")?;
         }
