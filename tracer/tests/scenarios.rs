@@ -135,6 +135,20 @@ const ROW: Scenario = Scenario {
     kernel_events: None,
 };
 
+/// The refused flood of scenarios a2 to a5: 400 connects to a port nothing listens on, each
+/// refused, counted exactly, with the kernel's count in the detail and fewer than 100 events
+/// (the rows that differ say so).
+const DEAD_FLOOD: Scenario = Scenario {
+    client: &["--count", "400"],
+    client_sees: ClientSees::Results("ECONNREFUSED", 400),
+    cause: Some(Cause::DeadListener),
+    count: Count::Exactly(400),
+    listener_named: ListenerNamed::Nobody,
+    detail_says: Some("400 sent"),
+    kernel_events: Some(KernelEvents::Below(100)),
+    ..ROW
+};
+
 fn run_scenario(s: &Scenario) {
     let dir = TempDir::new(s.name);
     let (target, filter, endpoint): (String, Vec<String>, Vec<String>) = match s.address {
@@ -306,61 +320,35 @@ scenarios! {
         name: "deadflood",
         address: Address::Tcp { host: "127.0.0.1", port: 18117 },
         filters: &["--client-comm", "python3", "--verbose"],
-        client: &["--count", "400"],
-        client_sees: ClientSees::Results("ECONNREFUSED", 400),
-        cause: Some(Cause::DeadListener),
-        count: Count::Exactly(400),
-        listener_named: ListenerNamed::Nobody,
-        detail_says: Some("400 sent"),
-        kernel_events: Some(KernelEvents::Below(100)),
         // This machine kind's kernel (6.18) takes the BTF tracepoint.
         set_state_hook: Some("tp_btf"),
-        ..ROW
+        ..DEAD_FLOOD
     };
-    /// a4. The same through the raw tracepoint (`--set-state-hook raw_tp`, the kind kernels
-    /// before 5.11 get): the same verdict and count from the other program.
+    /// a4. The same through the raw tracepoint (`--set-state-hook raw_tp`, the kind a kernel
+    /// gets that refuses the BTF tracepoint's program): the same verdict and count from the
+    /// other program.
     a4_dead_listener_flood_via_the_raw_tracepoint: Scenario {
         name: "deadraw",
         address: Address::Tcp { host: "127.0.0.1", port: 18119 },
         filters: &["--client-comm", "python3", "--verbose", "--set-state-hook", "raw_tp"],
-        client: &["--count", "400"],
-        client_sees: ClientSees::Results("ECONNREFUSED", 400),
-        cause: Some(Cause::DeadListener),
-        count: Count::Exactly(400),
-        listener_named: ListenerNamed::Nobody,
-        detail_says: Some("400 sent"),
-        kernel_events: Some(KernelEvents::Below(100)),
         set_state_hook: Some("raw_tp"),
-        ..ROW
+        ..DEAD_FLOOD
     };
     /// a5. And through the classic tracepoint (kernels whose BTF lacks a socket member).
     a5_dead_listener_flood_via_the_classic_tracepoint: Scenario {
         name: "deadclassic",
         address: Address::Tcp { host: "127.0.0.1", port: 18120 },
         filters: &["--client-comm", "python3", "--verbose", "--set-state-hook", "tracepoint"],
-        client: &["--count", "400"],
-        client_sees: ClientSees::Results("ECONNREFUSED", 400),
-        cause: Some(Cause::DeadListener),
-        count: Count::Exactly(400),
-        listener_named: ListenerNamed::Nobody,
-        detail_says: Some("400 sent"),
-        kernel_events: Some(KernelEvents::Below(100)),
         set_state_hook: Some("tracepoint"),
-        ..ROW
+        ..DEAD_FLOOD
     };
     /// a3. The same with `--each-attempt`: every attempt sent, the same count.
     a3_dead_listener_flood_each_attempt_sent: Scenario {
         name: "deadeach",
         address: Address::Tcp { host: "127.0.0.1", port: 18118 },
         filters: &["--client-comm", "python3", "--each-attempt"],
-        client: &["--count", "400"],
-        client_sees: ClientSees::Results("ECONNREFUSED", 400),
-        cause: Some(Cause::DeadListener),
-        count: Count::Exactly(400),
-        listener_named: ListenerNamed::Nobody,
-        detail_says: Some("400 sent"),
         kernel_events: Some(KernelEvents::AtLeast(400)),
-        ..ROW
+        ..DEAD_FLOOD
     };
     /// b. Nothing ever listened on [::1]:P: dead_listener, count 2, no listener known.
     b_dead_listener_ipv6_never_listened: Scenario {
